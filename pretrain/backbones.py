@@ -1,0 +1,120 @@
+"""Backbones by name: any timm model, torchvision ResNets, and the small-image (CIFAR) stem.
+
+`create_backbone` returns a module mapping (B, 3, H, W) images to (B, D) pooled features, and D,
+found by running the module once rather than read from a table, so any new timm model just works.
+"""
+from __future__ import annotations
+
+import contextlib
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from pretrain.config import ConfigError
+
+TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
+                       "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+
+
+@dataclass(frozen=True)
+class BackboneSpec:
+    """Everything needed to rebuild a backbone's architecture (stored in model.json)."""
+
+    name: str
+    source: str  # "timm" or "torchvision"
+    small_stem: bool = False
+    kwargs: dict = field(default_factory=dict)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "BackboneSpec":
+        return cls(name=d["name"], source=d["source"], small_stem=bool(d.get("small_stem", False)),
+                   kwargs=dict(d.get("kwargs", {})))
+
+
+def resolve_spec(name: str, small_stem: bool | None, image_size: int, kwargs: dict | None = None) -> BackboneSpec:
+    """Turn a user's backbone name into a spec: 'timm/X' or 'torchvision/X' pick the library; a bare
+    torchvision ResNet name goes to torchvision, anything else to timm. `small_stem=None` means
+    automatic: on for inputs of at most 96 px when the model has a ResNet stem."""
+    source, sep, bare = name.partition("/")
+    if not sep:
+        source, bare = ("torchvision" if name in TORCHVISION_RESNETS else "timm"), name
+    if source not in ("timm", "torchvision"):
+        raise ConfigError(f"backbone {name!r}: the prefix must be timm/ or torchvision/")
+    if small_stem is None:
+        small_stem = image_size <= 96 and _has_resnet_stem(BackboneSpec(bare, source, False, dict(kwargs or {})))
+    return BackboneSpec(bare, source, small_stem, dict(kwargs or {}))
+
+
+def _has_resnet_stem(spec: BackboneSpec) -> bool:
+    model = _instantiate(spec, meta=True)
+    return isinstance(getattr(model, "conv1", None), (nn.Conv2d, nn.Sequential)) and hasattr(model, "maxpool")
+
+
+def _instantiate(spec: BackboneSpec, meta: bool = False) -> nn.Module:
+    with torch.device("meta") if meta else contextlib.nullcontext():
+        if spec.source == "torchvision":
+            import torchvision
+
+            if spec.name not in TORCHVISION_RESNETS:
+                raise ConfigError(f"torchvision backbone must be one of {', '.join(TORCHVISION_RESNETS)} "
+                                  f"(got {spec.name!r}); other architectures come from timm")
+            model = getattr(torchvision.models, spec.name)(weights=None, **spec.kwargs)
+            model.fc = nn.Identity()
+            return model
+        import timm
+
+        if not timm.is_model(spec.name):
+            import difflib
+
+            hint = difflib.get_close_matches(spec.name, timm.list_models(), n=3)
+            raise ConfigError(f"unknown backbone {spec.name!r}" + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
+        try:
+            return timm.create_model(spec.name, pretrained=False, num_classes=0, **spec.kwargs)
+        except TypeError as e:
+            raise ConfigError(f"backbone {spec.name!r}: {e}") from None
+
+
+def apply_small_stem(model: nn.Module, name: str) -> None:
+    """CIFAR-style stem: a 3x3 stride-1 first conv and no max-pool, so 32 px inputs keep their detail.
+
+    A single-conv stem is replaced by a fresh 3x3 conv with the same output channels; a deep stem
+    (timm's ResNet-D/-T: a Sequential of 3x3 convs) keeps its convs with the first one's stride set to 1.
+    """
+    stem, pool = getattr(model, "conv1", None), getattr(model, "maxpool", None)
+    if pool is None or not isinstance(stem, (nn.Conv2d, nn.Sequential)):
+        raise ConfigError(f"--small-stem needs a ResNet-style backbone (conv1 + maxpool); {name} has none: "
+                          f"drop --small-stem or pick a ResNet")
+    if isinstance(stem, nn.Conv2d):
+        model.conv1 = nn.Conv2d(stem.in_channels, stem.out_channels, 3, 1, 1, bias=stem.bias is not None)
+    else:
+        first = next(m for m in stem.modules() if isinstance(m, nn.Conv2d))
+        first.stride = (1, 1)
+    model.maxpool = nn.Identity()
+
+
+def build_backbone(spec: BackboneSpec, image_size: int) -> tuple[nn.Module, int]:
+    """Build the (randomly initialised) backbone and discover its feature dimension at `image_size`."""
+    model = _instantiate(spec)
+    if spec.small_stem:
+        apply_small_stem(model, spec.name)
+    return model, feature_dim(model, image_size)
+
+
+@torch.no_grad()
+def feature_dim(model: nn.Module, image_size: int) -> int:
+    was_training = model.training
+    model.eval()
+    try:
+        out = model(torch.zeros(1, 3, image_size, image_size))
+    except Exception as e:  # noqa: BLE001 - any failure here means this input size does not fit the model
+        raise ConfigError(f"the backbone does not accept {image_size} px inputs: {str(e).splitlines()[0]} "
+                          f"(pick another --image-size, or pass --backbone-arg img_size={image_size} for ViTs)") from None
+    finally:
+        model.train(was_training)
+    if out.ndim != 2:
+        raise ConfigError(f"the backbone returns features of shape {tuple(out.shape)}, expected (batch, dim)")
+    return int(out.shape[1])

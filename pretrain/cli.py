@@ -1,0 +1,233 @@
+"""The `sslforge` command line. Every option of `pretrain` comes from PretrainConfig's field help."""
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+
+from pretrain import __version__
+from pretrain.config import ConfigError, PretrainConfig, load_yaml, parse_key_values
+from pretrain.data import DataError
+from pretrain.modeldir import ModelDirError
+
+DICT_OPTIONS = {"backbone_args": "--backbone-arg", "transform_args": "--transform-arg", "method_args": "--method-arg"}
+ERRORS = (ConfigError, DataError, ModelDirError)
+
+
+def _type_of(f) -> type:
+    return {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}[f.type.split("|")[0].strip()]
+
+
+def add_pretrain_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", metavar="FILE.yaml",
+                        help="read options from a YAML file (keys as in a run's config.yaml); "
+                             "command-line options override it")
+    parser.add_argument("--resume", action="store_true",
+                        help="continue the run in --out from its last checkpoint, with its saved settings")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    for f in PretrainConfig.fields():
+        kind = _type_of(f)
+        help_text = f.metadata["help"] + ("" if kind is dict or f.default is None else f" (default: {f.default})")
+        if kind is dict:
+            parser.add_argument(DICT_OPTIONS[f.name], dest=f.name, action="append", default=argparse.SUPPRESS,
+                                metavar="KEY=VALUE", help=f.metadata["help"] + "; repeat for several")
+        elif kind is bool:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
+                                action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
+                                choices=f.metadata.get("choices"), metavar=f.name.upper() if kind is not str else None,
+                                help=help_text)
+
+
+def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, bool]:
+    """Merge defaults < --config file (or the run's saved config on --resume) < explicit options."""
+    from pretrain.trainer import load_run_config
+
+    explicit = {f.name: getattr(args, f.name) for f in PretrainConfig.fields() if hasattr(args, f.name)}
+    for name, option in DICT_OPTIONS.items():
+        if name in explicit:
+            explicit[name] = parse_key_values(explicit[name], option)
+    values: dict = {}
+    if args.resume:
+        if "out" not in explicit:
+            raise ConfigError("--resume needs --out RUN_DIR: the run to continue")
+        values = load_run_config(explicit["out"])
+    elif args.config:
+        values = load_yaml(args.config)
+    for name in DICT_OPTIONS:
+        if name in explicit:
+            explicit[name] = {**values.get(name, {}), **explicit[name]}
+    return PretrainConfig.from_dict({**values, **explicit}, source=args.config or "options"), args.resume
+
+
+def cmd_pretrain(args: argparse.Namespace) -> None:
+    from pretrain.trainer import Trainer
+
+    cfg, resume = config_from_args(args)
+    out = Trainer(cfg, resume=resume, progress=not args.quiet).fit()
+    print(f"model dir: {out}")
+    print(f"next: sslforge eval knn --model {out} --train TRAIN_DIR --test TEST_DIR")
+
+
+def _eval_inputs(args: argparse.Namespace):
+    from pretrain.data import scan_images
+    from pretrain.evaluate import cached_features, class_count
+    from pretrain.modeldir import load_model_dir
+    from pretrain.trainer import select_device
+
+    model = load_model_dir(args.model)
+    train, test = scan_images(args.train), scan_images(args.test)
+    num_classes = class_count(train, test)
+    kwargs = dict(batch_size=args.batch_size, workers=args.workers, device=select_device(args.device),
+                  progress=not args.quiet)
+    return model, train, cached_features(model, train, desc="train features", **kwargs), \
+        cached_features(model, test, desc="test features", **kwargs), num_classes
+
+
+def cmd_eval_knn(args: argparse.Namespace) -> None:
+    from pretrain.evaluate import knn_evaluate
+
+    if args.k < 1 or args.temperature <= 0:
+        raise ConfigError("--k must be >= 1 and --temperature > 0")
+    _, _, train, test, num_classes = _eval_inputs(args)
+    result = knn_evaluate(train, test, num_classes, k=args.k, temperature=args.temperature)
+    print(f"kNN (k={args.k}, T={args.temperature}) on {len(test.labels)} test images: "
+          f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
+
+
+def cmd_eval_linear(args: argparse.Namespace) -> None:
+    from pretrain.evaluate import linear_probe
+
+    if args.epochs < 1 or args.lr <= 0 or args.weight_decay < 0:
+        raise ConfigError("--epochs must be >= 1, --lr > 0 and --weight-decay >= 0")
+    model, train_images, train, test, num_classes = _eval_inputs(args)
+    result = linear_probe(train, test, num_classes, epochs=args.epochs, batch_size=args.probe_batch_size,
+                          lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
+                          progress=not args.quiet)
+    print(f"linear probe ({args.optimizer}, {args.epochs} epochs) on {len(test.labels)} test images: "
+          f"top-1 {result.metrics['top1']:.4f}  top-5 {result.metrics['top5']:.4f}")
+    if not args.no_save:
+        model.save_head(result.head, train_images.classes,
+                        {**result.metrics, "epochs": args.epochs, "optimizer": args.optimizer,
+                         "train": str(args.train), "test": str(args.test)})
+        print(f"saved the head to {model.path / 'head.safetensors'} ({num_classes} classes)")
+
+
+def cmd_methods(args: argparse.Namespace) -> None:
+    from pretrain.methods import METHODS, method_hparams
+
+    for name, spec in sorted(METHODS.items()):
+        hp = ", ".join(f"{k}={v}" for k, v in method_hparams(name).items())
+        print(f"{name:12s} views={spec.transform} optimizer={spec.optimizer} lr={spec.lr} "
+              f"weight_decay={spec.weight_decay}  [{hp}]")
+
+
+def cmd_sample(args: argparse.Namespace) -> None:
+    from pretrain.data import sample_dir
+
+    print(sample_dir())
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from pretrain.quickstart import quickstart
+
+    quickstart(out=args.out, epochs=args.epochs, images=args.images, backbone=args.backbone,
+               batch_size=args.batch_size, progress=not args.quiet)
+
+
+def _add_eval_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, metavar="RUN_DIR", help="model dir written by `sslforge pretrain`")
+    p.add_argument("--train", required=True, metavar="DIR", help="labelled reference images (class sub-folders)")
+    p.add_argument("--test", required=True, metavar="DIR", help="labelled test images with the same class folders")
+    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
+    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: CPU cores, max 8)")
+    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sslforge", description="Self-supervised image backbones: pretrain, evaluate, and (later stages) "
+                                     "export, index and serve them.")
+    parser.add_argument("--version", action="version", version=f"sslforge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("pretrain", help="train a backbone with a self-supervised method",
+                       description="Train a backbone with a self-supervised method and write a model dir.")
+    add_pretrain_options(p)
+    p.set_defaults(func=cmd_pretrain)
+
+    ev = sub.add_parser("eval", help="evaluate a model dir on frozen features (knn, linear)",
+                        description="Evaluate a trained backbone on frozen features.")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="PROTOCOL")
+    p = ev_sub.add_parser("knn", help="weighted kNN classifier on L2-normalised features",
+                          description="Weighted kNN: the k most cosine-similar training images vote for their "
+                                      "class with weight exp(similarity / T). Prints top-1 and top-5.")
+    _add_eval_common(p)
+    p.add_argument("--k", type=int, default=200, help="neighbours that vote (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.1, help="vote weight temperature T (default: 0.1)")
+    p.set_defaults(func=cmd_eval_knn)
+    p = ev_sub.add_parser("linear", help="linear probe on frozen features; saves the head",
+                          description="Train a linear classifier on frozen, cached, standardised features with a "
+                                      "cosine schedule; print top-1/top-5 and save head.safetensors in the model dir.")
+    _add_eval_common(p)
+    p.add_argument("--epochs", type=int, default=100, help="passes over the cached features (default: 100)")
+    p.add_argument("--optimizer", choices=("sgd", "adamw", "lbfgs"), default="sgd",
+                   help="sgd (momentum 0.9), adamw, or full-batch lbfgs (default: sgd)")
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default: 0.1)")
+    p.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (default: 0)")
+    p.add_argument("--probe-batch-size", type=int, default=256, help="features per probe step (default: 256)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
+    p.add_argument("--no-save", action="store_true", help="do not write head.safetensors")
+    p.set_defaults(func=cmd_eval_linear)
+
+    p = sub.add_parser("methods", help="list the SSL methods and their defaults",
+                       description="List every method with its default views, optimizer and hyper-parameters.")
+    p.set_defaults(func=cmd_methods)
+    p = sub.add_parser("sample", help="print the folder of the bundled CIFAR-10 sample (unpacks it once)",
+                       description="Unpack the bundled CIFAR-10 sample (5,000 train / 1,000 test images) into the "
+                                   "cache folder ($SSLFORGE_CACHE or ~/.cache/sslforge) and print its path.")
+    p.set_defaults(func=cmd_sample)
+    p = sub.add_parser("quickstart", help="the `make run` demo: SimCLR on the bundled sample, kNN vs random init",
+                       description="Pretrain SimCLR on the bundled CIFAR-10 sample, then compare the kNN accuracy "
+                                   "of the trained backbone with a randomly initialised one.")
+    p.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart); an existing "
+                                                            "finished run is evaluated again, an unfinished one resumed")
+    p.add_argument("--epochs", type=int, default=3, help="pretraining epochs (default: 3)")
+    p.add_argument("--images", type=int, default=2000, help="training images taken from the sample (default: 2000)")
+    p.add_argument("--backbone", default="resnet18", help="backbone (default: resnet18, small-image stem)")
+    p.add_argument("--batch-size", type=int, default=128, help="images per step (default: 128)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_quickstart)
+    return parser
+
+
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    return f"warning: {message}\n"
+
+
+def main(argv: list[str] | None = None) -> int:
+    from pretrain.trainer import TrainingDiverged
+
+    warnings.formatwarning = _one_line_warning
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except ERRORS as e:
+        print(f"sslforge: error: {e}", file=sys.stderr)
+        return 2
+    except TrainingDiverged as e:
+        print(f"sslforge: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        out = getattr(args, "out", None)
+        print("\nsslforge: interrupted" + (f"; continue with `sslforge pretrain --resume --out {out}`"
+                                           if args.command == "pretrain" and out else ""), file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

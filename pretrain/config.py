@@ -1,0 +1,172 @@
+"""The pretraining configuration: one dataclass that is the CLI, the YAML file and the saved run config.
+
+Each field carries its own help text, so `sslforge pretrain --help`, the YAML keys and the saved
+`config.yaml` can never drift apart. Precedence: defaults < --config FILE.yaml < command-line options.
+"""
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A configuration value is wrong; the message names the field and says what is allowed."""
+
+
+def _opt(default: Any, help: str, **meta: Any) -> Any:
+    if isinstance(default, dict):
+        return field(default_factory=dict, metadata={"help": help, **meta})
+    return field(default=default, metadata={"help": help, **meta})
+
+
+@dataclass
+class PretrainConfig:
+    method: str = _opt("simclr", "self-supervised method (see `sslforge methods`)")
+    data: str | None = _opt(None, "training images: a folder with class sub-folders (labels used only for "
+                                  "evaluation) or a flat folder of images; default: the bundled CIFAR-10 sample")
+    out: str | None = _opt(None, "run folder to write (the model dir); default: runs/<method>-<backbone>")
+    backbone: str = _opt("resnet18", "backbone: any timm model name, a torchvision ResNet, or an explicit "
+                                     "'timm/NAME' or 'torchvision/NAME'")
+    backbone_args: dict = _opt({}, "extra keyword arguments for the backbone constructor", metavar="KEY=VALUE")
+    small_stem: bool | None = _opt(None, "replace the ResNet stem by a 3x3 stride-1 conv without max-pool "
+                                         "(for 32-96 px inputs); default: on when --image-size <= 96")
+    image_size: int | None = _opt(None, "training crop size in pixels; default: 32 for the bundled sample, else 224")
+    epochs: int = _opt(100, "passes over the training images")
+    batch_size: int = _opt(128, "images per optimizer step (each image gives several views)")
+    max_images: int | None = _opt(None, "train on a fixed random subset of this many images (for budgets)")
+    optimizer: str | None = _opt(None, "optimizer; default: the method's own", choices=("sgd", "adamw", "lars"))
+    lr: float | None = _opt(None, "base learning rate, scaled by batch_size/256; default: the method's own")
+    weight_decay: float | None = _opt(None, "weight decay (never applied to biases and norm layers); "
+                                            "default: the method's own")
+    momentum: float = _opt(0.9, "momentum of SGD and LARS")
+    warmup_epochs: float | None = _opt(None, "linear warm-up length before the cosine decay; "
+                                             "default: min(10, epochs/10)")
+    grad_clip: float | None = _opt(None, "clip the gradient norm to this value (off by default)")
+    transform: str | None = _opt(None, "view augmentation pipeline; default: the method's own")
+    transform_args: dict = _opt({}, "options of the augmentation pipeline", metavar="KEY=VALUE")
+    method_args: dict = _opt({}, "hyper-parameters of the method (e.g. temperature=0.2)", metavar="KEY=VALUE")
+    precision: str = _opt("auto", "numeric precision: auto = bf16 (or fp16) autocast on CUDA, fp32 on CPU",
+                          choices=("auto", "fp32", "bf16", "fp16"))
+    channels_last: bool = _opt(True, "use the channels-last memory layout (faster convolutions on CPU and GPU)")
+    device: str = _opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    workers: int | None = _opt(None, "data-loading worker processes; default: the number of CPU cores (max 8)")
+    seed: int = _opt(0, "random seed: the same seed and settings give the same run")
+    checkpoint_every: int = _opt(1, "write checkpoint.pt every N epochs")
+    checkpoint_every_steps: int | None = _opt(None, "also write checkpoint.pt every N optimizer steps")
+    knn_every: int = _opt(0, "online kNN evaluation every N epochs (0 = off); needs labelled --data")
+    knn_test: str | None = _opt(None, "labelled test folder for the online kNN; default: the bundled sample's "
+                                      "test split when training on the sample")
+    knn_k: int = _opt(200, "neighbours of the kNN evaluation")
+    knn_temperature: float = _opt(0.1, "temperature of the kNN vote weights exp(similarity / T)")
+
+    @classmethod
+    def fields(cls) -> tuple[dataclasses.Field, ...]:
+        return dataclasses.fields(cls)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "PretrainConfig":
+        known = {f.name for f in cls.fields()}
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        for key in values:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                raise ConfigError(f"{source}: unknown option '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+        cfg = cls(**values)
+        cfg.validate()
+        return cfg
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any) -> "PretrainConfig":
+        cfg = dataclasses.replace(self, **changes)
+        cfg.validate()
+        return cfg
+
+    def validate(self) -> None:
+        """Check types and ranges; raise ConfigError naming the first bad field."""
+        for f in self.fields():
+            value = getattr(self, f.name)
+            _check_type(f, value)
+            choices = f.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)} (got {value!r})")
+        for name in ("epochs", "batch_size", "checkpoint_every", "knn_k"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"{name} must be a positive integer (got {getattr(self, name)})")
+        for name in ("image_size", "max_images", "checkpoint_every_steps"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be a positive integer (got {value})")
+        for name in ("lr", "knn_temperature", "grad_clip"):
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be a positive number (got {value})")
+        for name in ("weight_decay", "warmup_epochs", "momentum", "knn_every", "workers"):
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be zero or positive (got {value})")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"image_size must be at least 16 pixels (got {self.image_size})")
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
+
+
+def _check_type(f: dataclasses.Field, value: Any) -> None:
+    expected = f.type if isinstance(f.type, str) else str(f.type)
+    optional = "None" in expected
+    if value is None:
+        if not optional:
+            raise ConfigError(f"{f.name} must be set (got nothing)")
+        return
+    base = expected.split("|")[0].strip()
+    ok = {
+        "str": isinstance(value, str),
+        "int": isinstance(value, int) and not isinstance(value, bool),
+        "float": isinstance(value, (int, float)) and not isinstance(value, bool),
+        "bool": isinstance(value, bool),
+        "dict": isinstance(value, dict),
+    }[base]
+    if not ok:
+        raise ConfigError(f"{f.name} must be {_ARTICLE[base]} (got {value!r})")
+
+
+_ARTICLE = {"str": "a string", "int": "an integer", "float": "a number", "bool": "true or false",
+            "dict": "a mapping of KEY: VALUE"}
+
+
+def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
+    """Read a YAML config file into a dict of options (keys as in `config.yaml`)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file {path} does not exist")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"config file {path} is not valid YAML: {str(e).splitlines()[0]}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping of option: value")
+    return values
+
+
+def save_yaml(cfg: PretrainConfig, path: str | os.PathLike) -> None:
+    from pretrain.atomic import write_text
+
+    write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def parse_key_values(items: list[str], option: str) -> dict[str, Any]:
+    """Parse repeated KEY=VALUE options; values are read as YAML scalars (0.2 -> float, true -> bool)."""
+    out: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"{option} expects KEY=VALUE (got {item!r})")
+        out[key.strip().replace("-", "_")] = yaml.safe_load(raw) if raw else ""
+    return out

@@ -1,0 +1,156 @@
+"""Image collections on disk: scanning folders, decoding robustly, and the bundled CIFAR-10 sample.
+
+Two layouts are read: an ImageFolder (one sub-folder per class; labels are only used for evaluation)
+and a flat folder of unlabelled images. Files that are not readable images are skipped and counted
+at scan time; an image that decodes badly later (a truncated JPEG) is replaced and counted by the
+datasets, so one bad file in a million never stops a run.
+"""
+from __future__ import annotations
+
+import os
+import tarfile
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+
+from PIL import Image, UnidentifiedImageError
+
+SAMPLE_ARCHIVE = "cifar10-sample.tar.gz"
+SAMPLE_VERSION = "v1"
+
+
+class DataError(ValueError):
+    """The image folder cannot be used (missing, empty, unreadable); the message says which and why."""
+
+
+@dataclass
+class ImageList:
+    """The readable images of a folder, with class labels when the folder has class sub-folders."""
+
+    root: Path
+    paths: list[Path]
+    labels: list[int] | None
+    classes: list[str] | None
+    skipped: list[tuple[Path, str]] = field(default_factory=list)
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    @property
+    def labelled(self) -> bool:
+        return self.labels is not None
+
+    def subset(self, indices: list[int]) -> "ImageList":
+        return ImageList(self.root, [self.paths[i] for i in indices],
+                         None if self.labels is None else [self.labels[i] for i in indices],
+                         self.classes, self.skipped)
+
+
+def load_rgb(path: str | os.PathLike) -> Image.Image:
+    """Decode an image fully and return it as RGB; transparent pixels become white.
+
+    Raises OSError/ValueError subclasses on unreadable, truncated or oversized (decompression bomb) files.
+    """
+    with Image.open(path) as im:
+        im.load()
+        if im.mode == "RGB":
+            return im.copy()
+        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgba = im.convert("RGBA")
+            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
+            canvas.paste(rgba, mask=rgba.getchannel("A"))
+            return canvas
+        return im.convert("RGB")
+
+
+def _probe(path: Path) -> str | None:
+    """Return None when `path` looks like an image (header parses), else the reason it does not."""
+    try:
+        with Image.open(path) as im:
+            im.size  # noqa: B018 - parsing the header is the check
+        return None
+    except UnidentifiedImageError:
+        return "not an image"
+    except Image.DecompressionBombError as e:
+        return f"too large ({e})"
+    except (OSError, ValueError, SyntaxError) as e:
+        return str(e) or type(e).__name__
+
+
+def _list_files(folder: Path) -> list[Path]:
+    out = []
+    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
+        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
+        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+    return out
+
+
+def scan_images(root: str | os.PathLike, *, warn: bool = True, threads: int = 16) -> ImageList:
+    """List the readable images under `root`.
+
+    Class sub-folders make an ImageFolder (sorted class names, files found recursively inside each);
+    without sub-folders every file of `root` is an unlabelled image. Files whose header does not parse
+    as an image are skipped and reported in one warning line.
+    """
+    root = Path(root).expanduser()
+    if not root.exists():
+        raise DataError(f"image folder {root} does not exist")
+    if not root.is_dir():
+        raise DataError(f"{root} is not a folder: pass a folder of images (or of class sub-folders)")
+    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+    if subdirs:
+        classes = [d.name for d in subdirs]
+        candidates = [(p, label) for label, d in enumerate(subdirs) for p in _list_files(d)]
+        loose = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
+    else:
+        classes = None
+        candidates = [(p, -1) for p in _list_files(root)]
+        loose = []
+    with ThreadPoolExecutor(max_workers=threads) as pool:
+        reasons = list(pool.map(_probe, (p for p, _ in candidates)))
+    kept = [(p, label) for (p, label), r in zip(candidates, reasons) if r is None]
+    skipped = [(p, r) for (p, _), r in zip(candidates, reasons) if r is not None]
+    skipped += [(p, "outside the class sub-folders") for p in loose]
+    if not kept:
+        raise DataError(f"no readable images in {root}" + (f" ({len(skipped)} files skipped, e.g. "
+                                                           f"{skipped[0][0].name}: {skipped[0][1]})" if skipped else ""))
+    if warn and skipped:
+        first, reason = skipped[0]
+        warnings.warn(f"{root}: skipped {len(skipped)} of {len(candidates) + len(loose)} files that are not "
+                      f"readable images (first: {first}: {reason})", stacklevel=2)
+    paths = [p for p, _ in kept]
+    labels = [label for _, label in kept] if classes is not None else None
+    return ImageList(root, paths, labels, classes, skipped)
+
+
+def cache_dir() -> Path:
+    """Where sslforge keeps unpacked data: $SSLFORGE_CACHE, else $XDG_CACHE_HOME/sslforge, else ~/.cache/sslforge."""
+    if "SSLFORGE_CACHE" in os.environ:
+        return Path(os.environ["SSLFORGE_CACHE"]).expanduser()
+    base = Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache"))
+    return base / "sslforge"
+
+
+def sample_dir() -> Path:
+    """Unpack the bundled CIFAR-10 sample (5,000 train / 1,000 test JPEGs, 32 px) once and return its folder.
+
+    The folder holds `train/<class>/` and `test/<class>/`. Unpacking goes to a temporary folder that
+    is renamed into place, so an interrupted unpack is never mistaken for a complete one.
+    """
+    target = cache_dir() / f"cifar10-sample-{SAMPLE_VERSION}"
+    if (target / "train").is_dir() and (target / "test").is_dir():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = target.parent / f".{target.name}.{os.getpid()}.tmp"
+    archive = resources.files("pretrain") / "assets" / SAMPLE_ARCHIVE
+    with resources.as_file(archive) as path, tarfile.open(path) as tar:
+        tar.extractall(tmp, filter="data")
+    try:
+        os.replace(tmp, target)
+    except OSError:  # another process finished first
+        import shutil
+
+        shutil.rmtree(tmp, ignore_errors=True)
+    return target

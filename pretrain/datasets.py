@@ -1,0 +1,110 @@
+"""Torch datasets over an ImageList, and the resumable sampler that makes runs reproducible.
+
+Augmentation randomness is a pure function of (seed, epoch, position in the epoch): each sample
+seeds its own RNG. So a run gives the same views whatever the number of loader workers, and a run
+resumed in the middle of an epoch continues with exactly the views it would have seen.
+"""
+from __future__ import annotations
+
+import random
+from collections.abc import Callable, Iterator
+
+import torch
+from torch.utils.data import Dataset, Sampler
+
+from pretrain.data import ImageList, load_rgb
+
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError)
+
+
+class ViewsDataset(Dataset):
+    """Training samples: `(views, failures, first_failed_path)` for a `(index, sample_seed)` key.
+
+    An image that fails to decode is replaced by the next one in the list; `failures` counts how
+    many were replaced so the trainer can report it (counts survive worker processes via collate).
+    """
+
+    def __init__(self, images: ImageList, transform: Callable):
+        self.images = images
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, key: tuple[int, int]) -> tuple[list[torch.Tensor], int, str]:
+        index, sample_seed = key
+        failed: list[str] = []
+        for attempt in range(len(self.images)):
+            path = self.images.paths[(index + attempt) % len(self.images)]
+            try:
+                image = load_rgb(path)
+                break
+            except _DECODE_ERRORS:
+                failed.append(str(path))
+        else:
+            raise RuntimeError(f"no image under {self.images.root} could be decoded")
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(sample_seed)
+            state = random.getstate()
+            random.seed(sample_seed)
+            try:
+                views = self.transform(image)
+            finally:
+                random.setstate(state)
+        return views, len(failed), failed[0] if failed else ""
+
+
+class EvalDataset(Dataset):
+    """Evaluation samples: `(tensor, label, ok)`; an undecodable image gives ok=False and zeros."""
+
+    def __init__(self, images: ImageList, transform: Callable, size: int):
+        self.images = images
+        self.transform = transform
+        self.size = size
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, int, bool]:
+        label = self.images.labels[index] if self.images.labels is not None else -1
+        try:
+            return self.transform(load_rgb(self.images.paths[index])), label, True
+        except _DECODE_ERRORS:
+            return torch.zeros(3, self.size, self.size), label, False
+
+
+class EpochSampler(Sampler):
+    """Yields `(index, sample_seed)` in a seeded per-epoch permutation, full batches only.
+
+    `set_epoch(epoch, start_batch)` selects the epoch and skips the batches already trained, which is
+    what resuming from a mid-epoch checkpoint needs.
+    """
+
+    def __init__(self, num_images: int, batch_size: int, seed: int):
+        if num_images < batch_size:
+            raise ValueError(f"batch_size {batch_size} is larger than the {num_images} training images: "
+                             f"lower --batch-size or add images")
+        self.num_images = num_images
+        self.batch_size = batch_size
+        self.seed = seed
+        self.epoch = 0
+        self.start_batch = 0
+
+    @property
+    def batches_per_epoch(self) -> int:
+        return self.num_images // self.batch_size
+
+    def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
+        self.epoch, self.start_batch = epoch, start_batch
+
+    def __len__(self) -> int:
+        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+
+    def __iter__(self) -> Iterator[tuple[int, int]]:
+        g = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & 0x7FFF_FFFF_FFFF_FFFF)
+        order = torch.randperm(self.num_images, generator=g).tolist()
+        first = self.start_batch * self.batch_size
+        last = self.batches_per_epoch * self.batch_size
+        base = (self.seed * 1_000_003 + self.epoch * self.num_images) & 0x7FFF_FFFF_FFFF
+        for position in range(first, last):
+            yield order[position], base + position

@@ -1,0 +1,51 @@
+"""The method registry: `--method NAME` -> class, default hyper-parameters of the optimisation, default views.
+
+Adding a method is one file in this folder and one line in METHODS.
+"""
+from __future__ import annotations
+
+import inspect
+from dataclasses import dataclass
+
+from torch import nn
+
+from pretrain.config import ConfigError
+from pretrain.methods.base import Method
+from pretrain.methods.simclr import SimCLR
+
+
+@dataclass(frozen=True)
+class MethodSpec:
+    cls: type[Method]
+    transform: str
+    optimizer: str
+    lr: float  # base learning rate for a batch of 256
+    weight_decay: float
+
+
+METHODS: dict[str, MethodSpec] = {
+    "simclr": MethodSpec(SimCLR, transform="simclr", optimizer="lars", lr=0.3, weight_decay=1e-6),
+}
+
+
+def method_spec(name: str) -> MethodSpec:
+    if name not in METHODS:
+        raise ConfigError(f"method must be one of {', '.join(sorted(METHODS))} (got {name!r})")
+    return METHODS[name]
+
+
+def method_hparams(name: str, overrides: dict | None = None) -> dict:
+    """The method's hyper-parameters (its constructor defaults) with `overrides` applied and checked."""
+    params = inspect.signature(method_spec(name).cls.__init__).parameters
+    defaults = {k: p.default for k, p in params.items() if k not in ("self", "backbone", "feature_dim")}
+    for key in overrides or {}:
+        if key not in defaults:
+            raise ConfigError(f"method {name} has no option {key!r}; its options are {', '.join(defaults)}")
+    return {**defaults, **(overrides or {})}
+
+
+def build_method(name: str, backbone: nn.Module, feature_dim: int, hparams: dict) -> Method:
+    try:
+        return method_spec(name).cls(backbone, feature_dim, **hparams)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"method {name}: {e}") from None

@@ -1,0 +1,55 @@
+"""The one inference preprocessing, stored in model.json and shared by evaluation, export and serving.
+
+An embedding must not depend on which code path computed it, so every stage builds its transform
+from this record instead of writing its own resize/crop/normalise.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from PIL import Image
+from torchvision.transforms import v2
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+
+
+@dataclass(frozen=True)
+class Preprocessing:
+    """Resize the short side to `resize`, center-crop `crop` x `crop`, scale to [0, 1], normalise."""
+
+    resize: int
+    crop: int
+    mean: tuple[float, float, float] = IMAGENET_MEAN
+    std: tuple[float, float, float] = IMAGENET_STD
+    interpolation: str = "bicubic"
+
+    @classmethod
+    def for_size(cls, size: int) -> "Preprocessing":
+        """The usual evaluation recipe: no resize margin for small images (<= 64 px), 0.875 crop ratio above."""
+        return cls(resize=size if size <= 64 else round(size / 0.875), crop=size)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Preprocessing":
+        return cls(resize=int(d["resize"]), crop=int(d["crop"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
+                   interpolation=d.get("interpolation", "bicubic"))
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["mean"], d["std"] = list(self.mean), list(self.std)
+        return d
+
+    def transform(self) -> v2.Compose:
+        """PIL RGB image -> float tensor (3, crop, crop)."""
+        mode = v2.InterpolationMode[self.interpolation.upper()]
+        return v2.Compose([
+            v2.Resize(self.resize, interpolation=mode, antialias=True),
+            v2.CenterCrop(self.crop),
+            v2.ToImage(),
+            v2.ToDtype(torch.float32, scale=True),
+            v2.Normalize(self.mean, self.std),
+        ])
+
+    def __call__(self, image: Image.Image) -> torch.Tensor:
+        return self.transform()(image)

@@ -1,0 +1,385 @@
+"""One training loop for every method: device and precision, optimizer and schedule, logging,
+atomic checkpoints and exact resume, and the model dir at the end.
+
+A run folder holds `config.yaml` (resolved settings), `checkpoint.pt` (full state, rewritten
+atomically), `metrics.csv` + `tb/` (per-step logs), `eval.csv` (online kNN), and, once training
+ends, the model dir files (`model.json`, `backbone.safetensors`, `plots/loss.png`).
+"""
+from __future__ import annotations
+
+import csv
+import math
+import os
+import random
+import resource
+import time
+import warnings
+from collections.abc import Callable
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from pretrain.atomic import write_with
+from pretrain.backbones import build_backbone, resolve_spec
+from pretrain.config import ConfigError, PretrainConfig, save_yaml
+from pretrain.data import DataError, ImageList, sample_dir, scan_images
+from pretrain.datasets import EpochSampler, ViewsDataset
+from pretrain.evaluate import class_count, default_workers, extract_features, knn_evaluate
+from pretrain.methods import build_method, method_hparams, method_spec
+from pretrain.modeldir import write_model_dir
+from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
+from pretrain.preprocess import Preprocessing
+from pretrain.transforms import build_transform
+
+CHECKPOINT = "checkpoint.pt"
+CHECKPOINT_FORMAT = 1
+# Settings that may differ when a run is resumed; every other setting must match the saved config.
+RESUMABLE_CHANGES = {"epochs", "workers", "device", "checkpoint_every", "checkpoint_every_steps", "knn_every",
+                     "knn_test", "knn_k", "knn_temperature"}
+
+
+class TrainingDiverged(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+def resolve_config(cfg: PretrainConfig) -> PretrainConfig:
+    """Fill every default that depends on other settings, so config.yaml records what actually ran."""
+    spec = method_spec(cfg.method)
+    data = cfg.data or str(sample_dir() / "train")
+    is_sample = cfg.data is None
+    image_size = cfg.image_size or (32 if is_sample else 224)
+    backbone = resolve_spec(cfg.backbone, cfg.small_stem, image_size, cfg.backbone_args)
+    return cfg.replace(
+        data=data,
+        image_size=image_size,
+        small_stem=backbone.small_stem,
+        out=cfg.out or f"runs/{cfg.method}-{backbone.name}",
+        optimizer=cfg.optimizer or spec.optimizer,
+        lr=cfg.lr if cfg.lr is not None else spec.lr,
+        weight_decay=cfg.weight_decay if cfg.weight_decay is not None else spec.weight_decay,
+        warmup_epochs=cfg.warmup_epochs if cfg.warmup_epochs is not None else min(10.0, cfg.epochs / 10),
+        transform=cfg.transform or spec.transform,
+        method_args=method_hparams(cfg.method, cfg.method_args),
+        workers=cfg.workers if cfg.workers is not None else default_workers(),
+        knn_test=cfg.knn_test or (str(sample_dir() / "test") if is_sample and cfg.knn_every else None),
+    )
+
+
+def select_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} requested but CUDA is not available here: use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device mps requested but MPS is not available here: use --device cpu")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def rng_state() -> dict:
+    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
+             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
+             "numpy_pos": int(np.random.get_state()[2])}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def set_rng_state(state: dict) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_tuple(state["python"]))
+    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_tuple(x):
+    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
+
+
+class MetricsLog:
+    """Per-step rows in metrics.csv (plottable) and TensorBoard; on resume, rows after the checkpoint go."""
+
+    def __init__(self, folder: Path, resume_step: int):
+        self.path = folder / "metrics.csv"
+        self.fields: list[str] | None = None
+        if self.path.exists():
+            with open(self.path, newline="") as f:
+                reader = csv.DictReader(f)
+                self.fields = reader.fieldnames
+                rows = [r for r in reader if int(r["step"]) <= resume_step]
+            write_with(self.path, lambda tmp: _write_csv(tmp, self.fields, rows))
+        from torch.utils.tensorboard import SummaryWriter
+
+        self.tb = SummaryWriter(str(folder / "tb"), purge_step=resume_step + 1 if resume_step else None)
+
+    def log(self, row: dict[str, float]) -> None:
+        if self.fields is None:
+            self.fields = list(row)
+            _write_csv(self.path, self.fields, [])
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
+        for key, value in row.items():
+            if key != "step":
+                self.tb.add_scalar(f"train/{key}", value, int(row["step"]))
+
+    def close(self) -> None:
+        self.tb.close()
+
+
+def _write_csv(path: Path, fields: list[str] | None, rows: list[dict]) -> None:
+    with open(path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fields or [])
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+@dataclass
+class RunState:
+    step: int = 0
+    elapsed_s: float = 0.0
+    last_loss: float = math.nan
+    knn: dict = field(default_factory=dict)
+
+
+class Trainer:
+    """Trains `cfg.method` on `cfg.data` and writes the run folder `cfg.out`.
+
+    `on_step(step)` is called after every optimizer step (tests use it to interrupt a run).
+    """
+
+    def __init__(self, cfg: PretrainConfig, *, resume: bool = False, on_step: Callable[[int], None] | None = None,
+                 progress: bool = True):
+        self.cfg = cfg = resolve_config(cfg)
+        self.out = Path(cfg.out)
+        self.resume = resume
+        self.on_step = on_step
+        self.progress = progress
+        self.device = select_device(cfg.device)
+        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
+        self._check_out_dir()
+        self.images = self._training_images()
+
+    # -- setup ---------------------------------------------------------------------------------
+    def _check_out_dir(self) -> None:
+        saved = self.out / "config.yaml"
+        if self.resume:
+            if not (self.out / CHECKPOINT).is_file():
+                raise ConfigError(f"--resume: {self.out} has no {CHECKPOINT} to resume from")
+            previous = yaml.safe_load(saved.read_text())
+            changed = [k for k, v in self.cfg.to_dict().items() if k not in RESUMABLE_CHANGES and previous.get(k) != v]
+            if changed:
+                k = changed[0]
+                raise ConfigError(f"--resume: {k} was {previous.get(k)!r} in {saved}, now {getattr(self.cfg, k)!r}; "
+                                  f"resume with the run's own settings (only {', '.join(sorted(RESUMABLE_CHANGES))} "
+                                  f"may change) or start a new --out")
+        elif (self.out / CHECKPOINT).exists() or (self.out / "model.json").exists():
+            raise ConfigError(f"{self.out} already holds a run: add --resume to continue it, or choose another --out")
+
+    def _training_images(self) -> ImageList:
+        images = scan_images(self.cfg.data)
+        if self.cfg.max_images and self.cfg.max_images < len(images):
+            g = torch.Generator().manual_seed(self.cfg.seed)
+            images = images.subset(sorted(torch.randperm(len(images), generator=g)[: self.cfg.max_images].tolist()))
+        return images
+
+    def _build(self) -> None:
+        cfg = self.cfg
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        np.random.seed(cfg.seed)
+        self.spec = resolve_spec(cfg.backbone, cfg.small_stem, cfg.image_size, cfg.backbone_args)
+        backbone, self.feature_dim = build_backbone(self.spec, cfg.image_size)
+        self.model = build_method(cfg.method, backbone, self.feature_dim, cfg.method_args).to(self.device)
+        if cfg.channels_last:
+            self.model = self.model.to(memory_format=torch.channels_last)
+        self.optimizer = build_optimizer(self.model, cfg.optimizer, scaled_lr(cfg.lr, cfg.batch_size),
+                                         cfg.weight_decay, cfg.momentum)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
+        try:
+            self.sampler = EpochSampler(len(self.images), cfg.batch_size, cfg.seed)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        dataset = ViewsDataset(self.images, build_transform(cfg.transform, cfg.image_size, cfg.transform_args))
+        self.loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
+                                 pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
+                                 prefetch_factor=4 if cfg.workers > 0 else None)
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
+        self.peak_lr = scaled_lr(cfg.lr, cfg.batch_size)
+
+    # -- checkpoints -----------------------------------------------------------------------------
+    def save_checkpoint(self, state: RunState) -> None:
+        payload = {
+            "format": CHECKPOINT_FORMAT, "step": state.step, "elapsed_s": state.elapsed_s,
+            "last_loss": state.last_loss, "knn": state.knn,
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scaler": self.scaler.state_dict(), "rng": rng_state(), "config": self.cfg.to_dict(),
+        }
+        write_with(self.out / CHECKPOINT, lambda tmp: torch.save(payload, tmp))
+
+    def load_checkpoint(self) -> RunState:
+        path = self.out / CHECKPOINT
+        try:
+            ckpt = torch.load(path, map_location=self.device, weights_only=True)
+        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same clear message
+            raise ConfigError(f"{path} cannot be read ({str(e).splitlines()[0]}); it may come from another "
+                              f"sslforge version: start a new --out") from None
+        if ckpt.get("format") != CHECKPOINT_FORMAT:
+            raise ConfigError(f"{path} has checkpoint format {ckpt.get('format')}, this sslforge reads "
+                              f"{CHECKPOINT_FORMAT}: start a new --out")
+        self.model.load_state_dict(ckpt["model"])
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        set_rng_state(ckpt["rng"])
+        return RunState(ckpt["step"], ckpt["elapsed_s"], ckpt["last_loss"], ckpt["knn"])
+
+    # -- the loop ------------------------------------------------------------------------------
+    def fit(self) -> Path:
+        """Train (or continue) the run, then write the model dir; return its path."""
+        cfg = self.cfg
+        self._build()
+        self.out.mkdir(parents=True, exist_ok=True)
+        state = self.load_checkpoint() if self.resume else RunState()
+        save_yaml(cfg, self.out / "config.yaml")
+        log = MetricsLog(self.out, state.step)
+        bar = tqdm(total=self.total_steps * cfg.batch_size, initial=state.step * cfg.batch_size, unit="img",
+                   desc=f"{cfg.method} {self.spec.name}", disable=not self.progress, dynamic_ncols=True,
+                   smoothing=0.1)
+        autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext())
+        self.model.train()
+        try:
+            while state.step < self.total_steps:
+                epoch, start_batch = divmod(state.step, self.steps_per_epoch)
+                self.sampler.set_epoch(epoch, start_batch)
+                self._train_epoch(epoch, state, log, bar, autocast)
+                if (epoch + 1) % cfg.checkpoint_every == 0 or state.step == self.total_steps:
+                    self.save_checkpoint(state)
+                if cfg.knn_every and (epoch + 1) % cfg.knn_every == 0:
+                    state.knn = self.online_knn(epoch + 1, state.step, log)
+        finally:
+            bar.close()
+            log.close()
+        return self._write_model_dir(state)
+
+    def _train_epoch(self, epoch: int, state: RunState, log: MetricsLog, bar: tqdm, autocast) -> None:
+        cfg = self.cfg
+        failures, first_failure = 0, ""
+        tick = time.perf_counter()
+        for views, failed, failed_paths in self.loader:
+            lr = warmup_cosine(state.step, self.total_steps, self.warmup_steps, self.peak_lr)
+            for group in self.optimizer.param_groups:
+                group["lr"] = lr
+            views = [v.to(self.device, non_blocking=True).contiguous(
+                memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format) for v in views]
+            with autocast:
+                loss, logs = self.model(views)
+            if not torch.isfinite(loss):
+                raise TrainingDiverged(
+                    f"loss became {float(loss.detach())} at step {state.step + 1} (epoch {epoch + 1}); stopped. The last good "
+                    f"checkpoint is kept in {self.out / CHECKPOINT}: lower --lr, set --grad-clip or --precision fp32, "
+                    f"then continue with `sslforge pretrain --resume --out {self.out}`")
+            self.optimizer.zero_grad(set_to_none=True)
+            self.scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
+            self.model.after_step(state.step, self.total_steps)
+            state.step += 1
+            now = time.perf_counter()
+            dt, tick = now - tick, now
+            state.elapsed_s += dt
+            state.last_loss = float(loss.detach())
+            failures += int(failed.sum())
+            first_failure = first_failure or next((p for p in failed_paths if p), "")
+            log.log({"step": state.step, "epoch": state.step / self.steps_per_epoch, "lr": lr,
+                     "loss": state.last_loss, **logs, "images_per_s": cfg.batch_size / dt,
+                     "elapsed_s": state.elapsed_s})
+            bar.update(cfg.batch_size)
+            bar.set_postfix(epoch=f"{state.step / self.steps_per_epoch:.2f}", loss=f"{state.last_loss:.4f}",
+                            lr=f"{lr:.3g}", refresh=False)
+            if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+                self.save_checkpoint(state)
+            if self.on_step:
+                self.on_step(state.step)
+        if failures:
+            warnings.warn(f"epoch {epoch + 1}: {failures} images failed to decode and were replaced by their "
+                          f"neighbours (first: {first_failure})", stacklevel=2)
+
+    def online_knn(self, epoch: int, step: int, log: MetricsLog) -> dict:
+        cfg = self.cfg
+        if not self.images.labelled or not cfg.knn_test:
+            raise DataError("online kNN (--knn-every) needs labelled training images (class sub-folders) and "
+                            "--knn-test TEST_DIR")
+        test = scan_images(cfg.knn_test)
+        num_classes = class_count(self.images, test)
+        pre = Preprocessing.for_size(cfg.image_size)
+        kwargs = dict(workers=cfg.workers, device=self.device, progress=self.progress)
+        bank = extract_features(self.model.backbone, self.images, pre, desc="kNN bank", **kwargs)
+        queries = extract_features(self.model.backbone, test, pre, desc="kNN test", **kwargs)
+        result = {"epoch": epoch, "step": step,
+                  **knn_evaluate(bank, queries, num_classes, cfg.knn_k, cfg.knn_temperature)}
+        path = self.out / "eval.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, list(result))
+            if new:
+                writer.writeheader()
+            writer.writerow(result)
+        log.tb.add_scalar("eval/knn_top1", result["top1"], step)
+        log.tb.add_scalar("eval/knn_top5", result["top5"], step)
+        tqdm.write(f"epoch {epoch}: kNN top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
+        return result
+
+    def _write_model_dir(self, state: RunState) -> Path:
+        from pretrain.plots import plot_metrics
+
+        cfg = self.cfg
+        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+        training = {
+            "epochs": cfg.epochs, "steps": state.step, "batch_size": cfg.batch_size, "data": str(cfg.data),
+            "num_images": len(self.images), "last_loss": state.last_loss, "knn": state.knn or None,
+            "wall_time_s": round(state.elapsed_s, 2),
+            "images_per_s": round(state.step * cfg.batch_size / state.elapsed_s, 2) if state.elapsed_s else None,
+            "device": str(self.device), "precision": str(self.amp_dtype or "fp32").replace("torch.", ""),
+            "peak_rss_mb": round(peak_rss_mb, 1),
+            "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if self.device.type == "cuda" else None,
+        }
+        method = {"name": cfg.method, "hparams": cfg.method_args, "transform": cfg.transform,
+                  "optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+        backbone = self.model.backbone.to(memory_format=torch.contiguous_format)
+        write_model_dir(self.out, backbone, spec=self.spec, embedding_dim=self.feature_dim,
+                        preprocessing=Preprocessing.for_size(cfg.image_size), method=method, training=training)
+        if (self.out / "metrics.csv").exists():
+            plot_metrics(self.out / "metrics.csv", self.out / "plots" / "loss.png")
+        return self.out
+
+
+def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
+    """Python API: train a run and return its model dir (same as `sslforge pretrain`)."""
+    return Trainer(cfg, resume=resume, progress=progress).fit()
+
+
+def load_run_config(out: str | os.PathLike) -> dict:
+    """The saved config.yaml of a run (the starting point of `--resume`)."""
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {path} does not exist; is {out} a run folder?")
+    return yaml.safe_load(path.read_text())
