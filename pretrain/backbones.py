@@ -44,9 +44,11 @@ def resolve_spec(name: str, small_stem: bool | None, image_size: int, kwargs: di
         source, bare = ("torchvision" if name in TORCHVISION_RESNETS else "timm"), name
     if source not in ("timm", "torchvision"):
         raise ConfigError(f"backbone {name!r}: the prefix must be timm/ or torchvision/")
+    spec = BackboneSpec(bare, source, False, dict(kwargs or {}))
+    _check_name(spec)
     if small_stem is None:
-        small_stem = image_size <= 96 and _has_resnet_stem(BackboneSpec(bare, source, False, dict(kwargs or {})))
-    return BackboneSpec(bare, source, small_stem, dict(kwargs or {}))
+        small_stem = image_size <= 96 and _has_resnet_stem(spec)
+    return BackboneSpec(bare, source, small_stem, spec.kwargs)
 
 
 def _has_resnet_stem(spec: BackboneSpec) -> bool:
@@ -54,25 +56,33 @@ def _has_resnet_stem(spec: BackboneSpec) -> bool:
     return isinstance(getattr(model, "conv1", None), (nn.Conv2d, nn.Sequential)) and hasattr(model, "maxpool")
 
 
+def _check_name(spec: BackboneSpec) -> None:
+    if spec.source == "torchvision":
+        if spec.name not in TORCHVISION_RESNETS:
+            raise ConfigError(f"torchvision backbone must be one of {', '.join(TORCHVISION_RESNETS)} "
+                              f"(got {spec.name!r}); other architectures come from timm")
+        return
+    import timm
+
+    if not timm.is_model(spec.name):
+        import difflib
+
+        hint = difflib.get_close_matches(spec.name, timm.list_models(), n=3)
+        raise ConfigError(f"unknown backbone {spec.name!r}" + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
+
+
 def _instantiate(spec: BackboneSpec, meta: bool = False) -> nn.Module:
+    _check_name(spec)
     with torch.device("meta") if meta else contextlib.nullcontext():
-        if spec.source == "torchvision":
-            import torchvision
-
-            if spec.name not in TORCHVISION_RESNETS:
-                raise ConfigError(f"torchvision backbone must be one of {', '.join(TORCHVISION_RESNETS)} "
-                                  f"(got {spec.name!r}); other architectures come from timm")
-            model = getattr(torchvision.models, spec.name)(weights=None, **spec.kwargs)
-            model.fc = nn.Identity()
-            return model
-        import timm
-
-        if not timm.is_model(spec.name):
-            import difflib
-
-            hint = difflib.get_close_matches(spec.name, timm.list_models(), n=3)
-            raise ConfigError(f"unknown backbone {spec.name!r}" + (f" (did you mean {', '.join(hint)}?)" if hint else ""))
         try:
+            if spec.source == "torchvision":
+                import torchvision
+
+                model = getattr(torchvision.models, spec.name)(weights=None, **spec.kwargs)
+                model.fc = nn.Identity()
+                return model
+            import timm
+
             return timm.create_model(spec.name, pretrained=False, num_classes=0, **spec.kwargs)
         except TypeError as e:
             raise ConfigError(f"backbone {spec.name!r}: {e}") from None

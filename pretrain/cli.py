@@ -51,9 +51,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, bool]:
             explicit[name] = parse_key_values(explicit[name], option)
     values: dict = {}
     if args.resume:
-        if "out" not in explicit:
-            raise ConfigError("--resume needs --out RUN_DIR: the run to continue")
-        values = load_run_config(explicit["out"])
+        values = load_run_config(explicit.get("out") or "")
     elif args.config:
         values = load_yaml(args.config)
     for name in DICT_OPTIONS:
@@ -152,7 +150,8 @@ def build_parser() -> argparse.ArgumentParser:
         prog="sslforge", description="Self-supervised image backbones: pretrain, evaluate, and (later stages) "
                                      "export, index and serve them.")
     parser.add_argument("--version", action="version", version=f"sslforge {__version__}")
-    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND",
+                                help="run `sslforge COMMAND --help` for its options")
 
     p = sub.add_parser("pretrain", help="train a backbone with a self-supervised method",
                        description="Train a backbone with a self-supervised method and write a model dir.")
@@ -161,7 +160,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluate a model dir on frozen features (knn, linear)",
                         description="Evaluate a trained backbone on frozen features.")
-    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="PROTOCOL")
+    ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="PROTOCOL",
+                               help="knn or linear; `sslforge eval PROTOCOL --help` for its options")
     p = ev_sub.add_parser("knn", help="weighted kNN classifier on L2-normalised features",
                           description="Weighted kNN: the k most cosine-similar training images vote for their "
                                       "class with weight exp(similarity / T). Prints top-1 and top-5.")

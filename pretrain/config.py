@@ -36,7 +36,8 @@ class PretrainConfig:
     backbone_args: dict = _opt({}, "extra keyword arguments for the backbone constructor", metavar="KEY=VALUE")
     small_stem: bool | None = _opt(None, "replace the ResNet stem by a 3x3 stride-1 conv without max-pool "
                                          "(for 32-96 px inputs); default: on when --image-size <= 96")
-    image_size: int | None = _opt(None, "training crop size in pixels; default: 32 for the bundled sample, else 224")
+    image_size: int | None = _opt(None, "training crop size in pixels; default: the images' median short "
+                                          "side up to 224 (32 for CIFAR-10, 224 for photos)")
     epochs: int = _opt(100, "passes over the training images")
     batch_size: int = _opt(128, "images per optimizer step (each image gives several views)")
     max_images: int | None = _opt(None, "train on a fixed random subset of this many images (for budgets)")
@@ -65,6 +66,9 @@ class PretrainConfig:
     knn_k: int = _opt(200, "neighbours of the kNN evaluation")
     knn_temperature: float = _opt(0.1, "temperature of the kNN vote weights exp(similarity / T)")
 
+    def __post_init__(self) -> None:
+        self.validate()
+
     @classmethod
     def fields(cls) -> tuple[dataclasses.Field, ...]:
         return dataclasses.fields(cls)
@@ -77,17 +81,13 @@ class PretrainConfig:
             if key not in known:
                 hint = difflib.get_close_matches(key, known, n=1)
                 raise ConfigError(f"{source}: unknown option '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
-        cfg = cls(**values)
-        cfg.validate()
-        return cfg
+        return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
     def replace(self, **changes: Any) -> "PretrainConfig":
-        cfg = dataclasses.replace(self, **changes)
-        cfg.validate()
-        return cfg
+        return dataclasses.replace(self, **changes)
 
     def validate(self) -> None:
         """Check types and ranges; raise ConfigError naming the first bad field."""

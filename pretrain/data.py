@@ -47,6 +47,15 @@ class ImageList:
                          None if self.labels is None else [self.labels[i] for i in indices],
                          self.classes, self.skipped)
 
+    def random_subset(self, n: int | None, seed: int) -> "ImageList":
+        """A fixed random subset of `n` images (in folder order); all of them when n is None or too large."""
+        if n is None or n >= len(self):
+            return self
+        import torch
+
+        g = torch.Generator().manual_seed(seed)
+        return self.subset(sorted(torch.randperm(len(self), generator=g)[:n].tolist()))
+
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode an image fully and return it as RGB; transparent pixels become white.
@@ -123,6 +132,16 @@ def scan_images(root: str | os.PathLike, *, warn: bool = True, threads: int = 16
     paths = [p for p, _ in kept]
     labels = [label for _, label in kept] if classes is not None else None
     return ImageList(root, paths, labels, classes, skipped)
+
+
+def typical_size(images: ImageList, probes: int = 32) -> int:
+    """Median short side of up to `probes` evenly spaced images (headers only): 32 for CIFAR, 500 for photos."""
+    step = max(1, len(images) // probes)
+    sides = []
+    for path in images.paths[::step][:probes]:
+        with Image.open(path) as im:
+            sides.append(min(im.size))
+    return sorted(sides)[len(sides) // 2]
 
 
 def cache_dir() -> Path:

@@ -50,16 +50,14 @@ def extract_features(backbone: nn.Module, images: ImageList, preprocessing: Prep
     dataset = EvalDataset(images, preprocessing.transform(), preprocessing.crop)
     workers = default_workers() if workers is None else workers
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
-                        persistent_workers=False)
+                        generator=torch.Generator())  # evaluation must not consume the training RNG
     was_training = backbone.training
     backbone.eval()
     feats, labels, oks = [], [], []
     bar = tqdm(total=len(dataset), desc=desc, unit="img", disable=not progress, leave=False)
     for x, y, ok in loader:
         x = x.to(device, non_blocking=True).contiguous(memory_format=torch.channels_last)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
-            f = backbone(x)
-        feats.append(f.float().cpu())
+        feats.append(backbone(x).float().cpu())  # fp32 everywhere: an embedding must not depend on the device
         labels.append(y)
         oks.append(ok)
         bar.update(len(y))
@@ -179,7 +177,7 @@ def linear_probe(train: Features, test: Features, num_classes: int, *, epochs: i
                 loss.backward()
                 opt.step()
                 sched.step()
-                running += float(loss) * len(idx)
+                running += float(loss.detach()) * len(idx)
             history.append({"epoch": epoch + 1, "loss": running / len(y)})
     head = fold_standardization(layer, mean, std)
     with torch.no_grad():

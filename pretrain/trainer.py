@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from pretrain.atomic import write_with
 from pretrain.backbones import build_backbone, resolve_spec
 from pretrain.config import ConfigError, PretrainConfig, save_yaml
-from pretrain.data import DataError, ImageList, sample_dir, scan_images
+from pretrain.data import DataError, ImageList, sample_dir, scan_images, typical_size
 from pretrain.datasets import EpochSampler, ViewsDataset
 from pretrain.evaluate import class_count, default_workers, extract_features, knn_evaluate
 from pretrain.methods import build_method, method_hparams, method_spec
@@ -48,12 +48,13 @@ class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
-def resolve_config(cfg: PretrainConfig) -> PretrainConfig:
-    """Fill every default that depends on other settings, so config.yaml records what actually ran."""
+def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
+    """Fill every default that depends on other settings or on the training `images`, so config.yaml
+    records what actually ran."""
     spec = method_spec(cfg.method)
-    data = cfg.data or str(sample_dir() / "train")
+    data = str(images.root)
     is_sample = cfg.data is None
-    image_size = cfg.image_size or (32 if is_sample else 224)
+    image_size = cfg.image_size or min(224, typical_size(images))
     backbone = resolve_spec(cfg.backbone, cfg.small_stem, image_size, cfg.backbone_args)
     return cfg.replace(
         data=data,
@@ -164,7 +165,12 @@ class Trainer:
 
     def __init__(self, cfg: PretrainConfig, *, resume: bool = False, on_step: Callable[[int], None] | None = None,
                  progress: bool = True):
-        self.cfg = cfg = resolve_config(cfg)
+        if resume:  # settings left unset take the run's own values, not fresh defaults
+            saved = load_run_config(cfg.out)
+            cfg = cfg.replace(**{k: saved[k] for k, v in cfg.to_dict().items() if v is None and k in saved})
+        method_spec(cfg.method)
+        self.images = scan_images(cfg.data or sample_dir() / "train").random_subset(cfg.max_images, cfg.seed)
+        self.cfg = cfg = resolve_config(cfg, self.images)
         self.out = Path(cfg.out)
         self.resume = resume
         self.on_step = on_step
@@ -172,7 +178,6 @@ class Trainer:
         self.device = select_device(cfg.device)
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         self._check_out_dir()
-        self.images = self._training_images()
 
     # -- setup ---------------------------------------------------------------------------------
     def _check_out_dir(self) -> None:
@@ -189,13 +194,6 @@ class Trainer:
                                   f"may change) or start a new --out")
         elif (self.out / CHECKPOINT).exists() or (self.out / "model.json").exists():
             raise ConfigError(f"{self.out} already holds a run: add --resume to continue it, or choose another --out")
-
-    def _training_images(self) -> ImageList:
-        images = scan_images(self.cfg.data)
-        if self.cfg.max_images and self.cfg.max_images < len(images):
-            g = torch.Generator().manual_seed(self.cfg.seed)
-            images = images.subset(sorted(torch.randperm(len(images), generator=g)[: self.cfg.max_images].tolist()))
-        return images
 
     def _build(self) -> None:
         cfg = self.cfg
@@ -217,6 +215,7 @@ class Trainer:
         dataset = ViewsDataset(self.images, build_transform(cfg.transform, cfg.image_size, cfg.transform_args))
         self.loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
+                                 generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG alone
                                  prefetch_factor=4 if cfg.workers > 0 else None)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.epochs
@@ -268,10 +267,10 @@ class Trainer:
                 epoch, start_batch = divmod(state.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, start_batch)
                 self._train_epoch(epoch, state, log, bar, autocast)
-                if (epoch + 1) % cfg.checkpoint_every == 0 or state.step == self.total_steps:
-                    self.save_checkpoint(state)
                 if cfg.knn_every and (epoch + 1) % cfg.knn_every == 0:
                     state.knn = self.online_knn(epoch + 1, state.step, log)
+                if (epoch + 1) % cfg.checkpoint_every == 0 or state.step == self.total_steps:
+                    self.save_checkpoint(state)
         finally:
             bar.close()
             log.close()
@@ -379,6 +378,8 @@ def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True
 
 def load_run_config(out: str | os.PathLike) -> dict:
     """The saved config.yaml of a run (the starting point of `--resume`)."""
+    if not out:
+        raise ConfigError("--resume needs --out RUN_DIR: the run to continue")
     path = Path(out) / "config.yaml"
     if not path.is_file():
         raise ConfigError(f"--resume: {path} does not exist; is {out} a run folder?")

@@ -23,8 +23,10 @@ class MethodSpec:
     weight_decay: float
 
 
+# Defaults suit single-device batches (<= 512 images). For batches in the thousands the papers' own
+# recipe applies, e.g. SimCLR with --optimizer lars --lr 0.3 --weight-decay 1e-6.
 METHODS: dict[str, MethodSpec] = {
-    "simclr": MethodSpec(SimCLR, transform="simclr", optimizer="lars", lr=0.3, weight_decay=1e-6),
+    "simclr": MethodSpec(SimCLR, transform="simclr", optimizer="sgd", lr=0.6, weight_decay=5e-4),
 }
 
 

@@ -1,0 +1,52 @@
+import pytest
+import torch
+from torch import nn
+
+from pretrain.optim import LARS, build_optimizer, param_groups, scaled_lr, warmup_cosine
+
+
+def test_warmup_then_cosine() -> None:
+    lrs = [warmup_cosine(s, 100, 10, 1.0) for s in range(100)]
+    assert lrs[0] == pytest.approx(0.1) and lrs[9] == pytest.approx(1.0)
+    assert all(a >= b for a, b in zip(lrs[9:], lrs[10:]))
+    assert lrs[55] == pytest.approx(0.5, abs=0.02) and lrs[-1] < 1e-3
+
+
+def test_linear_scaling_rule() -> None:
+    assert scaled_lr(0.3, 512) == pytest.approx(0.6)
+
+
+def test_biases_and_norms_get_no_weight_decay() -> None:
+    model = nn.Sequential(nn.Linear(4, 8), nn.BatchNorm1d(8), nn.Linear(8, 2))
+    decay, no_decay = param_groups(model, 1e-4)
+    assert {id(p) for p in decay["params"]} == {id(model[0].weight), id(model[2].weight)}
+    assert len(no_decay["params"]) == 4 and no_decay["weight_decay"] == 0 and not no_decay["lars"]
+
+
+def test_lars_step_matches_the_formula() -> None:
+    w = nn.Parameter(torch.tensor([3.0, 4.0]))
+    b = nn.Parameter(torch.tensor([1.0]))
+    opt = LARS([{"params": [w], "weight_decay": 0.1, "lars": True},
+                {"params": [b], "weight_decay": 0.0, "lars": False}], lr=0.5, momentum=0.9, eta=0.01)
+    w.grad, b.grad = torch.tensor([0.6, 0.8]), torch.tensor([2.0])
+    opt.step()
+    g = torch.tensor([0.6, 0.8]) + 0.1 * torch.tensor([3.0, 4.0])
+    trust = 0.01 * 5.0 / g.norm()
+    assert torch.allclose(w.detach(), torch.tensor([3.0, 4.0]) - 0.5 * trust * g)
+    assert torch.allclose(b.detach(), torch.tensor([0.0]))  # plain SGD for the excluded group
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw", "lars"])
+def test_every_optimizer_reduces_a_simple_loss(name: str) -> None:
+    torch.manual_seed(0)
+    model = nn.Linear(3, 1)
+    x, y = torch.randn(64, 3), torch.randn(64, 1)
+    opt = build_optimizer(model, name, lr=0.05, weight_decay=0.0, momentum=0.9)
+    first = None
+    for _ in range(50):
+        loss = nn.functional.mse_loss(model(x), y)
+        first = first if first is not None else loss.item()
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < first

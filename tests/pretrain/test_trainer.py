@@ -1,0 +1,124 @@
+import csv
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from pretrain.config import ConfigError, PretrainConfig
+from pretrain.modeldir import ModelDirError, load_model_dir
+from pretrain.trainer import CHECKPOINT, Trainer, TrainingDiverged
+
+
+class Interrupt(Exception):
+    pass
+
+
+def interrupt_at(step: int):
+    def hook(s: int) -> None:
+        if s == step:
+            raise Interrupt
+    return hook
+
+
+def test_interrupted_and_resumed_run_equals_uninterrupted(image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    full = Trainer(tiny_config(image_folder, tmp_path / "full"), progress=False).fit()
+    cfg = tiny_config(image_folder, tmp_path / "cut", checkpoint_every_steps=2)
+    with pytest.raises(Interrupt):  # killed at step 5 of 6, after the checkpoint of step 4 (mid-epoch 2)
+        Trainer(cfg, on_step=interrupt_at(5), progress=False).fit()
+    assert not (tmp_path / "cut" / "model.json").exists()
+    assert torch.load(tmp_path / "cut" / CHECKPOINT, weights_only=True)["step"] == 4
+    resumed = Trainer(cfg, resume=True, progress=False).fit()
+
+    a, b = load_file(full / "backbone.safetensors"), load_file(resumed / "backbone.safetensors")
+    assert a.keys() == b.keys()
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    rows = lambda run: list(csv.DictReader(open(run / "metrics.csv")))  # noqa: E731
+    assert [r["step"] for r in rows(resumed)] == [str(s) for s in range(1, 7)]
+    for x, y in zip(rows(full), rows(resumed)):
+        assert float(x["loss"]) == pytest.approx(float(y["loss"]), abs=1e-6)
+
+
+def test_model_dir_round_trip(image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    trainer = Trainer(tiny_config(image_folder, tmp_path / "run", epochs=1), progress=False)
+    out = trainer.fit()
+    for name in ("model.json", "backbone.safetensors", CHECKPOINT, "config.yaml", "metrics.csv", "plots/loss.png"):
+        assert (out / name).is_file(), name
+    assert (out / "plots/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert any((out / "tb").iterdir())
+    saved = PretrainConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text()))
+    assert saved.backbone == "test_resnet" and saved.small_stem is True and saved.method_args["temperature"] == 0.5
+
+    model = load_model_dir(out)
+    assert model.embedding_dim == trainer.feature_dim and model.preprocessing.crop == 32
+    assert model.info["training"]["steps"] == 3 and model.info["training"]["num_images"] == 24
+    x = torch.randn(4, 3, 32, 32)
+    trainer.model.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(model.load_backbone()(x), trainer.model.backbone(x), rtol=1e-5, atol=1e-6)
+
+
+def test_model_dir_reader_rejects_other_versions_and_changed_weights(image_folder: Path, tmp_path: Path,
+                                                                     tiny_config) -> None:
+    out = Trainer(tiny_config(image_folder, tmp_path / "run", epochs=1), progress=False).fit()
+    info = json.loads((out / "model.json").read_text())
+    (out / "model.json").write_text(json.dumps({**info, "schema_version": 99}))
+    with pytest.raises(ModelDirError, match="schema version 99.*upgrade sslforge"):
+        load_model_dir(out)
+    (out / "model.json").write_text(json.dumps(info))
+    weights = out / "backbone.safetensors"
+    weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
+    with pytest.raises(ModelDirError, match="does not match the fingerprint"):
+        load_model_dir(out)
+    with pytest.raises(ModelDirError, match="does not exist"):
+        load_model_dir(tmp_path / "nothing")
+    with pytest.raises(ModelDirError, match="no linear-probe head"):
+        load_model_dir(out, verify=False).load_head()
+
+
+def test_nan_loss_stops_and_keeps_the_last_good_checkpoint(image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    cfg = tiny_config(image_folder, tmp_path / "run", checkpoint_every_steps=1)
+    trainer = Trainer(cfg, progress=False)
+
+    def poison(step: int) -> None:
+        if step == 2:
+            with torch.no_grad():
+                next(trainer.model.projector.parameters()).fill_(float("nan"))
+
+    trainer.on_step = poison
+    with pytest.raises(TrainingDiverged, match=r"loss became nan at step 3 .*--resume"):
+        trainer.fit()
+    ckpt = torch.load(tmp_path / "run" / CHECKPOINT, weights_only=True)
+    assert ckpt["step"] == 2
+    assert all(torch.isfinite(v).all() for v in ckpt["model"].values() if v.is_floating_point())
+    assert not (tmp_path / "run" / "model.json").exists()
+
+
+def test_existing_run_is_never_overwritten_and_resume_checks_settings(image_folder: Path, tmp_path: Path,
+                                                                       tiny_config) -> None:
+    cfg = tiny_config(image_folder, tmp_path / "run", epochs=1)
+    Trainer(cfg, progress=False).fit()
+    with pytest.raises(ConfigError, match="already holds a run"):
+        Trainer(cfg, progress=False)
+    with pytest.raises(ConfigError, match="batch_size was 8"):
+        Trainer(cfg.replace(batch_size=4), resume=True, progress=False)
+    with pytest.raises(ConfigError, match="new.config.yaml does not exist"):
+        Trainer(cfg.replace(out=str(tmp_path / "new")), resume=True, progress=False)
+    longer = Trainer(cfg.replace(epochs=2), resume=True, progress=False).fit()  # extending a run is allowed
+    assert load_model_dir(longer).info["training"]["steps"] == 6
+
+
+def test_batch_larger_than_data_is_a_config_error(image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    with pytest.raises(ConfigError, match="larger than the 24 training images"):
+        Trainer(tiny_config(image_folder, tmp_path / "run", batch_size=32), progress=False).fit()
+
+
+def test_online_knn_is_logged(image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    out = Trainer(tiny_config(image_folder, tmp_path / "run", epochs=1, knn_every=1, knn_test=str(image_folder),
+                              knn_k=5), progress=False).fit()
+    rows = list(csv.DictReader(open(out / "eval.csv")))
+    assert len(rows) == 1 and 0 <= float(rows[0]["top1"]) <= 1
+    assert load_model_dir(out).info["training"]["knn"]["top1"] == pytest.approx(float(rows[0]["top1"]))
