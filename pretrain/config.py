@@ -14,6 +14,8 @@ from typing import Any
 
 import yaml
 
+from pretrain.atomic import write_text
+
 
 class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and says what is allowed."""
@@ -156,8 +158,6 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
 
 
 def save_yaml(cfg: PretrainConfig, path: str | os.PathLike) -> None:
-    from pretrain.atomic import write_text
-
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

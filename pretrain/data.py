@@ -8,6 +8,7 @@ datasets, so one bad file in a million never stops a run.
 from __future__ import annotations
 
 import os
+import shutil
 import tarfile
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -169,7 +170,5 @@ def sample_dir() -> Path:
     try:
         os.replace(tmp, target)
     except OSError:  # another process finished first
-        import shutil
-
         shutil.rmtree(tmp, ignore_errors=True)
     return target

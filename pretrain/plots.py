@@ -30,7 +30,7 @@ def plot_metrics(csv_path: str | Path, png_path: str | Path) -> None:
         rows = list(csv.DictReader(f))
     if not rows:
         return
-    keys = [k for k in rows[0] if k not in NOT_PLOTTED]
+    keys = sorted((k for k in rows[0] if k not in NOT_PLOTTED), key=lambda k: k != "loss")  # loss on top
     epochs = [float(r["epoch"]) for r in rows]
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
     window = max(1, len(rows) // 50)

@@ -28,7 +28,7 @@ from tqdm.auto import tqdm
 from pretrain.atomic import write_with
 from pretrain.backbones import build_backbone, resolve_spec
 from pretrain.config import ConfigError, PretrainConfig, save_yaml
-from pretrain.data import DataError, ImageList, sample_dir, scan_images, typical_size
+from pretrain.data import ImageList, sample_dir, scan_images, typical_size
 from pretrain.datasets import EpochSampler, ViewsDataset
 from pretrain.evaluate import class_count, default_workers, extract_features, knn_evaluate
 from pretrain.methods import build_method, method_hparams, method_spec
@@ -178,6 +178,9 @@ class Trainer:
         self.device = select_device(cfg.device)
         self.amp_dtype = autocast_dtype(cfg.precision, self.device)
         self._check_out_dir()
+        if cfg.knn_every and not (self.images.labelled and cfg.knn_test):
+            raise ConfigError("online kNN (--knn-every) needs labelled training images (class sub-folders) and "
+                              "--knn-test TEST_DIR")
 
     # -- setup ---------------------------------------------------------------------------------
     def _check_out_dir(self) -> None:
@@ -290,9 +293,9 @@ class Trainer:
                 loss, logs = self.model(views)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
-                    f"loss became {float(loss.detach())} at step {state.step + 1} (epoch {epoch + 1}); stopped. The last good "
-                    f"checkpoint is kept in {self.out / CHECKPOINT}: lower --lr, set --grad-clip or --precision fp32, "
-                    f"then continue with `sslforge pretrain --resume --out {self.out}`")
+                    f"loss became {float(loss.detach())} at step {state.step + 1} (epoch {epoch + 1}); stopped. "
+                    f"The last good checkpoint is kept in {self.out / CHECKPOINT}: lower --lr, set --grad-clip or "
+                    f"--precision fp32, then continue with `sslforge pretrain --resume --out {self.out}`")
             self.optimizer.zero_grad(set_to_none=True)
             self.scaler.scale(loss).backward()
             if cfg.grad_clip:
@@ -324,9 +327,6 @@ class Trainer:
 
     def online_knn(self, epoch: int, step: int, log: MetricsLog) -> dict:
         cfg = self.cfg
-        if not self.images.labelled or not cfg.knn_test:
-            raise DataError("online kNN (--knn-every) needs labelled training images (class sub-folders) and "
-                            "--knn-test TEST_DIR")
         test = scan_images(cfg.knn_test)
         num_classes = class_count(self.images, test)
         pre = Preprocessing.for_size(cfg.image_size)

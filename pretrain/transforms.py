@@ -11,6 +11,7 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from pretrain.config import ConfigError
 from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
@@ -62,8 +63,6 @@ TRANSFORMS: dict[str, Callable[..., MultiView]] = {
 
 def build_transform(name: str, size: int, options: dict | None = None) -> MultiView:
     """The pipeline `name` for `size`-pixel crops; unknown names and options are one-line errors."""
-    from pretrain.config import ConfigError
-
     if name not in TRANSFORMS:
         raise ConfigError(f"transform must be one of {', '.join(sorted(TRANSFORMS))} (got {name!r})")
     try:

@@ -1,5 +1,6 @@
 import csv
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -122,3 +123,10 @@ def test_online_knn_is_logged(image_folder: Path, tmp_path: Path, tiny_config) -
     rows = list(csv.DictReader(open(out / "eval.csv")))
     assert len(rows) == 1 and 0 <= float(rows[0]["top1"]) <= 1
     assert load_model_dir(out).info["training"]["knn"]["top1"] == pytest.approx(float(rows[0]["top1"]))
+
+
+def test_bf16_autocast_run_records_its_precision(image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    out = Trainer(tiny_config(image_folder, tmp_path / "run", epochs=1, precision="bf16"), progress=False).fit()
+    training = load_model_dir(out).info["training"]
+    assert training["precision"] == "bfloat16" and training["device"] == "cpu"
+    assert math.isfinite(training["last_loss"])
