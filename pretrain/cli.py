@@ -198,7 +198,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epochs", type=int, default=3, help="pretraining epochs (default: 3)")
     p.add_argument("--images", type=int, default=2000, help="training images taken from the sample (default: 2000)")
     p.add_argument("--backbone", default="resnet18", help="backbone (default: resnet18, small-image stem)")
-    p.add_argument("--batch-size", type=int, default=128, help="images per step (default: 128)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)
     return parser

@@ -18,7 +18,7 @@ from pretrain.trainer import Trainer
 
 
 def quickstart(out: str = "runs/quickstart", epochs: int = 3, images: int = 2000, backbone: str = "resnet18",
-               batch_size: int = 128, progress: bool = True) -> dict[str, dict[str, float]]:
+               batch_size: int = 64, progress: bool = True) -> dict[str, dict[str, float]]:
     start = time.perf_counter()
     sample = sample_dir()
     train, test = scan_images(sample / "train"), scan_images(sample / "test")

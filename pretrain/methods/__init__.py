@@ -23,10 +23,11 @@ class MethodSpec:
     weight_decay: float
 
 
-# Defaults suit single-device batches (<= 512 images). For batches in the thousands the papers' own
-# recipe applies, e.g. SimCLR with --optimizer lars --lr 0.3 --weight-decay 1e-6.
+# Defaults suit single-device batches (<= 512 images); docs/benchmarks.md shows how they were chosen.
+# For batches in the thousands the papers' own recipe applies, e.g. SimCLR with
+# --optimizer lars --lr 0.3 --weight-decay 1e-6 --method-arg temperature=0.1.
 METHODS: dict[str, MethodSpec] = {
-    "simclr": MethodSpec(SimCLR, transform="simclr", optimizer="sgd", lr=0.6, weight_decay=5e-4),
+    "simclr": MethodSpec(SimCLR, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
 }
 
 

@@ -10,7 +10,7 @@ from pretrain.methods.base import Method
 
 
 class SimCLR(Method):
-    def __init__(self, backbone: nn.Module, feature_dim: int, temperature: float = 0.5,
+    def __init__(self, backbone: nn.Module, feature_dim: int, temperature: float = 0.2,
                  hidden_dim: int | None = None, out_dim: int = 128):
         super().__init__(backbone, feature_dim)
         self.projector = ProjectionHead(feature_dim, hidden_dim or feature_dim, out_dim, layers=2)

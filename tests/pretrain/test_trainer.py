@@ -51,7 +51,7 @@ def test_model_dir_round_trip(image_folder: Path, tmp_path: Path, tiny_config) -
     assert (out / "plots/loss.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert any((out / "tb").iterdir())
     saved = PretrainConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text()))
-    assert saved.backbone == "test_resnet" and saved.small_stem is True and saved.method_args["temperature"] == 0.5
+    assert saved.backbone == "test_resnet" and saved.small_stem is True and saved.method_args["temperature"] == 0.2
 
     model = load_model_dir(out)
     assert model.embedding_dim == trainer.feature_dim and model.preprocessing.crop == 32
