@@ -57,7 +57,8 @@ def main() -> None:
     rows = {}
     for name, embed in (
         ("SimCLR", lambda imgs: cached_features(model, imgs, workers=args.workers)),
-        ("random init", lambda imgs: extract_features(random_backbone, imgs, model.preprocessing, workers=args.workers)),
+        ("random init", lambda imgs: extract_features(random_backbone, imgs, model.preprocessing,
+                                                      workers=args.workers)),
     ):
         bank, test = embed(bank_images), embed(test_all)
         subset = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(0))[: args.test_subset]

@@ -121,8 +121,8 @@ def feature_dim(model: nn.Module, image_size: int) -> int:
     try:
         out = model(torch.zeros(1, 3, image_size, image_size))
     except Exception as e:  # noqa: BLE001 - any failure here means this input size does not fit the model
-        raise ConfigError(f"the backbone does not accept {image_size} px inputs: {str(e).splitlines()[0]} "
-                          f"(pick another --image-size, or pass --backbone-arg img_size={image_size} for ViTs)") from None
+        raise ConfigError(f"the backbone does not accept {image_size} px inputs: {str(e).splitlines()[0]} (pick "
+                          f"another --image-size, or pass --backbone-arg img_size={image_size} for ViTs)") from None
     finally:
         model.train(was_training)
     if out.ndim != 2:

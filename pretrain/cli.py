@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
-from pathlib import Path
 
 from pretrain import __version__
 from pretrain.config import ConfigError, PretrainConfig, load_yaml, parse_key_values
@@ -193,8 +192,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("quickstart", help="the `make run` demo: SimCLR on the bundled sample, kNN vs random init",
                        description="Pretrain SimCLR on the bundled CIFAR-10 sample, then compare the kNN accuracy "
                                    "of the trained backbone with a randomly initialised one.")
-    p.add_argument("--out", default="runs/quickstart", help="run folder (default: runs/quickstart); an existing "
-                                                            "finished run is evaluated again, an unfinished one resumed")
+    p.add_argument("--out", default="runs/quickstart",
+                   help="run folder (default: runs/quickstart); an existing finished run is evaluated again, "
+                        "an unfinished one resumed")
     p.add_argument("--epochs", type=int, default=3, help="pretraining epochs (default: 3)")
     p.add_argument("--images", type=int, default=2000, help="training images taken from the sample (default: 2000)")
     p.add_argument("--backbone", default="resnet18", help="backbone (default: resnet18, small-image stem)")

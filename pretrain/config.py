@@ -82,7 +82,8 @@ class PretrainConfig:
         for key in values:
             if key not in known:
                 hint = difflib.get_close_matches(key, known, n=1)
-                raise ConfigError(f"{source}: unknown option '{key}'" + (f" (did you mean '{hint[0]}'?)" if hint else ""))
+                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+                raise ConfigError(f"{source}: unknown option '{key}'{suggestion}")
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:

@@ -124,8 +124,8 @@ def scan_images(root: str | os.PathLike, *, warn: bool = True, threads: int = 16
     skipped = [(p, r) for (p, _), r in zip(candidates, reasons) if r is not None]
     skipped += [(p, "outside the class sub-folders") for p in loose]
     if not kept:
-        raise DataError(f"no readable images in {root}" + (f" ({len(skipped)} files skipped, e.g. "
-                                                           f"{skipped[0][0].name}: {skipped[0][1]})" if skipped else ""))
+        detail = f" ({len(skipped)} files skipped, e.g. {skipped[0][0].name}: {skipped[0][1]})" if skipped else ""
+        raise DataError(f"no readable images in {root}{detail}")
     if warn and skipped:
         first, reason = skipped[0]
         warnings.warn(f"{root}: skipped {len(skipped)} of {len(candidates) + len(loose)} files that are not "

@@ -13,8 +13,8 @@ import hashlib
 import json
 import math
 import os
+import warnings
 from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -64,7 +64,12 @@ def extract_features(backbone: nn.Module, images: ImageList, preprocessing: Prep
     bar.close()
     backbone.train(was_training)
     ok = torch.cat(oks)
-    return Features(torch.cat(feats)[ok], torch.cat(labels)[ok], failed=int((~ok).sum()))
+    failed = int((~ok).sum())
+    if failed:
+        first = images.paths[int((~ok).nonzero()[0])]
+        warnings.warn(f"{images.root}: {failed} images failed to decode and were left out (first: {first})",
+                      stacklevel=2)
+    return Features(torch.cat(feats)[ok], torch.cat(labels)[ok], failed=failed)
 
 
 def cached_features(model_dir, images: ImageList, **kwargs) -> Features:

@@ -117,7 +117,8 @@ class ModelDir:
                                 f"--train DIR --test DIR` first")
         if head_info.get("fingerprint") != self.fingerprint:
             raise ModelDirError(f"{self.path / HEAD_FILE} was trained on another backbone "
-                                f"({head_info.get('fingerprint')} != {self.fingerprint}): run `sslforge eval linear` again")
+                                f"({head_info.get('fingerprint')} != {self.fingerprint}): "
+                                f"run `sslforge eval linear` again")
         state = load_file(str(self.path / HEAD_FILE))
         head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
         head.load_state_dict(state)
@@ -151,7 +152,7 @@ def load_model_dir(path: str | Path, *, verify: bool = True) -> ModelDir:
     if version != SCHEMA_VERSION:
         newer = isinstance(version, int) and version > SCHEMA_VERSION
         raise ModelDirError(f"{path} has model-dir schema version {version}; this sslforge ({__version__}) reads "
-                            f"version {SCHEMA_VERSION}" + (": upgrade sslforge" if newer else ": retrain or convert it"))
+                            f"version {SCHEMA_VERSION}: " + ("upgrade sslforge" if newer else "retrain or convert it"))
     weights = path / BACKBONE_FILE
     if not weights.is_file():
         raise ModelDirError(f"{path} has no {BACKBONE_FILE}")

@@ -59,7 +59,8 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float) -> torch.optim.Optimizer:
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
+                    momentum: float) -> torch.optim.Optimizer:
     groups = param_groups(model, weight_decay)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)

@@ -5,6 +5,9 @@ weights, both on the sample's 1,000 test images against its 5,000 training image
 """
 from __future__ import annotations
 
+import os
+import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -52,9 +55,11 @@ def quickstart(out: str = "runs/quickstart", epochs: int = 3, images: int = 2000
     print(f"  {'backbone':<12} {'top-1':>7} {'top-5':>7}")
     for name, r in results.items():
         print(f"  {name:<12} {r['top1']:>7.3f} {r['top5']:>7.3f}")
+    # `make run` calls .venv/bin/sslforge without activating the environment: show the command that works.
+    exe = "sslforge" if shutil.which("sslforge") else os.path.relpath(sys.argv[0])
     print(f"\ndone in {time.perf_counter() - start:.0f} s. Model dir: {run.resolve()}")
     print("next:")
-    print(f"  sslforge eval linear --model {run} --train {sample / 'train'} --test {sample / 'test'}")
-    print(f"  sslforge pretrain --data YOUR_IMAGES --backbone resnet18 --epochs 100 --out runs/mine")
-    print(f"  see {run / 'plots' / 'loss.png'} and `tensorboard --logdir {run / 'tb'}`")
+    print(f"  {exe} eval linear --model {run} --train {sample / 'train'} --test {sample / 'test'}")
+    print(f"  {exe} pretrain --data YOUR_IMAGES --backbone resnet18 --epochs 100 --out runs/mine")
+    print(f"  see {run / 'plots' / 'loss.png'}; `tensorboard --logdir {run / 'tb'}` for live curves")
     return results

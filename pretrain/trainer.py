@@ -359,7 +359,8 @@ class Trainer:
             "images_per_s": round(state.step * cfg.batch_size / state.elapsed_s, 2) if state.elapsed_s else None,
             "device": str(self.device), "precision": str(self.amp_dtype or "fp32").replace("torch.", ""),
             "peak_rss_mb": round(peak_rss_mb, 1),
-            "peak_gpu_memory_mb": round(torch.cuda.max_memory_allocated() / 2**20, 1) if self.device.type == "cuda" else None,
+            "peak_gpu_memory_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
+                                   if self.device.type == "cuda" else None),
         }
         method = {"name": cfg.method, "hparams": cfg.method_args, "transform": cfg.transform,
                   "optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay}

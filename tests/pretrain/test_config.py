@@ -34,7 +34,8 @@ def test_unknown_method_and_method_option() -> None:
 
 def test_yaml_file_then_command_line_overrides(tmp_path: Path) -> None:
     config = tmp_path / "run.yaml"
-    config.write_text("epochs: 7\nbatch_size: 64\nmethod_args: {temperature: 0.3, out_dim: 64}\nbackbone: test_resnet\n")
+    config.write_text("epochs: 7\nbatch_size: 64\nbackbone: test_resnet\n"
+                      "method_args: {temperature: 0.3, out_dim: 64}\n")
     args = build_parser().parse_args(["pretrain", "--config", str(config), "--epochs", "9",
                                       "--method-arg", "temperature=0.1"])
     cfg, resume = config_from_args(args)

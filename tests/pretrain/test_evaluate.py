@@ -5,8 +5,16 @@ import pytest
 import torch
 
 from pretrain.data import scan_images
-from pretrain.evaluate import (Features, cached_features, extract_features, fold_standardization, knn_evaluate,
-                               knn_scores, linear_probe, topk_accuracy)
+from pretrain.evaluate import (
+    Features,
+    cached_features,
+    extract_features,
+    fold_standardization,
+    knn_evaluate,
+    knn_scores,
+    linear_probe,
+    topk_accuracy,
+)
 from pretrain.modeldir import load_model_dir
 from pretrain.preprocess import Preprocessing
 
@@ -86,3 +94,13 @@ def test_preprocessing_round_trips_and_resizes() -> None:
     from PIL import Image
 
     assert pre(Image.new("RGB", (640, 480))).shape == (3, 224, 224)
+
+
+def test_images_that_fail_to_decode_are_left_out_and_reported(image_folder: Path, tiny_run: Path) -> None:
+    truncated = image_folder / "class_2" / "007.jpg"
+    truncated.write_bytes(truncated.read_bytes()[:-200])
+    model = load_model_dir(tiny_run)
+    with pytest.warns(UserWarning, match=r"1 images failed to decode and were left out \(first: .*007.jpg\)"):
+        features = extract_features(model.load_backbone(), scan_images(image_folder), model.preprocessing,
+                                    workers=0, progress=False)
+    assert features.failed == 1 and len(features.labels) == 23
