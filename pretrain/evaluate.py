@@ -161,7 +161,7 @@ def linear_probe(train: Features, test: Features, num_classes: int, *, epochs: i
             loss.backward()
             return loss
 
-        history.append({"epoch": epochs, "loss": float(opt.step(closure))})
+        history.append({"epoch": epochs, "loss": float(opt.step(closure).detach())})
     else:
         if optimizer == "sgd":
             opt = torch.optim.SGD(layer.parameters(), lr=lr, momentum=0.9, weight_decay=weight_decay)

@@ -13,6 +13,10 @@ from pretrain.modeldir import ModelDirError, load_model_dir
 from pretrain.trainer import CHECKPOINT, Trainer, TrainingDiverged
 
 
+def read_csv(path: Path) -> list[dict]:
+    return list(csv.DictReader(path.read_text().splitlines()))
+
+
 class Interrupt(Exception):
     pass
 
@@ -37,7 +41,7 @@ def test_interrupted_and_resumed_run_equals_uninterrupted(image_folder: Path, tm
     assert a.keys() == b.keys()
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
-    rows = lambda run: list(csv.DictReader(open(run / "metrics.csv")))  # noqa: E731
+    rows = lambda run: read_csv(run / "metrics.csv")  # noqa: E731
     assert [r["step"] for r in rows(resumed)] == [str(s) for s in range(1, 7)]
     for x, y in zip(rows(full), rows(resumed)):
         assert float(x["loss"]) == pytest.approx(float(y["loss"]), abs=1e-6)
@@ -120,7 +124,7 @@ def test_batch_larger_than_data_is_a_config_error(image_folder: Path, tmp_path: 
 def test_online_knn_is_logged(image_folder: Path, tmp_path: Path, tiny_config) -> None:
     out = Trainer(tiny_config(image_folder, tmp_path / "run", epochs=1, knn_every=1, knn_test=str(image_folder),
                               knn_k=5), progress=False).fit()
-    rows = list(csv.DictReader(open(out / "eval.csv")))
+    rows = read_csv(out / "eval.csv")
     assert len(rows) == 1 and 0 <= float(rows[0]["top1"]) <= 1
     assert load_model_dir(out).info["training"]["knn"]["top1"] == pytest.approx(float(rows[0]["top1"]))
 
