@@ -134,3 +134,17 @@ def test_bf16_autocast_run_records_its_precision(image_folder: Path, tmp_path: P
     training = load_model_dir(out).info["training"]
     assert training["precision"] == "bfloat16" and training["device"] == "cpu"
     assert math.isfinite(training["last_loss"])
+
+
+def test_gradient_clipping_bounds_the_update(image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    def weight_change(**changes) -> float:
+        trainer = Trainer(tiny_config(image_folder, tmp_path / str(len(changes)), epochs=1, weight_decay=0.0,
+                                      **changes), progress=False)
+        trainer._build()
+        before = {k: v.detach().clone() for k, v in trainer.model.named_parameters()}
+        trainer.fit()
+        return max(float((p.detach() - before[k]).abs().max()) for k, p in trainer.model.named_parameters())
+
+    # SGD with lr 0.5 * 8/256: three steps move weights by at most 3 * lr * |clipped grad| (momentum < 3 steps).
+    assert weight_change(grad_clip=1e-6) < 3 * 0.5 * 8 / 256 * 1e-6 * 3
+    assert weight_change() > 1e-3
