@@ -13,6 +13,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pretrain.data import ImageList, load_rgb
+from pretrain.preprocess import Preprocessing
 
 _DECODE_ERRORS = (OSError, ValueError, SyntaxError)
 
@@ -57,10 +58,9 @@ class ViewsDataset(Dataset):
 class EvalDataset(Dataset):
     """Evaluation samples: `(tensor, label, ok)`; an undecodable image gives ok=False and zeros."""
 
-    def __init__(self, images: ImageList, transform: Callable, size: int):
+    def __init__(self, images: ImageList, preprocessing: Preprocessing):
         self.images = images
-        self.transform = transform
-        self.size = size
+        self.preprocessing = preprocessing
 
     def __len__(self) -> int:
         return len(self.images)
@@ -68,9 +68,10 @@ class EvalDataset(Dataset):
     def __getitem__(self, index: int) -> tuple[torch.Tensor, int, bool]:
         label = self.images.labels[index] if self.images.labels is not None else -1
         try:
-            return self.transform(load_rgb(self.images.paths[index])), label, True
+            return self.preprocessing(load_rgb(self.images.paths[index])), label, True
         except _DECODE_ERRORS:
-            return torch.zeros(3, self.size, self.size), label, False
+            size = self.preprocessing.crop
+            return torch.zeros(3, size, size), label, False
 
 
 class EpochSampler(Sampler):

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from pretrain.atomic import write_with
 from pretrain.data import DataError, ImageList
 from pretrain.datasets import EvalDataset
+from pretrain.modeldir import ModelDir
 from pretrain.preprocess import Preprocessing
 
 
@@ -47,7 +48,7 @@ def extract_features(backbone: nn.Module, images: ImageList, preprocessing: Prep
                      desc: str = "embedding", progress: bool = True) -> Features:
     """Run the backbone in eval mode over `images` with the inference preprocessing."""
     device = torch.device(device)
-    dataset = EvalDataset(images, preprocessing.transform(), preprocessing.crop)
+    dataset = EvalDataset(images, preprocessing)
     workers = default_workers() if workers is None else workers
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
                         generator=torch.Generator())  # evaluation must not consume the training RNG
@@ -72,7 +73,7 @@ def extract_features(backbone: nn.Module, images: ImageList, preprocessing: Prep
     return Features(torch.cat(feats)[ok], torch.cat(labels)[ok], failed=failed)
 
 
-def cached_features(model_dir, images: ImageList, **kwargs) -> Features:
+def cached_features(model_dir: ModelDir, images: ImageList, **kwargs) -> Features:
     """`extract_features` for a model dir's backbone, cached in <model dir>/cache/ by fingerprint and file list.
 
     The key covers the weights' fingerprint, the preprocessing and every file's path, size and

@@ -6,6 +6,7 @@ from this record instead of writing its own resize/crop/normalise.
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from functools import cached_property
 
 import torch
 from PIL import Image
@@ -40,6 +41,7 @@ class Preprocessing:
         d["mean"], d["std"] = list(self.mean), list(self.std)
         return d
 
+    @cached_property
     def transform(self) -> v2.Compose:
         """PIL RGB image -> float tensor (3, crop, crop)."""
         mode = v2.InterpolationMode[self.interpolation.upper()]
@@ -52,4 +54,4 @@ class Preprocessing:
         ])
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.transform()(image)
+        return self.transform(image)

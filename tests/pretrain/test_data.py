@@ -58,7 +58,7 @@ def test_truncated_image_is_replaced_in_training_and_flagged_in_evaluation(image
     views, failures, first = ViewsDataset(images, build_transform("simclr", 32))[(index, 7)]
     assert failures == 1 and first == str(truncated)
     assert len(views) == 2 and views[0].shape == (3, 32, 32)
-    x, label, ok = EvalDataset(images, Preprocessing.for_size(32).transform(), 32)[index]
+    x, label, ok = EvalDataset(images, Preprocessing.for_size(32))[index]
     assert not ok and x.shape == (3, 32, 32) and label == 0
 
 
