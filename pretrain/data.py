@@ -17,6 +17,7 @@ from importlib import resources
 from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
+from tqdm.auto import tqdm
 
 SAMPLE_ARCHIVE = "cifar10-sample.tar.gz"
 SAMPLE_VERSION = "v1"
@@ -119,7 +120,9 @@ def scan_images(root: str | os.PathLike, *, warn: bool = True, threads: int = 16
         candidates = [(p, -1) for p in _list_files(root)]
         loose = []
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        reasons = list(pool.map(_probe, (p for p, _ in candidates)))
+        probes = pool.map(_probe, (p for p, _ in candidates))
+        reasons = list(tqdm(probes, total=len(candidates), desc=f"scanning {root.name}", unit="file", leave=False,
+                            disable=len(candidates) < 20_000))
     kept = [(p, label) for (p, label), r in zip(candidates, reasons) if r is None]
     skipped = [(p, r) for (p, _), r in zip(candidates, reasons) if r is not None]
     skipped += [(p, "outside the class sub-folders") for p in loose]

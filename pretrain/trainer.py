@@ -257,6 +257,8 @@ class Trainer:
         cfg = self.cfg
         self._build()
         self.out.mkdir(parents=True, exist_ok=True)
+        for stale in self.out.glob(".*.tmp"):  # left by atomic writes that a killed process never finished
+            stale.unlink()
         state = self.load_checkpoint() if self.resume else RunState()
         save_yaml(cfg, self.out / "config.yaml")
         log = MetricsLog(self.out, state.step)

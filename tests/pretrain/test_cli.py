@@ -92,3 +92,27 @@ def test_quickstart_end_to_end(tmp_path: Path, capsys) -> None:
     assert "trained" in text and "random init" in text and f"Model dir: {Path(out).resolve()}" in text
     assert main(argv) == 0  # a second run re-evaluates the finished model
     assert "already trained" in capsys.readouterr().out
+
+
+def test_killed_run_resumes_from_its_last_checkpoint(image_folder: Path, tmp_path: Path) -> None:
+    """SIGKILL a real `sslforge pretrain` process mid-run; `--resume` finishes it with all steps done."""
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    argv = [sys.executable, "-m", "pretrain.cli", "pretrain", "--data", str(image_folder), "--epochs", "8",
+            "--out", str(out), "--checkpoint-every-steps", "1", *TINY]
+    proc = subprocess.Popen(argv, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 120
+    while not (out / "checkpoint.pt").exists() and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.05)
+    time.sleep(0.3)  # let it get a few steps further, probably into a checkpoint write
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert not (out / "model.json").exists(), "the run finished before it could be killed"
+    assert main(["pretrain", "--resume", "--out", str(out), "--quiet"]) == 0
+    assert not list(out.glob(".*.tmp"))  # temp files of writes cut by the kill are cleared on resume
+    model = load_model_dir(out)
+    assert model.info["training"]["steps"] == 24
+    rows = (out / "metrics.csv").read_text().splitlines()[1:]
+    assert [int(r.split(",")[0]) for r in rows] == list(range(1, 25))
