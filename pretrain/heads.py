@@ -10,12 +10,14 @@ class ProjectionHead(nn.Sequential):
     SimCLR uses 2 layers (hidden = feature dim), SimCLRv2 3; BYOL/SimSiam predictors are 2-layer heads too.
     """
 
-    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2):
+    def __init__(self, in_dim: int, hidden_dim: int, out_dim: int, layers: int = 2, last_bn: bool = False):
         if layers < 1:
             raise ValueError(f"a projection head needs at least one layer (got {layers})")
         dims = [in_dim] + [hidden_dim] * (layers - 1) + [out_dim]
         blocks: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-2], dims[1:-1]):
             blocks += [nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
-        blocks.append(nn.Linear(dims[-2], dims[-1]))
+        blocks.append(nn.Linear(dims[-2], dims[-1], bias=not last_bn))
+        if last_bn:  # SimSiam's projector ends in BatchNorm
+            blocks.append(nn.BatchNorm1d(dims[-1]))
         super().__init__(*blocks)

@@ -10,8 +10,12 @@ from dataclasses import dataclass
 from torch import nn
 
 from pretrain.config import ConfigError
+from pretrain.methods.barlowtwins import BarlowTwins
 from pretrain.methods.base import Method
+from pretrain.methods.byol import BYOL
 from pretrain.methods.simclr import SimCLR
+from pretrain.methods.simsiam import SimSiam
+from pretrain.methods.vicreg import VICReg
 
 
 @dataclass(frozen=True)
@@ -28,6 +32,11 @@ class MethodSpec:
 # --optimizer lars --lr 0.3 --weight-decay 1e-6 --method-arg temperature=0.1.
 METHODS: dict[str, MethodSpec] = {
     "simclr": MethodSpec(SimCLR, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    # Pending the per-method learning check of issue 3: the same optimizer recipe as SimCLR.
+    "byol": MethodSpec(BYOL, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    "simsiam": MethodSpec(SimSiam, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    "barlowtwins": MethodSpec(BarlowTwins, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    "vicreg": MethodSpec(VICReg, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
 }
 
 

@@ -1,0 +1,21 @@
+"""SimSiam (Chen & He 2021): predictor + stop-gradient, negative cosine, no momentum encoder, no negatives."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from pretrain.heads import ProjectionHead
+from pretrain.losses import negative_cosine
+from pretrain.methods.base import Method
+
+
+class SimSiam(Method):
+    def __init__(self, backbone: nn.Module, feature_dim: int, proj_dim: int = 2048, pred_hidden_dim: int = 512):
+        super().__init__(backbone, feature_dim)
+        self.projector = ProjectionHead(feature_dim, proj_dim, proj_dim, layers=3, last_bn=True)
+        self.predictor = ProjectionHead(proj_dim, pred_hidden_dim, proj_dim, layers=2)
+
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
+        p1, p2 = self.predictor(torch.cat([z1, z2])).chunk(2)
+        return (negative_cosine(p1, z2) + negative_cosine(p2, z1)) / 2, {}

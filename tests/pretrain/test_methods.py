@@ -1,0 +1,101 @@
+"""Each SSL loss against a plain reference computation, and every registered method through the trainer."""
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+from torch import nn
+
+from pretrain.ema import cosine_momentum, ema_update, frozen_copy
+from pretrain.losses import BarlowTwinsLoss, VICRegLoss, byol_loss, negative_cosine
+from pretrain.methods import METHODS
+from pretrain.trainer import Trainer
+
+
+def random_pair(n: int = 16, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, d, generator=g) * 2 + 1, torch.randn(n, d, generator=g)
+
+
+def test_barlow_twins_matches_explicit_sums() -> None:
+    z1, z2 = random_pair()
+    n, d = z1.shape
+    a = [(z1[:, i] - z1[:, i].mean()) / (z1[:, i].var(unbiased=False) + 1e-5).sqrt() for i in range(d)]
+    b = [(z2[:, j] - z2[:, j].mean()) / (z2[:, j].var(unbiased=False) + 1e-5).sqrt() for j in range(d)]
+    c = [[float((a[i] * b[j]).sum() / n) for j in range(d)] for i in range(d)]
+    on = sum((1 - c[i][i]) ** 2 for i in range(d))
+    off = sum(c[i][j] ** 2 for i in range(d) for j in range(d) if i != j)
+    assert BarlowTwinsLoss(0.01)(z1, z2).item() == pytest.approx(on + 0.01 * off, rel=1e-5)
+
+
+def test_vicreg_terms_match_loops_over_dimensions() -> None:
+    z1, z2 = random_pair(seed=1)
+    n, d = z1.shape
+    inv = sum(float((z1[k, i] - z2[k, i]) ** 2) for k in range(n) for i in range(d)) / (n * d)
+    var = cov = 0.0
+    for z in (z1, z2):
+        mean = [float(z[:, i].mean()) for i in range(d)]
+        var += sum(max(0.0, 1 - (float(z[:, i].var()) + 1e-4) ** 0.5) for i in range(d)) / d / 2
+        for i in range(d):
+            for j in range(d):
+                if i != j:
+                    cij = sum((float(z[k, i]) - mean[i]) * (float(z[k, j]) - mean[j]) for k in range(n)) / (n - 1)
+                    cov += cij ** 2 / d
+    terms = VICRegLoss().terms(z1, z2)
+    assert [t.item() for t in terms] == pytest.approx([inv, var, cov], rel=1e-4)
+    assert VICRegLoss()(z1, z2).item() == pytest.approx(25 * inv + 25 * var + cov, rel=1e-4)
+
+
+@pytest.mark.parametrize("loss, at_equal", [(negative_cosine, -1.0), (byol_loss, 0.0)])
+def test_stop_gradient_losses_send_no_gradient_to_the_target(loss, at_equal: float) -> None:
+    p = torch.randn(4, 8, requires_grad=True)
+    z = torch.randn(4, 8, requires_grad=True)
+    loss(p, z).backward()
+    assert p.grad is not None and p.grad.abs().sum() > 0 and z.grad is None
+    assert loss(z.detach() * 3, z.detach()).item() == pytest.approx(at_equal, abs=1e-6)
+
+
+def test_ema_update_formula_and_schedule() -> None:
+    online = nn.Linear(3, 2)
+    target = frozen_copy(online)
+    assert not any(p.requires_grad for p in target.parameters())
+    before = target.weight.detach().clone()
+    with torch.no_grad():
+        online.weight.add_(1.0)
+    ema_update(target, online, 0.9)
+    torch.testing.assert_close(target.weight, 0.9 * before + 0.1 * online.weight.detach())
+    assert cosine_momentum(0, 100, 0.99) == pytest.approx(0.99) and cosine_momentum(100, 100, 0.99) == 1.0
+    assert cosine_momentum(50, 100, 0.99) == pytest.approx(0.995)
+
+
+SMALL = {"simclr": {"out_dim": 16}, "byol": {"proj_hidden_dim": 32, "proj_dim": 16},
+         "simsiam": {"proj_dim": 32, "pred_hidden_dim": 16}, "barlowtwins": {"proj_dim": 32},
+         "vicreg": {"proj_dim": 32}}
+
+
+def test_every_registered_method_has_a_small_test_setting() -> None:
+    assert set(SMALL) == set(METHODS)
+
+
+@pytest.mark.parametrize("method", sorted(SMALL))
+def test_method_trains_and_resumes_exactly(method: str, image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    def config(name: str, **changes):
+        return tiny_config(image_folder, tmp_path / name, method=method, method_args=SMALL[method],
+                           optimizer="adamw", lr=1e-3, checkpoint_every_steps=2, **changes)
+
+    full = Trainer(config("full"), progress=False).fit()
+
+    def interrupt(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config("cut"), on_step=interrupt, progress=False).fit()
+    resumed = Trainer(config("cut"), resume=True, progress=False).fit()
+    a, b = load_file(full / "backbone.safetensors"), load_file(resumed / "backbone.safetensors")
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    full_ckpt = torch.load(full / "checkpoint.pt", weights_only=True)["model"]
+    resumed_ckpt = torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
+    for key in full_ckpt:  # EMA targets and every head too
+        torch.testing.assert_close(full_ckpt[key], resumed_ckpt[key], rtol=0, atol=1e-6, msg=key)
