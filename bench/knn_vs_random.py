@@ -1,7 +1,8 @@
-"""Does SimCLR learn on a CPU budget? kNN top-1 of a pretrained ResNet-18 vs the same network at random init.
+"""Does a method learn on a CPU budget? kNN top-1 of a pretrained ResNet-18 vs the same network at random init.
 
     tar -xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar10
-    python bench/simclr_knn.py --cifar /tmp/cifar10 --train-images 5000 --epochs 1 --out runs/bench-simclr
+    python bench/knn_vs_random.py --cifar /tmp/cifar10 --method simclr --train-images 5000 --epochs 1 \
+        --out runs/bench-simclr
 
 Pretrains with the library's defaults unless options say otherwise, then evaluates the weighted kNN
 (k=200, T=0.1) with the pretraining images as the bank, on a fixed random subset of the test images
@@ -32,6 +33,9 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--backbone", default="resnet18")
+    p.add_argument("--method", default="simclr", help="any registered method (`sslforge methods`)")
+    p.add_argument("--skip-random", action="store_true",
+                   help="do not evaluate the random-init baseline (it depends only on the images and the seed)")
     p.add_argument("--out", default="runs/bench-simclr")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra PretrainConfig fields as YAML values, e.g. lr=0.6 optimizer=sgd")
@@ -40,7 +44,7 @@ def main() -> None:
     import yaml
 
     extra = {k: yaml.safe_load(v) for k, v in (s.split("=", 1) for s in args.set)}
-    cfg = PretrainConfig(method="simclr", data=str(args.cifar / "train"), out=args.out, backbone=args.backbone,
+    cfg = PretrainConfig(method=args.method, data=str(args.cifar / "train"), out=args.out, backbone=args.backbone,
                          image_size=32, epochs=args.epochs, batch_size=args.batch_size, workers=args.workers,
                          max_images=args.train_images, **extra)
     start = time.perf_counter()
@@ -55,11 +59,11 @@ def main() -> None:
     torch.manual_seed(0)
     random_backbone = model.random_backbone()
     rows = {}
-    for name, embed in (
-        ("SimCLR", lambda imgs: cached_features(model, imgs, workers=args.workers)),
-        ("random init", lambda imgs: extract_features(random_backbone, imgs, model.preprocessing,
-                                                      workers=args.workers)),
-    ):
+    embedders = {args.method: lambda imgs: cached_features(model, imgs, workers=args.workers)}
+    if not args.skip_random:
+        embedders["random init"] = lambda imgs: extract_features(random_backbone, imgs, model.preprocessing,
+                                                                 workers=args.workers)
+    for name, embed in embedders.items():
         bank, test = embed(bank_images), embed(test_all)
         subset = torch.randperm(len(test.labels), generator=torch.Generator().manual_seed(0))[: args.test_subset]
         rows[name] = {
