@@ -88,6 +88,8 @@ class VICRegLoss(nn.Module):
             covariance = covariance + _off_diagonal(cov).pow(2).sum() / z.shape[1]
         return invariance, variance, covariance
 
+    def weighted(self, invariance: torch.Tensor, variance: torch.Tensor, covariance: torch.Tensor) -> torch.Tensor:
+        return self.lambda_ * invariance + self.mu * variance + self.nu * covariance
+
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
-        inv, var, cov = self.terms(z1, z2)
-        return self.lambda_ * inv + self.mu * var + self.nu * cov
+        return self.weighted(*self.terms(z1, z2))

@@ -19,7 +19,5 @@ class VICReg(Method):
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
         inv, var, cov = self.criterion.terms(z1, z2)
-        c = self.criterion
-        loss = c.lambda_ * inv + c.mu * var + c.nu * cov
-        return loss, {"invariance": float(inv.detach()), "variance": float(var.detach()),
-                      "covariance": float(cov.detach())}
+        logs = {"invariance": float(inv.detach()), "variance": float(var.detach()), "covariance": float(cov.detach())}
+        return self.criterion.weighted(inv, var, cov), logs
