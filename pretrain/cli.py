@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 import warnings
+from importlib.metadata import entry_points
 
 from pretrain import __version__
 from pretrain.config import ConfigError, PretrainConfig, load_yaml, parse_key_values
@@ -12,6 +13,7 @@ from pretrain.modeldir import ModelDirError
 
 DICT_OPTIONS = {"backbone_args": "--backbone-arg", "transform_args": "--transform-arg", "method_args": "--method-arg"}
 ERRORS = (ConfigError, DataError, ModelDirError)
+COMMAND_PLUGINS = "sslforge.commands"  # entry-point group through which export/retrieval/serve add commands
 
 
 def _type_of(f) -> type:
@@ -201,7 +203,20 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)
+    parser.set_defaults(plugin_errors=add_plugin_commands(sub))
     return parser
+
+
+def add_plugin_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:
+    """Let the later stages add their commands without pretrain importing them (imports point one way).
+
+    Each entry point of group `sslforge.commands` is `add_commands(subparsers) -> error types`: the
+    exceptions its commands raise for bad input, which `main` prints as one-line errors.
+    """
+    errors: list[type[Exception]] = []
+    for ep in sorted(entry_points(group=COMMAND_PLUGINS), key=lambda e: e.name):
+        errors.extend(ep.load()(sub))
+    return tuple(errors)
 
 
 def _one_line_warning(message, category, filename, lineno, line=None) -> str:
@@ -215,7 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except ERRORS as e:
+    except ERRORS + args.plugin_errors as e:
         print(f"sslforge: error: {e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
