@@ -215,7 +215,12 @@ class Trainer:
             self.sampler = EpochSampler(len(self.images), cfg.batch_size, cfg.seed)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        dataset = ViewsDataset(self.images, build_transform(cfg.transform, cfg.image_size, cfg.transform_args))
+        transform = build_transform(cfg.transform, cfg.image_size, cfg.transform_args)
+        missing = [k for k in self.model.needs if k not in getattr(transform, "provides", ())]
+        if missing:
+            raise ConfigError(f"method {cfg.method} needs per-view {', '.join(missing)}, which transform "
+                              f"{cfg.transform!r} does not provide; use its default (`sslforge methods`)")
+        dataset = ViewsDataset(self.images, transform)
         self.loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
                                  generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG alone
@@ -289,10 +294,9 @@ class Trainer:
             lr = warmup_cosine(state.step, self.total_steps, self.warmup_steps, self.peak_lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            views = [v.to(self.device, non_blocking=True).contiguous(
-                memory_format=torch.channels_last if cfg.channels_last else torch.contiguous_format) for v in views]
+            views, extras = self._to_device(views)
             with autocast:
-                loss, logs = self.model(views)
+                loss, logs = self.model(views, **extras)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
                     f"loss became {float(loss.detach())} at step {state.step + 1} (epoch {epoch + 1}); stopped. "
@@ -326,6 +330,13 @@ class Trainer:
         if failures:
             warnings.warn(f"epoch {epoch + 1}: {failures} images failed to decode and were replaced by their "
                           f"neighbours (first: {first_failure})", stacklevel=2)
+
+    def _to_device(self, batch: list | dict) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Views to the device (channels-last if asked), and the per-view extras the method declares it needs."""
+        views, extras = (batch["views"], batch) if isinstance(batch, dict) else (batch, {})
+        layout = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
+        views = [v.to(self.device, non_blocking=True).contiguous(memory_format=layout) for v in views]
+        return views, {k: extras[k].to(self.device, non_blocking=True) for k in self.model.needs}
 
     def online_knn(self, epoch: int, step: int, log: MetricsLog) -> dict:
         cfg = self.cfg

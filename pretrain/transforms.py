@@ -1,5 +1,9 @@
 """Training view pipelines by name: a pipeline maps one PIL image to the list of its views.
 
+A pipeline that also produces per-view information (crop boxes, rotation labels) returns
+`{"views": [...], name: tensor with one row per view}` and lists those names in its `provides`
+attribute; methods name what they use in `Method.needs`.
+
 Every pipeline ends with the same tensor conversion and normalisation as the inference
 preprocessing, so features seen in training and in deployment share one input scale.
 """

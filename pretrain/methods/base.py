@@ -11,7 +11,13 @@ class Method(nn.Module):
     Subclasses take `(backbone, feature_dim, **hyper_parameters)` and implement `forward(views)`
     returning `(loss, logs)`, where logs are floats worth plotting (loss terms, statistics).
     `after_step` runs after each optimizer step, for momentum encoders and schedules.
+
+    A transform may return a dict `{"views": [...], name: tensor with one row per view, ...}` instead of
+    a list of views; a method that uses such per-view extras (crop boxes, rotation labels) names them
+    in `needs`, and the trainer passes them as keyword arguments to `forward`.
     """
+
+    needs: tuple[str, ...] = ()
 
     def __init__(self, backbone: nn.Module, feature_dim: int):
         super().__init__()
