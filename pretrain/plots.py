@@ -35,9 +35,10 @@ def plot_metrics(csv_path: str | Path, png_path: str | Path) -> None:
     fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
     window = max(1, len(rows) // 50)
     for ax, key in zip(axes[:, 0], keys):
-        values = [float(r[key]) for r in rows]
-        ax.plot(epochs, values, color="tab:blue", alpha=0.3, linewidth=0.8)
-        ax.plot(epochs, _smooth(values, window), color="tab:blue", linewidth=1.5)
+        logged = [(e, float(r[key])) for e, r in zip(epochs, rows) if r[key] != ""]  # some are logged every N steps
+        x, values = [e for e, _ in logged], [v for _, v in logged]
+        ax.plot(x, values, color="tab:blue", alpha=0.3, linewidth=0.8)
+        ax.plot(x, _smooth(values, max(1, window * len(values) // len(rows))), color="tab:blue", linewidth=1.5)
         ax.set_ylabel(key)
         ax.grid(alpha=0.3)
     axes[-1, 0].set_xlabel("epoch")

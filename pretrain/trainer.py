@@ -33,6 +33,7 @@ from pretrain.datasets import EpochSampler, ViewsDataset
 from pretrain.evaluate import class_count, default_workers, extract_features, knn_evaluate
 from pretrain.methods import build_method, method_hparams, method_spec
 from pretrain.modeldir import write_model_dir
+from pretrain.monitor import CollapseMonitor
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
 from pretrain.preprocess import Preprocessing
 from pretrain.transforms import build_transform
@@ -208,6 +209,7 @@ class Trainer:
         self.model = build_method(cfg.method, backbone, self.feature_dim, cfg.method_args).to(self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.monitor = CollapseMonitor(self.model.backbone)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, scaled_lr(cfg.lr, cfg.batch_size),
                                          cfg.weight_decay, cfg.momentum)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
@@ -315,6 +317,7 @@ class Trainer:
             dt, tick = now - tick, now
             state.elapsed_s += dt
             state.last_loss = float(loss.detach())
+            logs.update(self.monitor.stats(state.step))
             failures += int(failed.sum())
             first_failure = first_failure or next((p for p in failed_paths if p), "")
             log.log({"step": state.step, "epoch": state.step / self.steps_per_epoch, "lr": lr,
