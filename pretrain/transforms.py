@@ -4,72 +4,429 @@ A pipeline that also produces per-view information (crop boxes, rotation labels)
 `{"views": [...], name: tensor with one row per view}` and lists those names in its `provides`
 attribute; methods name what they use in `Method.needs`.
 
-Every pipeline ends with the same tensor conversion and normalisation as the inference
-preprocessing, so features seen in training and in deployment share one input scale.
+Speed: the image is converted to a uint8 tensor once, each view is cropped and resized on uint8
+(torchvision's fast antialiased path), then converted to float once for the colour operations and
+the same normalisation as the inference preprocessing, so training and deployment share one input scale.
+All randomness comes from torch's global RNG, which `ViewsDataset` seeds per sample.
 """
 from __future__ import annotations
 
-from collections.abc import Callable
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 
 import torch
 from PIL import Image
-from torchvision.transforms import v2
+from torchvision.transforms import RandomResizedCrop, v2
+from torchvision.transforms.v2 import functional as F
 
 from pretrain.config import ConfigError
 from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
+SMALL = 64  # inputs up to this size get the small-image defaults (no blur, local crops scaled down)
+Box = tuple[float, float, float, float]
+
+
+def to_uint8(image: Image.Image | torch.Tensor) -> torch.Tensor:
+    """A (3, H, W) uint8 tensor, converting a PIL image once per sample."""
+    return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
+
+
+def normalize(view: torch.Tensor) -> torch.Tensor:
+    """Float [0, 1] (or uint8) view -> the inference preprocessing's normalised float tensor."""
+    return F.normalize(F.to_dtype(view, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
+
+
+def denormalize(view: torch.Tensor) -> torch.Tensor:
+    """Inverse of `normalize`, for pictures and tests: a uint8 (3, H, W) tensor."""
+    mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
+    std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
+    return (view.float() * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
+
+
+def coin(p: float) -> bool:
+    """True with probability p, from torch's global RNG (no draw at all for p of 0 or 1)."""
+    return p >= 1 or (p > 0 and bool(torch.rand(()) < p))
+
+
+def local_size(size: int, reference: int = 96) -> int:
+    """The local-crop size for `size`-pixel global crops: 96 at 224 (DINO, SwAV, VICRegL), scaled and
+    rounded to a multiple of 8 (16 px at 32 px), at least 8."""
+    return max(8, 8 * round(size * reference / 224 / 8))
+
+
+# -- colour --------------------------------------------------------------------------------------
+_HUE_OFFSETS = torch.tensor([5.0, 3.0, 1.0]).view(3, 1, 1)
+
+
+def uniform(low: float, high: float) -> float:
+    return low + (high - low) * float(torch.rand(()))
+
+
+def shift_hue(view: torch.Tensor, shift: float) -> torch.Tensor:
+    """torchvision's `adjust_hue` (HSV hue + shift turns) on a float (3, H, W) view, equal to 1e-6 and
+    3x faster: hue from the max channel, then the closed-form HSV -> RGB of the shifted hue."""
+    r, g, b = view.unbind(0)
+    top, channel = view.max(0)
+    delta = top - view.amin(0)
+    safe = torch.where(delta > 0, delta, 1.0)
+    hue = torch.where(channel == 0, (g - b) / safe, torch.where(channel == 1, (b - r) / safe + 2, (r - g) / safe + 4))
+    k = (_HUE_OFFSETS + (hue + 6 * shift)).remainder_(6)
+    return top - delta * torch.minimum(k, 4 - k).clamp_(0, 1)
+
+
+def colour_jitter(view: torch.Tensor, brightness: float, contrast: float, saturation: float,
+                  hue: float) -> torch.Tensor:
+    """torchvision's ColorJitter: factors drawn uniformly around 1 (hue around 0), applied in random order."""
+    order = torch.randperm(4).tolist()
+    factors = [uniform(max(0.0, 1 - x), 1 + x) if x > 0 else None for x in (brightness, contrast, saturation)]
+    shift = uniform(-hue, hue) if hue > 0 else None
+    for op in order:
+        if op == 0 and factors[0] is not None:
+            view = F.adjust_brightness(view, factors[0])
+        elif op == 1 and factors[1] is not None:
+            view = F.adjust_contrast(view, factors[1])
+        elif op == 2 and factors[2] is not None:
+            view = F.adjust_saturation(view, factors[2])
+        elif op == 3 and shift is not None:
+            view = shift_hue(view, shift)
+    return view
+
+
+def _blur_matrix(n: int, kernel: torch.Tensor) -> torch.Tensor:
+    """The (n, n) matrix of a 1-D convolution with reflect padding, so a blur is two small matmuls."""
+    half = len(kernel) // 2
+    index = (torch.arange(n).view(n, 1) + torch.arange(len(kernel)).view(1, -1) - half).abs()
+    index = torch.where(index >= n, 2 * (n - 1) - index, index)
+    return torch.zeros(n, n).scatter_add_(1, index, kernel.expand(n, -1).contiguous())
+
+
+def gaussian_blur(view: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
+    """torchvision's `gaussian_blur` (reflect padding) as two band-matrix products: equal to 1e-6 and
+    about 7x faster than its depthwise convolution on CPU at 224 px."""
+    x = torch.arange(kernel_size, dtype=torch.float32) - kernel_size // 2
+    kernel = torch.exp(-0.5 * (x / sigma) ** 2)
+    kernel /= kernel.sum()
+    _, h, w = view.shape
+    return _blur_matrix(h, kernel) @ view @ _blur_matrix(w, kernel).T
+
+
+@dataclass(frozen=True)
+class Colour:
+    """Photometric operations on a float [0, 1] view, in the order of SimCLR / BYOL / DINO."""
+
+    jitter: tuple[float, float, float, float]  # brightness, contrast, saturation, hue at strength 1
+    strength: float = 1.0
+    jitter_p: float = 0.8
+    gray_p: float = 0.2
+    blur_p: float = 0.0
+    solarize_p: float = 0.0
+
+    def __call__(self, view: torch.Tensor) -> torch.Tensor:
+        b, c, s, h = (x * self.strength for x in self.jitter)
+        if coin(self.jitter_p) and self.strength > 0:
+            view = colour_jitter(view, b, c, s, min(h, 0.5))
+        if coin(self.gray_p):
+            view = F.rgb_to_grayscale(view, num_output_channels=3)
+        if coin(self.blur_p):  # kernel ~10% of the image, odd (SimCLR appendix A); sigma in [0.1, 2]
+            view = gaussian_blur(view, max(3, int(0.1 * min(view.shape[1:])) // 2 * 2 + 1), uniform(0.1, 2.0))
+        if coin(self.solarize_p):
+            view = torch.where(view >= 0.5, 1 - view, view)
+        return view
+
+
+# -- structural operations applied to a finished (float) view ------------------------------------
+class LocalRotation:
+    """LoRot-I (Moon et al. 2022): rotate one square region of the view in place by k quarter turns.
+
+    The region is a random quadrant (`quadrant=True`, the paper's informative variant) or a square of
+    side `region` x size at a random position. k is uniform in 0..3 and is the view's rotation label.
+    """
+
+    def __init__(self, region: float = 0.5, quadrant: bool = True):
+        self.region, self.quadrant = region, quadrant
+
+    def __call__(self, view: torch.Tensor) -> tuple[torch.Tensor, int]:
+        _, h, w = view.shape
+        side = max(1, round(self.region * min(h, w)))
+        if self.quadrant:
+            y = int(torch.randint(2, ())) * (h - side)
+            x = int(torch.randint(2, ())) * (w - side)
+        else:
+            y = int(torch.randint(h - side + 1, ()))
+            x = int(torch.randint(w - side + 1, ()))
+        k = int(torch.randint(4, ()))
+        if k:
+            view = view.clone()
+            view[:, y:y + side, x:x + side] = torch.rot90(view[:, y:y + side, x:x + side], k, dims=(1, 2))
+        return view, k
+
+
+def neighbourhood_permutation(n: int, k: int) -> torch.Tensor:
+    """DCL's region confusion: sort i + U(-k, k); each index moves by at most 2k - 1 places."""
+    return torch.argsort(torch.arange(n) + (torch.rand(n) * 2 - 1) * k)
+
+
+class RegionConfusion:
+    """DCL's region confusion mechanism (Chen et al. 2019): split the view into a grid x grid of tiles,
+    shuffle the tiles of each row, then of each column, within a neighbourhood of k.
+
+    A tile moves at most 2k - 1 places along each axis. When the size is not a multiple of the grid,
+    the remaining right and bottom pixels stay in place.
+    """
+
+    def __init__(self, grid: int, k: int):
+        self.grid, self.k = grid, k
+
+    def __call__(self, view: torch.Tensor) -> torch.Tensor:
+        c, h, w = view.shape
+        g = self.grid
+        th, tw = h // g, w // g
+        tiles = view[:, :g * th, :g * tw].reshape(c, g, th, g, tw).permute(1, 3, 0, 2, 4)  # (row, col, c, th, tw)
+        rows = torch.arange(g).view(g, 1).expand(g, g)
+        cols = torch.stack([neighbourhood_permutation(g, self.k) for _ in range(g)])  # per row: source column
+        tiles = tiles[rows, cols]
+        rows = torch.stack([neighbourhood_permutation(g, self.k) for _ in range(g)], dim=1)  # per column
+        tiles = tiles[rows, torch.arange(g).view(1, g).expand(g, g)]
+        out = view.clone()
+        out[:, :g * th, :g * tw] = tiles.permute(2, 0, 3, 1, 4).reshape(c, g * th, g * tw)
+        return out
+
+
+# -- one view ------------------------------------------------------------------------------------
+@dataclass
+class ViewSample:
+    view: torch.Tensor
+    box: Box  # crop in the source, normalised; flips swap the coordinates
+    rotation: int  # LoRot quarter turns of the rotated region, 0 without LoRot
+
+
+class View:
+    """One random view of a uint8 image: crop + resize, flips, rotations, colour, structure, normalise."""
+
+    def __init__(self, size: int, colour: Colour, *, scale: tuple[float, float] = (0.08, 1.0),
+                 hflip_p: float = 0.5, vflip_p: float = 0.0, turn_p: float = 0.0, rotation_p: float = 0.0,
+                 rotation_degrees: float = 0.0, lorot: LocalRotation | None = None,
+                 confusion: RegionConfusion | None = None, confusion_p: float = 1.0):
+        self.size, self.scale = size, scale
+        self.hflip_p, self.vflip_p, self.turn_p = hflip_p, vflip_p, turn_p
+        self.rotation = v2.RandomApply([v2.RandomRotation(rotation_degrees)], p=rotation_p) \
+            if rotation_p > 0 and rotation_degrees > 0 else None
+        self.colour = colour
+        self.lorot, self.confusion, self.confusion_p = lorot, confusion, confusion_p
+
+    def __call__(self, image: torch.Tensor) -> ViewSample:
+        _, height, width = image.shape
+        i, j, h, w = RandomResizedCrop.get_params(image, list(self.scale), [3 / 4, 4 / 3])
+        view = F.resized_crop(image, i, j, h, w, [self.size, self.size], antialias=True)
+        x0, y0, x1, y1 = j / width, i / height, (j + w) / width, (i + h) / height
+        if coin(self.hflip_p):
+            view, x0, x1 = F.horizontal_flip(view), x1, x0
+        if coin(self.vflip_p):
+            view, y0, y1 = F.vertical_flip(view), y1, y0
+        if coin(self.turn_p):
+            view = torch.rot90(view, int(torch.randint(1, 4, ())), dims=(1, 2))
+        if self.rotation is not None:
+            view = self.rotation(view)
+        view = self.colour(F.to_dtype(view, torch.float32, scale=True))
+        rotation = 0
+        if self.lorot is not None:
+            view, rotation = self.lorot(view)
+        if self.confusion is not None and coin(self.confusion_p):
+            view = self.confusion(view)
+        return ViewSample(F.normalize(view, IMAGENET_MEAN, IMAGENET_STD), (x0, y0, x1, y1), rotation)
+
 
 class MultiView:
-    """Apply each view transform to the same image: `MultiView([t1, t2])(img) -> [t1(img), t2(img)]`."""
+    """Apply each view transform to the same image: `MultiView([t1, t2])(img) -> [t1(img), t2(img)]`.
 
-    def __init__(self, transforms: list[Callable[[Image.Image], torch.Tensor]]):
-        self.transforms = transforms
+    Views built from `View` share one uint8 conversion of the image and may report per-view extras:
+    `provides=("boxes",)` and/or `("rotations",)` make the pipeline return
+    `{"views": [...], "boxes": float32 [n_views, 4], "rotations": int64 [n_views]}`. Other callables
+    (e.g. a torchvision Compose on PIL images) receive the PIL image and return a tensor.
+    """
 
-    def __call__(self, image: Image.Image) -> list[torch.Tensor]:
-        return [t(image) for t in self.transforms]
+    def __init__(self, transforms: Sequence[Callable], provides: tuple[str, ...] = ()):
+        self.transforms = list(transforms)
+        self.provides = provides
+
+    def __call__(self, image: Image.Image) -> list[torch.Tensor] | dict[str, list[torch.Tensor] | torch.Tensor]:
+        pixels = to_uint8(image) if any(isinstance(t, View) for t in self.transforms) else None
+        samples = [t(pixels) if isinstance(t, View) else ViewSample(t(image), (0.0, 0.0, 1.0, 1.0), 0)
+                   for t in self.transforms]
+        views = [s.view for s in samples]
+        if not self.provides:
+            return views
+        out: dict[str, list[torch.Tensor] | torch.Tensor] = {"views": views}
+        if "boxes" in self.provides:
+            out["boxes"] = torch.tensor([s.box for s in samples], dtype=torch.float32)
+        if "rotations" in self.provides:
+            out["rotations"] = torch.tensor([s.rotation for s in samples], dtype=torch.int64)
+        return out
+
+    def __len__(self) -> int:
+        return len(self.transforms)
 
 
-def to_normalized_tensor() -> list[v2.Transform]:
-    return [v2.ToImage(), v2.ToDtype(torch.float32, scale=True), v2.Normalize(IMAGENET_MEAN, IMAGENET_STD)]
+# -- pipelines -----------------------------------------------------------------------------------
+def _blur(blur_p: float | None, size: int, default: float = 0.5) -> float:
+    return (0.0 if size <= SMALL else default) if blur_p is None else blur_p
 
 
-def simclr_view(size: int, *, min_scale: float = 0.08, strength: float | None = None, jitter_p: float = 0.8,
-                gray_p: float = 0.2, blur_p: float | None = None, hflip_p: float = 0.5) -> v2.Compose:
-    """One SimCLR view (Chen et al. 2020, appendix A): crop-and-resize, flip, colour distortion, blur.
+def baseline(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, rotation_p: float = 0.5,
+             rotation_degrees: float = 15.0, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
+             blur_p: float | None = None) -> MultiView:
+    """The common default of SSL libraries (lightly's ImageCollateFunction): crop (scale >= 0.15), flip,
+    rotation by up to +-15 degrees, colour jitter (0.7, 0.7, 0.7, 0.2) with p=0.8, grayscale, blur
+    (none on inputs <= 64 px)."""
+    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, rotation_p=rotation_p,
+                           rotation_degrees=rotation_degrees) for _ in range(2)])
+
+
+def simclr(size: int, *, min_scale: float = 0.08, hflip_p: float = 0.5, strength: float | None = None,
+           jitter_p: float = 0.8, gray_p: float = 0.2, blur_p: float | None = None) -> MultiView:
+    """Two SimCLR views (Chen et al. 2020, appendix A): crop-and-resize, flip, colour distortion, blur.
 
     Defaults follow the paper per input size: colour strength 0.5 and no blur on small (<= 64 px)
     images as in its CIFAR-10 runs; strength 1.0 and a blur kernel of ~10% of the image otherwise.
     """
-    small = size <= 64
-    strength = (0.5 if small else 1.0) if strength is None else strength
-    blur_p = (0.0 if small else 0.5) if blur_p is None else blur_p
-    ops: list[v2.Transform] = [
-        v2.RandomResizedCrop(size, scale=(min_scale, 1.0), antialias=True),
-        v2.RandomHorizontalFlip(hflip_p),
-        v2.RandomApply([v2.ColorJitter(0.8 * strength, 0.8 * strength, 0.8 * strength, 0.2 * strength)], p=jitter_p),
-        v2.RandomGrayscale(gray_p),
-    ]
-    if blur_p > 0:
-        kernel = max(3, int(0.1 * size) // 2 * 2 + 1)
-        ops.append(v2.RandomApply([v2.GaussianBlur(kernel, sigma=(0.1, 2.0))], p=blur_p))
-    return v2.Compose(ops + to_normalized_tensor())
+    strength = (0.5 if size <= SMALL else 1.0) if strength is None else strength
+    colour = Colour((0.8, 0.8, 0.8, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p) for _ in range(2)])
 
 
-def simclr(size: int, **options: float) -> MultiView:
-    """Two independent SimCLR views."""
-    return MultiView([simclr_view(size, **options), simclr_view(size, **options)])
+def orthogonality(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, vflip_p: float = 0.5,
+                  turn_p: float = 0.5, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
+                  blur_p: float | None = None) -> MultiView:
+    """The baseline's crop and colour with the orthogonal group instead of a small rotation: horizontal
+    and vertical flips and a right-angle turn (1-3 quarter turns with p=turn_p)."""
+    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, vflip_p=vflip_p,
+                           turn_p=turn_p) for _ in range(2)])
+
+
+def lorot(size: int, *, region: float = 0.5, quadrant: bool = True, min_scale: float = 0.15,
+          hflip_p: float = 0.5, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
+          blur_p: float | None = None) -> MultiView:
+    """LoRot-I on the baseline's crop and colour: each view gets one region turned by k quarter turns
+    (k uniform in 0..3, returned per view as `rotations` for an auxiliary rotation head)."""
+    if not 0 < region <= 1:
+        raise ConfigError(f"transform lorot: region must be in (0, 1] (got {region})")
+    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p,
+                           lorot=LocalRotation(region, quadrant)) for _ in range(2)], provides=("rotations",))
+
+
+def dcl(size: int, *, grid: int | None = None, k: int = 1, confusion_p: float = 1.0, min_scale: float = 0.15,
+        hflip_p: float = 0.5, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
+        blur_p: float | None = None) -> MultiView:
+    """DCL's region confusion on the baseline's crop and colour: a grid x grid tiling (4 on inputs
+    <= 64 px, else 7 as in DCL) shuffled within a neighbourhood of k, with probability confusion_p."""
+    grid = (4 if size <= SMALL else 7) if grid is None else grid
+    if not 1 <= grid <= size or not 1 <= k < max(grid, 2):
+        raise ConfigError(f"transform dcl: need 1 <= grid <= image size and 1 <= k < grid (got grid={grid}, k={k})")
+    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p,
+                           confusion=RegionConfusion(grid, k), confusion_p=confusion_p) for _ in range(2)])
+
+
+def _global_local(size: int, colour: Colour, global_colours: tuple[Colour, Colour], *, local_views: int,
+                  local_size_: int | None, global_min_scale: float, local_min_scale: float, local_max_scale: float,
+                  hflip_p: float) -> list[View]:
+    if local_views < 0 or not 0 < local_min_scale <= local_max_scale <= 1 or not 0 < global_min_scale <= 1:
+        raise ConfigError("multi-crop: need local_views >= 0, 0 < local_min_scale <= local_max_scale <= 1 and "
+                          f"0 < global_min_scale <= 1 (got {local_views}, {local_min_scale}, {local_max_scale}, "
+                          f"{global_min_scale})")
+    small = local_size(size) if local_size_ is None else local_size_
+    globals_ = [View(size, c, scale=(global_min_scale, 1.0), hflip_p=hflip_p) for c in global_colours]
+    locals_ = [View(small, colour, scale=(local_min_scale, local_max_scale), hflip_p=hflip_p)
+               for _ in range(local_views)]
+    return globals_ + locals_
+
+
+def _dino_colours(size: int, strength: float, jitter_p: float, gray_p: float,
+                  blur_p: float | None) -> tuple[Colour, tuple[Colour, Colour]]:
+    """DINO's asymmetric views: global 1 always blurred, global 2 rarely blurred and sometimes
+    solarised, locals blurred half the time; no blur or solarisation on inputs <= 64 px by default."""
+    jitter = (0.4, 0.4, 0.2, 0.1)
+    if blur_p is not None:
+        blurs, solarize = (blur_p, blur_p, blur_p), 0.0
+    elif size <= SMALL:
+        blurs, solarize = (0.0, 0.0, 0.0), 0.0
+    else:
+        blurs, solarize = (1.0, 0.1, 0.5), 0.2
+    g1 = Colour(jitter, strength, jitter_p, gray_p, blurs[0])
+    g2 = Colour(jitter, strength, jitter_p, gray_p, blurs[1], solarize)
+    return Colour(jitter, strength, jitter_p, gray_p, blurs[2]), (g1, g2)
+
+
+def multicrop(size: int, *, local_views: int = 6, local_size: int | None = None, global_min_scale: float = 0.4,
+              local_min_scale: float = 0.05, local_max_scale: float = 0.4, hflip_p: float = 0.5,
+              strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
+              blur_p: float | None = None) -> MultiView:
+    """SwAV / DINO multi-crop: [global_1, global_2, local_1 ... local_V]; globals at `size` with scale
+    (0.4, 1), locals at 96 px for 224 (scaled with `size`, 16 px at 32) with scale (0.05, 0.4), DINO's
+    colour recipe. SwAV's scales: global_min_scale=0.14 local_max_scale=0.14."""
+    colour, globals_ = _dino_colours(size, strength, jitter_p, gray_p, blur_p)
+    return MultiView(_global_local(size, colour, globals_, local_views=local_views, local_size_=local_size,
+                                   global_min_scale=global_min_scale, local_min_scale=local_min_scale,
+                                   local_max_scale=local_max_scale, hflip_p=hflip_p))
+
+
+def vicregl(size: int, *, local_views: int = 6, local_size: int | None = None, global_min_scale: float = 0.2,
+            local_min_scale: float = 0.05, local_max_scale: float = 0.2, hflip_p: float = 0.5,
+            strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
+            blur_p: float | None = None) -> MultiView:
+    """VICRegL's views (Bardes et al. 2022): 2 global crops at `size` with scale (0.2, 1) and 6 local
+    crops (96 px for 224, 16 px for 32) with scale (0.05, 0.2), each with its crop box in the source
+    image, (x0, y0, x1, y1) normalised to [0, 1], x0 > x1 when the view was flipped: view column
+    u in [0, 1] is source x = x0 + u * (x1 - x0)."""
+    colour, globals_ = _dino_colours(size, strength, jitter_p, gray_p, blur_p)
+    return MultiView(_global_local(size, colour, globals_, local_views=local_views, local_size_=local_size,
+                                   global_min_scale=global_min_scale, local_min_scale=local_min_scale,
+                                   local_max_scale=local_max_scale, hflip_p=hflip_p), provides=("boxes",))
 
 
 TRANSFORMS: dict[str, Callable[..., MultiView]] = {
+    "baseline": baseline,
     "simclr": simclr,
+    "orthogonality": orthogonality,
+    "lorot": lorot,
+    "dcl": dcl,
+    "multicrop": multicrop,
+    "vicregl": vicregl,
 }
+
+_PROBABILITIES = ("hflip_p", "vflip_p", "turn_p", "rotation_p", "jitter_p", "gray_p", "blur_p", "confusion_p")
+
+
+def options_of(name: str) -> dict[str, object]:
+    """The options of pipeline `name` with their defaults (None: chosen from the image size)."""
+    params = list(inspect.signature(TRANSFORMS[name]).parameters.values())[1:]
+    return {p.name: p.default for p in params}
 
 
 def build_transform(name: str, size: int, options: dict | None = None) -> MultiView:
     """The pipeline `name` for `size`-pixel crops; unknown names and options are one-line errors."""
     if name not in TRANSFORMS:
         raise ConfigError(f"transform must be one of {', '.join(sorted(TRANSFORMS))} (got {name!r})")
-    try:
-        return TRANSFORMS[name](size, **(options or {}))
-    except TypeError as e:
-        raise ConfigError(f"transform {name!r}: {e}") from None
+    options = dict(options or {})
+    known = options_of(name)
+    unknown = sorted(set(options) - set(known))
+    if unknown:
+        raise ConfigError(f"transform {name!r} has no option {', '.join(unknown)}; its options: {', '.join(known)}")
+    for key, value in options.items():
+        default = known[key]
+        kind = type(default) if default is not None else (int if key in ("grid", "local_size") else float)
+        if kind is float and isinstance(value, int) and not isinstance(value, bool):
+            value = float(value)
+        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
+            raise ConfigError(f"transform {name!r}: option {key} must be a {kind.__name__} (got {value!r})")
+        if key in _PROBABILITIES and not 0 <= value <= 1:
+            raise ConfigError(f"transform {name!r}: option {key} is a probability in [0, 1] (got {value})")
+        if key.endswith("scale") and not 0 < value <= 1:
+            raise ConfigError(f"transform {name!r}: option {key} must be in (0, 1] (got {value})")
+        options[key] = value
+    return TRANSFORMS[name](size, **options)
+
