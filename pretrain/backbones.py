@@ -128,3 +128,36 @@ def feature_dim(model: nn.Module, image_size: int) -> int:
     if out.ndim != 2:
         raise ConfigError(f"the backbone returns features of shape {tuple(out.shape)}, expected (batch, dim)")
     return int(out.shape[1])
+
+
+class FeatureMapTap:
+    """Records the spatial feature map a backbone pools, while the backbone runs as usual.
+
+    Local losses (VICRegL) need the map before global pooling; a forward hook at the pooling site
+    gets it without a second forward pass or a change to the backbone. Supports torchvision ResNets
+    (`avgpool`), timm CNNs (`global_pool` or `head.global_pool`) and timm ViTs (patch tokens after
+    `norm`, prefix tokens dropped). `map` is [B, C, h, w] from the last call.
+    """
+
+    def __init__(self, backbone: nn.Module):
+        self.map: torch.Tensor | None = None
+        head = getattr(backbone, "head", None)
+        for site in (getattr(backbone, "avgpool", None), getattr(backbone, "global_pool", None),
+                     getattr(head, "global_pool", None)):
+            if isinstance(site, nn.Module) and not isinstance(site, nn.Identity):
+                self._handle = site.register_forward_pre_hook(self._from_input)
+                return
+        if isinstance(getattr(backbone, "norm", None), nn.Module) and hasattr(backbone, "num_prefix_tokens"):
+            self._prefix = backbone.num_prefix_tokens
+            self._handle = backbone.norm.register_forward_hook(self._from_tokens)
+            return
+        raise ConfigError(f"cannot find where {type(backbone).__name__} pools its feature map; local losses "
+                          f"(vicregl) support ResNets, timm CNNs and timm ViTs")
+
+    def _from_input(self, module: nn.Module, inputs: tuple) -> None:
+        self.map = inputs[0]
+
+    def _from_tokens(self, module: nn.Module, inputs: tuple, tokens: torch.Tensor) -> None:
+        patches = tokens[:, self._prefix:]
+        side = int(patches.shape[1] ** 0.5)
+        self.map = patches.transpose(1, 2).reshape(patches.shape[0], -1, side, side)

@@ -1,6 +1,8 @@
 """Projection and prediction heads (MLPs on top of backbone features)."""
 from __future__ import annotations
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -21,3 +23,18 @@ class ProjectionHead(nn.Sequential):
         if last_bn:  # SimSiam's projector ends in BatchNorm
             blocks.append(nn.BatchNorm1d(dims[-1]))
         super().__init__(*blocks)
+
+
+class DINOHead(nn.Module):
+    """DINO's head (Caron et al. 2021): a 3-layer GELU MLP to a bottleneck, L2-normalised, then a linear
+    layer onto `out_dim` prototypes whose weight rows are normalised (weight norm with the gain fixed at 1)."""
+
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+        super().__init__()
+        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
+                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+        self.last = nn.Linear(bottleneck_dim, out_dim, bias=False)
+
+    def forward(self, x: torch.Tensor, freeze_last: bool = False) -> torch.Tensor:
+        weight = self.last.weight.detach() if freeze_last else self.last.weight
+        return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(weight, dim=1))

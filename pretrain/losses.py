@@ -93,3 +93,126 @@ class VICRegLoss(nn.Module):
 
     def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
         return self.weighted(*self.terms(z1, z2))
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoCo's InfoNCE (He et al. 2020): each query's positive is its key; the queue holds the negatives.
+
+    logits = [q.k, q.queue^T] / t over L2-normalised vectors, cross-entropy with the positive at index 0.
+    The key and queue get no gradient (they come from the momentum encoder).
+    """
+    q = F.normalize(query.float(), dim=1)
+    k = F.normalize(key.detach().float(), dim=1)
+    positives = (q * k).sum(dim=1, keepdim=True)
+    negatives = q @ F.normalize(queue.detach().float(), dim=1).T
+    logits = torch.cat([positives, negatives], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def drlim_loss(z1: torch.Tensor, z2: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
+    """DrLIM's contrastive loss (Hadsell, Chopra & LeCun 2006) on L2-normalised embeddings of two views.
+
+    Similar pairs (the two views of an image) are pulled together by d^2 / 2; dissimilar pairs (views of
+    different images in the batch) are pushed apart until their distance reaches `margin`, by
+    max(0, margin - d)^2 / 2. Each of the two parts is averaged over its own pairs, so the N^2 - N
+    negatives do not drown the N positives.
+    """
+    a, b = F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1)
+    d = torch.cdist(a, b)
+    same = torch.eye(a.shape[0], dtype=torch.bool, device=a.device)
+    pull = d[same].pow(2).mean() / 2
+    push = F.relu(margin - d[~same]).pow(2).mean() / 2
+    return pull + push
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -> torch.Tensor:
+    """SwAV's Sinkhorn-Knopp (Caron et al. 2020): soft codes for B samples over K prototypes.
+
+    Q = exp(scores / epsilon), then alternately scaled so that every prototype receives an equal share
+    of the batch (columns sum to B/K) and every sample's code is a distribution (rows sum to 1).
+    """
+    q = torch.exp((scores.float() - scores.float().max()) / epsilon)  # shift: the scalings absorb it
+    b, k = q.shape
+    q /= q.sum()
+    for _ in range(iterations):
+        q /= q.sum(dim=0, keepdim=True) * k  # each prototype: total mass 1/K
+        q /= q.sum(dim=1, keepdim=True) * b  # each sample: total mass 1/B
+    return q * b
+
+
+def cross_view_entropy(targets: list[torch.Tensor], log_probs: list[torch.Tensor]) -> torch.Tensor:
+    """-sum p log q averaged over the batch and over every (target view i, predicting view v != i) pair.
+
+    The multi-crop loss shape SwAV and DINO share: targets come from the global views (listed first),
+    predictions from every view, and no view predicts its own target.
+    """
+    total, pairs = 0.0, 0
+    for i, p in enumerate(targets):
+        for v, log_q in enumerate(log_probs):
+            if v != i:
+                total = total - (p * log_q).sum(dim=1).mean()
+                pairs += 1
+    return total / pairs
+
+
+def swapped_prediction(scores: list[torch.Tensor], codes: list[torch.Tensor], temperature: float) -> torch.Tensor:
+    """SwAV's loss: every view predicts the Sinkhorn code of every other global view from its prototype scores.
+
+    `codes[i]` is the code of global view i; `scores[v]` the prototype scores of view v (globals first).
+    """
+    return cross_view_entropy(codes, [F.log_softmax(s.float() / temperature, dim=1) for s in scores])
+
+
+class DINOLoss(nn.Module):
+    """DINO (Caron et al. 2021): the student matches the centred, sharpened teacher on other crops.
+
+    Teacher probabilities softmax((t - center) / teacher_temp) for the global crops; the student's
+    log-softmax(s / student_temp) for every crop; cross-entropy over all (teacher crop, other student
+    crop) pairs. The center is an EMA of the teacher's batch mean (a buffer, so it is checkpointed);
+    centering with sharpening is what keeps the teacher from collapsing.
+    """
+
+    def __init__(self, out_dim: int, student_temp: float = 0.1, center_momentum: float = 0.9):
+        super().__init__()
+        self.student_temp, self.center_momentum = student_temp, center_momentum
+        self.register_buffer("center", torch.zeros(1, out_dim))
+
+    def forward(self, student: list[torch.Tensor], teacher: list[torch.Tensor], teacher_temp: float) -> torch.Tensor:
+        targets = [F.softmax((t.detach().float() - self.center) / teacher_temp, dim=1) for t in teacher]
+        loss = cross_view_entropy(targets, [F.log_softmax(s.float() / self.student_temp, dim=1) for s in student])
+        if self.training:
+            self.update_center(torch.cat(teacher))
+        return loss
+
+    @torch.no_grad()
+    def update_center(self, teacher: torch.Tensor) -> None:
+        """center <- m * center + (1 - m) * batch mean of the teacher outputs."""
+        self.center.mul_(self.center_momentum).add_(teacher.float().mean(dim=0, keepdim=True),
+                                                    alpha=1 - self.center_momentum)
+
+
+def _matched(za: torch.Tensor, zb: torch.Tensor, distance: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each of the k rows of `distance` (per image) with the closest nearest neighbour: (a vector, its match)."""
+    nearest, idx = distance.min(dim=2)  # [B, Na]: the closest b for every a
+    keep = nearest.topk(min(k, nearest.shape[1]), dim=1, largest=False).indices  # [B, k]
+    a = za.gather(1, keep[..., None].expand(-1, -1, za.shape[2]))
+    b = zb.gather(1, idx.gather(1, keep)[..., None].expand(-1, -1, zb.shape[2]))
+    return a.flatten(0, 1), b.flatten(0, 1)
+
+
+def vicregl_local_loss(za: torch.Tensor, zb: torch.Tensor, pos_a: torch.Tensor, pos_b: torch.Tensor, k: int,
+                       criterion: VICRegLoss) -> torch.Tensor:
+    """VICRegL's local criterion (Bardes et al. 2022) between the feature maps of two views of each image.
+
+    `za` [B, Na, D] and `zb` [B, Nb, D] are projected feature-map vectors, `pos_*` [B, N, 2] their
+    locations in the source image. Every vector of a is matched to its nearest vector of b twice: by
+    location and by feature distance; the k best matches of each kind enter the VICReg criterion.
+    Both directions (a to b, b to a) count.
+    """
+    za, zb = za.float(), zb.float()
+    total = 0.0
+    for x, y, px, py in ((za, zb, pos_a, pos_b), (zb, za, pos_b, pos_a)):
+        for distance in (torch.cdist(px.float(), py.float()), torch.cdist(x.detach(), y.detach())):
+            total = total + criterion(*_matched(x, y, distance, k))
+    return total / 4

@@ -32,6 +32,7 @@ from pretrain.data import ImageList, sample_dir, scan_images, typical_size
 from pretrain.datasets import EpochSampler, ViewsDataset
 from pretrain.evaluate import class_count, default_workers, extract_features, knn_evaluate
 from pretrain.methods import build_method, method_hparams, method_spec
+from pretrain.methods.base import Progress
 from pretrain.modeldir import write_model_dir
 from pretrain.monitor import CollapseMonitor
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
@@ -297,6 +298,7 @@ class Trainer:
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
             views, extras = self._to_device(views)
+            self.model.progress = Progress(state.step, self.steps_per_epoch, self.total_steps)
             with autocast:
                 loss, logs = self.model(views, **extras)
             if not torch.isfinite(loss):

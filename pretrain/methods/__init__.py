@@ -13,9 +13,14 @@ from pretrain.config import ConfigError
 from pretrain.methods.barlowtwins import BarlowTwins
 from pretrain.methods.base import Method
 from pretrain.methods.byol import BYOL
+from pretrain.methods.dino import DINO
+from pretrain.methods.drlim import DrLIM
+from pretrain.methods.moco import MoCo
 from pretrain.methods.simclr import SimCLR
 from pretrain.methods.simsiam import SimSiam
+from pretrain.methods.swav import SwAV
 from pretrain.methods.vicreg import VICReg
+from pretrain.methods.vicregl import VICRegL
 
 
 @dataclass(frozen=True)
@@ -37,6 +42,11 @@ METHODS: dict[str, MethodSpec] = {
     "simsiam": MethodSpec(SimSiam, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
     "barlowtwins": MethodSpec(BarlowTwins, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
     "vicreg": MethodSpec(VICReg, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    "moco": MethodSpec(MoCo, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    "drlim": MethodSpec(DrLIM, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    "swav": MethodSpec(SwAV, transform="multicrop", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    "dino": MethodSpec(DINO, transform="multicrop", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    "vicregl": MethodSpec(VICRegL, transform="vicregl", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
 }
 
 

@@ -1,8 +1,23 @@
 """The contract every SSL method follows, so one trainer runs them all."""
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 from torch import nn
+
+
+@dataclass(frozen=True)
+class Progress:
+    """Where training stands; the trainer sets `Method.progress` before every step (schedules read it)."""
+
+    step: int  # optimizer steps done
+    steps_per_epoch: int
+    total_steps: int
+
+    @property
+    def epoch(self) -> float:
+        return self.step / self.steps_per_epoch
 
 
 class Method(nn.Module):
@@ -23,9 +38,23 @@ class Method(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.feature_dim = feature_dim
+        self.progress = Progress(0, 1, 1)
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after optimizer step `step` (0-based) of `total_steps`; nothing to do by default."""
+
+
+def encode_views(encoder: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Run the views through `encoder` one call per input size (multi-crop), keeping their order."""
+    out: list[torch.Tensor] = []
+    start = 0
+    while start < len(views):
+        end = start
+        while end < len(views) and views[end].shape[-2:] == views[start].shape[-2:]:
+            end += 1
+        out.extend(encoder(torch.cat(views[start:end])).chunk(end - start))
+        start = end
+    return out

@@ -70,7 +70,12 @@ def test_ema_update_formula_and_schedule() -> None:
 
 SMALL = {"simclr": {"out_dim": 16}, "byol": {"proj_hidden_dim": 32, "proj_dim": 16},
          "simsiam": {"proj_dim": 32, "pred_hidden_dim": 16}, "barlowtwins": {"proj_dim": 32},
-         "vicreg": {"proj_dim": 32}}
+         "vicreg": {"proj_dim": 32}, "moco": {"proj_hidden_dim": 32, "proj_dim": 16, "queue_size": 24},
+         "drlim": {"out_dim": 16}, "swav": {"prototypes": 10, "proj_hidden_dim": 32, "proj_dim": 16,
+                                             "freeze_prototypes_epochs": 0.3, "queue_length": 16,
+                                             "queue_start_epoch": 0.2},
+         "dino": {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "freeze_last_layer_epochs": 0.3},
+         "vicregl": {"proj_dim": 32, "local_proj_dim": 16}}
 
 
 def test_every_registered_method_has_a_small_test_setting() -> None:
@@ -99,3 +104,40 @@ def test_method_trains_and_resumes_exactly(method: str, image_folder: Path, tmp_
     resumed_ckpt = torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
     for key in full_ckpt:  # EMA targets and every head too
         torch.testing.assert_close(full_ckpt[key], resumed_ckpt[key], rtol=0, atol=1e-6, msg=key)
+
+
+def test_swav_prototypes_are_normalised_and_frozen_in_the_first_epoch() -> None:
+    from pretrain.methods.base import Progress
+    from pretrain.methods.swav import SwAV
+
+    swav = SwAV(nn.Flatten(), 12, prototypes=5, proj_hidden_dim=8, proj_dim=4)
+    views = [torch.randn(6, 3, 2, 2) for _ in range(3)]
+    for epoch_step, frozen in ((0, True), (10, False)):
+        swav.progress = Progress(epoch_step, 10, 100)
+        swav.zero_grad()
+        swav(views)[0].backward()
+        torch.testing.assert_close(swav.prototypes.weight.norm(dim=1), torch.ones(5))
+        assert (swav.prototypes.weight.grad is None) == frozen
+
+
+def test_dino_teacher_temperature_warms_up_linearly() -> None:
+    from pretrain.methods.base import Progress
+    from pretrain.methods.dino import DINO
+
+    dino = DINO(nn.Flatten(), 12, out_dim=8, hidden_dim=8, bottleneck_dim=4, warmup_teacher_temp=0.04,
+                teacher_temp=0.07, warmup_teacher_temp_epochs=10)
+    temps = []
+    for step in (0, 50, 100, 200):
+        dino.progress = Progress(step, 10, 1000)
+        temps.append(dino.current_teacher_temp())
+    assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07])
+
+
+def test_a_method_that_needs_crop_boxes_rejects_views_without_them(image_folder: Path, tmp_path: Path,
+                                                                   tiny_config) -> None:
+    from pretrain.config import ConfigError
+
+    cfg = tiny_config(image_folder, tmp_path / "run", method="vicregl", transform="simclr",
+                      method_args=SMALL["vicregl"])
+    with pytest.raises(ConfigError, match="needs per-view boxes"):
+        Trainer(cfg, progress=False).fit()

@@ -1,0 +1,53 @@
+"""MoCo v2 (He et al. 2020; Chen et al. 2020): a momentum key encoder and a FIFO queue of negative keys.
+
+The queue decouples the number of negatives from the batch size, which is what makes MoCo work with
+the small batches of one device. Both views serve as query once (the symmetric loss). The queue and
+its write pointer are buffers, so a checkpoint holds them and a resumed run continues exactly.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from pretrain.ema import ema_update, frozen_copy
+from pretrain.heads import ProjectionHead
+from pretrain.losses import info_nce
+from pretrain.methods.base import Method
+
+
+class MoCo(Method):
+    def __init__(self, backbone: nn.Module, feature_dim: int, temperature: float = 0.2, momentum: float = 0.99,
+                 queue_size: int = 4096, proj_hidden_dim: int = 2048, proj_dim: int = 128):
+        super().__init__(backbone, feature_dim)
+        if queue_size < 1 or not 0 <= momentum < 1:
+            raise ValueError(f"queue_size must be >= 1 and momentum in [0, 1) (got {queue_size}, {momentum})")
+        self.projector = ProjectionHead(feature_dim, proj_hidden_dim, proj_dim, layers=2)
+        self.key_backbone = frozen_copy(backbone)
+        self.key_projector = frozen_copy(self.projector)
+        self.temperature, self.momentum = temperature, momentum
+        self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
+        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+
+    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+        x = torch.cat(views[:2])
+        q1, q2 = self.projector(self.backbone(x)).chunk(2)
+        with torch.no_grad():
+            k1, k2 = F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=1).chunk(2)
+        loss = (info_nce(q1, k2, self.queue, self.temperature) + info_nce(q2, k1, self.queue, self.temperature)) / 2
+        if self.training:
+            self.enqueue(torch.cat([k1, k2]))
+        return loss, {}
+
+    @torch.no_grad()
+    def enqueue(self, keys: torch.Tensor) -> None:
+        """Overwrite the oldest entries with `keys` (first in, first out), wrapping around the end."""
+        size, ptr = self.queue.shape[0], int(self.queue_ptr)
+        keys = keys[-size:]
+        idx = (ptr + torch.arange(keys.shape[0], device=keys.device)) % size
+        self.queue[idx] = keys.to(self.queue.dtype)
+        self.queue_ptr.fill_((ptr + keys.shape[0]) % size)
+
+    def after_step(self, step: int, total_steps: int) -> None:
+        ema_update(self.key_backbone, self.backbone, self.momentum)
+        ema_update(self.key_projector, self.projector, self.momentum)
