@@ -70,6 +70,13 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
     print(f"next: sslforge eval knn --model {out} --train TRAIN_DIR --test TEST_DIR")
 
 
+def cmd_distill(args: argparse.Namespace) -> None:
+    args.method = "distill"
+    args.method_args = [*getattr(args, "method_args", []), f"teacher={args.teacher}",
+                        f"temperature={args.temperature}"]
+    cmd_pretrain(args)
+
+
 def _eval_inputs(args: argparse.Namespace):
     from pretrain.data import scan_images
     from pretrain.evaluate import cached_features, class_count
@@ -158,6 +165,18 @@ def build_parser() -> argparse.ArgumentParser:
                        description="Train a backbone with a self-supervised method and write a model dir.")
     add_pretrain_options(p)
     p.set_defaults(func=cmd_pretrain)
+
+    p = sub.add_parser("distill", help="train a student to match a teacher's predictions on unlabeled images",
+                       description="SimCLRv2 distillation: a student backbone + linear classifier learns from "
+                                   "unlabeled --data to match the softened predictions of a teacher model dir that "
+                                   "has a head (`sslforge eval linear`). The student's model dir gets the "
+                                   "classifier as its head. Every pretraining option applies (e.g. a smaller "
+                                   "--backbone).")
+    p.add_argument("--teacher", required=True, metavar="RUN_DIR", help="teacher model dir with a linear-probe head")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="softening temperature of both distributions (default: 1.0)")
+    add_pretrain_options(p)
+    p.set_defaults(func=cmd_distill)
 
     ev = sub.add_parser("eval", help="evaluate a model dir on frozen features (knn, linear)",
                         description="Evaluate a trained backbone on frozen features.")

@@ -38,3 +38,25 @@ class DINOHead(nn.Module):
     def forward(self, x: torch.Tensor, freeze_last: bool = False) -> torch.Tensor:
         weight = self.last.weight.detach() if freeze_last else self.last.weight
         return F.linear(F.normalize(self.mlp(x), dim=-1), F.normalize(weight, dim=1))
+
+
+class Neck(nn.Sequential):
+    """Linear + BatchNorm + ReLU blocks after the pooled features: the part of a projection head that is
+    kept for deployment (SimCLRv2 probes and fine-tunes from its middle head layer)."""
+
+    def __init__(self, in_dim: int, widths: list[int]):
+        blocks: list[nn.Module] = []
+        for d_in, d_out in zip([in_dim, *widths[:-1]], widths):
+            blocks += [nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
+        super().__init__(*blocks)
+
+
+class WithNeck(nn.Module):
+    """A backbone followed by its neck: the deployed embedding network when a method keeps head layers."""
+
+    def __init__(self, backbone: nn.Module, neck: Neck):
+        super().__init__()
+        self.backbone, self.neck = backbone, neck
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.neck(self.backbone(x))

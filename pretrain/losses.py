@@ -216,3 +216,9 @@ def vicregl_local_loss(za: torch.Tensor, zb: torch.Tensor, pos_a: torch.Tensor, 
         for distance in (torch.cdist(px.float(), py.float()), torch.cdist(x.detach(), y.detach())):
             total = total + criterion(*_matched(x, y, distance, k))
     return total / 4
+
+
+def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """SimCLRv2's distillation (Chen et al. 2020b, eq. 2): -sum_y P_T(y|x; t) log P_S(y|x; t), batch mean."""
+    targets = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
+    return -(targets * F.log_softmax(student_logits.float() / temperature, dim=1)).sum(dim=1).mean()

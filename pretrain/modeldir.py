@@ -23,6 +23,7 @@ from torch import nn
 from pretrain import __version__
 from pretrain.atomic import write_json, write_with
 from pretrain.backbones import BackboneSpec, build_backbone
+from pretrain.heads import Neck, WithNeck
 from pretrain.preprocess import Preprocessing
 
 SCHEMA_VERSION = 1
@@ -49,8 +50,12 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def write_model_dir(path: str | Path, backbone: nn.Module, *, spec: BackboneSpec, embedding_dim: int,
-                    preprocessing: Preprocessing, method: dict, training: dict) -> dict:
-    """Write backbone.safetensors and model.json (each atomically); return the model.json record."""
+                    preprocessing: Preprocessing, method: dict, training: dict, neck: list[int] | None = None) -> dict:
+    """Write backbone.safetensors and model.json (each atomically); return the model.json record.
+
+    With a `neck` (widths of head layers kept after the backbone, SimCLRv2), `backbone` is the
+    `WithNeck` module and the file holds both parts.
+    """
     path = Path(path)
     write_with(path / BACKBONE_FILE, lambda tmp: save_file(_cpu_state(backbone), str(tmp), metadata={"format": "pt"}))
     info: dict[str, Any] = {
@@ -58,6 +63,7 @@ def write_model_dir(path: str | Path, backbone: nn.Module, *, spec: BackboneSpec
         "sslforge_version": __version__,
         "fingerprint": file_fingerprint(path / BACKBONE_FILE),
         "backbone": spec.to_dict(),
+        "neck": list(neck or []),
         "embedding_dim": embedding_dim,
         "preprocessing": preprocessing.to_dict(),
         "method": method,
@@ -97,7 +103,9 @@ class ModelDir:
 
     def random_backbone(self) -> nn.Module:
         """The same architecture with fresh random weights (the baseline of every evaluation)."""
-        model, _ = build_backbone(self.spec, self.preprocessing.crop)
+        model, dim = build_backbone(self.spec, self.preprocessing.crop)
+        if self.info.get("neck"):
+            model = WithNeck(model, Neck(dim, self.info["neck"]))
         return model.eval()
 
     def load_backbone(self, device: str | torch.device = "cpu") -> nn.Module:

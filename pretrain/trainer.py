@@ -33,7 +33,7 @@ from pretrain.datasets import EpochSampler, ViewsDataset
 from pretrain.evaluate import class_count, default_workers, extract_features, knn_evaluate
 from pretrain.methods import build_method, method_hparams, method_spec
 from pretrain.methods.base import Progress
-from pretrain.modeldir import write_model_dir
+from pretrain.modeldir import ModelDir, write_model_dir
 from pretrain.monitor import CollapseMonitor
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
 from pretrain.preprocess import Preprocessing
@@ -382,9 +382,14 @@ class Trainer:
         }
         method = {"name": cfg.method, "hparams": cfg.method_args, "transform": cfg.transform,
                   "optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
-        backbone = self.model.backbone.to(memory_format=torch.contiguous_format)
-        write_model_dir(self.out, backbone, spec=self.spec, embedding_dim=self.feature_dim,
-                        preprocessing=Preprocessing.for_size(cfg.image_size), method=method, training=training)
+        network, neck = self.model.deployable()
+        network = network.to(memory_format=torch.contiguous_format)
+        info = write_model_dir(self.out, network, spec=self.spec, embedding_dim=neck[-1] if neck else self.feature_dim,
+                               preprocessing=Preprocessing.for_size(cfg.image_size), method=method,
+                               training=training, neck=neck)
+        head = self.model.trained_head()
+        if head:
+            ModelDir(self.out, info).save_head(head[0], head[1], {"trained_by": cfg.method})
         if (self.out / "metrics.csv").exists():
             plot_metrics(self.out / "metrics.csv", self.out / "plots" / "loss.png")
         return self.out

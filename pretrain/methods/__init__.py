@@ -14,9 +14,11 @@ from pretrain.methods.barlowtwins import BarlowTwins
 from pretrain.methods.base import Method
 from pretrain.methods.byol import BYOL
 from pretrain.methods.dino import DINO
+from pretrain.methods.distill import Distill
 from pretrain.methods.drlim import DrLIM
 from pretrain.methods.moco import MoCo
 from pretrain.methods.simclr import SimCLR
+from pretrain.methods.simclr2 import SimCLRv2
 from pretrain.methods.simsiam import SimSiam
 from pretrain.methods.swav import SwAV
 from pretrain.methods.vicreg import VICReg
@@ -46,6 +48,8 @@ METHODS: dict[str, MethodSpec] = {
     "drlim": MethodSpec(DrLIM, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
     "swav": MethodSpec(SwAV, transform="multicrop", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
     "dino": MethodSpec(DINO, transform="multicrop", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    "simclr2": MethodSpec(SimCLRv2, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    "distill": MethodSpec(Distill, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
     "vicregl": MethodSpec(VICRegL, transform="vicregl", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
 }
 

@@ -46,6 +46,15 @@ class Method(nn.Module):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after optimizer step `step` (0-based) of `total_steps`; nothing to do by default."""
 
+    def deployable(self) -> tuple[nn.Module, list[int]]:
+        """The embedding network the model dir stores, and the widths of its neck (head layers kept after
+        the backbone; none by default)."""
+        return self.backbone, []
+
+    def trained_head(self) -> tuple[nn.Linear, list[str]] | None:
+        """A classifier trained with the backbone (distillation), saved as the model dir's head; else None."""
+        return None
+
 
 def encode_views(encoder: nn.Module, views: list[torch.Tensor]) -> list[torch.Tensor]:
     """Run the views through `encoder` one call per input size (multi-crop), keeping their order."""

@@ -75,7 +75,19 @@ SMALL = {"simclr": {"out_dim": 16}, "byol": {"proj_hidden_dim": 32, "proj_dim": 
                                              "freeze_prototypes_epochs": 0.3, "queue_length": 16,
                                              "queue_start_epoch": 0.2},
          "dino": {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "freeze_last_layer_epochs": 0.3},
-         "vicregl": {"proj_dim": 32, "local_proj_dim": 16}}
+         "vicregl": {"proj_dim": 32, "local_proj_dim": 16}, "simclr2": {"out_dim": 16, "hidden_dim": 24},
+         "distill": {"temperature": 2.0}}  # + a teacher, made by `teacher_with_head`
+
+
+def teacher_with_head(folder: Path, tiny_config, image_folder: Path) -> Path:
+    """A one-epoch run with a (random) linear head over the image folder's classes."""
+    from pretrain.modeldir import load_model_dir
+
+    run = Trainer(tiny_config(image_folder, folder, epochs=1), progress=False).fit()
+    model = load_model_dir(run)
+    classes = sorted(p.name for p in image_folder.iterdir() if p.is_dir())
+    model.save_head(nn.Linear(model.embedding_dim, len(classes)), classes, {})
+    return run
 
 
 def test_every_registered_method_has_a_small_test_setting() -> None:
@@ -84,8 +96,12 @@ def test_every_registered_method_has_a_small_test_setting() -> None:
 
 @pytest.mark.parametrize("method", sorted(SMALL))
 def test_method_trains_and_resumes_exactly(method: str, image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    args = dict(SMALL[method])
+    if method == "distill":
+        args["teacher"] = str(teacher_with_head(tmp_path / "teacher", tiny_config, image_folder))
+
     def config(name: str, **changes):
-        return tiny_config(image_folder, tmp_path / name, method=method, method_args=SMALL[method],
+        return tiny_config(image_folder, tmp_path / name, method=method, method_args=args,
                            optimizer="adamw", lr=1e-3, checkpoint_every_steps=2, **changes)
 
     full = Trainer(config("full"), progress=False).fit()
@@ -141,3 +157,47 @@ def test_a_method_that_needs_crop_boxes_rejects_views_without_them(image_folder:
                       method_args=SMALL["vicregl"])
     with pytest.raises(ConfigError, match="needs per-view boxes"):
         Trainer(cfg, progress=False).fit()
+
+
+def test_distillation_loss_matches_a_loop() -> None:
+    from pretrain.losses import distillation_loss
+
+    s, t = torch.randn(3, 4), torch.randn(3, 4)
+    expected = sum(-(torch.softmax(t[n] / 2, 0) * torch.log_softmax(s[n] / 2, 0)).sum() for n in range(3)) / 3
+    assert distillation_loss(s, t, 2.0).item() == pytest.approx(float(expected), rel=1e-5)
+
+
+def test_simclr2_model_dir_embeds_from_the_middle_head_layer(image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    from pretrain.modeldir import load_model_dir
+
+    run = Trainer(tiny_config(image_folder, tmp_path / "run", method="simclr2", method_args=SMALL["simclr2"]),
+                  progress=False).fit()
+    model = load_model_dir(run)
+    assert model.info["neck"] == [24] and model.embedding_dim == 24
+    x = torch.randn(2, 3, 32, 32)
+    with torch.no_grad():
+        out = model.load_backbone()(x)
+        ckpt = torch.load(run / "checkpoint.pt", weights_only=True)["model"]
+    assert out.shape == (2, 24) and (out >= 0).all()  # after the kept layer's ReLU
+    # The stored network is the trained backbone + first head layer, weight for weight.
+    net = model.load_backbone()
+    torch.testing.assert_close(net.neck[0].weight, ckpt["neck.0.weight"])
+    assert model.random_backbone()(x).shape == (2, 24)
+
+
+def test_distill_cli_gives_the_student_the_teachers_classes(image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    from pretrain.cli import main
+    from pretrain.modeldir import load_model_dir
+
+    teacher = teacher_with_head(tmp_path / "teacher", tiny_config, image_folder)
+    out = tmp_path / "student"
+    assert main(["distill", "--teacher", str(teacher), "--temperature", "2", "--data", str(image_folder),
+                 "--out", str(out), "--backbone", "test_resnet", "--image-size", "32", "--batch-size", "8",
+                 "--epochs", "1", "--workers", "0", "--quiet"]) == 0
+    student = load_model_dir(out)
+    assert student.classes == load_model_dir(teacher).classes
+    assert student.info["method"]["hparams"]["temperature"] == 2.0
+    assert student.load_head().out_features == len(student.classes)
+    assert "agreement" in (out / "metrics.csv").read_text().splitlines()[0]
+    assert main(["distill", "--teacher", str(tmp_path / "nowhere"), "--data", str(image_folder),
+                 "--out", str(tmp_path / "s2"), "--quiet"]) == 2
