@@ -238,3 +238,38 @@ def test_bad_options_are_one_line_errors(name: str, options: dict, message: str)
 def test_integer_option_values_are_accepted_for_floats() -> None:
     views = build_transform("simclr", 32, {"strength": 1, "min_scale": 1})(noise_image(32))
     assert len(views) == 2
+
+
+@pytest.mark.parametrize("transform, args", [("multicrop", ["--transform-arg", "local_views=2"]), ("lorot", [])])
+def test_any_transform_trains_any_method_from_the_cli(transform: str, args: list, image_folder, tmp_path) -> None:
+    import json
+
+    from pretrain.cli import main
+
+    out = tmp_path / "run"
+    argv = ["pretrain", "--method", "simclr", "--transform", transform, *args, "--data", str(image_folder),
+            "--max-images", "16", "--epochs", "1", "--backbone", "test_resnet", "--image-size", "32",
+            "--batch-size", "8", "--workers", "0", "--optimizer", "sgd", "--lr", "0.1", "--quiet", "--out", str(out)]
+    assert main(argv) == 0
+    model = json.loads((out / "model.json").read_text())
+    assert model["method"]["transform"] == transform
+    assert model["training"]["steps"] == 2
+
+
+def test_plot_views_writes_a_grid_png(image_folder, tmp_path, capsys) -> None:
+    from pretrain.cli import main
+
+    png = tmp_path / "views.png"
+    assert main(["plot", "views", "--transform", "multicrop", "--transform-arg", "local_views=2", "--data",
+                 str(image_folder), "--images", "3", "--out", str(png)]) == 0
+    assert str(png) in capsys.readouterr().out
+    with Image.open(png) as im:
+        wide = im.size
+    assert main(["plot", "views", "--transform", "simclr", "--data", str(image_folder), "--images", "3",
+                 "--out", str(png)]) == 0
+    with Image.open(png) as im:
+        narrow = im.size
+    assert wide[0] > narrow[0] and wide[1] == narrow[1]  # 1 + 4 columns against 1 + 2, 3 rows in both
+    assert main(["plot", "views", "--transform", "simclr", "--transform-arg", "nope=1", "--data",
+                 str(image_folder), "--out", str(png)]) == 2
+    assert "has no option nope" in capsys.readouterr().err
