@@ -98,7 +98,7 @@ def main() -> None:
                              for name in args.pipelines}
                 if workers == 0:
                     paths = images.paths[:n]
-                    runs = {name: (lambda t=t: rate_single(t, paths)) for name, t in pipelines.items()}
+                    runs = {name: (lambda t=t, p=paths: rate_single(t, p)) for name, t in pipelines.items()}
                 else:
                     batches = max(2, args.batches // 4) if big else args.batches
                     loaders = {name: DataLoader(ViewsDataset(images, t), batch_size=args.batch_size,
