@@ -4,7 +4,8 @@
 
 Source images: the bundled CIFAR-10 sample's JPEGs (32 px) for 32 px views; the same images
 upscaled to 256 px and saved as JPEG (quality 90) for 224 px views. For each size and worker count,
-every pipeline plus `before` (the PIL-based SimCLR views sslforge used until this change) runs
+every pipeline plus `before` (the PIL-based SimCLR views sslforge used until this change) and
+`decode` (decoding only, no views) runs
 alternately (A B C ... A B C ...) so machine noise hits them alike; the median images/s of the
 rounds is printed with its ratio to `before`. With workers, images go through the training
 DataLoader (ViewsDataset, default collate) in batches of --batch-size.
@@ -83,7 +84,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=64)
     p.add_argument("--batches", type=int, default=6, help="timed batches per round with workers (32 px; /4 at 224)")
     p.add_argument("--rounds", type=int, default=3)
-    p.add_argument("--pipelines", nargs="+", default=["before", *TRANSFORMS])
+    p.add_argument("--pipelines", nargs="+", default=["before", "decode", *TRANSFORMS])
     args = p.parse_args()
     torch.set_num_threads(1)  # as in a DataLoader worker; the training step keeps the other threads
 
@@ -94,7 +95,8 @@ def main() -> None:
             folder = source_folder(size, max(n, args.batch_size * (args.batches + 2)), Path(tmp))
             images = scan_images(folder, warn=False)
             for workers in args.workers:
-                pipelines = {name: before_simclr(size) if name == "before" else build_transform(name, size)
+                special = {"before": before_simclr, "decode": lambda _: MultiView([])}
+                pipelines = {name: special[name](size) if name in special else build_transform(name, size)
                              for name in args.pipelines}
                 if workers == 0:
                     paths = images.paths[:n]
