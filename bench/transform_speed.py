@@ -1,6 +1,7 @@
 """Throughput of the view pipelines alone (images/s, one image = all its views), decode included.
 
     python bench/transform_speed.py --sizes 32 224 --workers 0 2
+    python bench/transform_speed.py --ops      # sslforge's hue shift and blur against torchvision's
 
 Source images: the bundled CIFAR-10 sample's JPEGs (32 px) for 32 px views; the same images
 upscaled to 256 px and saved as JPEG (quality 90) for 224 px views. For each size and worker count,
@@ -16,6 +17,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -26,7 +28,7 @@ from torchvision.transforms import v2
 from pretrain.data import load_rgb, sample_dir, scan_images
 from pretrain.datasets import EpochSampler, ViewsDataset
 from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from pretrain.transforms import TRANSFORMS, MultiView, build_transform
+from pretrain.transforms import TRANSFORMS, MultiView, build_transform, gaussian_blur, shift_hue
 
 
 def before_simclr(size: int) -> MultiView:
@@ -76,6 +78,30 @@ def rate_loader(loader: DataLoader, batches: int) -> float:
     return images / (time.perf_counter() - start)
 
 
+def op_speed(sizes: list[int], rounds: int) -> None:
+    """Milliseconds per call of the two colour operations sslforge reimplements, against torchvision's."""
+    from torchvision.transforms.v2 import functional as F
+
+    print("| operation | size | torchvision ms | sslforge ms | speed-up |")
+    print("|---|---|---|---|---|")
+    for size in sizes:
+        view = torch.rand(3, size, size)
+        k = max(3, int(0.1 * size) // 2 * 2 + 1)
+        pairs = {"hue shift": (partial(F.adjust_hue, view, 0.1), partial(shift_hue, view, 0.1)),
+                 f"blur k={k}": (partial(F.gaussian_blur, view, [k, k], [1.0, 1.0]),
+                                 partial(gaussian_blur, view, k, 1.0))}
+        for name, fns in pairs.items():
+            times: list[list[float]] = [[], []]
+            for _ in range(rounds):
+                for i, fn in enumerate(fns):
+                    start = time.perf_counter()
+                    for _ in range(20):
+                        fn()
+                    times[i].append((time.perf_counter() - start) / 20 * 1e3)
+            a, b = (statistics.median(t) for t in times)
+            print(f"| {name} | {size} | {a:.3f} | {b:.3f} | {a / b:.1f}x |", flush=True)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--sizes", type=int, nargs="+", default=[32, 224])
@@ -85,8 +111,12 @@ def main() -> None:
     p.add_argument("--batches", type=int, default=6, help="timed batches per round with workers (32 px; /4 at 224)")
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--pipelines", nargs="+", default=["before", "decode", *TRANSFORMS])
+    p.add_argument("--ops", action="store_true", help="time the hue shift and blur against torchvision's instead")
     args = p.parse_args()
     torch.set_num_threads(1)  # as in a DataLoader worker; the training step keeps the other threads
+    if args.ops:
+        op_speed(args.sizes, max(args.rounds, 5))
+        return
 
     with tempfile.TemporaryDirectory() as tmp:
         for size in args.sizes:
