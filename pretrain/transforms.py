@@ -65,7 +65,7 @@ def uniform(low: float, high: float) -> float:
 
 def shift_hue(view: torch.Tensor, shift: float) -> torch.Tensor:
     """torchvision's `adjust_hue` (HSV hue + shift turns) on a float (3, H, W) view, equal to 1e-6 and
-    3x faster: hue from the max channel, then the closed-form HSV -> RGB of the shifted hue."""
+    2-5x faster (docs/benchmarks.md): hue from the max channel, then the closed-form HSV -> RGB."""
     r, g, b = view.unbind(0)
     top, channel = view.max(0)
     delta = top - view.amin(0)
@@ -103,7 +103,7 @@ def _blur_matrix(n: int, kernel: torch.Tensor) -> torch.Tensor:
 
 def gaussian_blur(view: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
     """torchvision's `gaussian_blur` (reflect padding) as two band-matrix products: equal to 1e-6 and
-    about 7x faster than its depthwise convolution on CPU at 224 px."""
+    about 6x faster than its depthwise convolution on CPU at 224 px (docs/benchmarks.md)."""
     x = torch.arange(kernel_size, dtype=torch.float32) - kernel_size // 2
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel /= kernel.sum()
