@@ -32,13 +32,8 @@ def to_uint8(image: Image.Image | torch.Tensor) -> torch.Tensor:
     return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
 
 
-def normalize(view: torch.Tensor) -> torch.Tensor:
-    """Float [0, 1] (or uint8) view -> the inference preprocessing's normalised float tensor."""
-    return F.normalize(F.to_dtype(view, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
-
-
 def denormalize(view: torch.Tensor) -> torch.Tensor:
-    """Inverse of `normalize`, for pictures and tests: a uint8 (3, H, W) tensor."""
+    """A normalised view back to a uint8 (3, H, W) image, for pictures and tests."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (view.float() * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
