@@ -143,6 +143,44 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
                batch_size=args.batch_size, progress=not args.quiet)
 
 
+def cmd_plot_views(args: argparse.Namespace) -> None:
+    from pretrain.data import load_rgb, sample_dir, scan_images, typical_size
+    from pretrain.transforms import build_transform
+    from pretrain.viewplot import plot_views, upscale
+
+    if args.images < 1:
+        raise ConfigError("--images must be >= 1")
+    images = scan_images(args.data or sample_dir() / "train").random_subset(args.images, args.seed)
+    size = args.image_size or min(224, typical_size(images))
+    transform = build_transform(args.transform, size, parse_key_values(args.transform_arg, "--transform-arg"))
+    sources = [upscale(load_rgb(path), size) for path in images.paths[:args.images]]
+    out = plot_views(transform, sources, args.out, title=f"--transform {args.transform} at {size} px", seed=args.seed)
+    print(f"wrote {out}")
+
+
+def add_plot_commands(sub: argparse._SubParsersAction) -> None:
+    """`sslforge plot WHAT`: pictures of a pipeline or a model (one sub-command each)."""
+    plot = sub.add_parser("plot", help="pictures: the views of an augmentation pipeline",
+                          description="Draw pictures that show what a pipeline or a model does.")
+    plot_sub = plot.add_subparsers(dest="plot_command", required=True, metavar="WHAT",
+                                   help="`sslforge plot WHAT --help` for its options")
+    p = plot_sub.add_parser("views", help="a grid of images (rows) and their training views (columns)",
+                            description="Apply an augmentation pipeline to a few images and draw a PNG grid: each "
+                                        "source image, then its views, un-normalised (crop boxes drawn on the "
+                                        "source for vicregl, rotation labels for lorot).")
+    p.add_argument("--transform", required=True, help="pipeline name (as for `sslforge pretrain --transform`)")
+    p.add_argument("--transform-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="a pipeline option, e.g. local_views=4; repeat for several")
+    p.add_argument("--data", default=None, metavar="DIR", help="image folder (default: the bundled CIFAR-10 sample)")
+    p.add_argument("--image-size", type=int, default=None, metavar="S",
+                   help="view size in pixels (default: the images' typical short side, at most 224); smaller "
+                        "images are upscaled (bicubic) to it first")
+    p.add_argument("--images", type=int, default=4, help="number of source images, one row each (default: 4)")
+    p.add_argument("--seed", type=int, default=0, help="picks the images and the views (default: 0)")
+    p.add_argument("--out", required=True, metavar="FILE.png", help="PNG file to write")
+    p.set_defaults(func=cmd_plot_views)
+
+
 def _add_eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, metavar="RUN_DIR", help="model dir written by `sslforge pretrain`")
     p.add_argument("--train", required=True, metavar="DIR", help="labelled reference images (class sub-folders)")
@@ -222,6 +260,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)
+    add_plot_commands(sub)
     parser.set_defaults(plugin_errors=add_plugin_commands(sub))
     return parser
 

@@ -32,13 +32,8 @@ def to_uint8(image: Image.Image | torch.Tensor) -> torch.Tensor:
     return image if isinstance(image, torch.Tensor) else F.pil_to_tensor(image)
 
 
-def normalize(view: torch.Tensor) -> torch.Tensor:
-    """Float [0, 1] (or uint8) view -> the inference preprocessing's normalised float tensor."""
-    return F.normalize(F.to_dtype(view, torch.float32, scale=True), IMAGENET_MEAN, IMAGENET_STD)
-
-
 def denormalize(view: torch.Tensor) -> torch.Tensor:
-    """Inverse of `normalize`, for pictures and tests: a uint8 (3, H, W) tensor."""
+    """A normalised view back to a uint8 (3, H, W) image, for pictures and tests."""
     mean = torch.tensor(IMAGENET_MEAN).view(3, 1, 1)
     std = torch.tensor(IMAGENET_STD).view(3, 1, 1)
     return (view.float() * std + mean).mul(255).round().clamp(0, 255).to(torch.uint8)
@@ -65,7 +60,7 @@ def uniform(low: float, high: float) -> float:
 
 def shift_hue(view: torch.Tensor, shift: float) -> torch.Tensor:
     """torchvision's `adjust_hue` (HSV hue + shift turns) on a float (3, H, W) view, equal to 1e-6 and
-    3x faster: hue from the max channel, then the closed-form HSV -> RGB of the shifted hue."""
+    2-5x faster (docs/benchmarks.md): hue from the max channel, then the closed-form HSV -> RGB."""
     r, g, b = view.unbind(0)
     top, channel = view.max(0)
     delta = top - view.amin(0)
@@ -103,7 +98,7 @@ def _blur_matrix(n: int, kernel: torch.Tensor) -> torch.Tensor:
 
 def gaussian_blur(view: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
     """torchvision's `gaussian_blur` (reflect padding) as two band-matrix products: equal to 1e-6 and
-    about 7x faster than its depthwise convolution on CPU at 224 px."""
+    about 6x faster than its depthwise convolution on CPU at 224 px (docs/benchmarks.md)."""
     x = torch.arange(kernel_size, dtype=torch.float32) - kernel_size // 2
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel /= kernel.sum()
