@@ -54,6 +54,12 @@ class PretrainConfig:
     transform: str | None = _opt(None, "view augmentation pipeline; default: the method's own")
     transform_args: dict = _opt({}, "options of the augmentation pipeline", metavar="KEY=VALUE")
     method_args: dict = _opt({}, "hyper-parameters of the method (e.g. temperature=0.2)", metavar="KEY=VALUE")
+    gpu_augment: bool = _opt(False, "make the views on the training device (GPU when present), batched, from "
+                                    "uint8 images the loader only decodes and resizes; transforms baseline, "
+                                    "simclr and multicrop")
+    gpu_load_size: int | None = _opt(None, "with --gpu-augment: side of the square uint8 images the loader yields "
+                                           "(views are cropped from them); default: the image size up to 64 px, "
+                                           "image size / 0.875 above (256 for 224)")
     precision: str = _opt("auto", "numeric precision: auto = bf16 (or fp16) autocast on CUDA, fp32 on CPU",
                           choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = _opt(True, "use the channels-last memory layout (faster convolutions on CPU and GPU)")
@@ -103,7 +109,7 @@ class PretrainConfig:
         for name in ("epochs", "batch_size", "checkpoint_every", "knn_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer (got {getattr(self, name)})")
-        for name in ("image_size", "max_images", "checkpoint_every_steps"):
+        for name in ("image_size", "max_images", "checkpoint_every_steps", "gpu_load_size"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ConfigError(f"{name} must be a positive integer (got {value})")

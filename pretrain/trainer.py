@@ -31,6 +31,7 @@ from pretrain.config import ConfigError, PretrainConfig, save_yaml
 from pretrain.data import ImageList, sample_dir, scan_images, typical_size
 from pretrain.datasets import EpochSampler, ViewsDataset
 from pretrain.evaluate import class_count, default_workers, extract_features, knn_evaluate
+from pretrain.gpu_augment import build_device_views, default_load_size, generator
 from pretrain.methods import build_method, method_hparams, method_spec
 from pretrain.methods.base import Progress
 from pretrain.modeldir import ModelDir, write_model_dir
@@ -71,6 +72,7 @@ def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
         method_args=method_hparams(cfg.method, cfg.method_args),
         workers=cfg.workers if cfg.workers is not None else default_workers(),
         knn_test=cfg.knn_test or (str(sample_dir() / "test") if is_sample and cfg.knn_every else None),
+        gpu_load_size=(cfg.gpu_load_size or default_load_size(image_size)) if cfg.gpu_augment else None,
     )
 
 
@@ -218,12 +220,14 @@ class Trainer:
             self.sampler = EpochSampler(len(self.images), cfg.batch_size, cfg.seed)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        transform = build_transform(cfg.transform, cfg.image_size, cfg.transform_args)
+        self.device_views = build_device_views(cfg.transform, cfg.image_size, cfg.transform_args,
+                                               cfg.gpu_load_size) if cfg.gpu_augment else None
+        transform = self.device_views or build_transform(cfg.transform, cfg.image_size, cfg.transform_args)
         missing = [k for k in self.model.needs if k not in getattr(transform, "provides", ())]
         if missing:
             raise ConfigError(f"method {cfg.method} needs per-view {', '.join(missing)}, which transform "
                               f"{cfg.transform!r} does not provide; use its default (`sslforge methods`)")
-        dataset = ViewsDataset(self.images, transform)
+        dataset = ViewsDataset(self.images, self.device_views.load if self.device_views else transform)
         self.loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
                                  generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG alone
@@ -297,7 +301,7 @@ class Trainer:
             lr = warmup_cosine(state.step, self.total_steps, self.warmup_steps, self.peak_lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            views, extras = self._to_device(views)
+            views, extras = self._to_device(views, epoch, state.step)
             self.model.progress = Progress(state.step, self.steps_per_epoch, self.total_steps)
             with autocast:
                 loss, logs = self.model(views, **extras)
@@ -336,8 +340,13 @@ class Trainer:
             warnings.warn(f"epoch {epoch + 1}: {failures} images failed to decode and were replaced by their "
                           f"neighbours (first: {first_failure})", stacklevel=2)
 
-    def _to_device(self, batch: list | dict) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        """Views to the device (channels-last if asked), and the per-view extras the method declares it needs."""
+    def _to_device(self, batch: list | dict | torch.Tensor, epoch: int, step: int
+                   ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
+        """Views to the device (channels-last if asked), and the per-view extras the method declares it needs.
+        With --gpu-augment the batch is uint8 images, whose views are made there from (seed, epoch, step)."""
+        if self.device_views is not None:
+            batch = self.device_views(batch.to(self.device, non_blocking=True),
+                                      generator(self.cfg.seed, epoch, step, self.device))
         views, extras = (batch["views"], batch) if isinstance(batch, dict) else (batch, {})
         layout = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         views = [v.to(self.device, non_blocking=True).contiguous(memory_format=layout) for v in views]

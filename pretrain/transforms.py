@@ -58,15 +58,17 @@ def uniform(low: float, high: float) -> float:
     return low + (high - low) * float(torch.rand(()))
 
 
-def shift_hue(view: torch.Tensor, shift: float) -> torch.Tensor:
-    """torchvision's `adjust_hue` (HSV hue + shift turns) on a float (3, H, W) view, equal to 1e-6 and
-    2-5x faster (docs/benchmarks.md): hue from the max channel, then the closed-form HSV -> RGB."""
-    r, g, b = view.unbind(0)
-    top, channel = view.max(0)
-    delta = top - view.amin(0)
+def shift_hue(view: torch.Tensor, shift: float | torch.Tensor) -> torch.Tensor:
+    """torchvision's `adjust_hue` (HSV hue + shift turns) on a float (..., 3, H, W) view, equal to 1e-6 and
+    2-5x faster (docs/benchmarks.md): hue from the max channel, then the closed-form HSV -> RGB.
+    A batch may take one shift per image, as a tensor of shape (N, 1, 1, 1)."""
+    r, g, b = view.unbind(-3)
+    top, channel = view.max(-3, keepdim=True)
+    delta = top - view.amin(-3, keepdim=True)
     safe = torch.where(delta > 0, delta, 1.0)
+    r, g, b = (c.unsqueeze(-3) for c in (r, g, b))
     hue = torch.where(channel == 0, (g - b) / safe, torch.where(channel == 1, (b - r) / safe + 2, (r - g) / safe + 4))
-    k = (_HUE_OFFSETS + (hue + 6 * shift)).remainder_(6)
+    k = (_HUE_OFFSETS.to(view.device) + (hue + 6 * shift)).remainder_(6)
     return top - delta * torch.minimum(k, 4 - k).clamp_(0, 1)
 
 
@@ -205,6 +207,7 @@ class View:
                  confusion: RegionConfusion | None = None, confusion_p: float = 1.0):
         self.size, self.scale = size, scale
         self.hflip_p, self.vflip_p, self.turn_p = hflip_p, vflip_p, turn_p
+        self.rotation_p, self.rotation_degrees = rotation_p, rotation_degrees
         self.rotation = v2.RandomApply([v2.RandomRotation(rotation_degrees)], p=rotation_p) \
             if rotation_p > 0 and rotation_degrees > 0 else None
         self.colour = colour
