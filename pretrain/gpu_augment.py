@@ -162,6 +162,8 @@ def gaussian_blur(x: torch.Tensor, kernel_size: int, sigma: torch.Tensor) -> tor
     """torchvision's `gaussian_blur` (reflect padding) with one sigma per image: two depthwise 1-D
     convolutions over all images' channels at once."""
     n, c, h, w = x.shape
+    if n == 0:
+        return x
     t = torch.arange(kernel_size, device=x.device, dtype=x.dtype) - kernel_size // 2
     kernel = torch.exp(-0.5 * (t / sigma.view(-1, 1)) ** 2)
     kernel = (kernel / kernel.sum(1, keepdim=True)).repeat_interleave(c, 0)
