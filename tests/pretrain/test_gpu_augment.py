@@ -164,12 +164,14 @@ def test_unsupported_pipelines_are_a_config_error(image_folder: Path, tmp_path: 
         Trainer(cfg, progress=False).fit()
 
 
-@pytest.mark.parametrize("method", ["simclr", "swav"])
-def test_pretrain_with_gpu_augment(image_folder: Path, tmp_path: Path, method: str) -> None:
+@pytest.mark.parametrize("method, small", [("simclr", ["out_dim=16"]),
+                                           ("swav", ["prototypes=10", "proj_hidden_dim=32", "proj_dim=16"])])
+def test_pretrain_with_gpu_augment(image_folder: Path, tmp_path: Path, method: str, small: list[str]) -> None:
     out = tmp_path / "run"
+    small = [arg for value in small for arg in ("--method-arg", value)]
     assert main(["pretrain", "--method", method, "--gpu-augment", "--data", str(image_folder), "--out", str(out),
                  "--epochs", "1", "--max-images", "16", "--backbone", "test_resnet", "--image-size", "32",
-                 "--batch-size", "8", "--workers", "0", "--quiet"]) == 0
+                 "--batch-size", "8", "--workers", "0", "--quiet", *small]) == 0
     rows = read_csv(out / "metrics.csv")
     assert len(rows) == 2 and all(math.isfinite(float(r["loss"])) for r in rows)
     assert json.loads((out / "model.json").read_text())["training"]["steps"] == 2
@@ -189,10 +191,12 @@ def test_loader_yields_uint8_squares(image_folder: Path, tmp_path: Path, tiny_co
 
 def test_interrupted_and_resumed_gpu_augment_run_equals_uninterrupted(image_folder: Path, tmp_path: Path,
                                                                       tiny_config) -> None:
-    full = Trainer(tiny_config(image_folder, tmp_path / "full", gpu_augment=True), progress=False).fit()
-    cfg = tiny_config(image_folder, tmp_path / "cut", gpu_augment=True, checkpoint_every_steps=2)
-    with pytest.raises(Interrupt):
-        Trainer(cfg, on_step=stop_at(5), progress=False).fit()
+    small = dict(gpu_augment=True, max_images=16)  # 2 epochs of 2 steps
+    full = Trainer(tiny_config(image_folder, tmp_path / "full", **small), progress=False).fit()
+    cfg = tiny_config(image_folder, tmp_path / "cut", checkpoint_every_steps=3, **small)
+    with pytest.raises(Interrupt):  # killed after step 4 of 4, resumed from the checkpoint of step 3 (mid-epoch 2)
+        Trainer(cfg, on_step=stop_at(4), progress=False).fit()
+    assert torch.load(tmp_path / "cut" / "checkpoint.pt", weights_only=True)["step"] == 3
     resumed = Trainer(cfg, resume=True, progress=False).fit()
     a, b = load_file(full / "backbone.safetensors"), load_file(resumed / "backbone.safetensors")
     for key in a:
