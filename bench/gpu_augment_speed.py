@@ -17,6 +17,7 @@ import argparse
 import statistics
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -73,16 +74,14 @@ def main() -> None:
             for name in args.pipelines:
                 cpu, device = build_transform(name, size), build_device_views(name, size)
 
-                def loader(transform):
-                    return DataLoader(ViewsDataset(images, transform), batch_size=args.batch_size,
-                                      sampler=EpochSampler(len(images), args.batch_size, 0), num_workers=2,
-                                      persistent_workers=True, prefetch_factor=2)
-
-                cpu_loader, device_loader = loader(cpu), loader(device.load)
-                runs = {"cpu": lambda: rate_single(cpu, paths),
-                        "cpu 2 workers": lambda: rate_loader(cpu_loader, batches),
-                        "device": lambda: rate_device(device, paths, args.batch_size),
-                        "device 2 workers": lambda: rate_device_loader(device, device_loader, batches)}
+                cpu_loader, device_loader = (
+                    DataLoader(ViewsDataset(images, t), batch_size=args.batch_size, num_workers=2,
+                               sampler=EpochSampler(len(images), args.batch_size, 0), persistent_workers=True,
+                               prefetch_factor=2) for t in (cpu, device.load))
+                runs = {"cpu": partial(rate_single, cpu, paths),
+                        "cpu 2 workers": partial(rate_loader, cpu_loader, batches),
+                        "device": partial(rate_device, device, paths, args.batch_size),
+                        "device 2 workers": partial(rate_device_loader, device, device_loader, batches)}
                 rates: dict[str, list[float]] = {k: [] for k in runs}
                 for _ in range(args.rounds):
                     for k, run in runs.items():
