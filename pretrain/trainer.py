@@ -193,7 +193,9 @@ class Trainer:
             if not (self.out / CHECKPOINT).is_file():
                 raise ConfigError(f"--resume: {self.out} has no {CHECKPOINT} to resume from")
             previous = yaml.safe_load(saved.read_text())
-            changed = [k for k, v in self.cfg.to_dict().items() if k not in RESUMABLE_CHANGES and previous.get(k) != v]
+            defaults = {f.name: f.default for f in PretrainConfig.fields()}  # for settings newer than the run
+            changed = [k for k, v in self.cfg.to_dict().items()
+                       if k not in RESUMABLE_CHANGES and previous.get(k, defaults[k]) != v]
             if changed:
                 k = changed[0]
                 raise ConfigError(f"--resume: {k} was {previous.get(k)!r} in {saved}, now {getattr(self.cfg, k)!r}; "

@@ -203,3 +203,26 @@ def test_interrupted_and_resumed_gpu_augment_run_equals_uninterrupted(image_fold
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
     for x, y in zip(read_csv(full / "metrics.csv"), read_csv(resumed / "metrics.csv"), strict=True):
         assert float(x["loss"]) == pytest.approx(float(y["loss"]), abs=1e-6)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device here: the CPU device runs the same code")
+def test_views_on_cuda_are_deterministic_and_stay_there() -> None:
+    device = torch.device("cuda")
+    views = ga.build_device_views("multicrop", 32)
+    batch = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=gen()).to(device)
+    a = views(batch, ga.generator(0, 0, 0, device))
+    b = views(batch, ga.generator(0, 0, 0, device))
+    assert all(v.device.type == "cuda" for v in a) and [v.shape[-1] for v in a] == [32, 32] + [16] * 6
+    assert all(torch.equal(x, y) for x, y in zip(a, b))
+
+
+def test_runs_saved_before_the_option_existed_still_resume(image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    cfg = tiny_config(image_folder, tmp_path / "run", epochs=1, max_images=8)
+    Trainer(cfg, progress=False).fit()
+    saved = tmp_path / "run" / "config.yaml"
+    saved.write_text("".join(line for line in saved.read_text().splitlines(keepends=True)
+                             if not line.startswith("gpu_")))
+    Trainer(cfg.replace(epochs=2), resume=True, progress=False).fit()
+    assert [r["step"] for r in read_csv(tmp_path / "run" / "metrics.csv")] == ["1", "2"]
+    with pytest.raises(ConfigError, match="gpu_augment was False"):
+        Trainer(cfg.replace(epochs=3, gpu_augment=True), resume=True, progress=False)
