@@ -56,7 +56,7 @@ class PretrainConfig:
     method_args: dict = _opt({}, "hyper-parameters of the method (e.g. temperature=0.2)", metavar="KEY=VALUE")
     gpu_augment: bool = _opt(False, "make the views on the training device (GPU when present), batched, from "
                                     "uint8 images the loader only decodes and resizes; transforms baseline, "
-                                    "simclr and multicrop")
+                                    "simclr, multicrop and vicregl")
     gpu_load_size: int | None = _opt(None, "with --gpu-augment: side of the square uint8 images the loader yields "
                                            "(views are cropped from them); default: the image size up to 64 px, "
                                            "image size / 0.875 above (256 for 224)")

@@ -11,7 +11,8 @@ their defaults and options. All randomness comes from one generator on the devic
 (seed, epoch, step): a resumed run makes the same views.
 
 Differences from the CPU pipelines: crops are taken from the centre square of the image resized to
-`load_size` (the CPU crops the full image), and crop boxes are not rounded to whole pixels.
+`load_size` (the CPU crops the full image), crop boxes are not rounded to whole pixels, and
+`vicregl`'s boxes are normalised to that square.
 """
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ from pretrain.config import ConfigError
 from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
 from pretrain.transforms import Colour, View, build_transform, shift_hue, to_uint8
 
-SUPPORTED = ("baseline", "multicrop", "simclr")
+SUPPORTED = ("baseline", "multicrop", "simclr", "vicregl")
 RATIO = (3 / 4, 4 / 3)
 
 
@@ -196,11 +197,16 @@ class Recipe:
     def of(cls, view: View) -> "Recipe":
         return cls(view.size, tuple(view.scale), view.hflip_p, view.rotation_p, view.rotation_degrees, view.colour)
 
-    def __call__(self, images: torch.Tensor, index: torch.Tensor, g: torch.Generator) -> torch.Tensor:
-        """Views of images[index[k]] for every k: float (len(index), 3, size, size), normalised."""
-        n, c = len(index), self.colour
-        x = resized_crops(images, index, crop_boxes(n, images.shape[-1], self.scale, g), self.size)
-        x = hflip(x, _chance(n, self.hflip_p, g))
+    def __call__(self, images: torch.Tensor, index: torch.Tensor, g: torch.Generator
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Views of images[index[k]] for every k, float (len(index), 3, size, size) and normalised, and
+        their crop boxes (x0, y0, x1, y1) normalised to the square source, x0 > x1 where flipped."""
+        n, c, side = len(index), self.colour, images.shape[-1]
+        boxes = crop_boxes(n, side, self.scale, g)
+        x = resized_crops(images, index, boxes, self.size)
+        flipped = _chance(n, self.hflip_p, g)
+        x = hflip(x, flipped)
+        boxes = torch.where(flipped.view(-1, 1), boxes[:, [2, 1, 0, 3]], boxes) / side
         if self.rotation_p > 0 and self.rotation_degrees > 0:
             angles = _uniform((n,), -self.rotation_degrees, self.rotation_degrees, g)
             x = torch.where(_chance(n, self.rotation_p, g).view(-1, 1, 1, 1), rotate(x, angles), x)
@@ -215,33 +221,38 @@ class Recipe:
             x[blurred] = gaussian_blur(x[blurred], blur_kernel_size(self.size), sigma[blurred])
         if c.solarize_p > 0:
             x = torch.where(_chance(n, c.solarize_p, g).view(-1, 1, 1, 1) & (x >= 0.5), 1 - x, x)
-        return normalize(x)
+        return normalize(x), boxes
 
 
 class DeviceViews:
     """A pipeline's views made from a uint8 batch (N, 3, L, L) on its device: `views(batch, g)`.
 
     Consecutive views with the same recipe (SimCLR's two, multi-crop's locals) are made in one call.
+    With `provides=("boxes",)` it returns `{"views": [...], "boxes": float32 (N, n_views, 4)}` as the
+    CPU pipeline's batches, boxes normalised to the square the loader made.
     """
 
-    provides: tuple[str, ...] = ()
-
-    def __init__(self, recipes: list[Recipe], load_size: int):
+    def __init__(self, recipes: list[Recipe], load_size: int, provides: tuple[str, ...] = ()):
         self.recipes = recipes
         self.load = LoadSquare(load_size)
+        self.provides = provides
 
     def __len__(self) -> int:
         return len(self.recipes)
 
-    def __call__(self, batch: torch.Tensor, g: torch.Generator) -> list[torch.Tensor]:
+    def __call__(self, batch: torch.Tensor, g: torch.Generator
+                 ) -> list[torch.Tensor] | dict[str, list[torch.Tensor] | torch.Tensor]:
         images = batch.float().div_(255)
         n = len(images)
         views: list[torch.Tensor] = []
+        boxes: list[torch.Tensor] = []
         for recipe, same in groupby(self.recipes):
             count = len(list(same))
             index = torch.arange(n, device=images.device).repeat(count)
-            views.extend(recipe(images, index, g).split(n))
-        return views
+            x, b = recipe(images, index, g)
+            views.extend(x.split(n))
+            boxes.extend(b.split(n))
+        return {"views": views, "boxes": torch.stack(boxes, 1)} if "boxes" in self.provides else views
 
 
 def generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
@@ -256,4 +267,5 @@ def build_device_views(name: str, size: int, options: dict | None = None,
         raise ConfigError(f"gpu_augment supports the transforms {', '.join(SUPPORTED)} (got {name!r}): choose one "
                           f"with --transform or drop --gpu-augment")
     pipeline = build_transform(name, size, options)
-    return DeviceViews([Recipe.of(view) for view in pipeline.transforms], load_size or default_load_size(size))
+    return DeviceViews([Recipe.of(view) for view in pipeline.transforms], load_size or default_load_size(size),
+                       pipeline.provides)

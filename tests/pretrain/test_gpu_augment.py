@@ -134,18 +134,39 @@ def test_load_square_resizes_the_short_side_and_centre_crops() -> None:
 
 
 @pytest.mark.parametrize("name, sizes", [("simclr", [32, 32]), ("baseline", [32, 32]),
-                                         ("multicrop", [32, 32] + [16] * 6)])
+                                         ("multicrop", [32, 32] + [16] * 6), ("vicregl", [32, 32] + [16] * 6)])
 def test_pipelines_give_their_views_deterministically(name: str, sizes: list[int]) -> None:
     views = ga.build_device_views(name, 32)
     batch = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=gen())
     a = views(batch, ga.generator(0, 0, 3, torch.device("cpu")))
+    a = a["views"] if name == "vicregl" else a
     assert [v.shape for v in a] == [(5, 3, s, s) for s in sizes] and len(views) == len(sizes)
     assert all(v.dtype == torch.float32 for v in a)
     b = views(batch, ga.generator(0, 0, 3, torch.device("cpu")))
+    b = b["views"] if name == "vicregl" else b
     assert all(torch.equal(x, y) for x, y in zip(a, b))
     c = views(batch, ga.generator(0, 0, 4, torch.device("cpu")))
+    c = c["views"] if name == "vicregl" else c
     assert not torch.equal(a[0], c[0])
     assert not torch.equal(a[0], a[1])  # two views of one image differ
+
+
+def test_vicregl_boxes_map_back_to_the_right_pixels() -> None:
+    plain = {"strength": 0.0, "gray_p": 0.0, "blur_p": 0.0}  # views are crops + flips only
+    views = ga.build_device_views("vicregl", 32, plain, load_size=40)
+    batch = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8, generator=gen())
+    out = views(batch, ga.generator(0, 0, 0, torch.device("cpu")))
+    assert out["boxes"].shape == (6, 8, 4)
+    flipped = out["boxes"][..., 0] > out["boxes"][..., 2]
+    assert flipped.any() and (~flipped).any()
+    images = batch.float() / 255
+    for k, view in enumerate(out["views"]):
+        for i in range(6):
+            box = out["boxes"][i, k] * 40
+            x0, x1 = sorted(box[[0, 2]].tolist())
+            ref = ga.resized_crops(images, torch.tensor([i]), torch.tensor([[x0, box[1], x1, box[3]]]), view.shape[-1])
+            ref = ref.flip(-1) if flipped[i, k] else ref
+            torch.testing.assert_close(view[i], ga.normalize(ref)[0], atol=1e-4, rtol=0)
 
 
 def test_blur_and_solarisation_at_large_sizes() -> None:
@@ -157,7 +178,7 @@ def test_blur_and_solarisation_at_large_sizes() -> None:
 
 
 def test_unsupported_pipelines_are_a_config_error(image_folder: Path, tmp_path: Path, tiny_config) -> None:
-    with pytest.raises(ConfigError, match="gpu_augment supports the transforms baseline, multicrop, simclr"):
+    with pytest.raises(ConfigError, match="gpu_augment supports the transforms baseline, multicrop, simclr, vicregl"):
         ga.build_device_views("lorot", 32)
     cfg = tiny_config(image_folder, tmp_path / "run", gpu_augment=True, transform="dcl")
     with pytest.raises(ConfigError, match=r"\(got 'dcl'\)"):
@@ -165,7 +186,8 @@ def test_unsupported_pipelines_are_a_config_error(image_folder: Path, tmp_path: 
 
 
 @pytest.mark.parametrize("method, small", [("simclr", ["out_dim=16"]),
-                                           ("swav", ["prototypes=10", "proj_hidden_dim=32", "proj_dim=16"])])
+                                           ("swav", ["prototypes=10", "proj_hidden_dim=32", "proj_dim=16"]),
+                                           ("vicregl", ["proj_dim=16", "local_proj_dim=16"])])
 def test_pretrain_with_gpu_augment(image_folder: Path, tmp_path: Path, method: str, small: list[str]) -> None:
     out = tmp_path / "run"
     small = [arg for value in small for arg in ("--method-arg", value)]
