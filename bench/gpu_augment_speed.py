@@ -3,11 +3,13 @@ batched views, here on the CPU device (decode included, one image = all its view
 
     python bench/gpu_augment_speed.py --sizes 32 224 --pipelines simclr multicrop
 
-Four ways, run alternately (A B C D A B C D ...) so machine noise hits them alike; median of the rounds:
+Five ways, run alternately (A B C D E A B C D E ...) so machine noise hits them alike; median of the rounds:
   cpu              the CPU pipeline in this process (decode + views per image)
   cpu 2 workers    the CPU pipeline in 2 DataLoader workers (the training loader)
   device           --gpu-augment in this process: decode + uint8 square per image, then the batch's views
   device 2 workers --gpu-augment: 2 workers decode to uint8 squares, this process makes the batch's views
+  loader only      --gpu-augment's loader side alone: decode + uint8 square per image, in this process
+                   (what workers must sustain when the views are made on a GPU)
 Source images as in bench/transform_speed.py (32 px sample JPEGs; 256 px JPEGs for 224 px views).
 One torch thread in this process, as in a loader worker.
 """
@@ -81,7 +83,8 @@ def main() -> None:
                 runs = {"cpu": partial(rate_single, cpu, paths),
                         "cpu 2 workers": partial(rate_loader, cpu_loader, batches),
                         "device": partial(rate_device, device, paths, args.batch_size),
-                        "device 2 workers": partial(rate_device_loader, device, device_loader, batches)}
+                        "device 2 workers": partial(rate_device_loader, device, device_loader, batches),
+                        "loader only": partial(rate_single, device.load, paths)}
                 rates: dict[str, list[float]] = {k: [] for k in runs}
                 for _ in range(args.rounds):
                     for k, run in runs.items():
