@@ -28,7 +28,7 @@ from transform_speed import rate_loader, rate_single, source_folder
 
 from pretrain.data import load_rgb, scan_images
 from pretrain.datasets import EpochSampler, ViewsDataset
-from pretrain.gpu_augment import build_device_views, generator
+from pretrain.gpu_augment import build_device_views, step_generator
 from pretrain.transforms import build_transform
 
 CPU = torch.device("cpu")
@@ -39,7 +39,7 @@ def rate_device(views, paths: list[Path], batch_size: int) -> float:
     start = time.perf_counter()
     for step, first in enumerate(range(0, len(paths), batch_size)):
         batch = torch.stack([views.load(load_rgb(p)) for p in paths[first:first + batch_size]])
-        views(batch, generator(0, 0, step, CPU))
+        views(batch, step_generator(0, 0, step, CPU))
     return len(paths) / (time.perf_counter() - start)
 
 
@@ -50,7 +50,7 @@ def rate_device_loader(views, loader: DataLoader, batches: int) -> float:
     start, images = time.perf_counter(), 0
     for step in range(batches):
         batch = next(it)[0]
-        views(batch, generator(0, 0, step, CPU))
+        views(batch, step_generator(0, 0, step, CPU))
         images += len(batch)
     return images / (time.perf_counter() - start)
 

@@ -123,6 +123,8 @@ class PretrainConfig:
                 raise ConfigError(f"{name} must be zero or positive (got {value})")
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"image_size must be at least 16 pixels (got {self.image_size})")
+        if self.gpu_load_size is not None and not self.gpu_augment:
+            raise ConfigError("gpu_load_size applies only with gpu_augment: add --gpu-augment or drop --gpu-load-size")
         if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
             raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
 

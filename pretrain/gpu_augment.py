@@ -214,8 +214,8 @@ class Recipe:
         if c.strength > 0:
             x = colour_jitter(x, _chance(n, c.jitter_p, g), b, ct, s, min(h, 0.5), g)
         x = torch.where(_chance(n, c.gray_p, g).view(-1, 1, 1, 1), grayscale(x), x)
-        blurred = _chance(n, c.blur_p, g)
         if c.blur_p > 0:
+            blurred = _chance(n, c.blur_p, g)
             sigma = _uniform((n,), 0.1, 2.0, g)
             x = x.clone()
             x[blurred] = gaussian_blur(x[blurred], blur_kernel_size(self.size), sigma[blurred])
@@ -225,7 +225,7 @@ class Recipe:
 
 
 class DeviceViews:
-    """A pipeline's views made from a uint8 batch (N, 3, L, L) on its device: `views(batch, g)`.
+    """A pipeline's views made from a uint8 batch (N, 3, L, L) on its device: `views(batch, step_generator(...))`.
 
     Consecutive views with the same recipe (SimCLR's two, multi-crop's locals) are made in one call.
     With `provides=("boxes",)` it returns `{"views": [...], "boxes": float32 (N, n_views, 4)}` as the
@@ -255,7 +255,7 @@ class DeviceViews:
         return {"views": views, "boxes": torch.stack(boxes, 1)} if "boxes" in self.provides else views
 
 
-def generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
+def step_generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
     """The generator of one training step's views: a pure function of (seed, epoch, step)."""
     return torch.Generator(device=device).manual_seed(hash((seed, epoch, step)) & 0x7FFF_FFFF_FFFF_FFFF)
 

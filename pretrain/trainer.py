@@ -31,7 +31,7 @@ from pretrain.config import ConfigError, PretrainConfig, save_yaml
 from pretrain.data import ImageList, sample_dir, scan_images, typical_size
 from pretrain.datasets import EpochSampler, ViewsDataset
 from pretrain.evaluate import class_count, default_workers, extract_features, knn_evaluate
-from pretrain.gpu_augment import build_device_views, default_load_size, generator
+from pretrain.gpu_augment import build_device_views, default_load_size, step_generator
 from pretrain.methods import build_method, method_hparams, method_spec
 from pretrain.methods.base import Progress
 from pretrain.modeldir import ModelDir, write_model_dir
@@ -348,7 +348,7 @@ class Trainer:
         With --gpu-augment the batch is uint8 images, whose views are made there from (seed, epoch, step)."""
         if self.device_views is not None:
             batch = self.device_views(batch.to(self.device, non_blocking=True),
-                                      generator(self.cfg.seed, epoch, step, self.device))
+                                      step_generator(self.cfg.seed, epoch, step, self.device))
         views, extras = (batch["views"], batch) if isinstance(batch, dict) else (batch, {})
         layout = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         views = [v.to(self.device, non_blocking=True).contiguous(memory_format=layout) for v in views]

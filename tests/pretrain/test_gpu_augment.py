@@ -138,14 +138,14 @@ def test_load_square_resizes_the_short_side_and_centre_crops() -> None:
 def test_pipelines_give_their_views_deterministically(name: str, sizes: list[int]) -> None:
     views = ga.build_device_views(name, 32)
     batch = torch.randint(0, 256, (5, 3, 32, 32), dtype=torch.uint8, generator=gen())
-    a = views(batch, ga.generator(0, 0, 3, torch.device("cpu")))
+    a = views(batch, ga.step_generator(0, 0, 3, torch.device("cpu")))
     a = a["views"] if name == "vicregl" else a
     assert [v.shape for v in a] == [(5, 3, s, s) for s in sizes] and len(views) == len(sizes)
     assert all(v.dtype == torch.float32 for v in a)
-    b = views(batch, ga.generator(0, 0, 3, torch.device("cpu")))
+    b = views(batch, ga.step_generator(0, 0, 3, torch.device("cpu")))
     b = b["views"] if name == "vicregl" else b
     assert all(torch.equal(x, y) for x, y in zip(a, b))
-    c = views(batch, ga.generator(0, 0, 4, torch.device("cpu")))
+    c = views(batch, ga.step_generator(0, 0, 4, torch.device("cpu")))
     c = c["views"] if name == "vicregl" else c
     assert not torch.equal(a[0], c[0])
     assert not torch.equal(a[0], a[1])  # two views of one image differ
@@ -155,7 +155,7 @@ def test_vicregl_boxes_map_back_to_the_right_pixels() -> None:
     plain = {"strength": 0.0, "gray_p": 0.0, "blur_p": 0.0}  # views are crops + flips only
     views = ga.build_device_views("vicregl", 32, plain, load_size=40)
     batch = torch.randint(0, 256, (6, 3, 40, 40), dtype=torch.uint8, generator=gen())
-    out = views(batch, ga.generator(0, 0, 0, torch.device("cpu")))
+    out = views(batch, ga.step_generator(0, 0, 0, torch.device("cpu")))
     assert out["boxes"].shape == (6, 8, 4)
     flipped = out["boxes"][..., 0] > out["boxes"][..., 2]
     assert flipped.any() and (~flipped).any()
@@ -173,7 +173,7 @@ def test_blur_and_solarisation_at_large_sizes() -> None:
     views = ga.build_device_views("multicrop", 96, {"local_views": 2})
     assert views.load.size == 110 and [r.colour.blur_p for r in views.recipes] == [1.0, 0.1, 0.5, 0.5]
     batch = torch.randint(0, 256, (3, 3, 110, 110), dtype=torch.uint8, generator=gen())
-    out = views(batch, ga.generator(1, 0, 0, torch.device("cpu")))
+    out = views(batch, ga.step_generator(1, 0, 0, torch.device("cpu")))
     assert [v.shape[-1] for v in out] == [96, 96, 40, 40]
 
 
@@ -183,6 +183,8 @@ def test_unsupported_pipelines_are_a_config_error(image_folder: Path, tmp_path: 
     cfg = tiny_config(image_folder, tmp_path / "run", gpu_augment=True, transform="dcl")
     with pytest.raises(ConfigError, match=r"\(got 'dcl'\)"):
         Trainer(cfg, progress=False).fit()
+    with pytest.raises(ConfigError, match="gpu_load_size applies only with gpu_augment"):
+        tiny_config(image_folder, tmp_path / "run", gpu_load_size=40)
 
 
 @pytest.mark.parametrize("method, small", [("simclr", ["out_dim=16"]),
@@ -232,8 +234,8 @@ def test_views_on_cuda_are_deterministic_and_stay_there() -> None:
     device = torch.device("cuda")
     views = ga.build_device_views("multicrop", 32)
     batch = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8, generator=gen()).to(device)
-    a = views(batch, ga.generator(0, 0, 0, device))
-    b = views(batch, ga.generator(0, 0, 0, device))
+    a = views(batch, ga.step_generator(0, 0, 0, device))
+    b = views(batch, ga.step_generator(0, 0, 0, device))
     assert all(v.device.type == "cuda" for v in a) and [v.shape[-1] for v in a] == [32, 32] + [16] * 6
     assert all(torch.equal(x, y) for x, y in zip(a, b))
 
