@@ -78,8 +78,8 @@ def main() -> None:
 
                 cpu_loader, device_loader = (
                     DataLoader(ViewsDataset(images, t), batch_size=args.batch_size, num_workers=2,
-                               sampler=EpochSampler(len(images), args.batch_size, 0), persistent_workers=True,
-                               prefetch_factor=2) for t in (cpu, device.load))
+                               sampler=EpochSampler(len(images), args.batch_size, 0), prefetch_factor=2)
+                    for t in (cpu, device.load))  # workers stop with each round: none run in the others
                 runs = {"cpu": partial(rate_single, cpu, paths),
                         "cpu 2 workers": partial(rate_loader, cpu_loader, batches),
                         "device": partial(rate_device, device, paths, args.batch_size),
