@@ -55,7 +55,7 @@ class Embedder:
     def load(cls, model_dir: str | Path | ModelDir, backend: str = "torch", *, device: str = "auto",
              onnx_path: str | Path | None = None, providers: list[str] | None = None,
              threads: int | None = None) -> "Embedder":
-        """`backend`: torch (on `device`), onnx (model.onnx; providers picked automatically) or tensorrt (model.plan)."""
+        """`backend`: torch (on `device`), onnx (model.onnx, best providers) or tensorrt (model.plan)."""
         model = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
         if backend == "torch":
             runner = TorchRunner(model.load_backbone(), select_device(device))

@@ -50,10 +50,9 @@ def test_export_round_trip_matches_pytorch(backbone: str, tmp_path: Path) -> Non
     assert check_onnx_matches(path, model) == info
 
 
-def test_fp16_export_keeps_float32_io_and_is_close(tmp_path: Path) -> None:
-    model = make_model_dir(tmp_path / "run")
-    fp32 = export_onnx(model, tmp_path / "fp32.onnx").path
-    fp16 = export_onnx(model, tmp_path / "fp16.onnx", fp16=True).path
+def test_fp16_export_keeps_float32_io_and_is_close(resnet_dir, tmp_path: Path) -> None:
+    fp32 = resnet_dir.path / "model.onnx"
+    fp16 = export_onnx(resnet_dir, tmp_path / "fp16.onnx", fp16=True).path
     proto = onnx.load(str(fp16))
     assert read_onnx_info(fp16).precision == "fp16"
     assert proto.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
