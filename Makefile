@@ -8,6 +8,9 @@ STAMP := $(VENV)/.sslforge-installed
 
 run: $(STAMP)
 	$(BIN)/sslforge quickstart
+	$(BIN)/sslforge export onnx runs/quickstart
+	$(BIN)/sslforge embed --model runs/quickstart --images "$$($(BIN)/sslforge sample)/test" --out emb/quickstart \
+		--backend onnx
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
