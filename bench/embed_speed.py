@@ -110,7 +110,7 @@ def main() -> None:
         lists[size] = args.out / f"test-{size}.txt"  # evenly spaced over the classes
         lists[size].write_text("".join(f"{q}\n" for q in test.paths[:: max(1, len(test.paths) // count)][:count]))
     for size, model in models.items():
-        for r in range(args.e2e_rounds):
+        for _ in range(args.e2e_rounds):
             for backend in ("torch", "onnx"):
                 out = args.out / f"emb-{size}-{backend}"
                 shutil.rmtree(out, ignore_errors=True)

@@ -70,3 +70,16 @@ def test_model_dir_of_another_schema_is_refused(tmp_path: Path, capsys) -> None:
     (model.path / "model.json").write_text(json.dumps({**info, "schema_version": 7}))
     assert main(["export", "onnx", str(model.path)]) == 2
     assert "schema version 7" in capsys.readouterr().err
+
+
+def test_under_torchrun_each_rank_embeds_its_part(tmp_path: Path, image_folder: Path, monkeypatch, capsys) -> None:
+    model = make_model_dir(tmp_path / "run")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("LOCAL_RANK", "0")
+    out = tmp_path / "emb"
+    assert main(["embed", "--model", str(model.path), "--images", str(image_folder), "--out", str(out),
+                 "--workers", "0", "--quiet", "--device", "cpu"]) == 0
+    manifest = json.loads((tmp_path / "emb-part1" / "manifest.json").read_text())
+    assert manifest["part"] == {"index": 1, "count": 2, "first": 12, "total": 24} and manifest["count"] == 12
+    assert "part 1/2 done" in capsys.readouterr().out
