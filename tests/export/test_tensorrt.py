@@ -2,6 +2,7 @@
 onnxruntime backend), and a real build-and-parity test where TensorRT and a GPU are present."""
 import importlib.util
 import sys
+import types
 from dataclasses import replace
 from pathlib import Path
 
@@ -14,7 +15,15 @@ from export.errors import BackendUnavailable, ExportError, ParityError
 from export.onnx_export import export_onnx, to_fp16
 from export.parity import check_parity, parity_batches
 from export.runtimes import OnnxRunner, TorchRunner
-from export.tensorrt import EngineInfo, batch_profile, check_engine, import_tensorrt, read_sidecar, write_sidecar
+from export.tensorrt import (
+    EngineInfo,
+    batch_profile,
+    build_engine,
+    check_engine,
+    import_tensorrt,
+    read_sidecar,
+    write_sidecar,
+)
 from pretrain.cli import main
 
 HAVE_TRT = importlib.util.find_spec("tensorrt") is not None and torch.cuda.is_available()
@@ -93,3 +102,87 @@ def test_real_engine_build_and_parity(tmp_path: Path) -> None:
     trt = Embedder.load(model.path, "tensorrt").embed_batch(x)
     ref = Embedder.load(model.path, "torch", device="cuda").embed_batch(x)
     assert (trt * ref).sum(1).min() > 0.995
+
+
+class FakeTensorRT(types.ModuleType):
+    """Stands in for the tensorrt module (11.x surface): records what build_engine asks of it."""
+
+    __version__ = "11.4.0.106"
+
+    def __init__(self):
+        super().__init__("tensorrt")
+        calls = self.calls = {}
+
+        class Logger:
+            WARNING = "warning"
+
+            def __init__(self, level):
+                calls["logger"] = level
+
+        class Profile:
+            def set_shape(self, name, lo, opt, hi):
+                calls["profile"] = (name, lo, opt, hi)
+
+        class Config:
+            def set_memory_pool_limit(self, pool, size):
+                calls["workspace"] = (pool, size)
+
+            def add_optimization_profile(self, profile):
+                calls["profiles"] = calls.get("profiles", 0) + 1
+
+        class Builder:
+            def __init__(self, logger):
+                pass
+
+            def create_network(self, flags):
+                calls["network_flags"] = flags
+                return "network"
+
+            def create_builder_config(self):
+                return Config()
+
+            def create_optimization_profile(self):
+                return Profile()
+
+            def build_serialized_network(self, network, config):
+                return b"serialized engine"
+
+        class OnnxParser:
+            num_errors = 0
+
+            def __init__(self, network, logger):
+                pass
+
+            def parse(self, data):
+                calls["graph"] = onnx.load_from_string(data)
+                return True
+
+        self.Logger, self.Builder, self.OnnxParser = Logger, Builder, OnnxParser
+        self.NetworkDefinitionCreationFlag = types.SimpleNamespace(STRONGLY_TYPED=1)
+        self.MemoryPoolType = types.SimpleNamespace(WORKSPACE="workspace")
+
+
+def test_engine_build_orchestration_with_a_stand_in_tensorrt(resnet_dir, tmp_path: Path, monkeypatch) -> None:
+    """Which graph TensorRT parses, the network flags, the profile, and the files written (no real TensorRT)."""
+    export_onnx(resnet_dir, tmp_path / "half.onnx", fp16=True)
+    fake = FakeTensorRT()
+    monkeypatch.setitem(sys.modules, "tensorrt", fake)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "get_device_properties",
+                        lambda i: types.SimpleNamespace(name="NVIDIA H100", major=9, minor=0))
+    plan, info = build_engine(resnet_dir, fp16=True, max_batch=16, opt_batch=4, workspace_gib=0.5,
+                              out=tmp_path / "model.plan")
+    assert plan.read_bytes() == b"serialized engine" and read_sidecar(plan) == info
+    assert (info.precision, info.tensorrt_version, info.gpu, info.compute_capability) == (
+        "fp16", "11.4.0.106", "NVIDIA H100", "9.0")
+    assert fake.calls["network_flags"] == 1 << 1  # strongly typed
+    assert fake.calls["profile"] == ("image", (1, 3, 32, 32), (4, 3, 32, 32), (16, 3, 32, 32))
+    assert fake.calls["workspace"] == ("workspace", 1 << 29) and fake.calls["profiles"] == 1
+    graph = fake.calls["graph"]  # FP16 inside, float32 at the edges
+    assert any(t.data_type == onnx.TensorProto.FLOAT16 for t in graph.graph.initializer)
+    assert graph.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    _, fp32 = build_engine(resnet_dir, max_batch=8, out=tmp_path / "fp32.plan")
+    assert fp32.precision == "fp32"
+    assert not any(t.data_type == onnx.TensorProto.FLOAT16 for t in fake.calls["graph"].graph.initializer)
+    with pytest.raises(ExportError, match="is already fp16: export an fp32 ONNX graph"):
+        build_engine(resnet_dir, onnx_path=tmp_path / "half.onnx", out=tmp_path / "x.plan")
