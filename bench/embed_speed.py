@@ -10,7 +10,8 @@ round so that machine noise hits them alike:
 - model call only, on preprocessed random batches of 32 and 1: torch eager (no_grad, NCHW),
   torch inference_mode + channels_last (the torch backend), onnxruntime CPU (the onnx backend);
 - end to end: `embed_images` (what `sslforge embed` runs) over the CIFAR-10 test JPEGs, `--e2e-32` (all 10,000)
-  at 32 px and `--e2e-224` at 224 px, batch 32, for the torch and onnx backends.
+  at 32 px and `--e2e-224` at 224 px, batch 32, for the torch and onnx backends, each followed at once by
+  a model-call timing of the same runner (the end-to-end / model-call ratio compares like with like).
 Prints Markdown tables (median of the rounds) and writes results.json to --out.
 """
 from __future__ import annotations
@@ -110,15 +111,19 @@ def main() -> None:
         lists[size] = args.out / f"test-{size}.txt"  # evenly spaced over the classes
         lists[size].write_text("".join(f"{q}\n" for q in test.paths[:: max(1, len(test.paths) // count)][:count]))
     for size, model in models.items():
+        x = rng.normal(size=(32, 3, size, size)).astype(np.float32)
         for _ in range(args.e2e_rounds):
             for backend in ("torch", "onnx"):
                 out = args.out / f"emb-{size}-{backend}"
                 shutil.rmtree(out, ignore_errors=True)
-                manifest = embed_images(Embedder.load(model, backend), lists[size], out, batch_size=32,
-                                        workers=args.workers, progress=False)
+                embedder = Embedder.load(model, backend)
+                manifest = embed_images(embedder, lists[size], out, batch_size=32, workers=args.workers,
+                                        progress=False)
                 speed = manifest["throughput"]["images_per_s"]
-                results["end_to_end"].setdefault(f"{size}|{backend}", []).append(speed)
-                print(f"sslforge embed {size} px {backend}: {manifest['count']} images, {speed:.1f} images/s")
+                call = timed(embedder.runner, x, args.seconds)  # right after, so both see the same machine load
+                results["end_to_end"].setdefault(f"{size}|{backend}", []).append([speed, call])
+                print(f"sslforge embed {size} px {backend}: {manifest['count']} images, {speed:.1f} images/s; "
+                      f"model call right after: {call:.1f} images/s")
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
 
     med = {k: statistics.median(v) for k, v in results["model_call"].items()}
@@ -129,14 +134,15 @@ def main() -> None:
             b32, b1 = med[f"{size}|32|{name}"], med[f"{size}|1|{name}"]
             print(f"| {size} px | {name} | {b32:.1f} | {b32 / med[f'{size}|32|torch eager']:.2f}x | {b1:.1f} "
                   f"| {1000 / b1:.1f} |")
-    print("\n| size | backend | `sslforge embed` images/s | model call (batch 32) images/s | end to end / model call |")
+    print("\n| size | backend | `sslforge embed` images/s | model call right after (batch 32) images/s "
+          "| end to end / model call |")
     print("|---|---|---|---|---|")
     for size in models:
-        for backend, name in (("torch", "torch inference_mode + channels_last"), ("onnx", "onnxruntime CPU")):
-            e2e = statistics.median(results["end_to_end"][f"{size}|{backend}"])
-            call = med[f"{size}|32|{name}"]
-            print(f"| {size} px | {backend} | {e2e:.1f} | {call:.1f} | {e2e / call:.2f} |")
-
+        for backend in ("torch", "onnx"):
+            pairs = results["end_to_end"][f"{size}|{backend}"]
+            e2e, call = statistics.median(p[0] for p in pairs), statistics.median(p[1] for p in pairs)
+            ratios = ", ".join(f"{p[0] / p[1]:.2f}" for p in pairs)
+            print(f"| {size} px | {backend} | {e2e:.1f} | {call:.1f} | {ratios} |")
 
 if __name__ == "__main__":
     main()
