@@ -64,26 +64,19 @@ def test_fp16_export_keeps_float32_io_and_is_close(resnet_dir, tmp_path: Path) -
     assert (a * b).sum(1).min() > 0.995
 
 
-def test_head_is_a_second_output(tmp_path: Path) -> None:
+def test_head_output_and_fixed_batch_fed_in_padded_chunks(tmp_path: Path) -> None:
     model = make_model_dir(tmp_path / "run", classes=["cat", "dog"])
-    result = export_onnx(model, with_head=True)
+    result = export_onnx(model, with_head=True, dynamic_batch=False, batch_size=2)
     assert result.info.outputs == ["embedding", "logits"] and result.info.classes == ["cat", "dog"]
-    x = torch.randn(3, 3, 32, 32)
-    with torch.no_grad():
-        expected = model.load_head()(model.load_backbone()(x)).numpy()
-    np.testing.assert_allclose(ort_run(result.path, x.numpy(), "logits"), expected, atol=1e-4)
-
-
-def test_fixed_batch_export_is_fed_in_padded_chunks(tmp_path: Path) -> None:
-    model = make_model_dir(tmp_path / "run")
-    path = export_onnx(model, dynamic_batch=False, batch_size=2).path
-    assert onnx.load(str(path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
+    assert onnx.load(str(result.path)).graph.input[0].type.tensor_type.shape.dim[0].dim_value == 2
     x = torch.randn(5, 3, 32, 32)
     with torch.no_grad():
-        expected = model.load_backbone()(x).numpy()
-    runner = OnnxRunner(path)
+        features = model.load_backbone()(x)
+        logits = model.load_head()(features)
+    runner = OnnxRunner(result.path, output="logits")
     assert runner.fixed_batch == 2
-    np.testing.assert_allclose(runner(x.numpy()), expected, atol=1e-4)
+    np.testing.assert_allclose(runner(x.numpy()), logits.numpy(), atol=1e-4)  # 5 rows = 2 + 2 + 1 padded
+    np.testing.assert_allclose(OnnxRunner(result.path)(x.numpy()), features.numpy(), atol=1e-4)
 
 
 def test_parity_failure_is_loud_and_writes_nothing(tmp_path: Path, monkeypatch) -> None:
