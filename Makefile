@@ -17,7 +17,7 @@ install: $(STAMP)
 # Reinstall whenever the dependencies or their pins change.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,retrieval]'
 	touch $(STAMP)
 
 clean:
