@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from retrieval.index import IndexDirError
+
 
 def knn_vote(similarities: np.ndarray, neighbour_labels: np.ndarray, num_classes: int,
              temperature: float = 0.1) -> np.ndarray:
@@ -46,7 +48,7 @@ def classify(index: Any, queries: np.ndarray, *, k: int = 200, temperature: floa
     """kNN class scores (Q, C) of `queries` against a `retrieval.Index`, and the class names (columns)."""
     classes = index.classes
     if not classes:
-        raise ValueError(f"{index.path or 'the index'} has no labelled rows: kNN classification needs labels")
+        raise IndexDirError(f"{index.path or 'the index'} has no labelled rows: kNN classification needs labels")
     sims, ids = index.search_ids(queries, k, **knobs)
     codes = np.append(label_codes(index.labels, classes), -1)  # id -1 (no neighbour) -> code -1
     return knn_vote(sims, codes[ids], len(classes), temperature), classes
