@@ -8,6 +8,7 @@ STAMP := $(VENV)/.sslforge-installed
 
 run: $(STAMP)
 	$(BIN)/sslforge quickstart
+	$(BIN)/sslforge index quickstart --run runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

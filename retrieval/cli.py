@@ -173,6 +173,12 @@ def cmd_search(args: argparse.Namespace) -> None:
         print(f"contact sheet: {args.sheet}")
 
 
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from retrieval.quickstart import quickstart
+
+    quickstart(run=args.run, out=args.out, progress=not args.quiet)
+
+
 def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:
     """Add `index` (build, classify, eval) and `search`; return the exception types that mean bad input."""
     ix = sub.add_parser("index", help="build, evaluate and classify with Faiss indexes of embeddings",
@@ -227,6 +233,15 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
     _add_options(p, SEARCH_OPTIONS, "; overrides the index's")
     _add_device(p)
     p.set_defaults(func=cmd_eval)
+
+    p = isub.add_parser("quickstart", help="the `make run` retrieval demo on the bundled sample",
+                        description="Embed the bundled CIFAR-10 sample with the quick-start model, index the "
+                                    "train images, print a search and the kNN accuracy from the index.")
+    p.add_argument("--run", default="runs/quickstart", help="model dir (default: runs/quickstart)")
+    p.add_argument("--out", default="runs/quickstart-retrieval",
+                   help="folder for the embeddings and the index (default: runs/quickstart-retrieval)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_quickstart)
 
     p = sub.add_parser("search", help="image search: nearest indexed images of query images or embeddings",
                        description="Embed query images with --model (or read --query-embeddings), search the index "

@@ -38,3 +38,25 @@ def embed_images(model_dir: str | Path, images: list[str | Path], *, device: str
     if feats.failed:
         raise QueryError(f"{feats.failed} of the query images could not be decoded: pass readable images")
     return feats.features.numpy(), model.fingerprint
+
+
+def embed_folder(model_dir: str | Path, folder: str | Path, *, device: str = "auto",
+                 progress: bool = True) -> tuple[np.ndarray, list[str], list[str | None], str]:
+    """Embed an image folder (labels from class sub-folders), reusing the model dir's feature cache.
+
+    Returns (vectors, paths relative to `folder`, labels, model fingerprint).
+    """
+    from pretrain.data import scan_images
+    from pretrain.evaluate import cached_features
+    from pretrain.modeldir import load_model_dir
+    from pretrain.trainer import select_device
+
+    model = load_model_dir(model_dir)
+    images = scan_images(folder)
+    feats = cached_features(model, images, device=select_device(device), progress=progress,
+                            desc=f"embedding {Path(folder).name}")
+    if feats.failed:
+        raise QueryError(f"{folder}: {feats.failed} images failed to decode; embed the folder with `sslforge embed`, "
+                         f"which skips and lists them")
+    labels = [None] * len(images) if images.labels is None else [images.classes[y] for y in images.labels]
+    return feats.features.numpy(), [str(p.relative_to(images.root)) for p in images.paths], labels, model.fingerprint

@@ -22,3 +22,9 @@ def brute_force(db: np.ndarray, queries: np.ndarray, k: int) -> tuple[np.ndarray
     sims = q.astype(np.float64) @ db.astype(np.float64).T
     ids = np.argsort(-sims, axis=1, kind="stable")[:, :k]
     return np.take_along_axis(sims, ids, 1), ids
+
+
+def collection(n: int = 3000) -> tuple[np.ndarray, list[str], list[str]]:
+    """Clustered vectors with one path and one class label per row."""
+    x, labels = clustered(n)
+    return x, [f"img/{i:05d}.jpg" for i in range(len(x))], [f"c{c}" for c in labels]

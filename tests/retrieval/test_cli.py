@@ -5,13 +5,29 @@ import json
 import numpy as np
 import pytest
 import torch
+from conftest import make_tiny_config, write_image_folder
 from PIL import Image
+from retrieval_helpers import collection
 
 from pretrain.cli import main
 from pretrain.evaluate import knn_scores
 from retrieval import Index, write_embeddings
 from retrieval.knn import classify
 from retrieval.query import embed_images
+
+
+@pytest.fixture(scope="module")
+def image_folder(tmp_path_factory):
+    return write_image_folder(tmp_path_factory.mktemp("images"))
+
+
+@pytest.fixture(scope="module")
+def tiny_run(image_folder, tmp_path_factory):
+    """One tiny trained model dir shared by this module's tests (training is the slow part)."""
+    from pretrain.trainer import Trainer
+
+    return Trainer(make_tiny_config(image_folder, tmp_path_factory.mktemp("run") / "run", epochs=1),
+                   progress=False).fit()
 
 
 @pytest.fixture
@@ -78,8 +94,8 @@ def test_cli_errors_are_one_line(embedded, tiny_run, tmp_path, capsys) -> None:
     assert "--nlist 99 exceeds the 24 vectors" in capsys.readouterr().err
 
 
-def test_pretrain_knn_and_index_classify_agree(collection) -> None:
-    x, paths, labels = collection
+def test_pretrain_knn_and_index_classify_agree() -> None:
+    x, paths, labels = collection()
     bank, queries = x[:2500], x[2500:]
     index = Index.build(bank, paths[:2500], labels[:2500], kind="flat")
     ours, classes = classify(index, queries, k=20, temperature=0.1)
@@ -87,3 +103,17 @@ def test_pretrain_knn_and_index_classify_agree(collection) -> None:
     theirs = knn_scores(torch.from_numpy(bank), codes, torch.from_numpy(queries), num_classes=len(classes), k=20,
                         temperature=0.1)
     np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-4)
+
+
+def test_quickstart_on_a_tiny_sample(tiny_run, image_folder, tmp_path, capsys) -> None:
+    from retrieval.quickstart import quickstart
+
+    sample = tmp_path / "sample"
+    sample.mkdir()
+    (sample / "train").symlink_to(image_folder)
+    (sample / "test").symlink_to(image_folder)
+    result = quickstart(run=tiny_run, sample=sample, out=tmp_path / "qs", progress=False)
+    out = capsys.readouterr().out
+    assert "--kind auto: 24 vectors < 100,000" in out and "its 5 nearest train images" in out
+    index = Index.load(tmp_path / "qs" / "index")
+    assert index.kind == "flat" and len(index) == 24 and 0 <= result["top1"] <= 1

@@ -2,15 +2,15 @@ import json
 
 import numpy as np
 import pytest
-from retrieval_helpers import brute_force, clustered
+from retrieval_helpers import brute_force, clustered, collection
 
 import retrieval.exact as exact
 from retrieval import BackendError, Index, IndexDirError, ModelMismatchError, choose_kind, exact_search
 from retrieval.metrics import recall_at_k
 
 
-def test_flat_equals_numpy_brute_force(collection) -> None:
-    x, paths, labels = collection
+def test_flat_equals_numpy_brute_force() -> None:
+    x, paths, labels = collection()
     index = Index.build(x, paths, labels, kind="flat")
     queries = clustered(50, seed=1)[0]
     scores, ids, meta = index.search(queries, 10)
@@ -34,8 +34,8 @@ def test_exact_backends_agree_with_numpy_and_pad(backend) -> None:
     assert sorted(ids[0, :3].tolist()) == [0, 1, 2]
 
 
-def test_torch_fallback_equals_faiss_flat(collection, monkeypatch) -> None:
-    x, paths, labels = collection
+def test_torch_fallback_equals_faiss_flat(monkeypatch) -> None:
+    x, paths, labels = collection()
     q = clustered(40, seed=5)[0]
     with_faiss = Index.build(x, paths, labels, kind="flat").search_ids(q, 7)
     monkeypatch.setattr(exact, "faiss_or_none", lambda: None)
@@ -48,8 +48,8 @@ def test_torch_fallback_equals_faiss_flat(collection, monkeypatch) -> None:
         Index.build(x, paths, labels, kind="hnsw")
 
 
-def test_gpu_request_without_gpu_is_a_clear_error(collection) -> None:
-    x, paths, labels = collection
+def test_gpu_request_without_gpu_is_a_clear_error() -> None:
+    x, paths, labels = collection()
     if exact.faiss_gpus() or exact.torch_cuda():
         pytest.skip("this machine has a GPU")  # the error path only exists on CPU-only machines
     with pytest.raises(BackendError, match="no GPU search backend"):
@@ -63,16 +63,16 @@ def test_gpu_request_without_gpu_is_a_clear_error(collection) -> None:
     ("ivf", {"nlist": 32, "nprobe": 8}, 0.9),
     ("ivfpq", {"nlist": 16, "m": 8, "nprobe": 8, "refine": 8}, 0.9),
 ])
-def test_approximate_recall_above_floor(collection, kind, params, floor) -> None:
-    x, paths, labels = collection
+def test_approximate_recall_above_floor(kind, params, floor) -> None:
+    x, paths, labels = collection()
     index = Index.build(x, paths, labels, kind=kind, progress=False, **params)
     queries = clustered(100, seed=4)[0]
     recall = recall_at_k(index.search_ids(queries, 10)[1], brute_force(x, queries, 10)[1])
     assert recall >= floor, f"{kind} recall@10 {recall:.3f}"
 
 
-def test_search_knobs_change_the_operating_point(collection) -> None:
-    x, paths, labels = collection
+def test_search_knobs_change_the_operating_point() -> None:
+    x, paths, labels = collection()
     index = Index.build(x, paths, labels, kind="ivf", nlist=64, progress=False)
     queries = clustered(100, seed=4)[0]
     ref = brute_force(x, queries, 10)[1]
@@ -84,8 +84,8 @@ def test_search_knobs_change_the_operating_point(collection) -> None:
 
 
 @pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf", "ivfpq"])
-def test_save_load_round_trip_and_mmap(collection, tmp_path, kind) -> None:
-    x, paths, labels = collection
+def test_save_load_round_trip_and_mmap(tmp_path, kind) -> None:
+    x, paths, labels = collection()
     params = {"ivf": {"nlist": 16}, "ivfpq": {"nlist": 16, "m": 8}}.get(kind, {})
     index = Index.build(x, paths, labels, kind=kind, model_fingerprint="sha256:aa", progress=False, **params)
     index.remove([5, 17])
@@ -105,8 +105,8 @@ def test_save_load_round_trip_and_mmap(collection, tmp_path, kind) -> None:
         loaded.add(x[:1], ["new"])
 
 
-def test_add_and_remove(collection, tmp_path) -> None:
-    x, paths, labels = collection
+def test_add_and_remove(tmp_path) -> None:
+    x, paths, labels = collection()
     for kind, params in (("hnsw", {}), ("ivf", {"nlist": 16, "nprobe": 16}), ("flat", {})):
         index = Index.build(x[:2000], paths[:2000], labels[:2000], kind=kind, progress=False, **params)
         new = index.add(x[2000:], paths[2000:], labels[2000:])
@@ -125,8 +125,8 @@ def test_add_and_remove(collection, tmp_path) -> None:
         index.remove([3000])
 
 
-def test_fingerprint_and_dimension_mismatch(collection, tmp_path) -> None:
-    x, paths, labels = collection
+def test_fingerprint_and_dimension_mismatch(tmp_path) -> None:
+    x, paths, labels = collection()
     Index.build(x, paths, labels, model_fingerprint="sha256:aa").save(tmp_path / "idx")
     with pytest.raises(ModelMismatchError, match="holds vectors of model sha256:aa, the queries come from sha256:bb"):
         Index.load(tmp_path / "idx", model_fingerprint="sha256:bb")
@@ -135,8 +135,8 @@ def test_fingerprint_and_dimension_mismatch(collection, tmp_path) -> None:
         index.search(np.ones((2, 16)), 3)
 
 
-def test_broken_index_dirs(collection, tmp_path) -> None:
-    x, paths, labels = collection
+def test_broken_index_dirs(tmp_path) -> None:
+    x, paths, labels = collection()
     Index.build(x, paths, labels).save(tmp_path / "idx")
     meta_file = tmp_path / "idx" / "index.json"
     meta = json.loads(meta_file.read_text())
