@@ -28,7 +28,7 @@ from retrieval.metrics import recall_at_k
 
 # (kind, build params, [search knobs per operating point])
 CONFIGS = [
-    ("hnsw", {"hnsw_m": 32, "ef_construction": 100}, [{"ef_search": 32}, {"ef_search": 128}]),
+    ("hnsw", {}, [{"ef_search": 32}, {"ef_search": 128}]),
     ("ivf", {"nlist": 1024}, [{"nprobe": 8}, {"nprobe": 32}]),
     ("ivfpq", {"nlist": 1024, "m": 64}, [{"nprobe": 16}, {"nprobe": 64}]),
     ("ivfpq", {"nlist": 1024, "m": 64, "refine": 8}, [{"nprobe": 16, "refine": 4}, {"nprobe": 32, "refine": 8}]),
@@ -64,6 +64,9 @@ def main() -> None:
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("-k", type=int, default=10)
     ap.add_argument("--kinds", nargs="+", default=["hnsw", "ivf", "ivfpq"])
+    ap.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node")
+    ap.add_argument("--ef-construction", type=int, default=100, help="HNSW build candidate list")
+    ap.add_argument("--exact-queries", type=int, default=200, help="queries timed for exact search's queries/s")
     ap.add_argument("--json", help="write the rows here")
     args = ap.parse_args()
 
@@ -85,9 +88,10 @@ def main() -> None:
     rows = []
 
     def exact_qps(backend: str) -> float:
-        """Best of 2 on the first 200 queries (exact search costs the same for every query)."""
-        _, t = timed(exact_search, db, queries[:200], k, backend=backend, repeat=2)
-        return min(200, len(queries)) / t
+        """Best of 2 on the first --exact-queries queries (exact search costs the same for every query)."""
+        n = min(args.exact_queries, len(queries))
+        _, t = timed(exact_search, db, queries[:n], k, backend=backend, repeat=2)
+        return n / t
 
     truth = exact_search(db, queries, k, backend="faiss-cpu")[1]
     faiss_qps, torch_qps = exact_qps("faiss-cpu"), exact_qps("torch-cpu")
@@ -100,6 +104,8 @@ def main() -> None:
     for kind, params, points in CONFIGS:
         if kind not in args.kinds:
             continue
+        if kind == "hnsw":
+            params = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}
         params = {**params, "nlist": min(params.get("nlist", 1), len(db) // 39)} if "nlist" in params else params
         gc.collect()
         rss0 = rss_bytes()

@@ -416,7 +416,10 @@ class Index:
             stored = len(vectors)
         else:
             faiss = _require_faiss(kind)
-            faiss_index = faiss.read_index(str(path / FAISS_FILE), faiss.IO_FLAG_MMAP if mmap else 0)
+            # IO_FLAG_MMAP maps IVF inverted lists; IO_FLAG_MMAP_IFC maps HNSW's vector storage (the
+            # two do not combine: the second fails on IVF files)
+            flags = (faiss.IO_FLAG_MMAP_IFC if kind == "hnsw" else faiss.IO_FLAG_MMAP) if mmap else 0
+            faiss_index = faiss.read_index(str(path / FAISS_FILE), flags)
             stored = faiss_index.ntotal
         if not (stored == len(paths) == meta["count"]):
             raise IndexDirError(f"{path}: {meta['file']} holds {stored} rows, {IDS_FILE} {len(paths)}, {INDEX_JSON} "
