@@ -26,12 +26,13 @@ from retrieval.evaluate import rss_bytes
 from retrieval.index import normalize
 from retrieval.metrics import recall_at_k
 
-# (kind, build params, [search knobs per operating point])
+# (name, kind, build params, [search knobs per operating point])
 CONFIGS = [
-    ("hnsw", {}, [{"ef_search": 32}, {"ef_search": 128}]),
-    ("ivf", {"nlist": 1024}, [{"nprobe": 8}, {"nprobe": 32}]),
-    ("ivfpq", {"nlist": 1024, "m": 64}, [{"nprobe": 16}, {"nprobe": 64}]),
-    ("ivfpq", {"nlist": 1024, "m": 64, "refine": 8}, [{"nprobe": 16, "refine": 4}, {"nprobe": 32, "refine": 8}]),
+    ("hnsw", "hnsw", {}, [{"ef_search": 32}, {"ef_search": 128}]),
+    ("ivf", "ivf", {"nlist": 1024}, [{"nprobe": 8}, {"nprobe": 32}]),
+    ("ivfpq", "ivfpq", {"nlist": 1024, "m": 64}, [{"nprobe": 16}, {"nprobe": 64}]),
+    ("ivfpq+refine", "ivfpq", {"nlist": 1024, "m": 64, "refine": 8},
+     [{"nprobe": 16, "refine": 4}, {"nprobe": 32, "refine": 8}]),
 ]
 
 
@@ -63,7 +64,8 @@ def main() -> None:
     ap.add_argument("--embeddings", help="use this embeddings dir instead (last --queries rows are the queries)")
     ap.add_argument("--queries", type=int, default=1000)
     ap.add_argument("-k", type=int, default=10)
-    ap.add_argument("--kinds", nargs="+", default=["hnsw", "ivf", "ivfpq"])
+    ap.add_argument("--kinds", nargs="+", default=["hnsw", "ivf", "ivfpq", "ivfpq+refine"],
+                    help="configurations to run (names as in CONFIGS)")
     ap.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node")
     ap.add_argument("--ef-construction", type=int, default=100, help="HNSW build candidate list")
     ap.add_argument("--exact-queries", type=int, default=200, help="queries timed for exact search's queries/s")
@@ -101,8 +103,8 @@ def main() -> None:
                  "bytes": int(db.nbytes), "qps": faiss_qps, f"recall@{k}": 1.0, "speedup": 1.0})
     rows.append({"kind": "flat", "backend": "torch-cpu", "params": {}, "knobs": {}, "build_s": 0.0,
                  "bytes": int(db.nbytes), "qps": torch_qps, f"recall@{k}": 1.0, "speedup": torch_qps / faiss_qps})
-    for kind, params, points in CONFIGS:
-        if kind not in args.kinds:
+    for name, kind, params, points in CONFIGS:
+        if name not in args.kinds:
             continue
         if kind == "hnsw":
             params = {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}
