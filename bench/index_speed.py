@@ -28,11 +28,11 @@ from retrieval.metrics import recall_at_k
 
 # (name, kind, build params, [search knobs per operating point])
 CONFIGS = [
-    ("hnsw", "hnsw", {}, [{"ef_search": 32}, {"ef_search": 128}]),
+    ("hnsw", "hnsw", {}, [{"ef_search": 32}, {"ef_search": 128}, {"ef_search": 512}, {"ef_search": 1024}]),
     ("ivf", "ivf", {"nlist": 1024}, [{"nprobe": 8}, {"nprobe": 32}]),
     ("ivfpq", "ivfpq", {"nlist": 1024, "m": 64}, [{"nprobe": 16}, {"nprobe": 64}]),
     ("ivfpq+refine", "ivfpq", {"nlist": 1024, "m": 64, "refine": 8},
-     [{"nprobe": 16, "refine": 4}, {"nprobe": 32, "refine": 8}]),
+     [{"nprobe": 16, "refine": 4}, {"nprobe": 32, "refine": 8}, {"nprobe": 64, "refine": 32}]),
 ]
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.atomic import save_npy, write_json, write_jsonl
+from retrieval.record import read_record
 
 FORMAT = "sslforge-embeddings"
 SCHEMA_VERSION = 1
@@ -50,20 +51,11 @@ class Embeddings:
 
 
 def _read_manifest(path: Path) -> dict:
-    file = path / MANIFEST
-    if not file.is_file():
-        raise EmbeddingsError(f"{file} not found: point --embeddings at a folder written by `sslforge embed`")
-    try:
-        manifest = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise EmbeddingsError(f"{file} is not valid JSON ({e})") from None
-    if manifest.get("format") != FORMAT:
-        raise EmbeddingsError(f"{file}: format is {manifest.get('format')!r}, expected {FORMAT!r}")
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise EmbeddingsError(f"{file}: schema_version {manifest.get('schema_version')} is not supported "
-                              f"(this sslforge reads {SCHEMA_VERSION}); embed the images again")
+    manifest = read_record(path / MANIFEST, fmt=FORMAT, version=SCHEMA_VERSION, fields=("dim", "count", "shards"),
+                           error=EmbeddingsError, missing_hint="point --embeddings at a folder written by "
+                                                               "`sslforge embed`", redo="embed the images again")
     if not manifest.get("complete", False):
-        raise EmbeddingsError(f"{file}: the embedding job is unfinished (complete: false); "
+        raise EmbeddingsError(f"{path / MANIFEST}: the embedding job is unfinished (complete: false); "
                               f"run `sslforge embed` again to resume it")
     return manifest
 

@@ -29,6 +29,7 @@ from tqdm.auto import tqdm
 
 from retrieval.atomic import atomic_path, save_npy, write_json, write_jsonl
 from retrieval.exact import BackendError, exact_search, faiss_gpus, faiss_or_none
+from retrieval.record import read_record
 
 FORMAT = "sslforge-index"
 SCHEMA_VERSION = 1
@@ -385,31 +386,26 @@ class Index:
         When `model_fingerprint` is given, it must match the index's (ModelMismatchError otherwise).
         """
         path = Path(path)
-        meta_file = path / INDEX_JSON
-        if not meta_file.is_file():
-            raise IndexDirError(f"{meta_file} not found: build one with `sslforge index build --embeddings DIR "
-                                f"--out {path}`")
-        try:
-            meta = json.loads(meta_file.read_text())
-        except json.JSONDecodeError as e:
-            raise IndexDirError(f"{meta_file} is not valid JSON ({e})") from None
-        if meta.get("format") != FORMAT:
-            raise IndexDirError(f"{meta_file}: format is {meta.get('format')!r}, expected {FORMAT!r}")
-        if meta.get("schema_version") != SCHEMA_VERSION:
-            raise IndexDirError(f"{meta_file}: schema_version {meta.get('schema_version')} is not supported (this "
-                                f"sslforge reads {SCHEMA_VERSION}); rebuild the index")
-        kind = meta.get("kind")
+        meta = read_record(path / INDEX_JSON, fmt=FORMAT, version=SCHEMA_VERSION,
+                           fields=("kind", "dim", "count", "params", "file"), error=IndexDirError,
+                           missing_hint=f"build one with `sslforge index build --embeddings DIR --out {path}`",
+                           redo="rebuild the index")
+        kind = meta["kind"]
         if kind not in KINDS:
-            raise IndexDirError(f"{meta_file}: unknown kind {kind!r}")
+            raise IndexDirError(f"{path / INDEX_JSON}: unknown kind {kind!r}")
         for name in (meta["file"], IDS_FILE, REMOVED_FILE):
             if not (path / name).is_file():
                 raise IndexDirError(f"{path / name} is missing: rebuild the index")
         paths, labels = [], []
         with open(path / IDS_FILE) as f:
-            for line in f:
-                row = json.loads(line)
-                paths.append(row["path"])
-                labels.append(row.get("label"))
+            for n, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line)
+                    paths.append(row["path"])
+                    labels.append(row.get("label"))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise IndexDirError(f"{path / IDS_FILE}:{n}: expected {{\"path\": ..., \"label\": ...}}; "
+                                        f"rebuild the index") from None
         vectors = faiss_index = None
         if kind == "flat":
             vectors = np.load(path / FLAT_FILE, mmap_mode="r" if mmap else None)

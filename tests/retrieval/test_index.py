@@ -146,6 +146,13 @@ def test_broken_index_dirs(tmp_path) -> None:
     meta_file.write_text(json.dumps({**meta, "count": 5}))
     with pytest.raises(IndexDirError, match="inconsistent"):
         Index.load(tmp_path / "idx")
+    meta_file.write_text(json.dumps({k: v for k, v in meta.items() if k != "dim"}))
+    with pytest.raises(IndexDirError, match="field 'dim' is missing"):
+        Index.load(tmp_path / "idx")
+    meta_file.write_text(json.dumps(meta))
+    (tmp_path / "idx" / "ids.jsonl").write_text("not json\n")
+    with pytest.raises(IndexDirError, match=r"ids.jsonl:1: expected"):
+        Index.load(tmp_path / "idx")
     with pytest.raises(IndexDirError, match="not found"):
         Index.load(tmp_path / "nothing")
 
