@@ -8,6 +8,10 @@ STAMP := $(VENV)/.sslforge-installed
 
 run: $(STAMP)
 	$(BIN)/sslforge quickstart
+	$(BIN)/sslforge export onnx runs/quickstart
+	$(BIN)/sslforge embed --model runs/quickstart --images "$$($(BIN)/sslforge sample)/test" --out emb/quickstart \
+		--backend onnx
+	$(BIN)/sslforge index quickstart --run runs/quickstart
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -17,7 +21,7 @@ install: $(STAMP)
 # Reinstall whenever the dependencies or their pins change.
 $(STAMP): pyproject.toml constraints.txt
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev,export,retrieval]'
 	touch $(STAMP)
 
 clean:

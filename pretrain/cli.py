@@ -164,10 +164,18 @@ def add_plot_commands(sub: argparse._SubParsersAction) -> None:
                           description="Draw pictures that show what a pipeline or a model does.")
     plot_sub = plot.add_subparsers(dest="plot_command", required=True, metavar="WHAT",
                                    help="`sslforge plot WHAT --help` for its options")
-    p = plot_sub.add_parser("views", help="a grid of images (rows) and their training views (columns)",
-                            description="Apply an augmentation pipeline to a few images and draw a PNG grid: each "
-                                        "source image, then its views, un-normalised (crop boxes drawn on the "
-                                        "source for vicregl, rotation labels for lorot).")
+    views_help = "a grid of images (rows) and their training views (columns)"
+    _add_views_options(plot_sub.add_parser("views", help=views_help, description=VIEWS_DESCRIPTION))
+    _add_views_options(sub.add_parser("views", help=views_help + " (same as `plot views`)",
+                                      description=VIEWS_DESCRIPTION))
+
+
+VIEWS_DESCRIPTION = ("Apply an augmentation pipeline to a few images and draw a PNG grid: each source image, "
+                     "then its views, un-normalised (crop boxes drawn on the source for vicregl, rotation labels "
+                     "for lorot).")
+
+
+def _add_views_options(p: argparse.ArgumentParser) -> None:
     p.add_argument("--transform", required=True, help="pipeline name (as for `sslforge pretrain --transform`)")
     p.add_argument("--transform-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="a pipeline option, e.g. local_views=4; repeat for several")

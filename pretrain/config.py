@@ -51,7 +51,8 @@ class PretrainConfig:
     warmup_epochs: float | None = _opt(None, "linear warm-up length before the cosine decay; "
                                              "default: min(10, epochs/10)")
     grad_clip: float | None = _opt(None, "clip the gradient norm to this value (off by default)")
-    transform: str | None = _opt(None, "view augmentation pipeline; default: the method's own")
+    transform: str | None = _opt(None, "view augmentation pipeline: baseline, simclr, orthogonality, lorot, dcl, "
+                                       "multicrop or vicregl; default: the method's own (`sslforge methods`)")
     transform_args: dict = _opt({}, "options of the augmentation pipeline", metavar="KEY=VALUE")
     method_args: dict = _opt({}, "hyper-parameters of the method (e.g. temperature=0.2)", metavar="KEY=VALUE")
     gpu_augment: bool = _opt(False, "make the views on the training device (GPU when present), batched, from "

@@ -27,6 +27,7 @@ from pretrain.data import DataError, ImageList
 from pretrain.datasets import EvalDataset
 from pretrain.modeldir import ModelDir
 from pretrain.preprocess import Preprocessing
+from retrieval.knn import knn_vote
 
 
 @dataclass
@@ -106,17 +107,19 @@ def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...
 @torch.no_grad()
 def knn_scores(train_feats: torch.Tensor, train_labels: torch.Tensor, query_feats: torch.Tensor, *,
                num_classes: int, k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
-    """Class scores (Q, C) of a weighted kNN vote: sum over the k nearest of exp(cosine / T)."""
+    """Class scores (Q, C) of a weighted kNN vote: sum over the k nearest of exp(cosine / T).
+
+    The vote itself is retrieval's `knn_vote` (one implementation for this evaluation and for
+    `sslforge index classify`); retrieval imports nothing, so this import keeps the direction one way.
+    """
     bank = F.normalize(train_feats.float(), dim=1)
     k = min(k, bank.shape[0])
     out = []
     for start in range(0, query_feats.shape[0], chunk):
         q = F.normalize(query_feats[start:start + chunk].float(), dim=1)
         sim, idx = (q @ bank.T).topk(k, dim=1)
-        weights = (sim / temperature).exp()
-        scores = torch.zeros(q.shape[0], num_classes, dtype=weights.dtype)
-        scores.scatter_add_(1, train_labels[idx], weights)
-        out.append(scores)
+        out.append(torch.from_numpy(knn_vote(sim.cpu().numpy(), train_labels[idx].cpu().numpy(), num_classes,
+                                             temperature)))
     return torch.cat(out)
 
 

@@ -272,8 +272,8 @@ def test_plot_views_writes_a_grid_png(image_folder, tmp_path, capsys) -> None:
     assert str(png) in capsys.readouterr().out
     with Image.open(png) as im:
         wide = im.size
-    assert main(["plot", "views", "--transform", "simclr", "--data", str(image_folder), "--images", "3",
-                 "--out", str(png)]) == 0
+    assert main(["views", "--transform", "simclr", "--data", str(image_folder), "--images", "3",
+                 "--out", str(png)]) == 0  # `sslforge views` is `sslforge plot views`
     with Image.open(png) as im:
         narrow = im.size
     assert wide[0] > narrow[0] and wide[1] == narrow[1]  # 1 + 4 columns against 1 + 2, 3 rows in both

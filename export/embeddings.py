@@ -1,0 +1,99 @@
+"""The embeddings dir (see README "Embeddings dir"): numbered shards of vectors and ids plus a manifest.
+
+    manifest.json       format, schema version, model fingerprint, backend, dim, dtype, count, shards, ...
+    vectors-00000.npy   float32/float16 (rows, dim), rows L2-normalised
+    ids-00000.jsonl     one {"path": relative path, "label": class folder or null} per row, same order
+    failed.txt          "path<TAB>reason" of every image that could not be decoded
+
+Shard files are written atomically, then failed.txt, then the manifest (atomically, last): the
+manifest only ever lists complete shards, which is what makes an interrupted job resumable.
+"""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+
+from export.errors import ExportError
+from pretrain.atomic import write_json, write_text, write_with
+
+FORMAT = "sslforge-embeddings"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+FAILED = "failed.txt"
+
+
+def shard_files(index: int) -> tuple[str, str]:
+    return f"vectors-{index:05d}.npy", f"ids-{index:05d}.jsonl"
+
+
+def write_shard(out: Path, index: int, vectors: np.ndarray, ids: list[dict]) -> dict:
+    """Write one shard's two files atomically; return its manifest entry."""
+    if len(vectors) != len(ids):
+        raise ValueError(f"shard {index}: {len(vectors)} vectors for {len(ids)} ids")
+    vec_name, ids_name = shard_files(index)
+    array = np.ascontiguousarray(vectors)
+    write_with(out / vec_name, lambda tmp: _save_npy(tmp, array))
+    write_text(out / ids_name, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ids))
+    return {"vectors": vec_name, "ids": ids_name, "count": len(ids)}
+
+
+def _save_npy(path: Path, array: np.ndarray) -> None:
+    with open(path, "wb") as f:  # np.save on a path would append ".npy" to the temporary name
+        np.save(f, array, allow_pickle=False)
+
+
+def write_failed(out: Path, failed: list[tuple[str, str]]) -> None:
+    write_text(out / FAILED, "".join(f"{path}\t{reason}\n" for path, reason in failed))
+
+
+def read_failed(out: Path, count: int) -> list[tuple[str, str]]:
+    """The first `count` entries of failed.txt (the ones the manifest vouches for)."""
+    path = out / FAILED
+    lines = path.read_text().splitlines() if path.is_file() else []
+    if len(lines) < count:
+        raise ExportError(f"{path} lists {len(lines)} failed images, the manifest says {count}: delete {out} "
+                          f"and embed again")
+    return [tuple(line.split("\t", 1)) if "\t" in line else (line, "") for line in lines[:count]]
+
+
+def write_manifest(out: Path, manifest: dict) -> None:
+    write_json(out / MANIFEST, manifest)
+
+
+def read_manifest(out: str | Path, *, check_files: bool = True) -> dict:
+    """Read and check a manifest: format, schema version, and every listed shard file with its row count."""
+    out = Path(out)
+    path = out / MANIFEST
+    if not path.is_file():
+        raise ExportError(f"{out} is not an embeddings dir: it has no {MANIFEST}")
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ExportError(f"{path} is not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT:
+        raise ExportError(f"{path} is not an sslforge embeddings manifest (format {manifest.get('format')!r})")
+    if manifest.get("schema_version") != SCHEMA_VERSION:
+        raise ExportError(f"{path} has embeddings schema version {manifest.get('schema_version')}; this sslforge "
+                          f"reads version {SCHEMA_VERSION}: embed the images again")
+    if check_files:
+        for shard in manifest["shards"]:
+            vectors = out / shard["vectors"]
+            if not vectors.is_file() or not (out / shard["ids"]).is_file():
+                raise ExportError(f"{out}: shard {shard['vectors']} / {shard['ids']} listed in {MANIFEST} is missing")
+            rows = np.load(vectors, mmap_mode="r").shape
+            if rows != (shard["count"], manifest["dim"]):
+                raise ExportError(f"{vectors} has shape {rows}, the manifest says ({shard['count']}, "
+                                  f"{manifest['dim']})")
+    return manifest
+
+
+def load_embeddings(out: str | Path) -> tuple[np.ndarray, list[dict], dict]:
+    """All vectors (count, dim), their id rows and the manifest (small collections, tests, merging)."""
+    out = Path(out)
+    manifest = read_manifest(out)
+    vectors = [np.load(out / s["vectors"]) for s in manifest["shards"]]
+    ids = [json.loads(line) for s in manifest["shards"] for line in (out / s["ids"]).read_text().splitlines()]
+    dtype = np.dtype(manifest["dtype"])
+    return (np.concatenate(vectors) if vectors else np.zeros((0, manifest["dim"]), dtype)), ids, manifest

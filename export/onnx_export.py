@@ -1,0 +1,168 @@
+"""`sslforge export onnx`: write runs/NAME/model.onnx and prove it reproduces the PyTorch backbone.
+
+The graph maps a preprocessed batch `image` (n, 3, crop, crop) float32 to raw backbone features
+`embedding` (n, D) (and, with the linear-probe head, `logits` (n, C)); L2-normalisation stays in
+the runtime so the head keeps working on raw features. The model's preprocessing and fingerprint
+are stored in the ONNX metadata, so a runtime can refuse a graph that belongs to another model.
+The file appears only after onnx.checker and the parity check passed (written to a temporary
+file, then renamed).
+"""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from export.errors import ExportError
+from export.parity import ParityReport, check_parity, parity_batches
+from export.runtimes import OnnxRunner, TorchRunner
+from pretrain.atomic import atomic_path
+from pretrain.modeldir import ModelDir
+
+ONNX_FILE = "model.onnx"
+INPUT, EMBEDDING, LOGITS = "image", "embedding", "logits"
+META_PREFIX = "sslforge."
+METADATA_VERSION = 1
+
+
+class ExportModule(nn.Module):
+    """Backbone (+ optional linear head on the raw features) with a forward argument named like the ONNX input."""
+
+    def __init__(self, backbone: nn.Module, head: nn.Linear | None = None):
+        super().__init__()
+        self.backbone, self.head = backbone, head
+
+    def forward(self, image: torch.Tensor):
+        features = self.backbone(image)
+        return features if self.head is None else (features, self.head(features))
+
+
+@dataclass(frozen=True)
+class OnnxInfo:
+    """What an exported graph says about itself (its sslforge.* metadata)."""
+
+    fingerprint: str
+    preprocessing: dict
+    embedding_dim: int
+    precision: str
+    outputs: list[str]
+    classes: list[str] | None
+    opset: int
+
+    def to_metadata(self) -> dict[str, str]:
+        return {META_PREFIX + "metadata_version": str(METADATA_VERSION),
+                META_PREFIX + "model_fingerprint": self.fingerprint,
+                META_PREFIX + "preprocessing": json.dumps(self.preprocessing),
+                META_PREFIX + "embedding_dim": str(self.embedding_dim),
+                META_PREFIX + "precision": self.precision,
+                META_PREFIX + "outputs": json.dumps(self.outputs),
+                META_PREFIX + "classes": json.dumps(self.classes)}
+
+
+def read_onnx_info(path: str | Path) -> OnnxInfo:
+    """Read the sslforge metadata of an ONNX file (weights are not loaded)."""
+    import onnx
+
+    path = Path(path)
+    if not path.is_file():
+        raise ExportError(f"{path} does not exist: run `sslforge export onnx {path.parent}` first")
+    try:
+        proto = onnx.load(str(path), load_external_data=False)
+    except Exception as e:  # protobuf raises its own DecodeError
+        raise ExportError(f"{path} is not a readable ONNX file ({e})") from None
+    meta = {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
+    version = meta.get("metadata_version")
+    if version != str(METADATA_VERSION):
+        raise ExportError(f"{path} has sslforge metadata version {version} (this sslforge reads "
+                          f"{METADATA_VERSION}): export it again with `sslforge export onnx`")
+    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
+    return OnnxInfo(fingerprint=meta["model_fingerprint"], preprocessing=json.loads(meta["preprocessing"]),
+                    embedding_dim=int(meta["embedding_dim"]), precision=meta["precision"],
+                    outputs=json.loads(meta["outputs"]), classes=json.loads(meta["classes"]), opset=opset)
+
+
+def check_onnx_matches(path: str | Path, model: ModelDir) -> OnnxInfo:
+    """The ONNX file must come from this model dir's weights and preprocessing; say what to do otherwise."""
+    info = read_onnx_info(path)
+    if info.fingerprint != model.fingerprint:
+        raise ExportError(f"{path} was exported from other weights ({info.fingerprint}, model dir has "
+                          f"{model.fingerprint}): run `sslforge export onnx {model.path}` again")
+    if info.preprocessing != model.info["preprocessing"]:
+        raise ExportError(f"{path} records another preprocessing than {model.path / 'model.json'}: "
+                          f"run `sslforge export onnx {model.path}` again")
+    return info
+
+
+def to_fp16(proto):
+    """FP16 weights and compute with float32 inputs/outputs (what TensorRT 11's strongly typed networks need).
+
+    The converter appends its input casts at the end of the node list; the graph is sorted again so
+    that onnx.checker (and TensorRT's parser) accept it.
+    """
+    import onnx_ir
+    from onnx_ir.passes.common import TopologicalSortPass
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = onnx_ir.from_proto(convert_float_to_float16(proto, keep_io_types=True))
+    return onnx_ir.to_proto(TopologicalSortPass()(model).model)
+
+
+def _torch_export(module: ExportModule, size: int, *, opset: int | None, dynamic_batch: bool, batch_size: int):
+    outputs = [EMBEDDING] if module.head is None else [EMBEDDING, LOGITS]
+    example = torch.zeros(batch_size if not dynamic_batch else 2, 3, size, size)
+    dynamic = {INPUT: {0: torch.export.Dim("batch", min=1)}} if dynamic_batch else None
+    with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps on stdout
+        program = torch.onnx.export(module, (example,), None, input_names=[INPUT], output_names=outputs,
+                                    opset_version=opset, dynamo=True, dynamic_shapes=dynamic, verbose=False)
+    return program.model_proto, outputs
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    info: OnnxInfo
+    reports: dict[str, ParityReport]  # output name -> parity against PyTorch
+
+
+def export_onnx(model: ModelDir, out: str | Path | None = None, *, opset: int | None = None, fp16: bool = False,
+                dynamic_batch: bool = True, batch_size: int = 1, with_head: bool = False,
+                parity_images: list[Path] | tuple = ()) -> ExportResult:
+    """Export, check with onnx.checker, verify parity on random and `parity_images`; then write `out`."""
+    import onnx
+
+    if not dynamic_batch and batch_size < 1:
+        raise ExportError("--batch-size must be >= 1 for a fixed-batch export")
+    path = Path(out) if out else model.path / ONNX_FILE
+    head = model.load_head() if with_head else None
+    module = ExportModule(model.load_backbone(), head).eval()
+    preprocessing = model.preprocessing
+    proto, outputs = _torch_export(module, preprocessing.crop, opset=opset, dynamic_batch=dynamic_batch,
+                                   batch_size=batch_size)
+    precision = "fp16" if fp16 else "fp32"
+    if fp16:
+        proto = to_fp16(proto)
+    info = OnnxInfo(fingerprint=model.fingerprint, preprocessing=model.info["preprocessing"],
+                    embedding_dim=model.embedding_dim, precision=precision, outputs=outputs,
+                    classes=model.classes if with_head else None,
+                    opset=next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")))
+    onnx.helper.set_model_props(proto, info.to_metadata())
+    reports = {}
+    with atomic_path(path) as tmp:
+        onnx.save(proto, str(tmp))
+        try:
+            onnx.checker.check_model(str(tmp), full_check=True)
+        except onnx.checker.ValidationError as e:
+            raise ExportError(f"onnx.checker rejected the exported graph of {model.path}: {e}") from None
+        batches = parity_batches(preprocessing, parity_images)
+        references = {EMBEDDING: module.backbone, LOGITS: nn.Sequential(module.backbone, head) if head else None}
+        for name in outputs:
+            reports[name] = check_parity(TorchRunner(references[name], channels_last=False),
+                                         OnnxRunner(tmp, ["CPUExecutionProvider"], output=name), batches,
+                                         precision=precision, name=f"ONNX output {name!r}")
+    return ExportResult(path, info, reports)
+

@@ -1,0 +1,261 @@
+"""`sslforge index build|classify|eval` and `sslforge search`, added to the sslforge CLI through the
+`sslforge.commands` entry point (pretrain never imports this module)."""
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.atomic import atomic_path, write_json
+from retrieval.embeddings import EmbeddingsError, read_embeddings
+from retrieval.exact import BackendError
+from retrieval.index import KINDS, Index, IndexDirError, choose_kind
+from retrieval.query import QueryError
+
+ERRORS = (EmbeddingsError, IndexDirError, BackendError, QueryError)
+BUILD_OPTIONS = {  # name: (type, help)
+    "nlist": (int, "ivf/ivfpq: inverted lists (default: 4 x sqrt(rows))"),
+    "m": (int, "ivfpq: sub-quantizers, must divide the dimension (default: about dim/8)"),
+    "nbits": (int, "ivfpq: bits per sub-quantizer code (default: 8)"),
+    "hnsw_m": (int, "hnsw: links per node (default: 32)"),
+    "ef_construction": (int, "hnsw: candidate list size while building (default: 200)"),
+    "train_size": (int, "ivf/ivfpq: rows sampled to train the quantizers (default: 100000)"),
+}
+SEARCH_OPTIONS = {
+    "ef_search": (int, "hnsw: candidate list size per query; higher = better recall, slower (default: 128)"),
+    "nprobe": (int, "ivf/ivfpq: inverted lists visited per query; higher = better recall, slower (default: 16)"),
+    "refine": (int, "ivfpq: re-rank refine x k PQ candidates with the exact vectors (0 = off; default: 0)"),
+}
+
+
+def _add_options(p: argparse.ArgumentParser, options: dict, what: str) -> None:
+    for name, (kind, text) in options.items():
+        p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=f"{text}{what}")
+
+
+def _knobs(args: argparse.Namespace) -> dict:
+    return {n: getattr(args, n) for n in SEARCH_OPTIONS if getattr(args, n, None) is not None}
+
+
+def _add_device(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
+                   help="auto: the GPU when Faiss (or torch, for exact search) sees one; gpu: fail without one "
+                        "(default: auto)")
+
+
+def cmd_build(args: argparse.Namespace) -> None:
+    emb = read_embeddings(args.embeddings)
+    kind = args.kind
+    if kind == "auto":
+        kind, reason = choose_kind(len(emb), emb.dim)
+        print(f"--kind auto picked {kind}: {reason}")
+    params = {n: getattr(args, n) for n in (*BUILD_OPTIONS, *SEARCH_OPTIONS) if getattr(args, n) is not None}
+    index = Index.build(emb.vectors, emb.paths, emb.labels, kind=kind, model_fingerprint=emb.model_fingerprint,
+                        device=args.device, progress=not args.quiet, seed=args.seed, **params)
+    index.info["root"] = emb.manifest.get("root", "")
+    out = index.save(args.out, source=str(Path(args.embeddings).resolve()))
+    size = sum(f.stat().st_size for f in out.iterdir())
+    print(f"{kind} index of {len(index):,} vectors (dim {index.dim}) built on the {index.info['built_on']} in "
+          f"{index.info['build_seconds']:.1f} s, {size / 2**20:.1f} MiB on disk: {out}")
+    print(f"params: {json.dumps(index.params)}")
+
+
+def _load_queries(path: str, index: Index):
+    emb = read_embeddings(path)
+    index.check_model(emb.model_fingerprint)
+    return emb
+
+
+def cmd_classify(args: argparse.Namespace) -> None:
+    from retrieval.knn import classify, label_codes, topk_accuracy
+
+    if args.k < 1 or args.temperature <= 0:
+        raise IndexDirError("-k must be >= 1 and --temperature > 0")
+    index = Index.load(args.index, mmap=args.mmap, device=args.device)
+    queries = _load_queries(args.queries, index)
+    scores, classes = classify(index, queries.vectors, k=args.k, temperature=args.temperature, **_knobs(args))
+    if args.predictions:
+        best = scores.argmax(1)
+        with atomic_path(args.predictions) as tmp, open(tmp, "w", newline="") as f:
+            w = csv.writer(f)
+            w.writerow(["path", "label", "predicted", "score"])
+            for path, label, b, row in zip(queries.paths, queries.labels, best, scores):
+                w.writerow([path, label or "", classes[b], f"{row[b]:.6g}"])
+        print(f"predictions: {args.predictions}")
+    codes = label_codes(queries.labels, classes)
+    labelled = codes >= 0
+    if labelled.any():
+        acc = topk_accuracy(scores[labelled], codes[labelled])
+        print(f"kNN (k={args.k}, T={args.temperature}) from {index.kind} index {args.index} on {labelled.sum():,} "
+              f"labelled queries: top-1 {acc['top1']:.4f}  top-5 {acc['top5']:.4f}")
+    else:
+        print(f"{len(queries):,} queries have no labels known to the index: no accuracy to report")
+
+
+def cmd_eval(args: argparse.Namespace) -> None:
+    from retrieval.evaluate import evaluate_index
+
+    index = Index.load(args.index, device=args.device)
+    source = args.embeddings or index.info.get("source")
+    if not source:
+        raise IndexDirError(f"{args.index}/index.json names no source embeddings: pass --embeddings")
+    ref = read_embeddings(source)
+    if len(ref) != index.ntotal:
+        raise IndexDirError(f"{source} holds {len(ref)} rows, the index {index.ntotal}: pass the embeddings it was "
+                            f"built from (--embeddings)")
+    index.check_model(ref.model_fingerprint)
+    if args.queries:
+        q = _load_queries(args.queries, index)
+        vectors, labels, ids = q.vectors, q.labels, None
+    else:
+        live = np.setdiff1d(np.arange(index.ntotal), index.removed)
+        ids = np.sort(np.random.default_rng(args.seed).choice(live, min(args.sample, len(live)), replace=False))
+        vectors, labels = np.asarray(ref.vectors[ids]), [index.labels[i] for i in ids]
+    result = evaluate_index(index, ref.vectors, vectors, k=args.k, query_ids=ids, query_labels=labels,
+                            **_knobs(args))
+    k = args.k
+    print(f"{index.kind} {json.dumps(result['params'])}: {result['rows']:,} rows, {result['queries']:,} queries "
+          f"({'rows of the index, each without itself' if ids is not None else args.queries})")
+    print(f"  recall@{k} vs exact     {result[f'recall@{k}']:.4f}")
+    print(f"  queries/s              {result['queries_per_s']:,.0f}  (exact: {result['exact_queries_per_s']:,.0f}; "
+          f"{result['speedup_vs_exact']:.1f}x)")
+    if result.get("build_seconds") is not None:
+        print(f"  build time             {result['build_seconds']:.1f} s")
+    if "index_bytes" in result:
+        print(f"  size on disk           {result['index_bytes'] / 2**20:.1f} MiB")
+    if f"precision@{k}" in result:
+        print(f"  precision@{k} by label  {result[f'precision@{k}']:.4f}  (exact search: "
+              f"{result[f'exact_precision@{k}']:.4f})")
+        print(f"  mAP@{k}                 {result[f'mAP@{k}']:.4f}")
+    if args.json:
+        write_json(args.json, result)
+        print(f"written: {args.json}")
+
+
+def query_vectors_from_images(model: str, images: list[str], device: str) -> tuple[np.ndarray, str]:
+    """Embed query images with a model dir. The hook to point at export's Embedder when it lands."""
+    from retrieval.query import embed_images
+
+    return embed_images(model, images, device={"gpu": "cuda"}.get(device, device))
+
+
+def cmd_search(args: argparse.Namespace) -> None:
+    if bool(args.images) == bool(args.query_embeddings):
+        raise QueryError("give query IMAGEs with --model, or --query-embeddings, not both")
+    index = Index.load(args.index, mmap=args.mmap, device=args.device)
+    if args.images:
+        if not args.model:
+            raise QueryError("query images need --model RUN_DIR to embed them")
+        vectors, fingerprint = query_vectors_from_images(args.model, args.images, args.device)
+        index.check_model(fingerprint)
+        names, qpaths = list(args.images), [Path(p) for p in args.images]
+    else:
+        emb = _load_queries(args.query_embeddings, index)
+        rows = slice(0, args.limit)
+        vectors, names = np.asarray(emb.vectors[rows]), emb.paths[rows]
+        qroot = Path(emb.manifest.get("root", ""))
+        qpaths = [qroot / p for p in names]
+    _, _, metadata = index.search(vectors, args.k, **_knobs(args))
+    root = Path(index.info.get("root", ""))
+    for name, hits in zip(names, metadata):
+        print(f"query {name}")
+        for rank, hit in enumerate((h for h in hits if h is not None), 1):
+            print(f"  {rank:3d}. {hit['score']:.4f}  {hit['label'] or '-':<12} {hit['path']}")
+    if args.sheet:
+        from retrieval.sheet import contact_sheet
+
+        contact_sheet(args.sheet, [(p, n) for p, n in zip(qpaths, names)],
+                      [[(root / h["path"], h["label"] or "", h["score"]) for h in hits if h is not None]
+                       for hits in metadata])
+        print(f"contact sheet: {args.sheet}")
+
+
+def cmd_quickstart(args: argparse.Namespace) -> None:
+    from retrieval.quickstart import quickstart
+
+    quickstart(run=args.run, out=args.out, progress=not args.quiet)
+
+
+def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:
+    """Add `index` (build, classify, eval) and `search`; return the exception types that mean bad input."""
+    ix = sub.add_parser("index", help="build, evaluate and classify with Faiss indexes of embeddings",
+                        description="Faiss indexes of an embeddings dir (cosine similarity on L2-normalised "
+                                    "vectors): build one, classify with it (weighted kNN), evaluate it.")
+    isub = ix.add_subparsers(dest="index_command", required=True, metavar="ACTION",
+                             help="build, classify or eval; `sslforge index ACTION --help` for its options")
+
+    p = isub.add_parser("build", help="build an index dir from an embeddings dir",
+                        description="Build a flat (exact), HNSW, IVF or IVF-PQ index of an embeddings dir and save "
+                                    "it (index file + index.json + id table), replacing --out as a whole.")
+    p.add_argument("--embeddings", required=True, metavar="EMB_DIR", help="embeddings dir (`sslforge embed`)")
+    p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index dir to write")
+    p.add_argument("--kind", choices=("auto", *KINDS), default="auto",
+                   help="flat: exact; hnsw: graph; ivf: inverted lists; ivfpq: inverted lists with compressed "
+                        "codes; auto: flat below 100,000 rows, hnsw while the float32 data is at most 8 GiB, "
+                        "ivfpq above (default: auto)")
+    _add_options(p, BUILD_OPTIONS, "")
+    _add_options(p, SEARCH_OPTIONS, "; stored as the index's search default")
+    p.add_argument("--seed", type=int, default=0, help="seed of the training sample (default: 0)")
+    _add_device(p)
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=cmd_build)
+
+    p = isub.add_parser("classify", help="weighted kNN classification of embeddings against a labelled index",
+                        description="The k nearest labelled rows of the index vote for their class with weight "
+                                    "exp(similarity / T) (the same vote as `sslforge eval knn`). Prints top-1/top-5 "
+                                    "when the queries have labels.")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir with labelled rows")
+    p.add_argument("--queries", required=True, metavar="EMB_DIR", help="embeddings dir of the images to classify")
+    p.add_argument("-k", "--k", type=int, default=200, help="neighbours that vote (default: 200)")
+    p.add_argument("--temperature", type=float, default=0.1, help="vote weight temperature T (default: 0.1)")
+    p.add_argument("--predictions", metavar="FILE.csv", help="also write path, label, predicted class, score")
+    p.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it into RAM")
+    _add_options(p, SEARCH_OPTIONS, "; overrides the index's")
+    _add_device(p)
+    p.set_defaults(func=cmd_classify)
+
+    p = isub.add_parser("eval", help="recall@k vs exact search, queries/s, memory, precision@k and mAP",
+                        description="Search with the index and with exact search; print recall@k of the index, "
+                                    "queries/s of both, build time, size on disk, and precision@k / mAP@k by label "
+                                    "when the rows have labels.")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to evaluate")
+    p.add_argument("--embeddings", metavar="EMB_DIR",
+                   help="the embeddings the index was built from (default: the source in index.json)")
+    p.add_argument("--queries", metavar="EMB_DIR",
+                   help="query embeddings (default: --sample rows of the index, each searched without itself)")
+    p.add_argument("--sample", type=int, default=1000, help="rows used as queries without --queries (default: 1000)")
+    p.add_argument("-k", "--k", type=int, default=10, help="results per query (default: 10)")
+    p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default: 0)")
+    p.add_argument("--json", metavar="FILE.json", help="also write the figures as JSON")
+    _add_options(p, SEARCH_OPTIONS, "; overrides the index's")
+    _add_device(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = isub.add_parser("quickstart", help="the `make run` retrieval demo on the bundled sample",
+                        description="Embed the bundled CIFAR-10 sample with the quick-start model, index the "
+                                    "train images, print a search and the kNN accuracy from the index.")
+    p.add_argument("--run", default="runs/quickstart", help="model dir (default: runs/quickstart)")
+    p.add_argument("--out", default="runs/quickstart-retrieval",
+                   help="folder for the embeddings and the index (default: runs/quickstart-retrieval)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("search", help="image search: nearest indexed images of query images or embeddings",
+                       description="Embed query images with --model (or read --query-embeddings), search the index "
+                                   "and print path, label and cosine score of each neighbour; optionally a PNG "
+                                   "contact sheet.")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files (need --model)")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to search")
+    p.add_argument("--model", metavar="RUN_DIR", help="model dir that embeds the query images (the index's model)")
+    p.add_argument("--query-embeddings", metavar="EMB_DIR", help="search with these vectors instead of images")
+    p.add_argument("--limit", type=int, default=None, help="with --query-embeddings: only the first N rows")
+    p.add_argument("-k", "--k", type=int, default=10, help="neighbours per query (default: 10)")
+    p.add_argument("--sheet", metavar="FILE.png", help="write a contact sheet: query, then its neighbours")
+    p.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it into RAM")
+    _add_options(p, SEARCH_OPTIONS, "; overrides the index's")
+    _add_device(p)
+    p.set_defaults(func=cmd_search)
+    return ERRORS

@@ -1,0 +1,129 @@
+"""Reader (and a writer, for tests and benchmarks) of the embeddings dir that `sslforge embed` writes.
+
+    emb/NAME/manifest.json        format, schema_version, model_fingerprint, dim, dtype, count, shards, ...
+    emb/NAME/vectors-00000.npy    float32 or float16 rows, [n_rows, dim]
+    emb/NAME/ids-00000.jsonl      one {"path": ..., "label": ... | null} per row, same order
+
+Row ids are global row numbers in shard order. retrieval reads the format itself (it imports nothing
+from the stage that writes it); `write_embeddings` writes the same format so tests and benchmarks can
+make collections from generated vectors.
+"""
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from retrieval.atomic import save_npy, write_json, write_jsonl
+from retrieval.record import read_record
+
+FORMAT = "sslforge-embeddings"
+SCHEMA_VERSION = 1
+MANIFEST = "manifest.json"
+
+
+class EmbeddingsError(ValueError):
+    """An embeddings dir is missing, of another format or schema version, incomplete, or inconsistent."""
+
+
+@dataclass
+class Embeddings:
+    """A read embeddings dir: float32 vectors (N, D) and, per row, the image path and label."""
+
+    path: Path
+    manifest: dict
+    vectors: np.ndarray
+    paths: list[str]
+    labels: list[str | None]
+
+    @property
+    def model_fingerprint(self) -> str | None:
+        return self.manifest.get("model_fingerprint")
+
+    @property
+    def dim(self) -> int:
+        return int(self.vectors.shape[1])
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+
+def _read_manifest(path: Path) -> dict:
+    manifest = read_record(path / MANIFEST, fmt=FORMAT, version=SCHEMA_VERSION, fields=("dim", "count", "shards"),
+                           error=EmbeddingsError, missing_hint="point --embeddings at a folder written by "
+                                                               "`sslforge embed`", redo="embed the images again")
+    if not manifest.get("complete", False):
+        raise EmbeddingsError(f"{path / MANIFEST}: the embedding job is unfinished (complete: false); "
+                              f"run `sslforge embed` again to resume it")
+    return manifest
+
+
+def _read_ids(file: Path, expected: int) -> tuple[list[str], list[str | None]]:
+    paths, labels = [], []
+    with open(file) as f:
+        for n, line in enumerate(f, 1):
+            try:
+                row = json.loads(line)
+                paths.append(row["path"])
+                labels.append(row.get("label"))
+            except (json.JSONDecodeError, KeyError, TypeError):
+                raise EmbeddingsError(f"{file}:{n}: expected {{\"path\": ..., \"label\": ...}}") from None
+    if len(paths) != expected:
+        raise EmbeddingsError(f"{file} has {len(paths)} rows, the manifest says {expected}")
+    return paths, labels
+
+
+def read_embeddings(path: str | Path) -> Embeddings:
+    """Read every shard; check format, schema version, completeness, shard files and row counts."""
+    path = Path(path)
+    manifest = _read_manifest(path)
+    dim = int(manifest["dim"])
+    blocks, paths, labels = [], [], []
+    for shard in manifest["shards"]:
+        vfile, ifile, count = path / shard["vectors"], path / shard["ids"], int(shard["count"])
+        for f in (vfile, ifile):
+            if not f.is_file():
+                raise EmbeddingsError(f"{f} is listed in {path / MANIFEST} but missing")
+        v = np.load(vfile, mmap_mode="r")
+        if v.ndim != 2 or v.shape != (count, dim):
+            raise EmbeddingsError(f"{vfile} has shape {tuple(v.shape)}, the manifest says ({count}, {dim})")
+        blocks.append(v)
+        p, lab = _read_ids(ifile, count)
+        paths += p
+        labels += lab
+    if len(paths) != int(manifest["count"]):
+        raise EmbeddingsError(f"{path / MANIFEST}: count is {manifest['count']} but the shards hold {len(paths)} rows")
+    if len(blocks) == 1 and blocks[0].dtype == np.float32:
+        vectors = blocks[0]  # memory-mapped, no copy
+    else:
+        vectors = np.concatenate(blocks).astype(np.float32, copy=False) if blocks else np.zeros((0, dim), np.float32)
+    return Embeddings(path, manifest, vectors, paths, labels)
+
+
+def write_embeddings(path: str | Path, vectors: np.ndarray, paths: list[str], labels: list[str | None] | None = None,
+                     *, model_fingerprint: str | None = None, model: str = "", backend: str = "numpy", root: str = "",
+                     shard_size: int = 100_000, dtype: str = "float32") -> Path:
+    """Write an embeddings dir in the shared format (shards first, manifest last; every file atomically)."""
+    path = Path(path)
+    vectors = np.asarray(vectors)
+    labels = [None] * len(paths) if labels is None else labels
+    if not (len(vectors) == len(paths) == len(labels)):
+        raise EmbeddingsError(f"{path}: {len(vectors)} vectors, {len(paths)} paths and {len(labels)} labels differ")
+    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.ones(0)
+    shards = []
+    for i, start in enumerate(range(0, len(vectors), shard_size)):
+        end = min(start + shard_size, len(vectors))
+        shard = {"vectors": f"vectors-{i:05d}.npy", "ids": f"ids-{i:05d}.jsonl", "count": end - start}
+        save_npy(path / shard["vectors"], np.ascontiguousarray(vectors[start:end], dtype=dtype))
+        write_jsonl(path / shard["ids"], [{"path": p, "label": lab} for p, lab in zip(paths[start:end],
+                                                                                     labels[start:end])])
+        shards.append(shard)
+    write_json(path / MANIFEST, {
+        "format": FORMAT, "schema_version": SCHEMA_VERSION, "model_fingerprint": model_fingerprint, "model": model,
+        "backend": backend, "dim": int(vectors.shape[1]), "dtype": dtype,
+        "normalized": bool(np.allclose(norms, 1.0, atol=1e-3)), "root": root, "count": len(vectors), "failed": 0,
+        "complete": True, "shards": shards,
+    })
+    return path

@@ -1,0 +1,431 @@
+"""A searchable collection: a Faiss index (or, for exact search, the vectors themselves) plus its id table.
+
+    idx/NAME/index.json    format, schema_version, kind, metric, dim, count, params, model_fingerprint,
+                           build time, built on cpu/gpu, source embeddings
+    idx/NAME/index.faiss   the Faiss index (hnsw, ivf, ivfpq)  |  vectors.npy (flat: the matrix itself,
+                           memory-mappable and searchable by Faiss or by the torch fallback)
+    idx/NAME/ids.jsonl     row id -> {"path": ..., "label": ...}
+    idx/NAME/removed.npy   ids removed since the build; never returned (rebuild to reclaim their space)
+
+Similarity is cosine: every vector, stored or query, is L2-normalised and compared by inner product.
+A saved index dir is replaced as a whole (written to a sibling temporary folder, then renamed), so a
+killed build leaves the previous index readable.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+import tempfile
+import time
+import warnings
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from retrieval.atomic import atomic_path, save_npy, write_json, write_jsonl
+from retrieval.exact import BackendError, exact_search, faiss_gpus, faiss_or_none
+from retrieval.record import read_record
+
+FORMAT = "sslforge-index"
+SCHEMA_VERSION = 1
+INDEX_JSON, IDS_FILE, REMOVED_FILE = "index.json", "ids.jsonl", "removed.npy"
+FAISS_FILE, FLAT_FILE = "index.faiss", "vectors.npy"
+KINDS = ("flat", "hnsw", "ivf", "ivfpq")
+AUTO_EXACT_BELOW = 100_000  # below this, exact search answers a query in milliseconds on a CPU
+AUTO_HNSW_MAX_BYTES = 8 << 30  # above this much float32 data, compress with IVF-PQ instead of HNSW
+BUILD_PARAMS = {"flat": (), "hnsw": ("hnsw_m", "ef_construction", "ef_search"),
+                "ivf": ("nlist", "nprobe", "train_size"),
+                "ivfpq": ("nlist", "m", "nbits", "nprobe", "refine", "train_size")}
+SEARCH_KNOBS = {"flat": (), "hnsw": ("ef_search",), "ivf": ("nprobe",), "ivfpq": ("nprobe", "refine")}
+ADD_BATCH = 65536
+
+
+class IndexDirError(ValueError):
+    """An index dir is missing, of another format or schema version, inconsistent, or used wrongly."""
+
+
+class ModelMismatchError(IndexDirError):
+    """The query vectors come from another model than the indexed ones."""
+
+
+def normalize(vectors: np.ndarray) -> np.ndarray:
+    """A float32, C-contiguous, L2-normalised copy (all-zero rows stay zero)."""
+    x = np.array(vectors, dtype=np.float32, order="C", ndmin=2)
+    norms = np.linalg.norm(x, axis=1, keepdims=True)
+    np.divide(x, norms, out=x, where=norms > 0)
+    return x
+
+
+def choose_kind(count: int, dim: int) -> tuple[str, str]:
+    """The kind `--kind auto` picks for `count` vectors of `dim`, and why."""
+    if count < AUTO_EXACT_BELOW:
+        return "flat", f"{count:,} vectors < {AUTO_EXACT_BELOW:,}: exact search is fast enough and has recall 1"
+    size = count * dim * 4
+    if size <= AUTO_HNSW_MAX_BYTES:
+        return "hnsw", (f"{count:,} vectors ({size / 2**30:.1f} GiB as float32) fit in memory: HNSW gives the "
+                        f"best recall per query time")
+    return "ivfpq", (f"{count:,} vectors ({size / 2**30:.1f} GiB as float32) > {AUTO_HNSW_MAX_BYTES / 2**30:.0f} "
+                     f"GiB: IVF-PQ compresses them to m bytes each")
+
+
+def resolve_params(kind: str, count: int, dim: int, given: dict[str, Any]) -> dict[str, Any]:
+    """Fill in the defaults of `kind` for `count` vectors of `dim` and check the given values."""
+    if kind not in KINDS:
+        raise IndexDirError(f"--kind must be one of {', '.join(KINDS)} or auto (got {kind!r})")
+    given = {k: v for k, v in given.items() if v is not None}
+    unknown = set(given) - set(BUILD_PARAMS[kind])
+    if unknown:
+        raise IndexDirError(f"--{sorted(unknown)[0].replace('_', '-')} does not apply to a {kind} index "
+                            f"(its options: {', '.join(BUILD_PARAMS[kind]) or 'none'})")
+    nlist = max(1, min(int(4 * math.sqrt(max(count, 1))), count // 39 or 1))  # faiss wants >= 39 points per list
+    m = max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)  # about 8 dimensions per sub-quantizer
+    defaults = {"flat": {}, "hnsw": {"hnsw_m": 32, "ef_construction": 200, "ef_search": 128},
+                "ivf": {"nlist": nlist, "nprobe": 16, "train_size": 100_000},
+                "ivfpq": {"nlist": nlist, "m": m, "nbits": 8, "nprobe": 16, "refine": 0, "train_size": 100_000}}
+    params = {**defaults[kind], **given}
+    for name, value in params.items():
+        if not isinstance(value, int) or value < (0 if name == "refine" else 1):
+            raise IndexDirError(f"--{name.replace('_', '-')} must be an integer >= {0 if name == 'refine' else 1} "
+                                f"(got {value!r})")
+    if kind == "ivfpq":
+        if dim % params["m"]:
+            raise IndexDirError(f"--m {params['m']} must divide the vector dimension {dim}")
+        if not 1 <= params["nbits"] <= 16:
+            raise IndexDirError(f"--nbits must be between 1 and 16 (got {params['nbits']})")
+    if kind in ("ivf", "ivfpq") and params["nlist"] > count:
+        raise IndexDirError(f"--nlist {params['nlist']} exceeds the {count} vectors to index: use fewer lists")
+    return params
+
+
+def _require_faiss(kind: str):
+    faiss = faiss_or_none()
+    if faiss is None:
+        raise BackendError(f"a {kind} index needs Faiss: pip install 'sslforge[retrieval]' (faiss-cpu), or use "
+                           f"--kind flat, which the torch fallback searches")
+    return faiss
+
+
+def _new_faiss_index(faiss, kind: str, dim: int, p: dict):
+    ip = faiss.METRIC_INNER_PRODUCT
+    if kind == "hnsw":
+        index = faiss.IndexHNSWFlat(dim, p["hnsw_m"], ip)
+        index.hnsw.efConstruction = p["ef_construction"]
+        return index
+    quantizer = faiss.IndexFlatIP(dim)
+    if kind == "ivf":
+        index = faiss.IndexIVFFlat(quantizer, dim, p["nlist"], ip)
+    else:
+        index = faiss.IndexIVFPQ(quantizer, dim, p["nlist"], p["m"], p["nbits"], ip)
+    index.own_fields = True
+    quantizer.this.disown()  # the IVF index now frees its quantizer
+    return index
+
+
+def _gpu_cloner_options(faiss, kind: str):
+    co = faiss.GpuMultipleClonerOptions()
+    co.useFloat16 = kind == "ivfpq"  # float16 lookup tables: needed by GPU IVF-PQ for m > 48 sub-quantizers
+    return co
+
+
+def _build_faiss(kind: str, x: np.ndarray, p: dict, device: str, progress: bool, seed: int) -> tuple[Any, str]:
+    """Train (IVF kinds, on a random sample) and fill a Faiss index; on the GPU when Faiss sees one."""
+    faiss = _require_faiss(kind)
+    index = _new_faiss_index(faiss, kind, x.shape[1], p)
+    use_gpu = device != "cpu" and kind != "hnsw" and faiss_gpus() > 0
+    if device == "gpu" and not use_gpu:
+        raise BackendError("Faiss builds HNSW on the CPU only: use --device auto or cpu" if kind == "hnsw" else
+                           "Faiss sees no GPU (faiss-cpu installed, or no CUDA device): use --device auto or cpu")
+    work = faiss.index_cpu_to_all_gpus(index, co=_gpu_cloner_options(faiss, kind)) if use_gpu else index
+    if not work.is_trained:
+        rng = np.random.default_rng(seed)
+        n = min(len(x), p["train_size"])
+        sample = x[np.sort(rng.choice(len(x), n, replace=False))]
+        if progress:
+            print(f"training {kind} on {n:,} sampled vectors ({p['nlist']} lists)", flush=True)
+        work.train(sample)
+    bar = tqdm(total=len(x), desc=f"adding to {kind}", unit="vec", disable=not progress, leave=False)
+    for start in range(0, len(x), ADD_BATCH):
+        work.add(x[start:start + ADD_BATCH])
+        bar.update(min(ADD_BATCH, len(x) - start))
+    bar.close()
+    index = faiss.index_gpu_to_cpu(work) if use_gpu else work
+    if kind == "ivfpq" and p["refine"]:
+        index = faiss.IndexRefineFlat(index, faiss.swig_ptr(x))  # re-rank PQ candidates with the exact vectors
+    return index, "gpu" if use_gpu else "cpu"
+
+
+class Index:
+    """Cosine-similarity search over L2-normalised vectors, with row ids mapped to (path, label).
+
+    Build with `Index.build(vectors, paths, labels, kind=...)`, or read one with `Index.load(dir)`.
+    `search` returns (scores (Q, k) float32, ids (Q, k) int64, metadata); missing results are id -1.
+    """
+
+    def __init__(self, *, kind: str, dim: int, params: dict, paths: list[str], labels: list[str | None],
+                 vectors: np.ndarray | None = None, faiss_index: Any = None, removed: np.ndarray | None = None,
+                 model_fingerprint: str | None = None, info: dict | None = None, path: Path | None = None,
+                 device: str = "auto", read_only: bool = False) -> None:
+        self.kind, self.dim, self.params = kind, dim, params
+        self.paths, self.labels = paths, labels
+        self.vectors, self.faiss_index = vectors, faiss_index
+        self.removed = np.unique(np.asarray(removed if removed is not None else [], dtype=np.int64))
+        self.model_fingerprint, self.info = model_fingerprint, dict(info or {})
+        self.path, self.device, self.read_only = path, device, read_only
+        self._gpu_index = None
+
+    # ---- construction -------------------------------------------------------------------------------
+    @classmethod
+    def build(cls, vectors: np.ndarray, paths: list[str], labels: list[str | None] | None = None, *,
+              kind: str = "flat", model_fingerprint: str | None = None, device: str = "auto",
+              progress: bool = True, seed: int = 0, **params: Any) -> Index:
+        """Index `vectors` (normalised here). kind "auto" picks by size (see `choose_kind`)."""
+        x = normalize(vectors)
+        labels = [None] * len(paths) if labels is None else list(labels)
+        if not (len(x) == len(paths) == len(labels)):
+            raise IndexDirError(f"{len(x)} vectors, {len(paths)} paths and {len(labels)} labels: one each per row")
+        if len(x) == 0:
+            raise IndexDirError("no vectors to index")
+        info: dict[str, Any] = {}
+        if kind == "auto":
+            kind, info["auto_reason"] = choose_kind(len(x), x.shape[1])
+        params = resolve_params(kind, len(x), x.shape[1], params)
+        start = time.perf_counter()
+        if kind == "flat":
+            index, built_on = cls(kind=kind, dim=x.shape[1], params=params, paths=list(paths), labels=labels,
+                                  vectors=x), "cpu"
+        else:
+            faiss_index, built_on = _build_faiss(kind, x, params, device, progress, seed)
+            index = cls(kind=kind, dim=x.shape[1], params=params, paths=list(paths), labels=labels,
+                        faiss_index=faiss_index)
+        index.model_fingerprint, index.device = model_fingerprint, device
+        index.info = {**info, "build_seconds": round(time.perf_counter() - start, 3), "built_on": built_on,
+                      "built_at": datetime.now(UTC).isoformat(timespec="seconds")}
+        return index
+
+    # ---- properties ---------------------------------------------------------------------------------
+    @property
+    def ntotal(self) -> int:
+        """Rows ever added (ids 0 .. ntotal-1), removed ones included."""
+        return len(self.paths)
+
+    def __len__(self) -> int:
+        """Rows that searches can return."""
+        return self.ntotal - len(self.removed)
+
+    @property
+    def classes(self) -> list[str]:
+        """Sorted distinct labels of the live rows (the kNN classifier's classes)."""
+        live = np.ones(self.ntotal, bool)
+        live[self.removed] = False
+        return sorted({lab for lab, ok in zip(self.labels, live) if ok and lab is not None})
+
+    def check_model(self, fingerprint: str | None) -> None:
+        """Raise ModelMismatchError when `fingerprint` (the query model's) differs from the index's."""
+        if fingerprint is None or self.model_fingerprint is None:
+            if fingerprint != self.model_fingerprint:
+                warnings.warn(f"{self.path or 'index'}: cannot check that the query model matches the indexed "
+                              f"vectors (fingerprint {fingerprint} vs {self.model_fingerprint})", stacklevel=2)
+            return
+        if fingerprint != self.model_fingerprint:
+            raise ModelMismatchError(f"{self.path or 'index'} holds vectors of model {self.model_fingerprint}, the "
+                                     f"queries come from {fingerprint}: embed both with the same model or rebuild "
+                                     f"the index")
+
+    # ---- search -------------------------------------------------------------------------------------
+    def search(self, queries: np.ndarray, k: int = 10, **knobs: Any) -> tuple[np.ndarray, np.ndarray, list]:
+        """The k most cosine-similar live rows of each query: (scores, ids, metadata).
+
+        metadata[q][j] is {"id", "path", "label", "score"} or None where fewer than k rows exist.
+        Knobs override the stored search parameters: ef_search (hnsw), nprobe and refine (ivf, ivfpq).
+        """
+        scores, ids = self.search_ids(queries, k, **knobs)
+        metadata = [[None if i < 0 else {"id": int(i), "path": self.paths[i], "label": self.labels[i],
+                                         "score": float(s)} for s, i in zip(srow, irow)]
+                    for srow, irow in zip(scores, ids)]
+        return scores, ids, metadata
+
+    def search_ids(self, queries: np.ndarray, k: int = 10, **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
+        """`search` without the metadata (what benchmarks time)."""
+        if k < 1:
+            raise IndexDirError(f"k must be >= 1 (got {k})")
+        q = np.asarray(queries)
+        if q.ndim != 2 or q.shape[1] != self.dim:
+            raise IndexDirError(f"query vectors have shape {tuple(q.shape)}, {self.path or 'the index'} holds "
+                                f"dimension {self.dim}: embed the queries with the index's model")
+        q = normalize(q)
+        fetch = min(k + len(self.removed), self.ntotal)
+        if self.kind == "flat":
+            scores, ids = exact_search(self.vectors, q, fetch, device=self.device)
+        else:
+            scores, ids = self._faiss_search(q, fetch, knobs)
+        if len(self.removed):
+            dead = (ids < 0) | np.isin(ids, self.removed)
+            order = np.argsort(dead, axis=1, kind="stable")
+            scores, ids = np.take_along_axis(scores, order, 1), np.take_along_axis(ids, order, 1)
+            dead = np.take_along_axis(dead, order, 1)
+            scores[dead], ids[dead] = -np.inf, -1
+        scores, ids = scores[:, :k], ids[:, :k]
+        if ids.shape[1] < k:
+            scores = np.pad(scores, ((0, 0), (0, k - ids.shape[1])), constant_values=-np.inf)
+            ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
+        return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
+
+    def _faiss_search(self, q: np.ndarray, k: int, knobs: dict) -> tuple[np.ndarray, np.ndarray]:
+        faiss = _require_faiss(self.kind)
+        unknown = {n for n, v in knobs.items() if v is not None} - set(SEARCH_KNOBS[self.kind])
+        if unknown:
+            raise IndexDirError(f"search option {sorted(unknown)[0]!r} does not apply to a {self.kind} index")
+        p = {**self.params, **{n: v for n, v in knobs.items() if v is not None}}
+        if knobs.get("refine") and not self.params.get("refine"):
+            raise IndexDirError(f"{self.path or 'the index'} was built without --refine: rebuild it with one")
+        gpu = self._on_gpu(faiss)
+        if gpu is not None:
+            faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", p["nprobe"])
+            return gpu.search(q, k)
+        if self.kind == "hnsw":
+            return self.faiss_index.search(q, k, params=faiss.SearchParametersHNSW(efSearch=p["ef_search"]))
+        ivf = faiss.SearchParametersIVF(nprobe=p["nprobe"])
+        if self.kind == "ivfpq" and self.params["refine"]:
+            return self.faiss_index.search(q, k, params=faiss.IndexRefineSearchParameters(
+                k_factor=float(p["refine"]), base_index_params=ivf))
+        return self.faiss_index.search(q, k, params=ivf)
+
+    def _on_gpu(self, faiss):
+        """A GPU copy of an IVF index for searching, made once, when Faiss sees a GPU and device allows."""
+        if self.device == "cpu" or self.kind not in ("ivf", "ivfpq") or self.params.get("refine"):
+            return None
+        if faiss_gpus() == 0:
+            if self.device == "gpu":
+                raise BackendError("Faiss sees no GPU (faiss-cpu installed, or no CUDA device): use device auto/cpu")
+            return None
+        if self._gpu_index is None:
+            self._gpu_index = faiss.index_cpu_to_all_gpus(self.faiss_index, co=_gpu_cloner_options(faiss, self.kind))
+        return self._gpu_index
+
+    # ---- changes ------------------------------------------------------------------------------------
+    def _check_writable(self) -> None:
+        if self.read_only:
+            raise IndexDirError(f"{self.path} was loaded memory-mapped (read-only): load it with mmap=False "
+                                f"to add, remove or save")
+
+    def add(self, vectors: np.ndarray, paths: list[str], labels: list[str | None] | None = None) -> np.ndarray:
+        """Append rows (normalised here); returns their new ids."""
+        self._check_writable()
+        x = normalize(vectors)
+        labels = [None] * len(paths) if labels is None else list(labels)
+        if x.shape[1] != self.dim or not (len(x) == len(paths) == len(labels)):
+            raise IndexDirError(f"add: got {len(x)} vectors of dimension {x.shape[1]}, {len(paths)} paths and "
+                                f"{len(labels)} labels; the index needs dimension {self.dim} and one of each per row")
+        ids = np.arange(self.ntotal, self.ntotal + len(x), dtype=np.int64)
+        if self.kind == "flat":
+            self.vectors = np.concatenate([self.vectors, x])
+        else:
+            for start in range(0, len(x), ADD_BATCH):
+                self.faiss_index.add(x[start:start + ADD_BATCH])
+            self._gpu_index = None
+        self.paths += list(paths)
+        self.labels += labels
+        return ids
+
+    def remove(self, ids: np.ndarray | list[int]) -> int:
+        """Stop returning these ids; returns how many were live. Their space is reclaimed by a rebuild."""
+        self._check_writable()
+        ids = np.unique(np.asarray(ids, dtype=np.int64))
+        bad = ids[(ids < 0) | (ids >= self.ntotal)]
+        if len(bad):
+            raise IndexDirError(f"remove: id {bad[0]} is not in the index (ids are 0..{self.ntotal - 1})")
+        before = len(self.removed)
+        self.removed = np.union1d(self.removed, ids)
+        return len(self.removed) - before
+
+    # ---- disk ---------------------------------------------------------------------------------------
+    def save(self, path: str | Path, *, source: str | None = None) -> Path:
+        """Write the index dir as a whole: into a sibling temporary folder, then renamed over `path`."""
+        self._check_writable()
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+        try:
+            if self.kind == "flat":
+                save_npy(tmp / FLAT_FILE, self.vectors)
+            else:
+                faiss = _require_faiss(self.kind)
+                with atomic_path(tmp / FAISS_FILE) as f:
+                    faiss.write_index(self.faiss_index, str(f))
+            write_jsonl(tmp / IDS_FILE, [{"path": p, "label": lab} for p, lab in zip(self.paths, self.labels)])
+            save_npy(tmp / REMOVED_FILE, self.removed)
+            if source is not None:
+                self.info["source"] = source
+            write_json(tmp / INDEX_JSON, {
+                "format": FORMAT, "schema_version": SCHEMA_VERSION, "kind": self.kind, "metric": "ip",
+                "dim": self.dim, "count": self.ntotal, "live": len(self), "params": self.params,
+                "model_fingerprint": self.model_fingerprint, "file": FLAT_FILE if self.kind == "flat" else FAISS_FILE,
+                **self.info})
+            old = None
+            if path.exists():
+                old = path.with_name(f".{path.name}.old-{os.getpid()}")
+                os.replace(path, old)
+            os.replace(tmp, path)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+        finally:
+            shutil.rmtree(tmp, ignore_errors=True)
+        self.path = path
+        return path
+
+    @classmethod
+    def load(cls, path: str | Path, *, mmap: bool = False, model_fingerprint: str | None = None,
+             device: str = "auto") -> Index:
+        """Read an index dir; `mmap` maps the vectors / inverted lists from disk (read-only, little RAM).
+
+        When `model_fingerprint` is given, it must match the index's (ModelMismatchError otherwise).
+        """
+        path = Path(path)
+        meta = read_record(path / INDEX_JSON, fmt=FORMAT, version=SCHEMA_VERSION,
+                           fields=("kind", "dim", "count", "params", "file"), error=IndexDirError,
+                           missing_hint=f"build one with `sslforge index build --embeddings DIR --out {path}`",
+                           redo="rebuild the index")
+        kind = meta["kind"]
+        if kind not in KINDS:
+            raise IndexDirError(f"{path / INDEX_JSON}: unknown kind {kind!r}")
+        for name in (meta["file"], IDS_FILE, REMOVED_FILE):
+            if not (path / name).is_file():
+                raise IndexDirError(f"{path / name} is missing: rebuild the index")
+        paths, labels = [], []
+        with open(path / IDS_FILE) as f:
+            for n, line in enumerate(f, 1):
+                try:
+                    row = json.loads(line)
+                    paths.append(row["path"])
+                    labels.append(row.get("label"))
+                except (json.JSONDecodeError, KeyError, TypeError):
+                    raise IndexDirError(f"{path / IDS_FILE}:{n}: expected {{\"path\": ..., \"label\": ...}}; "
+                                        f"rebuild the index") from None
+        vectors = faiss_index = None
+        if kind == "flat":
+            vectors = np.load(path / FLAT_FILE, mmap_mode="r" if mmap else None)
+            stored = len(vectors)
+        else:
+            faiss = _require_faiss(kind)
+            # IO_FLAG_MMAP maps IVF inverted lists; IO_FLAG_MMAP_IFC maps HNSW's vector storage (the
+            # two do not combine: the second fails on IVF files)
+            flags = (faiss.IO_FLAG_MMAP_IFC if kind == "hnsw" else faiss.IO_FLAG_MMAP) if mmap else 0
+            faiss_index = faiss.read_index(str(path / FAISS_FILE), flags)
+            stored = faiss_index.ntotal
+        if not (stored == len(paths) == meta["count"]):
+            raise IndexDirError(f"{path}: {meta['file']} holds {stored} rows, {IDS_FILE} {len(paths)}, {INDEX_JSON} "
+                                f"says {meta['count']}: the dir is inconsistent, rebuild it")
+        keys = ("format", "schema_version", "kind", "metric", "dim", "count", "live", "params", "model_fingerprint",
+                "file")
+        index = cls(kind=kind, dim=int(meta["dim"]), params=meta["params"], paths=paths, labels=labels,
+                    vectors=vectors, faiss_index=faiss_index, removed=np.load(path / REMOVED_FILE),
+                    model_fingerprint=meta.get("model_fingerprint"),
+                    info={k: v for k, v in meta.items() if k not in keys}, path=path, device=device, read_only=mmap)
+        if model_fingerprint is not None:
+            index.check_model(model_fingerprint)
+        return index
