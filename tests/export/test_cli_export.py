@@ -4,7 +4,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from conftest import make_model_dir
+from export_helpers import make_model_dir
 
 from export.embedder import Embedder
 from export.embeddings import load_embeddings

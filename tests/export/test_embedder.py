@@ -51,7 +51,7 @@ def test_predict_applies_the_head_to_raw_features(resnet_dir, image_folder: Path
 
 
 def test_onnx_backend_refuses_a_graph_of_other_weights(resnet_dir, tmp_path: Path) -> None:
-    from conftest import make_model_dir
+    from export_helpers import make_model_dir
 
     other = make_model_dir(tmp_path / "other", seed=3)
     with pytest.raises(ExportError, match="exported from other weights"):

@@ -7,7 +7,7 @@ import onnx
 import onnxruntime as ort
 import pytest
 import torch
-from conftest import make_model_dir
+from export_helpers import make_model_dir
 
 from export import parity
 from export.errors import ExportError, ParityError

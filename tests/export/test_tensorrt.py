@@ -88,7 +88,7 @@ def test_export_tensorrt_without_tensorrt_is_one_line(resnet_dir, monkeypatch, c
 
 @pytest.mark.skipif(not HAVE_TRT, reason="needs TensorRT and a CUDA GPU (not installable on the dev machines)")
 def test_real_engine_build_and_parity(tmp_path: Path) -> None:
-    from conftest import make_model_dir
+    from export_helpers import make_model_dir
 
     from export.embedder import Embedder
 

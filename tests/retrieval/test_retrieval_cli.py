@@ -5,9 +5,9 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import make_tiny_config, write_image_folder
 from PIL import Image
 from retrieval_helpers import collection
+from shared_helpers import make_tiny_config, write_image_folder
 
 from pretrain.cli import main
 from pretrain.evaluate import knn_scores

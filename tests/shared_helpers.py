@@ -1,0 +1,32 @@
+"""Helpers shared by the test packages (import as `from shared_helpers import ...`; conftest modules
+are not importable by name when several exist)."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+COLORS = [(220, 40, 40), (40, 200, 60), (40, 60, 220)]
+
+
+def write_image_folder(root: Path, classes: int = 3, per_class: int = 8, size: int = 32, seed: int = 0) -> Path:
+    """An ImageFolder of small JPEGs: each class a noisy tint of its own colour (so probes can learn it)."""
+    rng = np.random.default_rng(seed)
+    for c in range(classes):
+        folder = root / f"class_{c}"
+        folder.mkdir(parents=True, exist_ok=True)
+        for i in range(per_class):
+            base = np.array(COLORS[c % len(COLORS)], dtype=np.float32)
+            pixels = np.clip(base + rng.normal(0, 40, (size, size, 3)), 0, 255).astype(np.uint8)
+            Image.fromarray(pixels).save(folder / f"{i:03d}.jpg", quality=90)
+    return root
+
+
+def make_tiny_config(data: Path, out: Path, **changes):
+    """A seconds-long SimCLR run: timm's test_resnet at 32 px, batch 8, no loader workers."""
+    from pretrain.config import PretrainConfig
+
+    return PretrainConfig(method="simclr", data=str(data), out=str(out), backbone="test_resnet", image_size=32,
+                          epochs=2, batch_size=8, workers=0, optimizer="sgd", lr=0.5,
+                          method_args={"out_dim": 16}, seed=1).replace(**changes)
