@@ -100,9 +100,11 @@ def test_method_trains_and_resumes_exactly(method: str, image_folder: Path, tmp_
     if method == "distill":
         args["teacher"] = str(teacher_with_head(tmp_path / "teacher", tiny_config, image_folder))
 
+    views = {"transform_args": {"local_views": 2}} if METHODS[method].transform in ("multicrop", "vicregl") else {}
+
     def config(name: str, **changes):
         return tiny_config(image_folder, tmp_path / name, method=method, method_args=args,
-                           optimizer="adamw", lr=1e-3, checkpoint_every_steps=2, **changes)
+                           optimizer="adamw", lr=1e-3, checkpoint_every_steps=2, **views, **changes)
 
     full = Trainer(config("full"), progress=False).fit()
 
