@@ -60,7 +60,8 @@ def _read_manifest(path: Path) -> dict:
     return manifest
 
 
-def _read_ids(file: Path, expected: int) -> tuple[list[str], list[str | None]]:
+def read_id_rows(file: Path, error: type[Exception], hint: str = "") -> tuple[list[str], list[str | None]]:
+    """The id table shared by embeddings and index dirs: one JSON object per row with path and label."""
     paths, labels = [], []
     with open(file) as f:
         for n, line in enumerate(f, 1):
@@ -69,7 +70,12 @@ def _read_ids(file: Path, expected: int) -> tuple[list[str], list[str | None]]:
                 paths.append(row["path"])
                 labels.append(row.get("label"))
             except (json.JSONDecodeError, KeyError, TypeError):
-                raise EmbeddingsError(f"{file}:{n}: expected {{\"path\": ..., \"label\": ...}}") from None
+                raise error(f"{file}:{n}: expected {{\"path\": ..., \"label\": ...}}{hint}") from None
+    return paths, labels
+
+
+def _read_ids(file: Path, expected: int) -> tuple[list[str], list[str | None]]:
+    paths, labels = read_id_rows(file, EmbeddingsError)
     if len(paths) != expected:
         raise EmbeddingsError(f"{file} has {len(paths)} rows, the manifest says {expected}")
     return paths, labels

@@ -13,7 +13,6 @@ killed build leaves the previous index readable.
 """
 from __future__ import annotations
 
-import json
 import math
 import os
 import shutil
@@ -28,6 +27,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from retrieval.atomic import atomic_path, save_npy, write_json, write_jsonl
+from retrieval.embeddings import read_id_rows
 from retrieval.exact import BackendError, exact_search, faiss_gpus, faiss_or_none
 from retrieval.record import read_record
 
@@ -396,16 +396,7 @@ class Index:
         for name in (meta["file"], IDS_FILE, REMOVED_FILE):
             if not (path / name).is_file():
                 raise IndexDirError(f"{path / name} is missing: rebuild the index")
-        paths, labels = [], []
-        with open(path / IDS_FILE) as f:
-            for n, line in enumerate(f, 1):
-                try:
-                    row = json.loads(line)
-                    paths.append(row["path"])
-                    labels.append(row.get("label"))
-                except (json.JSONDecodeError, KeyError, TypeError):
-                    raise IndexDirError(f"{path / IDS_FILE}:{n}: expected {{\"path\": ..., \"label\": ...}}; "
-                                        f"rebuild the index") from None
+        paths, labels = read_id_rows(path / IDS_FILE, IndexDirError, "; rebuild the index")
         vectors = faiss_index = None
         if kind == "flat":
             vectors = np.load(path / FLAT_FILE, mmap_mode="r" if mmap else None)

@@ -4,13 +4,15 @@ from pathlib import Path
 
 import pytest
 
+import retrieval.atomic
 from pretrain.atomic import write_text, write_with
 
 
-def test_atomic_write_gives_the_usual_file_mode(tmp_path: Path) -> None:
+@pytest.mark.parametrize("write", [write_text, retrieval.atomic.write_text])  # retrieval keeps its own copy
+def test_atomic_write_gives_the_usual_file_mode(write, tmp_path: Path) -> None:
     mask = os.umask(0o022)
     try:
-        write_text(tmp_path / "a.txt", "x")
+        write(tmp_path / "a.txt", "x")
     finally:
         os.umask(mask)
     assert stat.S_IMODE((tmp_path / "a.txt").stat().st_mode) == 0o644
