@@ -10,6 +10,7 @@ from __future__ import annotations
 import logging
 import os
 from collections.abc import Callable
+from datetime import timedelta
 
 import torch
 import torch.distributed as dist
@@ -17,6 +18,9 @@ from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
 from pretrain.config import ConfigError
+
+# How long a process waits for the others at a collective: long enough for rank 0's online kNN.
+TIMEOUT = timedelta(minutes=60)
 
 
 class RanksDisagree(ConfigError):
@@ -26,6 +30,11 @@ class RanksDisagree(ConfigError):
 def launched() -> bool:
     """True inside a process that torchrun started as one of several (WORLD_SIZE > 1)."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1
+
+
+def has_rendezvous() -> bool:
+    """torchrun (or a launcher that sets MASTER_ADDR, as torchrun does) gave the processes a place to meet."""
+    return "MASTER_ADDR" in os.environ
 
 
 def active() -> bool:
@@ -53,11 +62,14 @@ def init(device: torch.device) -> bool:
     (the caller then owns `shutdown`). Nothing to do outside torchrun or when a group already exists."""
     if not launched() or dist.is_initialized():
         return False
+    if not has_rendezvous():
+        raise ConfigError("WORLD_SIZE is set but MASTER_ADDR is not: start the processes with torchrun "
+                          "(or sslforge pretrain --devices N)")
     if device.type == "cuda":
         torch.cuda.set_device(device)
-        dist.init_process_group("nccl", device_id=device)
+        dist.init_process_group("nccl", device_id=device, timeout=TIMEOUT)
     else:
-        dist.init_process_group("gloo")
+        dist.init_process_group("gloo", timeout=TIMEOUT)
     return True
 
 
