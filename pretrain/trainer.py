@@ -260,7 +260,8 @@ class Trainer:
             raise ConfigError(f"method {cfg.method} needs per-view {', '.join(missing)}, which transform "
                               f"{cfg.transform!r} does not provide; use its default (`sslforge methods`)")
         dataset = ViewsDataset(self.images, self.device_views.load if self.device_views else transform)
-        self.loader = DataLoader(dataset, batch_size=self.sampler.local_batch // cfg.accumulate, sampler=self.sampler, num_workers=cfg.workers,
+        micro_batch = self.sampler.local_batch // cfg.accumulate
+        self.loader = DataLoader(dataset, batch_size=micro_batch, sampler=self.sampler, num_workers=cfg.workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
                                  generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG alone
                                  prefetch_factor=4 if cfg.workers > 0 else None)

@@ -22,9 +22,12 @@ from safetensors.torch import load_file
 from shared_helpers import make_tiny_config, write_image_folder
 
 from pretrain import distributed
+from pretrain.backbones import build_backbone, resolve_spec
 from pretrain.cli import main
 from pretrain.config import PretrainConfig
 from pretrain.datasets import EpochSampler
+from pretrain.modeldir import write_model_dir
+from pretrain.preprocess import Preprocessing
 from pretrain.trainer import CHECKPOINT, Trainer
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
@@ -39,15 +42,16 @@ def run_config(images: Path, out: Path) -> PretrainConfig:
 @pytest.fixture(scope="module")
 def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Prepare the inputs, run the two-process job once, return its folder."""
-    from export_helpers import make_model_dir
-
     folder = tmp_path_factory.mktemp("ddp")
     images = write_image_folder(folder / "images")
     cfg = run_config(images, folder / "run2")
     (folder / "trainer.json").write_text(json.dumps({"config": cfg.to_dict(), "stop_at": STOP_AT}))
-    model = make_model_dir(folder / "model")
+    spec = resolve_spec("test_resnet", None, 32, {})
+    backbone, dim = build_backbone(spec, 32)
+    write_model_dir(folder / "model", backbone, spec=spec, embedding_dim=dim, preprocessing=Preprocessing.for_size(32),
+                    method={"name": "none"}, training={})
     (folder / "embed.json").write_text(json.dumps(
-        ["embed", "--model", str(model.path), "--images", str(images), "--out", str(folder / "emb2"),
+        ["embed", "--model", str(folder / "model"), "--images", str(images), "--out", str(folder / "emb2"),
          "--workers", "0", "--quiet", "--device", "cpu", "--batch-size", "5"]))
     proc = subprocess.run([*TORCHRUN, str(WORKER), str(folder)], capture_output=True, text=True, timeout=900,
                           env={**os.environ, "OMP_NUM_THREADS": "1"})
@@ -55,18 +59,26 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
+def assert_near(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
+    """Equal within 1e-5 of the tensor's scale (its largest entry, at least 1): float32 sums in another order
+    differ by ~1e-6 of the largest term, and a bias in front of a batch norm has a zero gradient plus noise."""
+    scale = max(1.0, float(want.abs().max()))
+    diff = float((got - want).abs().max())
+    assert diff <= 1e-5 * scale, f"{what}: max difference {diff:.3g} at scale {scale:.3g}"
+
+
 @pytest.mark.parametrize("name", sorted(HPARAMS))
 def test_one_step_on_two_processes_equals_one_process_on_the_combined_batch(job: Path, name: str) -> None:
     model = build(name)
     reference = one_step(model, model, make_inputs(name))
     got = torch.load(job / "parity.pt", weights_only=True)[name]
-    torch.testing.assert_close(got["loss"], reference["loss"], rtol=1e-5, atol=1e-5)
+    assert_near(got["loss"], reference["loss"], f"{name}: loss")
     assert got["grads"].keys() == reference["grads"].keys()
     for key, grad in reference["grads"].items():
-        torch.testing.assert_close(got["grads"][key], grad, rtol=1e-5, atol=1e-5, msg=f"{name}: gradient of {key}")
+        assert_near(got["grads"][key], grad, f"{name}: gradient of {key}")
     assert got["buffers"].keys() == reference["buffers"].keys()
     for key, buffer in reference["buffers"].items():  # MoCo's queue, DINO's center
-        torch.testing.assert_close(got["buffers"][key], buffer, rtol=1e-5, atol=1e-5, msg=f"{name}: {key}")
+        assert_near(got["buffers"][key], buffer, f"{name}: {key}")
 
 
 def test_processes_that_disagree_all_stop_with_one_line(job: Path) -> None:
