@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import warnings
 from collections.abc import Callable
 from datetime import timedelta
 
@@ -101,6 +102,22 @@ class _Gather(torch.autograd.Function):
         return grad[start:start + ctx.rows]
 
 
+class _Sum(torch.autograd.Function):
+    """all_reduce (sum) whose backward is the sum of the gradients of every process."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor) -> torch.Tensor:
+        x = x.clone()
+        dist.all_reduce(x)
+        return x
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
+        grad = grad.clone()
+        dist.all_reduce(grad)
+        return grad
+
+
 def gather(x: torch.Tensor) -> torch.Tensor:
     """The global batch: this tensor from every process, concatenated in rank order (equal sizes), with
     gradients flowing back to each process's own rows. The identity in one process."""
@@ -164,14 +181,12 @@ class GlobalBatchNorm(_BatchNorm):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not (self.training and active()):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce as differentiable_all_reduce
-
         dims = [0, *range(2, x.dim())]
         shape = [1, -1] + [1] * (x.dim() - 2)
         count = all_reduce(torch.tensor(float(x.numel() // x.shape[1]), device=x.device))
-        xf = x.float()
-        mean = differentiable_all_reduce(xf.sum(dims)) / count
-        var = differentiable_all_reduce((xf - mean.view(shape)).pow(2).sum(dims)) / count
+        xf = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x  # statistics in float32 at least
+        mean = _Sum.apply(xf.sum(dims)) / count
+        var = _Sum.apply((xf - mean.view(shape)).pow(2).sum(dims)) / count
         if self.track_running_stats and self.running_mean is not None:
             with torch.no_grad():
                 self.num_batches_tracked.add_(1)
@@ -212,8 +227,10 @@ def wrap(model: nn.Module, device: torch.device, find_unused_parameters: bool = 
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
-                                   broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
+    with warnings.catch_warnings():  # torch 2.14 deprecates it, but its replacement still syncs at init
+        warnings.filterwarnings("ignore", message=".*broadcast_buffers")
+        return DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None,
+                                       broadcast_buffers=False, find_unused_parameters=find_unused_parameters)
 
 
 def launch(nproc: int, module: str, args: list[str]) -> int:

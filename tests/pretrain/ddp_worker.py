@@ -49,9 +49,21 @@ def make_inputs(name: str) -> dict:
     return inputs
 
 
+def prepare(model: Method, bn: str) -> Method:
+    """The model for batch-norm mode `bn`: "frozen" (every batch norm in eval mode: per-image, running statistics),
+    "sync" (--sync-bn: global statistics) or "local" (plain DDP: each process normalises its own slice)."""
+    if bn == "sync":
+        model = distributed.convert_sync_batchnorm(model, torch.device("cpu"))
+    model.train()
+    if bn == "frozen":
+        for m in model.modules():
+            if isinstance(m, torch.nn.modules.batchnorm._BatchNorm):
+                m.eval()
+    return model
+
+
 def one_step(model: Method, net: torch.nn.Module, inputs: dict) -> dict:
     """Forward and backward of one step; the loss of the global batch, every gradient and the buffers."""
-    model.train()
     model.progress = Progress(0, 1, 10)
     loss, _ = net(inputs["views"], **{k: inputs[k] for k in model.needs})
     loss.backward()
@@ -67,12 +79,13 @@ def local_slice(inputs: dict) -> dict:
 
 
 def parity(folder: Path) -> None:
-    """Every method with --sync-bn (GlobalBatchNorm: batch norms in training mode, global statistics) and DDP."""
+    """One DDP step of every method in each batch-norm mode (plain per-process BN for SimCLR only: the control)."""
     results = {}
-    for name in HPARAMS:
-        model = distributed.convert_sync_batchnorm(build(name), torch.device("cpu"))
-        net = distributed.wrap(model, torch.device("cpu"), find_unused_parameters=model.skips_parameters)
-        results[name] = one_step(model, net, local_slice(make_inputs(name)))
+    for bn, names in (("frozen", HPARAMS), ("sync", HPARAMS), ("local", ["simclr"])):
+        for name in names:
+            model = prepare(build(name), bn)
+            net = distributed.wrap(model, torch.device("cpu"), find_unused_parameters=model.skips_parameters)
+            results[f"{bn}/{name}"] = one_step(model, net, local_slice(make_inputs(name)))
     if distributed.is_main():
         torch.save(results, folder / "parity.pt")
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ddp_worker import HPARAMS, build, make_inputs, one_step
+from ddp_worker import HPARAMS, build, make_inputs, one_step, prepare
 from safetensors.torch import load_file
 from shared_helpers import make_tiny_config, write_image_folder
 
@@ -36,7 +36,8 @@ STOP_AT = 3  # the two-process run is killed after step 3 of 6; its last checkpo
 
 
 def run_config(images: Path, out: Path) -> PretrainConfig:
-    return make_tiny_config(images, out, sync_bn=True, checkpoint_every_steps=2)
+    # lr 0.05, not the tiny config's 0.5: a gentler run, in which float32 noise (sums in another order) stays small
+    return make_tiny_config(images, out, sync_bn=True, checkpoint_every_steps=2, lr=0.05)
 
 
 @pytest.fixture(scope="module")
@@ -59,26 +60,28 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return folder
 
 
-def assert_near(got: torch.Tensor, want: torch.Tensor, what: str) -> None:
-    """Equal within 1e-5 of the tensor's scale (its largest entry, at least 1): float32 sums in another order
-    differ by ~1e-6 of the largest term, and a bias in front of a batch norm has a zero gradient plus noise."""
-    scale = max(1.0, float(want.abs().max()))
-    diff = float((got - want).abs().max())
-    assert diff <= 1e-5 * scale, f"{what}: max difference {diff:.3g} at scale {scale:.3g}"
+def max_difference(got: dict, want: dict) -> float:
+    """Largest element-wise difference of the loss, the gradients and the buffers, relative to each tensor's
+    scale (its largest entry, at least 1)."""
+    assert got["grads"].keys() == want["grads"].keys() and got["buffers"].keys() == want["buffers"].keys()
+    pairs = [(got["loss"], want["loss"])] + [(got[part][k], want[part][k]) for part in ("grads", "buffers")
+                                             for k in want[part]]
+    return max(float((a - b).abs().max() / max(1.0, float(b.abs().max()))) for a, b in pairs if b.numel())
 
 
 @pytest.mark.parametrize("name", sorted(HPARAMS))
 def test_one_step_on_two_processes_equals_one_process_on_the_combined_batch(job: Path, name: str) -> None:
-    model = build(name)
-    reference = one_step(model, model, make_inputs(name))
-    got = torch.load(job / "parity.pt", weights_only=True)[name]
-    assert_near(got["loss"], reference["loss"], f"{name}: loss")
-    assert got["grads"].keys() == reference["grads"].keys()
-    for key, grad in reference["grads"].items():
-        assert_near(got["grads"][key], grad, f"{name}: gradient of {key}")
-    assert got["buffers"].keys() == reference["buffers"].keys()
-    for key, buffer in reference["buffers"].items():  # MoCo's queue, DINO's center
-        assert_near(got["buffers"][key], buffer, f"{name}: {key}")
+    """Loss, every gradient, MoCo's queue and DINO's center after one step. With frozen batch norms within 1e-5;
+    with --sync-bn (global statistics in training mode) float32's reordered sums through batch-norm backward
+    over 8 images leave ~1e-5 of noise, so 5e-5, while per-process batch norm is off by far more."""
+    got = torch.load(job / "parity.pt", weights_only=True)
+    for bn, tolerance in (("frozen", 1e-5), ("sync", 5e-5)):
+        model = prepare(build(name), bn)
+        difference = max_difference(got[f"{bn}/{name}"], one_step(model, model, make_inputs(name)))
+        assert difference <= tolerance, f"{name} with {bn} batch norm: relative difference {difference:.3g}"
+    if name == "simclr":  # the control: statistics of each process's slice are not those of the global batch
+        model = prepare(build(name), "sync")
+        assert max_difference(got["local/simclr"], one_step(model, model, make_inputs(name))) > 1e-3
 
 
 def test_processes_that_disagree_all_stop_with_one_line(job: Path) -> None:
