@@ -1,6 +1,7 @@
 """Images/s of `sslforge pretrain` in 1 process and in N processes (`--devices N`, torchrun, gloo on CPU).
 
-Every process gets one thread (OMP_NUM_THREADS=1), so N processes use N cores. The two settings run
+Every process gets one thread (OMP_NUM_THREADS=1), so N processes use N cores; `--single-threads N`
+gives the one process N threads instead (the same cores, without data parallelism). The two settings run
 alternately, `--rounds` times each, on the same images and global batch; the figure is the median
 images/s over the steps after `--skip` warm-up steps (metrics.csv's images_per_s is the global
 batch over the step time of rank 0). Prints a markdown table and the ratio.
@@ -20,7 +21,7 @@ import tempfile
 from pathlib import Path
 
 
-def run_once(devices: int, args: argparse.Namespace, out: Path) -> float:
+def run_once(devices: int, threads: int, args: argparse.Namespace, out: Path) -> float:
     shutil.rmtree(out, ignore_errors=True)
     cmd = [sys.executable, "-m", "pretrain", "pretrain", "--devices", str(devices), "--method", args.method,
            "--backbone", args.backbone, "--image-size", str(args.image_size), "--batch-size", str(args.batch_size),
@@ -28,7 +29,7 @@ def run_once(devices: int, args: argparse.Namespace, out: Path) -> float:
            "--quiet", "--warmup-epochs", "0"]
     if args.data:
         cmd += ["--data", args.data]
-    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, stdout=subprocess.DEVNULL)
+    subprocess.run(cmd, check=True, env={**os.environ, "OMP_NUM_THREADS": str(threads)}, stdout=subprocess.DEVNULL)
     rows = list(csv.DictReader((out / "metrics.csv").read_text().splitlines()))
     return statistics.median(float(r["images_per_s"]) for r in rows[args.skip:])
 
@@ -36,6 +37,7 @@ def run_once(devices: int, args: argparse.Namespace, out: Path) -> float:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--devices", type=int, default=2, help="processes of the parallel setting (default: 2)")
+    p.add_argument("--single-threads", type=int, default=1, help="threads of the one process (default: 1)")
     p.add_argument("--rounds", type=int, default=2, help="alternating runs of each setting (default: 2)")
     p.add_argument("--method", default="simclr", help="method (default: simclr)")
     p.add_argument("--backbone", default="resnet18", help="backbone (default: resnet18, small stem at 32 px)")
@@ -49,11 +51,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(args.rounds):
             for devices in (1, args.devices):
-                speed = run_once(devices, args, Path(tmp) / "run")
+                speed = run_once(devices, args.single_threads if devices == 1 else 1, args, Path(tmp) / "run")
                 results[devices].append(speed)
                 print(f"round {r + 1}: {devices} process(es): {speed:.1f} images/s", flush=True)
     one, many = statistics.median(results[1]), statistics.median(results[args.devices])
-    print(f"\n| processes (1 thread each) | images/s (median of {args.rounds} runs) | runs |")
+    print(f"\n| processes (threads: {args.single_threads} for 1 process, 1 each otherwise) | images/s (median of {args.rounds} runs) | runs |")
     print("| --- | --- | --- |")
     for devices, speeds in results.items():
         print(f"| {devices} | {statistics.median(speeds):.1f} | {', '.join(f'{s:.1f}' for s in speeds)} |")
