@@ -55,7 +55,8 @@ def main() -> None:
                 results[devices].append(speed)
                 print(f"round {r + 1}: {devices} process(es): {speed:.1f} images/s", flush=True)
     one, many = statistics.median(results[1]), statistics.median(results[args.devices])
-    print(f"\n| processes (threads: {args.single_threads} for 1 process, 1 each otherwise) | images/s (median of {args.rounds} runs) | runs |")
+    print(f"\n| processes ({args.single_threads} thread(s) for 1 process, 1 each otherwise) "
+          f"| images/s (median of {args.rounds} runs) | runs |")
     print("| --- | --- | --- |")
     for devices, speeds in results.items():
         print(f"| {devices} | {statistics.median(speeds):.1f} | {', '.join(f'{s:.1f}' for s in speeds)} |")
