@@ -70,7 +70,7 @@ class Launched(SystemExit):
     """`--devices N` ran the command in N processes; carries their exit status."""
 
 
-def launch_devices(args: argparse.Namespace) -> None:
+def launch_devices(args: argparse.Namespace, cfg: PretrainConfig) -> None:
     """Re-run this command line without --devices in `args.devices` processes started by torchrun."""
     import torch
 
@@ -78,6 +78,9 @@ def launch_devices(args: argparse.Namespace) -> None:
 
     if args.devices < 1:
         raise ConfigError(f"--devices must be >= 1 (got {args.devices})")
+    if cfg.batch_size % (args.devices * cfg.accumulate):
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by devices x accumulate = {args.devices} x "
+                          f"{cfg.accumulate}: each process takes batch/{args.devices} images per step")
     if distributed.launched():
         raise ConfigError("--devices N starts its own processes: drop it when running under torchrun")
     gpus = torch.cuda.device_count()
@@ -100,7 +103,7 @@ def cmd_pretrain(args: argparse.Namespace) -> None:
 
     cfg, resume = config_from_args(args)  # bad options fail here, before any process starts
     if args.devices != 1:
-        launch_devices(args)
+        launch_devices(args, cfg)
     out = Trainer(cfg, resume=resume, progress=not args.quiet).fit()
     if distributed.is_main():
         print(f"model dir: {out}")

@@ -152,6 +152,8 @@ def test_devices_option_checks_the_options_before_starting_processes(tmp_path: P
     assert main(["pretrain", "--devices", "2", "--batch-size", "0", "--out", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err
     assert err == "sslforge: error: batch_size must be a positive integer (got 0)\n"
+    assert main(["pretrain", "--devices", "2", "--batch-size", "9", "--out", str(tmp_path / "x")]) == 2
+    assert "batch_size 9 must be divisible by devices x accumulate = 2 x 1" in capsys.readouterr().err
     monkeypatch.setenv("WORLD_SIZE", "2")
     assert main(["pretrain", "--devices", "2", "--out", str(tmp_path / "x")]) == 2
     assert "drop it when running under torchrun" in capsys.readouterr().err
