@@ -96,7 +96,7 @@ class _Gather(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, grad: torch.Tensor) -> torch.Tensor:
-        grad = grad.contiguous()
+        grad = grad.clone(memory_format=torch.contiguous_format)  # autograd may share the incoming tensor
         dist.all_reduce(grad)
         start = dist.get_rank() * ctx.rows
         return grad[start:start + ctx.rows]
