@@ -119,6 +119,19 @@ class Engine:
             raise BadInput(f"k must be between 1 and {self.limits.max_k} (got {k})", status=422)
         return min(k, available)
 
+    def require_head(self) -> list[str]:
+        """The probe's classes; NoHead (404) when the model dir has none."""
+        if not self.embedder.classes:
+            raise NoHead(f"model dir {self.embedder.model.path} has no linear-probe head: train one with "
+                         f"`sslforge eval linear` (or use /embed and /search)", status=404)
+        return self.embedder.classes
+
+    def require_index(self) -> Index:
+        if self.index is None:
+            raise BadInput("no index was given at startup: restart with --index (SSLFORGE_INDEX) to search",
+                           status=404)
+        return self.index
+
     def features(self, batch: np.ndarray) -> np.ndarray:
         """Raw backbone features (n, D) float32 of a preprocessed batch: the one model call."""
         return self.embedder.features(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
@@ -129,10 +142,7 @@ class Engine:
 
     def classify(self, features: np.ndarray, k: int = 5) -> list[list[dict]]:
         """Top-k linear-probe labels with probabilities, per image."""
-        classes = self.embedder.classes
-        if not classes:
-            raise NoHead(f"model dir {self.embedder.model.path} has no linear-probe head: train one with "
-                         f"`sslforge probe` (or use /embed and /search)", status=404)
+        classes = self.require_head()
         k = self.check_k(k, len(classes))
         probs = self.embedder.probabilities(features)
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
@@ -140,10 +150,7 @@ class Engine:
 
     def search(self, features: np.ndarray, k: int = 10) -> list[list[dict]]:
         """The k nearest indexed images (id, path, label, cosine score), per image."""
-        if self.index is None:
-            raise BadInput("this service was started without an index: restart it with --index (SSLFORGE_INDEX)",
-                           status=404)
-        k = self.check_k(k, len(self.index))
+        k = self.check_k(k, len(self.require_index()))
         _, _, hits = self.index.search(self.embeddings(features), k)
         return [[h for h in row if h is not None] for row in hits]
 

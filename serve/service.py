@@ -1,0 +1,82 @@
+"""The BentoML service: /embed, /classify, /search on uploaded images, plus BentoML's /livez, /readyz, /metrics.
+
+    SSLFORGE_MODEL=runs/NAME SSLFORGE_INDEX=idx/NAME bentoml serve        # from the project root (bentofile.yaml)
+    sslforge serve --model runs/NAME --index idx/NAME                    # the same, with options
+
+Each request is checked and preprocessed on its own (a bad upload gets a 4xx and touches nothing
+else); only the model call, /features, is batchable: concurrent requests reach it through the
+service's own client and BentoML's adaptive batching joins them into one call. With batching off
+(SSLFORGE_BATCHING=0) the same path runs one request per model call, so the two compare fairly.
+"""
+from __future__ import annotations
+
+from http import HTTPStatus
+from pathlib import Path
+
+import bentoml
+import numpy as np
+from bentoml.exceptions import BentoMLException
+
+from serve.engine import BadInput, Engine
+from serve.settings import SettingsError, from_env
+
+BATCH = from_env(require_model=False)  # BentoML takes the batching knobs at class definition
+
+
+def refused(e: BadInput) -> BentoMLException:
+    """Our 4xx as BentoML's error response: {"error": "<one line>"} with that status."""
+    return BentoMLException(str(e), error_code=HTTPStatus(e.status))
+
+
+@bentoml.service(name="sslforge", traffic={"timeout": 120}, metrics={"enabled": True})
+class SSLForge:
+    """Embeddings, linear-probe predictions and image search with one model dir (and index)."""
+
+    def __init__(self) -> None:
+        try:
+            self.engine = Engine.load(from_env())
+        except SettingsError as e:
+            raise SystemExit(f"sslforge service: {e}") from None
+
+    @bentoml.api(batchable=BATCH.batching, max_batch_size=BATCH.max_batch_size,
+                 max_latency_ms=BATCH.max_latency_ms)
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Raw backbone features (n, D) of preprocessed images (n, 3, crop, crop): the one model call."""
+        try:
+            self.engine.check_batch(batch)
+        except BadInput as e:
+            raise refused(e) from None
+        return self.engine.features(batch)
+
+    async def _features(self, images: list[Path]) -> np.ndarray:
+        """Check and preprocess this request's uploads, then send them through the (batching) /features."""
+        try:
+            batch = self.engine.prepare(images)
+        except BadInput as e:
+            raise refused(e) from None
+        proxy = getattr(self, "to_async", None)
+        return await proxy.features(batch) if proxy is not None else self.features(batch)
+
+    @bentoml.api
+    async def embed(self, images: list[Path]) -> dict:
+        """L2-normalised embeddings, one row per uploaded image (form field `images`, one or more files)."""
+        vectors = self.engine.embeddings(await self._features(images))
+        return {"embeddings": vectors.tolist(), "dim": int(vectors.shape[1]), "model": self.engine.embedder.fingerprint}
+
+    @bentoml.api
+    async def classify(self, image: Path, k: int = 5) -> dict:
+        """Top-k linear-probe labels with probabilities (404 when the model dir has no head)."""
+        try:
+            self.engine.check_k(k, len(self.engine.require_head()))
+            return {"predictions": self.engine.classify(await self._features([image]), k)[0]}
+        except BadInput as e:
+            raise refused(e) from None
+
+    @bentoml.api
+    async def search(self, image: Path, k: int = 10) -> dict:
+        """The k nearest indexed images: id, path (relative to the index's root), label, cosine score."""
+        try:
+            self.engine.check_k(k, len(self.engine.require_index()))
+            return {"results": self.engine.search(await self._features([image]), k)[0]}
+        except BadInput as e:
+            raise refused(e) from None

@@ -1,0 +1,78 @@
+"""A served model for the serve tests: a tiny model dir with a probe head, and an index of a tiny image folder."""
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+from export_helpers import make_model_dir
+from shared_helpers import write_image_folder
+
+from export.embedder import Embedder
+from retrieval import Index
+
+CLASSES = ["class_0", "class_1", "class_2"]
+
+
+def make_served(root: Path, head: bool = True, seed: int = 0) -> tuple[Path, Path, Path]:
+    """(model dir, index dir, image folder): 3 classes x 4 JPEGs at 32 px, indexed with the model's embeddings."""
+    images = write_image_folder(root / "images", per_class=4)
+    model = make_model_dir(root / "model", classes=CLASSES if head else None, seed=seed)
+    files = sorted(images.rglob("*.jpg"))
+    vectors = Embedder.load(model).embed(files)
+    index = Index.build(vectors, [f.relative_to(images).as_posix() for f in files], [f.parent.name for f in files],
+                        model_fingerprint=model.fingerprint, progress=False)
+    index.info["root"] = str(images)
+    index.save(root / "index")
+    return model.path, root / "index", images
+
+
+def free_port() -> int:
+    """A free port below the ephemeral range (a client dialling an unused ephemeral port can connect to itself)."""
+    for port in range(20000 + os.getpid() % 5000, 32000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port")
+
+
+def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 180) -> None:
+    """Poll /readyz until 200; fail with the server's output if it exits first."""
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            raise RuntimeError(f"server exited ({proc.returncode}):\n{proc.stdout.read() if proc.stdout else ''}")
+        try:
+            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise TimeoutError(f"{url} not ready after {timeout} s")
+
+
+def start_bentoml(env: dict[str, str], port: int, cwd: Path) -> subprocess.Popen:
+    """`bentoml serve` from the project root (its bentofile.yaml), as a user runs it."""
+    return subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
+                            cwd=cwd, env={**os.environ, **env}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True)
+
+
+def png_bytes(size: int = 32, seed: int = 0) -> bytes:
+    import io
+
+    from PIL import Image
+
+    rng = np.random.default_rng(seed)
+    buf = io.BytesIO()
+    Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
+    return buf.getvalue()
