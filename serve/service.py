@@ -10,17 +10,38 @@ service's own client and BentoML's adaptive batching joins them into one call. W
 """
 from __future__ import annotations
 
+import sys
 from http import HTTPStatus
 from pathlib import Path
+from typing import Annotated
 
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
+from bentoml.validators import DType, Shape
 
 from serve.engine import BadInput, Engine
-from serve.settings import SettingsError, from_env
+from serve.settings import Settings, SettingsError, from_env
 
-BATCH = from_env(require_model=False)  # BentoML takes the batching knobs at class definition
+
+def _preflight() -> tuple[Settings, tuple[int, int, int] | None]:
+    """Settings, and the model's input shape, checked when `bentoml serve` imports this module.
+
+    Checking here, in the server's main process, makes a missing or mismatched model dir / index stop
+    `bentoml serve` at once with one line (a worker failing in __init__ would be restarted forever).
+    Other importers (`bentoml build`, tests) need no model.
+    """
+    settings = from_env(require_model=False)
+    if not (settings.model or sys.argv[1:2] == ["serve"]):
+        return settings, None
+    try:
+        return settings, Engine.load(from_env()).input_shape
+    except SettingsError as e:
+        raise SystemExit(f"sslforge service: {e}") from None
+
+
+SETTINGS, INPUT_SHAPE = _preflight()  # BentoML takes the batching knobs and input types at class definition
+Batch = Annotated[np.ndarray, Shape((-1, *INPUT_SHAPE)), DType("float32")] if INPUT_SHAPE else np.ndarray
 
 
 def refused(e: BadInput) -> BentoMLException:
@@ -38,9 +59,9 @@ class SSLForge:
         except SettingsError as e:
             raise SystemExit(f"sslforge service: {e}") from None
 
-    @bentoml.api(batchable=BATCH.batching, max_batch_size=BATCH.max_batch_size,
-                 max_latency_ms=BATCH.max_latency_ms)
-    def features(self, batch: np.ndarray) -> np.ndarray:
+    @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
+                 max_latency_ms=SETTINGS.max_latency_ms)
+    def features(self, batch: Batch) -> np.ndarray:
         """Raw backbone features (n, D) of preprocessed images (n, 3, crop, crop): the one model call."""
         try:
             self.engine.check_batch(batch)
