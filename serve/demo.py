@@ -58,7 +58,7 @@ def build_demo(engine: Engine, k: int = 8):
                     f"index `{engine.index.path}` ({len(engine.index):,} images). Upload or drop an image.")
         with gr.Row():
             with gr.Column(scale=1):
-                image = gr.Image(type="filepath", label="query image", sources=["upload", "clipboard"],
+                image = gr.Image(type="filepath", label="query image", sources=["upload", "clipboard"], height=256,
                                  elem_id="query")
                 slider = gr.Slider(1, max_k, value=min(k, max_k), step=1, label="k (results)", elem_id="k")
                 probe = gr.Label(label="linear-probe prediction", num_top_classes=3,

@@ -9,11 +9,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-from export_helpers import make_model_dir
 from shared_helpers import write_image_folder
 
 from export.embedder import Embedder
 from retrieval import Index
+
+sys.path.append(str(Path(__file__).resolve().parents[1] / "export"))  # export's test helpers, when run alone
+from export_helpers import make_model_dir  # noqa: E402
 
 CLASSES = ["class_0", "class_1", "class_2"]
 
@@ -76,3 +78,15 @@ def png_bytes(size: int = 32, seed: int = 0) -> bytes:
     buf = io.BytesIO()
     Image.fromarray(rng.integers(0, 255, (size, size, 3), dtype=np.uint8)).save(buf, format="PNG")
     return buf.getvalue()
+
+
+def png_header(width: int, height: int) -> bytes:
+    """A PNG that declares width x height pixels but holds one tiny compressed row: a decompression-bomb stand-in."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
