@@ -22,7 +22,7 @@ from export.embedder import Embedder
 from export.errors import ExportError
 from export.parity import l2_normalize
 from pretrain.data import load_rgb
-from pretrain.modeldir import ModelDirError
+from pretrain.modeldir import ModelDirError, load_model_dir
 from retrieval import Index, IndexDirError
 from serve.settings import Limits, Settings, SettingsError
 
@@ -75,10 +75,17 @@ class Engine:
         self.embedder, self.index, self.limits = embedder, index, limits
 
     @classmethod
-    def load(cls, settings: Settings) -> Engine:
-        """Load and cross-check the model dir and index; any problem is one SettingsError line."""
+    def load(cls, settings: Settings, *, backbone: bool = True) -> Engine:
+        """Load and cross-check the model dir and index; any problem is one SettingsError line.
+
+        `backbone=False` skips the backbone (a front end that preprocesses, applies the head and searches,
+        while another process runs the model): `features` is then unavailable.
+        """
         try:
-            embedder = Embedder.load(settings.model, settings.backend, device=settings.device)
+            if backbone:
+                embedder = Embedder.load(settings.model, settings.backend, device=settings.device)
+            else:
+                embedder = Embedder(load_model_dir(settings.model), None, settings.backend)
         except (ModelDirError, ExportError, FileNotFoundError) as e:
             raise SettingsError(f"model dir {settings.model}: {e}") from None
         index = None

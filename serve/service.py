@@ -3,18 +3,22 @@
     SSLFORGE_MODEL=runs/NAME SSLFORGE_INDEX=idx/NAME bentoml serve        # from the project root (bentofile.yaml)
     sslforge serve --model runs/NAME --index idx/NAME                    # the same, with options
 
-Each request is checked and preprocessed on its own (a bad upload gets a 4xx and touches nothing
-else); only the model call, /features, is batchable: concurrent requests reach it through the
-service's own client and BentoML's adaptive batching joins them into one call. With batching off
-(SSLFORGE_BATCHING=0) the same path runs one request per model call, so the two compare fairly.
+Two services, as BentoML composes them: `SSLForge` (the public one) checks and preprocesses each
+request on its own, so a bad upload gets a 4xx and touches nothing else, then applies the probe head
+or searches the index; `Encoder`, which it depends on, runs the backbone behind adaptive batching,
+so concurrent requests share one model call. With batching off (SSLFORGE_BATCHING=0) the same path
+runs one request per model call, so the two compare fairly.
 """
 from __future__ import annotations
 
+import asyncio
 import sys
+from dataclasses import replace
 from http import HTTPStatus
 from pathlib import Path
 from typing import Annotated
 
+import aiohttp
 import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
@@ -44,20 +48,31 @@ SETTINGS, INPUT_SHAPE = _preflight()  # BentoML takes the batching knobs and inp
 Batch = Annotated[np.ndarray, Shape((-1, *INPUT_SHAPE)), DType("float32")] if INPUT_SHAPE else np.ndarray
 
 
+# BentoML 1.4.39's service client replaces its HTTP session every 100 calls and closes the old one while
+# other calls are still in flight on it (_bentoml_impl/client/proxy2.py, SessionManager.get_session): those
+# fail with "Server disconnected". The call to the encoder is idempotent, so it is retried.
+ENCODER_TRIES = 3
+
+
+def _load(backbone: bool) -> Engine:
+    try:
+        settings = from_env()
+        return Engine.load(settings if backbone is False else replace(settings, index=None), backbone=backbone)
+    except SettingsError as e:
+        raise SystemExit(f"sslforge service: {e}") from None
+
+
 def refused(e: BadInput) -> BentoMLException:
     """Our 4xx as BentoML's error response: {"error": "<one line>"} with that status."""
     return BentoMLException(str(e), error_code=HTTPStatus(e.status))
 
 
-@bentoml.service(name="sslforge", traffic={"timeout": 120}, metrics={"enabled": True})
-class SSLForge:
-    """Embeddings, linear-probe predictions and image search with one model dir (and index)."""
+@bentoml.service(name="sslforge-encoder", traffic={"timeout": 120}, metrics={"enabled": True})
+class Encoder:
+    """The backbone alone: preprocessed images in, raw features out, batched across concurrent requests."""
 
     def __init__(self) -> None:
-        try:
-            self.engine = Engine.load(from_env())
-        except SettingsError as e:
-            raise SystemExit(f"sslforge service: {e}") from None
+        self.engine = _load(backbone=True)
 
     @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
                  max_latency_ms=SETTINGS.max_latency_ms)
@@ -69,14 +84,28 @@ class SSLForge:
             raise refused(e) from None
         return self.engine.features(batch)
 
+
+@bentoml.service(name="sslforge", traffic={"timeout": 120}, metrics={"enabled": True})
+class SSLForge:
+    """Embeddings, linear-probe predictions and image search with one model dir (and index)."""
+
+    encoder = bentoml.depends(Encoder)
+
+    def __init__(self) -> None:
+        self.engine = _load(backbone=False)
+
     async def _features(self, images: list[Path]) -> np.ndarray:
-        """Check and preprocess this request's uploads, then send them through the (batching) /features."""
+        """Check and preprocess this request's uploads, then send them to the (batching) encoder."""
         try:
-            batch = self.engine.prepare(images)
+            batch = await asyncio.to_thread(self.engine.prepare, images)  # decoding stays off the event loop
         except BadInput as e:
             raise refused(e) from None
-        proxy = getattr(self, "to_async", None)
-        return await proxy.features(batch) if proxy is not None else self.features(batch)
+        for attempt in range(1, ENCODER_TRIES + 1):
+            try:
+                return np.asarray(await self.encoder.to_async.features(batch))
+            except aiohttp.ClientConnectionError:  # the client closed its session under this call: see ENCODER_TRIES
+                if attempt == ENCODER_TRIES:
+                    raise
 
     @bentoml.api
     async def embed(self, images: list[Path]) -> dict:
@@ -89,7 +118,8 @@ class SSLForge:
         """Top-k linear-probe labels with probabilities (404 when the model dir has no head)."""
         try:
             self.engine.check_k(k, len(self.engine.require_head()))
-            return {"predictions": self.engine.classify(await self._features([image]), k)[0]}
+            feats = await self._features([image])
+            return {"predictions": (await asyncio.to_thread(self.engine.classify, feats, k))[0]}
         except BadInput as e:
             raise refused(e) from None
 
@@ -98,6 +128,7 @@ class SSLForge:
         """The k nearest indexed images: id, path (relative to the index's root), label, cosine score."""
         try:
             self.engine.check_k(k, len(self.engine.require_index()))
-            return {"results": self.engine.search(await self._features([image]), k)[0]}
+            feats = await self._features([image])
+            return {"results": (await asyncio.to_thread(self.engine.search, feats, k))[0]}
         except BadInput as e:
             raise refused(e) from None
