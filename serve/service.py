@@ -23,6 +23,7 @@ import bentoml
 import numpy as np
 from bentoml.exceptions import BentoMLException
 from bentoml.validators import DType, Shape
+from starlette.responses import JSONResponse
 
 from serve.engine import BadInput, Engine
 from serve.settings import Settings, SettingsError, from_env
@@ -63,8 +64,14 @@ def _load(backbone: bool) -> Engine:
 
 
 def refused(e: BadInput) -> BentoMLException:
-    """Our 4xx as BentoML's error response: {"error": "<one line>"} with that status."""
+    """A 4xx raised inside BentoML (the encoder): BentoML answers it with {"error": ...} and that status."""
     return BentoMLException(str(e), error_code=HTTPStatus(e.status))
+
+
+def refusal(e: BadInput) -> JSONResponse:
+    """The public endpoints' 4xx: {"error": "<one line>"}, returned rather than raised, so a client's mistake
+    is one access-log line and not a server error with a traceback."""
+    return JSONResponse({"error": str(e)}, status_code=e.status)
 
 
 @bentoml.service(name="sslforge-encoder", traffic={"timeout": 120}, metrics={"enabled": True})
@@ -95,11 +102,8 @@ class SSLForge:
         self.engine = _load(backbone=False)
 
     async def _features(self, images: list[Path]) -> np.ndarray:
-        """Check and preprocess this request's uploads, then send them to the (batching) encoder."""
-        try:
-            batch = await asyncio.to_thread(self.engine.prepare, images)  # decoding stays off the event loop
-        except BadInput as e:
-            raise refused(e) from None
+        """Check and preprocess this request's uploads (BadInput), then send them to the (batching) encoder."""
+        batch = await asyncio.to_thread(self.engine.prepare, images)  # decoding stays off the event loop
         for attempt in range(1, ENCODER_TRIES + 1):
             try:
                 return np.asarray(await self.encoder.to_async.features(batch))
@@ -110,7 +114,10 @@ class SSLForge:
     @bentoml.api
     async def embed(self, images: list[Path]) -> dict:
         """L2-normalised embeddings, one row per uploaded image (form field `images`, one or more files)."""
-        vectors = self.engine.embeddings(await self._features(images))
+        try:
+            vectors = self.engine.embeddings(await self._features(images))
+        except BadInput as e:
+            return refusal(e)
         return {"embeddings": vectors.tolist(), "dim": int(vectors.shape[1]), "model": self.engine.embedder.fingerprint}
 
     @bentoml.api
@@ -121,7 +128,7 @@ class SSLForge:
             feats = await self._features([image])
             return {"predictions": (await asyncio.to_thread(self.engine.classify, feats, k))[0]}
         except BadInput as e:
-            raise refused(e) from None
+            return refusal(e)
 
     @bentoml.api
     async def search(self, image: Path, k: int = 10) -> dict:
@@ -131,4 +138,4 @@ class SSLForge:
             feats = await self._features([image])
             return {"results": (await asyncio.to_thread(self.engine.search, feats, k))[0]}
         except BadInput as e:
-            raise refused(e) from None
+            return refusal(e)
