@@ -101,11 +101,6 @@ class Engine:
         return cls(embedder, index, settings.limits)
 
     # ---- requests ---------------------------------------------------------------------------------------
-    @property
-    def input_shape(self) -> tuple[int, int, int]:
-        crop = self.embedder.preprocessing.crop
-        return 3, crop, crop
-
     def prepare(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
         """Uploaded image files -> one preprocessed float32 batch (n, 3, crop, crop); BadInput on any bad one."""
         if not paths:
@@ -114,12 +109,6 @@ class Engine:
             raise BadInput(f"{len(paths)} images in one request; the limit is {self.limits.max_images}", status=413)
         images = [read_image(p, self.limits, f"image {i}" if len(paths) > 1 else "image") for i, p in enumerate(paths)]
         return self.embedder.preprocess(images).numpy()
-
-    def check_batch(self, batch: np.ndarray) -> None:
-        """A preprocessed batch sent straight to the features endpoint must have the model's input shape."""
-        if batch.ndim != 4 or tuple(batch.shape[1:]) != self.input_shape:
-            raise BadInput(f"a preprocessed batch must have shape (n, {', '.join(map(str, self.input_shape))}), "
-                           f"got {tuple(batch.shape)}")
 
     def check_k(self, k: int, available: int) -> int:
         if not 1 <= k <= self.limits.max_k:

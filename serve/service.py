@@ -14,39 +14,34 @@ from __future__ import annotations
 import asyncio
 import sys
 from dataclasses import replace
-from http import HTTPStatus
 from pathlib import Path
-from typing import Annotated
 
 import aiohttp
 import bentoml
 import numpy as np
-from bentoml.exceptions import BentoMLException
-from bentoml.validators import DType, Shape
 from starlette.responses import JSONResponse
 
 from serve.engine import BadInput, Engine
 from serve.settings import Settings, SettingsError, from_env
 
 
-def _preflight() -> tuple[Settings, tuple[int, int, int] | None]:
-    """Settings, and the model's input shape, checked when `bentoml serve` imports this module.
+def _preflight() -> Settings:
+    """The settings; in the `bentoml serve` main process, also the full startup check.
 
-    Checking here, in the server's main process, makes a missing or mismatched model dir / index stop
+    Checking there, before any worker starts, makes a missing or mismatched model dir / index stop
     `bentoml serve` at once with one line (a worker failing in __init__ would be restarted forever).
-    Other importers (`bentoml build`, tests) need no model.
+    Other importers (workers, `bentoml build`, tests) skip it.
     """
-    settings = from_env(require_model=False)
-    if not (settings.model or sys.argv[1:2] == ["serve"]):
-        return settings, None
     try:
-        return settings, Engine.load(from_env()).input_shape
+        settings = from_env(require_model=False)
+        if sys.argv[1:2] == ["serve"]:
+            Engine.load(from_env())
     except SettingsError as e:
         raise SystemExit(f"sslforge service: {e}") from None
+    return settings
 
 
-SETTINGS, INPUT_SHAPE = _preflight()  # BentoML takes the batching knobs and input types at class definition
-Batch = Annotated[np.ndarray, Shape((-1, *INPUT_SHAPE)), DType("float32")] if INPUT_SHAPE else np.ndarray
+SETTINGS = _preflight()  # BentoML takes the batching knobs at class definition
 
 
 # BentoML 1.4.39's service client replaces its HTTP session every 100 calls and closes the old one while
@@ -58,14 +53,9 @@ ENCODER_TRIES = 3
 def _load(backbone: bool) -> Engine:
     try:
         settings = from_env()
-        return Engine.load(settings if backbone is False else replace(settings, index=None), backbone=backbone)
+        return Engine.load(replace(settings, index=None) if backbone else settings, backbone=backbone)
     except SettingsError as e:
         raise SystemExit(f"sslforge service: {e}") from None
-
-
-def refused(e: BadInput) -> BentoMLException:
-    """A 4xx raised inside BentoML (the encoder): BentoML answers it with {"error": ...} and that status."""
-    return BentoMLException(str(e), error_code=HTTPStatus(e.status))
 
 
 def refusal(e: BadInput) -> JSONResponse:
@@ -83,12 +73,11 @@ class Encoder:
 
     @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
                  max_latency_ms=SETTINGS.max_latency_ms)
-    def features(self, batch: Batch) -> np.ndarray:
-        """Raw backbone features (n, D) of preprocessed images (n, 3, crop, crop): the one model call."""
-        try:
-            self.engine.check_batch(batch)
-        except BadInput as e:
-            raise refused(e) from None
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Raw backbone features (n, D) of preprocessed images (n, 3, crop, crop): the one model call.
+
+        Reachable only by SSLForge (BentoML serves a dependency on its own socket, not the public port).
+        """
         return self.engine.features(batch)
 
 
