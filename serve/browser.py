@@ -38,7 +38,9 @@ def search_in_browser(url: str, image: str | Path, k: int, screenshot: str | Pat
             number.fill(str(k))
             number.press("Enter")
             page.locator("#query input[type=file]").set_input_files(str(image))
-            page.wait_for_function(f"document.querySelectorAll('#results img').length === {k}", timeout=timeout_ms)
+            page.wait_for_function(  # k results, every one of them loaded and drawn
+                f"[...document.querySelectorAll('#results img')].filter(i => i.complete && i.naturalWidth > 0)"
+                f".length === {k}", timeout=timeout_ms)
             captions = [c.strip() for c in page.locator("#results .caption-label").all_inner_texts()]
             probe = page.locator("#probe").inner_text() if page.locator("#probe").count() else ""
             if screenshot:
