@@ -12,6 +12,7 @@ runs one request per model call, so the two compare fairly.
 from __future__ import annotations
 
 import asyncio
+import math
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -44,10 +45,18 @@ def _preflight() -> Settings:
 SETTINGS = _preflight()  # BentoML takes the batching knobs at class definition
 
 
-# BentoML 1.4.39's service client replaces its HTTP session every 100 calls and closes the old one while
-# other calls are still in flight on it (_bentoml_impl/client/proxy2.py, SessionManager.get_session): those
-# fail with "Server disconnected". The call to the encoder is idempotent, so it is retried.
+# BentoML 1.4.39's service client replaces its HTTP session every 100 calls or 300 s and closes the old one
+# while other calls are still in flight on it (_bentoml_impl/client/proxy2.py, SessionManager.get_session):
+# they fail with "Server disconnected" or "Connection closed". `_keep_one_session` turns the refresh off; as
+# a safety net (the attribute is private), the idempotent call to the encoder is retried.
 ENCODER_TRIES = 3
+TRANSPORT_ERRORS = (aiohttp.ClientConnectionError, RuntimeError)
+
+
+def _keep_one_session(client: object) -> None:
+    manager = getattr(client, "_session_manager", None)
+    if manager is not None and hasattr(manager, "max_requests"):
+        manager.max_requests, manager.max_age = sys.maxsize, math.inf
 
 
 def _load(backbone: bool) -> Engine:
@@ -93,10 +102,12 @@ class SSLForge:
     async def _features(self, images: list[Path]) -> np.ndarray:
         """Check and preprocess this request's uploads (BadInput), then send them to the (batching) encoder."""
         batch = await asyncio.to_thread(self.engine.prepare, images)  # decoding stays off the event loop
+        client = self.encoder.to_async
+        _keep_one_session(client)
         for attempt in range(1, ENCODER_TRIES + 1):
             try:
-                return np.asarray(await self.encoder.to_async.features(batch))
-            except aiohttp.ClientConnectionError:  # the client closed its session under this call: see ENCODER_TRIES
+                return np.asarray(await client.features(batch))
+            except TRANSPORT_ERRORS:  # the client closed its session under this call: see ENCODER_TRIES
                 if attempt == ENCODER_TRIES:
                     raise
 
