@@ -137,6 +137,7 @@ def main() -> None:
             print(f"  {name:>12}: {rps:6.1f} req/s  p50 {p50:6.0f} ms  p99 {p99:6.0f} ms  mean batch {mb:4.1f}")
         on, off = med["batching on"], med["batching off"]
         print(f"  on / off: throughput x{on[0] / off[0]:.2f}, p50 x{on[1] / off[1]:.2f}, p99 x{on[2] / off[2]:.2f}")
+        print(f"server logs: {logs}")
     finally:
         for proc in procs.values():
             proc.terminate()
