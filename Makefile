@@ -12,6 +12,10 @@ run: $(STAMP)
 	$(BIN)/sslforge embed --model runs/quickstart --images "$$($(BIN)/sslforge sample)/test" --out emb/quickstart \
 		--backend onnx
 	$(BIN)/sslforge index quickstart --run runs/quickstart
+	@echo "serve them (issue 7): the BentoML service (either line), then the Gradio demo:"
+	@echo "  SSLFORGE_MODEL=runs/quickstart SSLFORGE_INDEX=runs/quickstart-retrieval/index $(BIN)/bentoml serve --port 3000"
+	@echo "  $(BIN)/sslforge serve --model runs/quickstart --index runs/quickstart-retrieval/index --backend onnx --port 3000"
+	@echo "  $(BIN)/sslforge demo --model runs/quickstart --index runs/quickstart-retrieval/index --port 7860"
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
@@ -24,7 +28,11 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || { free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); [ "$$free_kb" -ge 8000000 ] || { \
 		echo "error: a fresh sslforge install needs about 8 GB free disk here, $$((free_kb / 1024)) MB left; free some space and rerun make" >&2; exit 1; }; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-cache-dir -c constraints.txt -e '.[dev,export,retrieval]'
+	$(BIN)/python -m pip install --quiet --no-cache-dir -c constraints.txt -e '.[dev,export,retrieval,serve,demo]'
+	@# the demo's browser test drives Debian's Chromium (never a browser download): install it when missing
+	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -q && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } || { \
+		echo "error: /usr/bin/chromium is missing: run 'apt-get install -y chromium chromium-driver' as root" >&2; exit 1; }
 	touch $(STAMP)
 
 clean:

@@ -107,11 +107,15 @@ class Embedder:
 
     def predict(self, images: Sequence[ImageInput]) -> np.ndarray:
         """Class probabilities (n, C) of the linear-probe head (column order: `classes`)."""
+        return self.probabilities(self.features(self.preprocess(images)))
+
+    def probabilities(self, features: np.ndarray) -> np.ndarray:
+        """Class probabilities (n, C) of the linear-probe head from raw features (what a server batched)."""
         if self._head is None:
             head = self.model.load_head()
             self._head = (head.weight.detach().numpy().T.copy(), head.bias.detach().numpy().copy())
         weight, bias = self._head
-        logits = self.features(self.preprocess(images)) @ weight + bias
+        logits = np.asarray(features, dtype=np.float32) @ weight + bias
         logits -= logits.max(axis=1, keepdims=True)
         probs = np.exp(logits)
         return probs / probs.sum(axis=1, keepdims=True)

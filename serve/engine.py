@@ -1,0 +1,157 @@
+"""The serving core, free of any web framework: check uploads, embed, classify, search.
+
+    engine = Engine.load(settings)            # fails fast: missing model/index, index of another model
+    batch = engine.prepare([path, ...])       # decoded and preprocessed; BadInput for a bad upload
+    feats = engine.features(batch)            # raw backbone features (what adaptive batching batches)
+    engine.embeddings(feats) / engine.classify(feats, k) / engine.search(feats, k)
+
+Decoding, preprocessing and the backbone are export's Embedder; the index and its id table are
+retrieval's Index. The service and the demo both call this, so they answer alike.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from PIL import Image, UnidentifiedImageError
+
+from export.embedder import Embedder
+from export.errors import ExportError
+from export.parity import l2_normalize
+from pretrain.data import load_rgb
+from pretrain.modeldir import ModelDirError, load_model_dir
+from retrieval import Index, IndexDirError
+from serve.settings import Limits, Settings, SettingsError
+
+
+class BadInput(ValueError):
+    """A request the service refuses (answered with a 4xx and this one-line reason); `status` is the HTTP code."""
+
+    def __init__(self, message: str, status: int = 400):
+        super().__init__(message)
+        self.status = status
+
+
+class NoHead(BadInput):
+    """/classify on a model dir without a linear-probe head."""
+
+
+def read_image(path: str | os.PathLike, limits: Limits, name: str = "image") -> Image.Image:
+    """An uploaded file as RGB, refused (BadInput) when empty, too big, too many pixels, not an image or truncated.
+
+    The header is read first, so a decompression bomb is refused before any pixel is decoded.
+    """
+    size = Path(path).stat().st_size
+    if size == 0:
+        raise BadInput(f"{name}: the upload is empty")
+    if size > limits.max_bytes:
+        raise BadInput(f"{name}: {size:,} bytes is over the limit of {limits.max_bytes:,}", status=413)
+    try:
+        with Image.open(path) as im:
+            width, height = im.size
+    except UnidentifiedImageError:
+        raise BadInput(f"{name}: not an image (no decoder recognises the file)", status=415) from None
+    except Image.DecompressionBombError:
+        raise BadInput(f"{name}: too many pixels (decompression bomb); the limit is {limits.max_pixels:,}",
+                       status=413) from None
+    except (OSError, ValueError, SyntaxError) as e:
+        raise BadInput(f"{name}: unreadable image header ({e})") from None
+    if width * height > limits.max_pixels:
+        raise BadInput(f"{name}: {width}x{height} = {width * height:,} pixels is over the limit of "
+                       f"{limits.max_pixels:,}", status=413)
+    try:
+        return load_rgb(path)
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
+        raise BadInput(f"{name}: the image is truncated or corrupt ({str(e) or type(e).__name__})") from None
+
+
+class Engine:
+    """An Embedder and, optionally, an Index of vectors from the same model."""
+
+    def __init__(self, embedder: Embedder, index: Index | None, limits: Limits):
+        self.embedder, self.index, self.limits = embedder, index, limits
+
+    @classmethod
+    def load(cls, settings: Settings, *, backbone: bool = True) -> Engine:
+        """Load and cross-check the model dir and index; any problem is one SettingsError line.
+
+        `backbone=False` skips the backbone (a front end that preprocesses, applies the head and searches,
+        while another process runs the model): `features` is then unavailable.
+        """
+        try:
+            if backbone:
+                embedder = Embedder.load(settings.model, settings.backend, device=settings.device)
+            else:
+                embedder = Embedder(load_model_dir(settings.model), None, settings.backend)
+        except (ModelDirError, ExportError, FileNotFoundError) as e:
+            raise SettingsError(f"model dir {settings.model}: {e}") from None
+        index = None
+        if settings.index:
+            try:
+                index = Index.load(settings.index)
+                index.check_model(embedder.fingerprint)
+            except IndexDirError as e:
+                raise SettingsError(f"index {settings.index}: {e}") from None
+            if index.dim != embedder.dim:
+                raise SettingsError(f"index {settings.index} holds dimension {index.dim}, model {settings.model} "
+                                    f"embeds to {embedder.dim}: rebuild the index with this model")
+        return cls(embedder, index, settings.limits)
+
+    # ---- requests ---------------------------------------------------------------------------------------
+    def prepare(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
+        """Uploaded image files -> one preprocessed float32 batch (n, 3, crop, crop); BadInput on any bad one."""
+        if not paths:
+            raise BadInput("no image in the request: upload one or more image files")
+        if len(paths) > self.limits.max_images:
+            raise BadInput(f"{len(paths)} images in one request; the limit is {self.limits.max_images}", status=413)
+        images = [read_image(p, self.limits, f"image {i}" if len(paths) > 1 else "image") for i, p in enumerate(paths)]
+        return self.embedder.preprocess(images).numpy()
+
+    def check_k(self, k: int, available: int) -> int:
+        if not 1 <= k <= self.limits.max_k:
+            raise BadInput(f"k must be between 1 and {self.limits.max_k} (got {k})", status=422)
+        return min(k, available)
+
+    def require_head(self) -> list[str]:
+        """The probe's classes; NoHead (404) when the model dir has none."""
+        if not self.embedder.classes:
+            raise NoHead(f"model dir {self.embedder.model.path} has no linear-probe head: train one with "
+                         f"`sslforge eval linear` (or use /embed and /search)", status=404)
+        return self.embedder.classes
+
+    def require_index(self) -> Index:
+        if self.index is None:
+            raise BadInput("no index was given at startup: restart with --index (SSLFORGE_INDEX) to search",
+                           status=404)
+        return self.index
+
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Raw backbone features (n, D) float32 of a preprocessed batch: the one model call."""
+        return self.embedder.features(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
+
+    # ---- answers ----------------------------------------------------------------------------------------
+    def embeddings(self, features: np.ndarray) -> np.ndarray:
+        return l2_normalize(features)
+
+    def classify(self, features: np.ndarray, k: int = 5) -> list[list[dict]]:
+        """Top-k linear-probe labels with probabilities, per image."""
+        classes = self.require_head()
+        k = self.check_k(k, len(classes))
+        probs = self.embedder.probabilities(features)
+        top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
+        return [[{"label": classes[j], "probability": float(row[j])} for j in idx] for row, idx in zip(probs, top)]
+
+    def search(self, features: np.ndarray, k: int = 10) -> list[list[dict]]:
+        """The k nearest indexed images (id, path, label, cosine score), per image."""
+        k = self.check_k(k, len(self.require_index()))
+        _, _, hits = self.index.search(self.embeddings(features), k)
+        return [[h for h in row if h is not None] for row in hits]
+
+    @property
+    def image_root(self) -> Path | None:
+        """Where the indexed paths live (recorded at index time), for showing the hits."""
+        root = self.index.info.get("root") if self.index is not None else None
+        return Path(root) if root else None

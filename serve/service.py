@@ -1,0 +1,141 @@
+"""The BentoML service: /embed, /classify, /search on uploaded images, plus BentoML's /livez, /readyz, /metrics.
+
+    SSLFORGE_MODEL=runs/NAME SSLFORGE_INDEX=idx/NAME bentoml serve        # from the project root (bentofile.yaml)
+    sslforge serve --model runs/NAME --index idx/NAME                    # the same, with options
+
+Two services, as BentoML composes them: `SSLForge` (the public one) checks and preprocesses each
+request on its own, so a bad upload gets a 4xx and touches nothing else, then applies the probe head
+or searches the index; `Encoder`, which it depends on, runs the backbone behind adaptive batching,
+so concurrent requests share one model call. With batching off (SSLFORGE_BATCHING=0) the same path
+runs one request per model call, so the two compare fairly.
+"""
+from __future__ import annotations
+
+import asyncio
+import math
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import aiohttp
+import bentoml
+import numpy as np
+from starlette.responses import JSONResponse
+
+from serve.engine import BadInput, Engine
+from serve.settings import Settings, SettingsError, from_env
+
+
+def _preflight() -> Settings:
+    """The settings; in the `bentoml serve` main process, also the full startup check.
+
+    Checking there, before any worker starts, makes a missing or mismatched model dir / index stop
+    `bentoml serve` at once with one line (a worker failing in __init__ would be restarted forever).
+    Other importers (workers, `bentoml build`, tests) skip it.
+    """
+    try:
+        settings = from_env(require_model=False)
+        if sys.argv[1:2] == ["serve"]:
+            Engine.load(from_env())
+    except SettingsError as e:
+        raise SystemExit(f"sslforge service: {e}") from None
+    return settings
+
+
+SETTINGS = _preflight()  # BentoML takes the batching knobs at class definition
+
+
+# BentoML 1.4.39's service client replaces its HTTP session every 100 calls or 300 s and closes the old one
+# while other calls are still in flight on it (_bentoml_impl/client/proxy2.py, SessionManager.get_session):
+# they fail with "Server disconnected" or "Connection closed". `_keep_one_session` turns the refresh off; as
+# a safety net (the attribute is private), the idempotent call to the encoder is retried.
+ENCODER_TRIES = 3
+TRANSPORT_ERRORS = (aiohttp.ClientConnectionError, RuntimeError)
+
+
+def _keep_one_session(client: object) -> None:
+    manager = getattr(client, "_session_manager", None)
+    if manager is not None and hasattr(manager, "max_requests"):
+        manager.max_requests, manager.max_age = sys.maxsize, math.inf
+
+
+def _load(backbone: bool) -> Engine:
+    try:
+        settings = from_env()
+        return Engine.load(replace(settings, index=None) if backbone else settings, backbone=backbone)
+    except SettingsError as e:
+        raise SystemExit(f"sslforge service: {e}") from None
+
+
+def refusal(e: BadInput) -> JSONResponse:
+    """The public endpoints' 4xx: {"error": "<one line>"}, returned rather than raised, so a client's mistake
+    is one access-log line and not a server error with a traceback."""
+    return JSONResponse({"error": str(e)}, status_code=e.status)
+
+
+@bentoml.service(name="sslforge-encoder", traffic={"timeout": 120}, metrics={"enabled": True})
+class Encoder:
+    """The backbone alone: preprocessed images in, raw features out, batched across concurrent requests."""
+
+    def __init__(self) -> None:
+        self.engine = _load(backbone=True)
+
+    @bentoml.api(batchable=SETTINGS.batching, max_batch_size=SETTINGS.max_batch_size,
+                 max_latency_ms=SETTINGS.max_latency_ms)
+    def features(self, batch: np.ndarray) -> np.ndarray:
+        """Raw backbone features (n, D) of preprocessed images (n, 3, crop, crop): the one model call.
+
+        Reachable only by SSLForge (BentoML serves a dependency on its own socket, not the public port).
+        """
+        return self.engine.features(batch)
+
+
+@bentoml.service(name="sslforge", traffic={"timeout": 120}, metrics={"enabled": True})
+class SSLForge:
+    """Embeddings, linear-probe predictions and image search with one model dir (and index)."""
+
+    encoder = bentoml.depends(Encoder)
+
+    def __init__(self) -> None:
+        self.engine = _load(backbone=False)
+
+    async def _features(self, images: list[Path]) -> np.ndarray:
+        """Check and preprocess this request's uploads (BadInput), then send them to the (batching) encoder."""
+        batch = await asyncio.to_thread(self.engine.prepare, images)  # decoding stays off the event loop
+        client = self.encoder.to_async
+        _keep_one_session(client)
+        for attempt in range(1, ENCODER_TRIES + 1):
+            try:
+                return np.asarray(await client.features(batch))
+            except TRANSPORT_ERRORS:  # the client closed its session under this call: see ENCODER_TRIES
+                if attempt == ENCODER_TRIES:
+                    raise
+
+    @bentoml.api
+    async def embed(self, images: list[Path]) -> dict:
+        """L2-normalised embeddings, one row per uploaded image (form field `images`, one or more files)."""
+        try:
+            vectors = self.engine.embeddings(await self._features(images))
+        except BadInput as e:
+            return refusal(e)
+        return {"embeddings": vectors.tolist(), "dim": int(vectors.shape[1]), "model": self.engine.embedder.fingerprint}
+
+    @bentoml.api
+    async def classify(self, image: Path, k: int = 5) -> dict:
+        """Top-k linear-probe labels with probabilities (404 when the model dir has no head)."""
+        try:
+            self.engine.check_k(k, len(self.engine.require_head()))
+            feats = await self._features([image])
+            return {"predictions": (await asyncio.to_thread(self.engine.classify, feats, k))[0]}
+        except BadInput as e:
+            return refusal(e)
+
+    @bentoml.api
+    async def search(self, image: Path, k: int = 10) -> dict:
+        """The k nearest indexed images: id, path (relative to the index's root), label, cosine score."""
+        try:
+            self.engine.check_k(k, len(self.engine.require_index()))
+            feats = await self._features([image])
+            return {"results": (await asyncio.to_thread(self.engine.search, feats, k))[0]}
+        except BadInput as e:
+            return refusal(e)

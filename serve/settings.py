@@ -1,0 +1,85 @@
+"""What the service serves and how, from environment variables (so `bentoml serve` and `sslforge serve` agree).
+
+    SSLFORGE_MODEL            model dir (required)               SSLFORGE_INDEX     index dir (optional: no /search)
+    SSLFORGE_BACKEND          torch | onnx | tensorrt (torch)    SSLFORGE_DEVICE    auto | cpu | cuda (auto)
+    SSLFORGE_BATCHING         1 | 0: adaptive batching (1)       SSLFORGE_MAX_BATCH_SIZE   32
+    SSLFORGE_MAX_LATENCY_MS   batching latency budget (10000)    SSLFORGE_MAX_IMAGES       images per request (64)
+    SSLFORGE_MAX_BYTES        bytes per upload (20 MB)           SSLFORGE_MAX_PIXELS       pixels per image (40 M)
+    SSLFORGE_MAX_K            largest k (100)
+
+The batching values are read when serve.service is imported: BentoML fixes them in the API decorator.
+"""
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+
+
+class SettingsError(ValueError):
+    """A serving setting (environment variable or option) is missing or malformed."""
+
+
+@dataclass(frozen=True)
+class Limits:
+    """What one request may carry; anything over is refused with a 4xx before it reaches the model."""
+
+    max_bytes: int = 20_000_000
+    max_pixels: int = 40_000_000
+    max_images: int = 64
+    max_k: int = 100
+
+
+@dataclass(frozen=True)
+class Settings:
+    model: str
+    index: str | None = None
+    backend: str = "torch"
+    device: str = "auto"
+    batching: bool = True
+    max_batch_size: int = 32
+    max_latency_ms: int = 10_000
+    limits: Limits = Limits()
+
+    def env(self) -> dict[str, str]:
+        """The environment variables that reproduce these settings in a `bentoml serve` process."""
+        env = {"SSLFORGE_MODEL": self.model, "SSLFORGE_BACKEND": self.backend, "SSLFORGE_DEVICE": self.device,
+               "SSLFORGE_BATCHING": "1" if self.batching else "0",
+               "SSLFORGE_MAX_BATCH_SIZE": str(self.max_batch_size),
+               "SSLFORGE_MAX_LATENCY_MS": str(self.max_latency_ms)}
+        if self.index:
+            env["SSLFORGE_INDEX"] = self.index
+        for f in fields(Limits):
+            env[f"SSLFORGE_{f.name.upper()}"] = str(getattr(self.limits, f.name))
+        return env
+
+
+def _int(env: Mapping[str, str], name: str, default: int, minimum: int) -> int:
+    raw = env.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise SettingsError(f"{name}={raw!r} is not an integer") from None
+    if value < minimum:
+        raise SettingsError(f"{name}={value} must be >= {minimum}")
+    return value
+
+
+def from_env(env: Mapping[str, str] | None = None, *, require_model: bool = True) -> Settings:
+    """Settings from SSLFORGE_* variables; a missing model dir is an error unless `require_model` is False."""
+    env = os.environ if env is None else env
+    model = env.get("SSLFORGE_MODEL", "")
+    if require_model and not model:
+        raise SettingsError("SSLFORGE_MODEL is not set: point it at a model dir (export SSLFORGE_MODEL=runs/NAME), "
+                            "or start the service with `sslforge serve --model runs/NAME`")
+    batching = env.get("SSLFORGE_BATCHING", "1").strip().lower()
+    if batching not in ("1", "0", "true", "false", "on", "off"):
+        raise SettingsError(f"SSLFORGE_BATCHING={batching!r}: use 1 or 0")
+    limits = Limits(**{f.name: _int(env, f"SSLFORGE_{f.name.upper()}", f.default, 1) for f in fields(Limits)})
+    return Settings(model=model, index=env.get("SSLFORGE_INDEX") or None,
+                    backend=env.get("SSLFORGE_BACKEND", "torch"), device=env.get("SSLFORGE_DEVICE", "auto"),
+                    batching=batching in ("1", "true", "on"),
+                    max_batch_size=_int(env, "SSLFORGE_MAX_BATCH_SIZE", 32, 2),
+                    max_latency_ms=_int(env, "SSLFORGE_MAX_LATENCY_MS", 10_000, 1), limits=limits)
