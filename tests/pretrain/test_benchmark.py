@@ -123,7 +123,8 @@ def test_a_cell_the_method_cannot_run_is_recorded_and_shown_as_na(tmp_path: Path
 
 def test_variants_and_grid_errors(tmp_path: Path) -> None:
     v = Variant.parse("vicregl:alpha=0.75:local_weight=2", "method")
-    assert v == Variant("vicregl", {"alpha": 0.75, "local_weight": 2}) and v.label == "vicregl:alpha=0.75:local_weight=2"
+    assert v == Variant("vicregl", {"alpha": 0.75, "local_weight": 2})
+    assert v.label == "vicregl:alpha=0.75:local_weight=2"
     assert v.slug == "vicregl_alpha-0.75_local_weight-2"
     assert Variant.parse({"name": "dcl", "args": {"k": 2}}, "transform").label == "dcl:k=2"
     with pytest.raises(ConfigError, match="NAME:KEY=VALUE"):

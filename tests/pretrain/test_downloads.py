@@ -12,8 +12,16 @@ import pytest
 from PIL import Image
 
 from pretrain.data import scan_images
-from pretrain.downloads import DATASETS, Archive, DownloadError, Source, nabirds_to_folders, prepare, safe_extract, \
-    verify
+from pretrain.downloads import (
+    DATASETS,
+    Archive,
+    DownloadError,
+    Source,
+    nabirds_to_folders,
+    prepare,
+    safe_extract,
+    verify,
+)
 
 
 def _md5(path: Path, limit: int | None = None) -> str:
