@@ -83,7 +83,7 @@ def cmd_plot_tsne(args: argparse.Namespace) -> None:
     feats = cached_features(model, images, batch_size=args.batch_size, workers=args.workers,
                             device=select_device(args.device), desc="embedding", progress=not args.quiet)
     points = tsne_2d(feats.features, perplexity=args.perplexity, seed=args.seed)
-    title = f"t-SNE of {model.info['method']['name']} embeddings, {len(points)} images of {images.root.name}"
+    title = f"t-SNE of {model.path.name} embeddings, {len(points)} images of {args.data}"
     out = args.out or str(model.path / "plots" / "tsne.png")
     plot_embedding_2d(points, feats.labels.numpy(), images.classes, out, title=title)
     print(f"wrote {out}")
