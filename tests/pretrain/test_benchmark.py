@@ -143,3 +143,39 @@ def test_variants_and_grid_errors(tmp_path: Path) -> None:
         tiny_grid(tmp_path, transforms="simclr,simclr")
     with pytest.raises(ConfigError, match="does not exist"):
         tiny_grid(tmp_path, datasets=[{"train": str(tmp_path / "missing" / "train"), "test": str(tmp_path)}])
+
+
+def test_benchmark_command_merges_the_grid_file_and_options(tmp_path: Path, monkeypatch, capsys) -> None:
+    import pretrain.benchmark as benchmark
+    from pretrain.benchmark import GridRun
+    from pretrain.cli import main
+
+    train = write_image_folder(tmp_path / "d" / "train", per_class=2)
+    test = write_image_folder(tmp_path / "d" / "test", per_class=2)
+    grid_file = tmp_path / "grid.yaml"
+    grid_file.write_text("methods: [simclr, 'vicregl:alpha=0.25']\ntransforms: [baseline]\nepochs: 5\n"
+                         f"out: {tmp_path / 'g'}\npretrain: {{max_images: 4}}\n")
+    seen = []
+    monkeypatch.setattr(benchmark, "run_grid", lambda grid, progress: seen.append(grid) or GridRun())
+    assert main(["benchmark", "--grid", str(grid_file), "--data", str(train), "--test", str(test), "--epochs", "2",
+                 "--transforms", "simclr,dcl:k=2", "--set", "workers=0", "--eval", "knn", "--knn-arg", "k=3"]) == 0
+    grid = seen[0]
+    assert [m.label for m in grid.methods] == ["simclr", "vicregl:alpha=0.25"]
+    assert [t.label for t in grid.transforms] == ["simclr", "dcl:k=2"]
+    assert grid.epochs == 2 and grid.eval == ["knn"] and grid.knn == {"k": 3}
+    assert grid.pretrain == {"max_images": 4, "workers": 0} and grid.datasets[0].name == "d"
+    assert main(["benchmark", "--methods", "nope", "--transforms", "simclr", "--data", str(train), "--test",
+                 str(test), "--out", str(tmp_path / "x")]) == 2
+    assert "method must be one of" in capsys.readouterr().err
+
+
+def test_one_cell_per_gpu_when_several_are_visible(monkeypatch) -> None:
+    import torch
+
+    from pretrain.benchmark import gpu_slots
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)
+    assert gpu_slots("auto") == ["0", "1", "2"] and gpu_slots("cpu") == [None]
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    assert gpu_slots("cuda") == [None]
