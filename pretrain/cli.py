@@ -308,8 +308,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
-        print("\nsslforge: interrupted" + (f"; continue with `sslforge pretrain --resume --out {out}`"
-                                           if args.command == "pretrain" and out else ""), file=sys.stderr)
+        hint = {"pretrain": f"; continue with `sslforge pretrain --resume --out {out}`" if out else "",
+                "benchmark": "; run the same command again to continue the grid"}.get(args.command, "")
+        print("\nsslforge: interrupted" + hint, file=sys.stderr)
         return 130
     return 0
 
