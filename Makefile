@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || { free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); [ "$$free_kb" -ge 8000000 ] || { \
 		echo "error: a fresh sslforge install needs about 8 GB free disk here, $$((free_kb / 1024)) MB left; free some space and rerun make" >&2; exit 1; }; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-cache-dir -c constraints.txt -e '.[dev,export,retrieval,bench]'
+	$(BIN)/python -m pip install --quiet --no-cache-dir -c constraints.txt -e '.[dev,export,retrieval,benchmark]'
 	touch $(STAMP)
 
 clean:

@@ -1,4 +1,4 @@
-"""2-d t-SNE of embeddings (scikit-learn, the `bench` extra), as in seed 002's figure of test embeddings."""
+"""2-d t-SNE of embeddings (scikit-learn, the `benchmark` extra), as in seed 002's figure of test embeddings."""
 from __future__ import annotations
 
 import numpy as np
@@ -14,7 +14,7 @@ def tsne_2d(features: torch.Tensor, *, perplexity: float = 30.0, seed: int = 0) 
     try:
         from sklearn.manifold import TSNE
     except ImportError:
-        raise ConfigError("t-SNE needs scikit-learn: pip install 'sslforge[bench]' (or scikit-learn)") from None
+        raise ConfigError("t-SNE needs scikit-learn: pip install 'sslforge[benchmark]' (or scikit-learn)") from None
     x = F.normalize(features.float(), dim=1).numpy()
     if len(x) < 2:
         raise ConfigError(f"t-SNE needs at least 2 images (got {len(x)})")
