@@ -80,14 +80,55 @@ def _cuda() -> bool:
 
 
 def cmd_embed(args: argparse.Namespace) -> None:
-    from export.embed import embed_images
-    from export.embedder import Embedder
+    import torch
+
+    from pretrain import distributed
 
     missing = [flag for flag in ("model", "images", "out") if not getattr(args, flag)]
     if missing:
         raise ExportError(f"sslforge embed needs {', '.join('--' + m for m in missing)} "
                           f"(or `sslforge embed merge` to join parts)")
     part, out, device = _torchrun_part(args)
+    if part is None or args.shard or not distributed.has_rendezvous():  # no job to join: parts merged by hand
+        _embed(args, part, out, device)
+        return
+    created = distributed.init(torch.device(device if device.startswith("cuda") else "cpu"))
+    try:
+        _embed_under_torchrun(args, part, out, device)
+    finally:
+        distributed.shutdown(created)
+
+
+def _embed_under_torchrun(args: argparse.Namespace, part: tuple[int, int], out: str, device: str) -> None:
+    """Each rank embeds its slice into OUT-partRANK; once all have, rank 0 merges them into OUT and removes
+    the parts. A merged OUT from an earlier run is left as it is."""
+    import shutil
+
+    from export.embed import merge_parts
+    from export.embeddings import MANIFEST, read_manifest
+    from pretrain import distributed
+
+    done = (Path(args.out) / MANIFEST).is_file() and read_manifest(args.out)
+    if done and done.get("complete") and done.get("part") is None:
+        if distributed.is_main():
+            print(f"{args.out} is complete already (merged from {part[1]} parts); nothing to do")
+        return
+    _embed(args, part, out, device)
+    distributed.barrier()
+    if distributed.is_main():
+        parts = [f"{args.out.rstrip('/')}-part{r}" for r in range(part[1])]
+        result = merge_parts(parts, args.out)
+        for p in parts:
+            shutil.rmtree(p)
+        print(f"merged the {part[1]} parts into {args.out}: {result['count']} embeddings, {result['failed']} failed")
+    distributed.barrier()
+
+
+def _embed(args: argparse.Namespace, part: tuple[int, int] | None, out: str, device: str) -> None:
+    from export.embed import embed_images
+    from export.embedder import Embedder
+    from pretrain import distributed
+
     embedder = Embedder.load(args.model, args.backend, device=device)
     result = embed_images(embedder, args.images, out, batch_size=args.batch_size, workers=args.workers,
                           shard_size=args.shard_size, dtype=args.dtype, part=part, progress=not args.quiet)
@@ -95,7 +136,7 @@ def cmd_embed(args: argparse.Namespace) -> None:
     print(f"embedded {result['count']} images into {out} ({len(result['shards'])} shards, {result['dim']}-d "
           f"{result['dtype']}, backend {result['backend']}); {result['failed']} unreadable (see failed.txt); "
           f"this run: {speed['images']} images in {speed['seconds']:.1f} s = {speed['images_per_s']:.1f} images/s")
-    if part is not None:
+    if part is not None and not distributed.active():
         print(f"part {part[0]}/{part[1]} done: once every part is, run `sslforge embed merge --out OUT PART_DIRS...`")
 
 

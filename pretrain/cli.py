@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import warnings
 from importlib.metadata import entry_points
@@ -28,6 +29,10 @@ def add_pretrain_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--resume", action="store_true",
                         help="continue the run in --out from its last checkpoint, with its saved settings")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--devices", type=int, default=1, metavar="N",
+                        help="train with N processes on this machine, one per GPU (N CPU processes without GPUs), "
+                             "launched by torchrun; --batch-size stays the global batch. For several machines run "
+                             "torchrun yourself (README, multi-GPU and multi-node) (default: 1)")
     for f in PretrainConfig.fields():
         kind = _type_of(f)
         help_text = f.metadata["help"] + ("" if kind is dict or f.default is None else f" (default: {f.default})")
@@ -62,13 +67,48 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, bool]:
     return PretrainConfig.from_dict({**values, **explicit}, source=args.config or "options"), args.resume
 
 
+class Launched(SystemExit):
+    """`--devices N` ran the command in N processes; carries their exit status."""
+
+
+def launch_devices(args: argparse.Namespace, cfg: PretrainConfig) -> None:
+    """Re-run this command line without --devices in `args.devices` processes started by torchrun."""
+    import torch
+
+    from pretrain import distributed
+
+    if args.devices < 1:
+        raise ConfigError(f"--devices must be >= 1 (got {args.devices})")
+    if cfg.batch_size % (args.devices * cfg.accumulate):
+        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by devices x accumulate = {args.devices} x "
+                          f"{cfg.accumulate}: each process takes batch/{args.devices} images per step")
+    if distributed.launched():
+        raise ConfigError("--devices N starts its own processes: drop it when running under torchrun")
+    gpus = torch.cuda.device_count()
+    if gpus and args.devices > gpus:
+        raise ConfigError(f"--devices {args.devices}: only {gpus} GPUs are visible here")
+    argv = list(args.argv)
+    for i, item in enumerate(argv):
+        if item == "--devices":
+            del argv[i:i + 2]
+            break
+        if item.startswith("--devices="):
+            del argv[i]
+            break
+    raise Launched(distributed.launch(args.devices, "pretrain", argv))
+
+
 def cmd_pretrain(args: argparse.Namespace) -> None:
+    from pretrain import distributed
     from pretrain.trainer import Trainer
 
-    cfg, resume = config_from_args(args)
+    cfg, resume = config_from_args(args)  # bad options fail here, before any process starts
+    if args.devices != 1:
+        launch_devices(args, cfg)
     out = Trainer(cfg, resume=resume, progress=not args.quiet).fit()
-    print(f"model dir: {out}")
-    print(f"next: sslforge eval knn --model {out} --train TRAIN_DIR --test TEST_DIR")
+    if distributed.is_main():
+        print(f"model dir: {out}")
+        print(f"next: sslforge eval knn --model {out} --train TRAIN_DIR --test TEST_DIR")
 
 
 def cmd_distill(args: argparse.Namespace) -> None:
@@ -294,14 +334,21 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from pretrain.distributed import RanksDisagree, is_main, launched
     from pretrain.trainer import TrainingDiverged
 
     warnings.formatwarning = _one_line_warning
+    argv = sys.argv[1:] if argv is None else argv
     args = build_parser().parse_args(argv)
+    args.argv = argv
     try:
         args.func(args)
+    except Launched as e:
+        return e.code
     except ERRORS + args.plugin_errors as e:
-        print(f"sslforge: error: {e}", file=sys.stderr)
+        if not (isinstance(e, RanksDisagree) and not is_main()):  # every process has it: rank 0 says it
+            rank = f"rank {os.environ.get('RANK')}: " if launched() else ""
+            print(f"sslforge: error: {rank}{e}", file=sys.stderr)
         return 2
     except TrainingDiverged as e:
         print(f"sslforge: {e}", file=sys.stderr)

@@ -41,10 +41,12 @@ class PretrainConfig:
     image_size: int | None = _opt(None, "training crop size in pixels; default: the images' median short "
                                           "side up to 224 (32 for CIFAR-10, 224 for photos)")
     epochs: int = _opt(100, "passes over the training images")
-    batch_size: int = _opt(128, "images per optimizer step (each image gives several views)")
+    batch_size: int = _opt(128, "images per optimizer step, over all processes (each image gives several views); "
+                                "under torchrun each of N processes takes batch/N of them")
     max_images: int | None = _opt(None, "train on a fixed random subset of this many images (for budgets)")
     optimizer: str | None = _opt(None, "optimizer; default: the method's own", choices=("sgd", "adamw", "lars"))
-    lr: float | None = _opt(None, "base learning rate, scaled by batch_size/256; default: the method's own")
+    lr: float | None = _opt(None, "base learning rate, scaled by the global batch_size/256; default: the "
+                                  "method's own")
     weight_decay: float | None = _opt(None, "weight decay (never applied to biases and norm layers); "
                                             "default: the method's own")
     momentum: float = _opt(0.9, "momentum of SGD and LARS")
@@ -67,6 +69,13 @@ class PretrainConfig:
     device: str = _opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     workers: int | None = _opt(None, "data-loading worker processes; default: the number of CPU cores (max 8)")
     seed: int = _opt(0, "random seed: the same seed and settings give the same run")
+    accumulate: int = _opt(1, "gradient accumulation: each process runs its share of a batch in this many "
+                              "micro-batches before the optimizer step. Exact for per-image losses (byol, simsiam, "
+                              "moco, dino, distill); losses with in-batch negatives or batch statistics (simclr, "
+                              "simclr2, drlim, barlowtwins, vicreg, vicregl, swav) and every batch norm see only "
+                              "the micro-batch")
+    sync_bn: bool = _opt(False, "under torchrun: batch norms compute their statistics over the global batch "
+                                "(SyncBatchNorm on CUDA, an all-reduce on CPU)")
     checkpoint_every: int = _opt(1, "write checkpoint.pt every N epochs")
     checkpoint_every_steps: int | None = _opt(None, "also write checkpoint.pt every N optimizer steps")
     knn_every: int = _opt(0, "online kNN evaluation every N epochs (0 = off); needs labelled --data")
@@ -107,7 +116,7 @@ class PretrainConfig:
             choices = f.metadata.get("choices")
             if choices and value is not None and value not in choices:
                 raise ConfigError(f"{f.name} must be one of {', '.join(choices)} (got {value!r})")
-        for name in ("epochs", "batch_size", "checkpoint_every", "knn_k"):
+        for name in ("epochs", "batch_size", "accumulate", "checkpoint_every", "knn_k"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"{name} must be a positive integer (got {getattr(self, name)})")
         for name in ("image_size", "max_images", "checkpoint_every_steps", "gpu_load_size"):

@@ -79,15 +79,26 @@ class EpochSampler(Sampler):
 
     `set_epoch(epoch, start_batch)` selects the epoch and skips the batches already trained, which is
     what resuming from a mid-epoch checkpoint needs.
+
+    In a job of `world` processes each takes its `rank`-th slice of every global batch of `batch_size`
+    (DistributedSampler's sharding of one shared permutation), cut into `accumulate` micro-batches.
+    The seed of a sample is its position in the epoch, so the views do not depend on how many
+    processes share the work, and the union of the slices is the single-process batch.
     """
 
-    def __init__(self, num_images: int, batch_size: int, seed: int):
+    def __init__(self, num_images: int, batch_size: int, seed: int, *, rank: int = 0, world: int = 1,
+                 accumulate: int = 1):
         if num_images < batch_size:
             raise ValueError(f"batch_size {batch_size} is larger than the {num_images} training images: "
                              f"lower --batch-size or add images")
+        if batch_size % (world * accumulate):
+            raise ValueError(f"batch_size {batch_size} must be divisible by processes x accumulate = {world} x "
+                             f"{accumulate}: each process takes batch/{world} images per step in {accumulate} "
+                             f"micro-batches")
         self.num_images = num_images
         self.batch_size = batch_size
         self.seed = seed
+        self.rank, self.world = rank, world
         self.epoch = 0
         self.start_batch = 0
 
@@ -95,17 +106,22 @@ class EpochSampler(Sampler):
     def batches_per_epoch(self) -> int:
         return self.num_images // self.batch_size
 
+    @property
+    def local_batch(self) -> int:
+        """Images of one global batch that this process takes."""
+        return self.batch_size // self.world
+
     def set_epoch(self, epoch: int, start_batch: int = 0) -> None:
         self.epoch, self.start_batch = epoch, start_batch
 
     def __len__(self) -> int:
-        return (self.batches_per_epoch - self.start_batch) * self.batch_size
+        return (self.batches_per_epoch - self.start_batch) * self.local_batch
 
     def __iter__(self) -> Iterator[tuple[int, int]]:
         g = torch.Generator().manual_seed(hash((self.seed, self.epoch)) & 0x7FFF_FFFF_FFFF_FFFF)
         order = torch.randperm(self.num_images, generator=g).tolist()
-        first = self.start_batch * self.batch_size
-        last = self.batches_per_epoch * self.batch_size
         base = (self.seed * 1_000_003 + self.epoch * self.num_images) & 0x7FFF_FFFF_FFFF
-        for position in range(first, last):
-            yield order[position], base + position
+        for batch in range(self.start_batch, self.batches_per_epoch):
+            first = batch * self.batch_size + self.rank * self.local_batch
+            for position in range(first, first + self.local_batch):
+                yield order[position], base + position

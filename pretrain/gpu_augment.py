@@ -255,9 +255,11 @@ class DeviceViews:
         return {"views": views, "boxes": torch.stack(boxes, 1)} if "boxes" in self.provides else views
 
 
-def step_generator(seed: int, epoch: int, step: int, device: torch.device) -> torch.Generator:
-    """The generator of one training step's views: a pure function of (seed, epoch, step)."""
-    return torch.Generator(device=device).manual_seed(hash((seed, epoch, step)) & 0x7FFF_FFFF_FFFF_FFFF)
+def step_generator(seed: int, epoch: int, step: int, device: torch.device, part: tuple[int, ...] = ()
+                   ) -> torch.Generator:
+    """The generator of one training step's views: a pure function of (seed, epoch, step), and of
+    `part` = (process, micro-batch) when a step is split across processes or micro-batches."""
+    return torch.Generator(device=device).manual_seed(hash((seed, epoch, step, *part)) & 0x7FFF_FFFF_FFFF_FFFF)
 
 
 def build_device_views(name: str, size: int, options: dict | None = None,

@@ -5,6 +5,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.distributed import all_reduce
+
 
 class NTXentLoss(nn.Module):
     """NT-Xent, the normalised temperature-scaled cross-entropy of SimCLR (Chen et al. 2020).
@@ -131,12 +133,15 @@ def sinkhorn(scores: torch.Tensor, epsilon: float = 0.05, iterations: int = 3) -
 
     Q = exp(scores / epsilon), then alternately scaled so that every prototype receives an equal share
     of the batch (columns sum to B/K) and every sample's code is a distribution (rows sum to 1).
+    Under torchrun the batch is the global one: column sums and B are all-reduced over the processes.
     """
-    q = torch.exp((scores.float() - scores.float().max()) / epsilon)  # shift: the scalings absorb it
-    b, k = q.shape
-    q /= q.sum()
+    scores = scores.float()
+    q = torch.exp((scores - all_reduce(scores.max(), "max")) / epsilon)  # shift: the scalings absorb it
+    k = q.shape[1]
+    b = all_reduce(torch.tensor(q.shape[0], dtype=q.dtype, device=q.device))
+    q /= all_reduce(q.sum())
     for _ in range(iterations):
-        q /= q.sum(dim=0, keepdim=True) * k  # each prototype: total mass 1/K
+        q /= all_reduce(q.sum(dim=0, keepdim=True)) * k  # each prototype: total mass 1/K
         q /= q.sum(dim=1, keepdim=True) * b  # each sample: total mass 1/B
     return q * b
 
@@ -187,9 +192,10 @@ class DINOLoss(nn.Module):
 
     @torch.no_grad()
     def update_center(self, teacher: torch.Tensor) -> None:
-        """center <- m * center + (1 - m) * batch mean of the teacher outputs."""
-        self.center.mul_(self.center_momentum).add_(teacher.float().mean(dim=0, keepdim=True),
-                                                    alpha=1 - self.center_momentum)
+        """center <- m * center + (1 - m) * batch mean of the teacher outputs (of the global batch)."""
+        count = all_reduce(torch.tensor(teacher.shape[0], dtype=torch.float32, device=teacher.device))
+        mean = all_reduce(teacher.float().sum(dim=0, keepdim=True)) / count
+        self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
 
 
 def _matched(za: torch.Tensor, zb: torch.Tensor, distance: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:

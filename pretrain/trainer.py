@@ -4,6 +4,11 @@ atomic checkpoints and exact resume, and the model dir at the end.
 A run folder holds `config.yaml` (resolved settings), `checkpoint.pt` (full state, rewritten
 atomically), `metrics.csv` + `tb/` (per-step logs), `eval.csv` (online kNN), and, once training
 ends, the model dir files (`model.json`, `backbone.safetensors`, `plots/loss.png`).
+
+Under torchrun the same loop runs in every process with DistributedDataParallel: each process takes
+its slice of every global batch (`--batch-size` is global), methods gather what their loss needs
+(pretrain/distributed.py), and only rank 0 logs and writes files. A checkpoint holds no trace of the
+number of processes, so a run resumes on any number of them.
 """
 from __future__ import annotations
 
@@ -15,7 +20,7 @@ import resource
 import time
 import warnings
 from collections.abc import Callable
-from contextlib import nullcontext
+from contextlib import ExitStack, nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +30,7 @@ import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
+from pretrain import distributed
 from pretrain.atomic import write_with
 from pretrain.backbones import build_backbone, resolve_spec
 from pretrain.config import ConfigError, PretrainConfig, save_yaml
@@ -44,7 +50,7 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 # Settings that may differ when a run is resumed; every other setting must match the saved config.
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "checkpoint_every", "checkpoint_every_steps", "knn_every",
-                     "knn_test", "knn_k", "knn_temperature"}
+                     "knn_test", "knn_k", "knn_temperature", "accumulate", "sync_bn"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -77,8 +83,11 @@ def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
 
 
 def select_device(name: str) -> torch.device:
+    """The training device; under torchrun `auto` and `cuda` mean this process's GPU, cuda:LOCAL_RANK."""
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.launched():
+        name = f"cuda:{distributed.local_rank()}"
     device = torch.device(name)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"device {name} requested but CUDA is not available here: use --device cpu")
@@ -110,6 +119,11 @@ def set_rng_state(state: dict) -> None:
     np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def process_seed(seed: int, rank: int, step: int) -> int:
+    """The global RNG seed of process `rank` > 0 (dropout, drop-path) from `step` on; rank 0 keeps `seed`."""
+    return hash((seed, rank, step)) & 0x7FFF_FFFF_FFFF_FFFF
 
 
 def _as_tuple(x):
@@ -185,6 +199,16 @@ class Trainer:
         if cfg.knn_every and not (self.images.labelled and cfg.knn_test):
             raise ConfigError("online kNN (--knn-every) needs labelled training images (class sub-folders) and "
                               "--knn-test TEST_DIR")
+        self._owns_group = distributed.init(self.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        distributed.check_same({**cfg.to_dict(), "resume": resume, "training images": len(self.images),
+                                "first image": str(self.images.paths[0]), "last image": str(self.images.paths[-1])})
+        if cfg.accumulate > 1 and method_spec(cfg.method).cls.couples_batch and self.main:
+            warnings.warn(f"--accumulate {cfg.accumulate}: the loss of {cfg.method} couples the images of a batch "
+                          f"(in-batch negatives or batch statistics), so each micro-batch of "
+                          f"{cfg.batch_size // (self.world * cfg.accumulate)} images sees only itself; the gradient "
+                          f"is not that of one batch of {cfg.batch_size}", stacklevel=2)
 
     # -- setup ---------------------------------------------------------------------------------
     def _check_out_dir(self) -> None:
@@ -212,14 +236,20 @@ class Trainer:
         self.spec = resolve_spec(cfg.backbone, cfg.small_stem, cfg.image_size, cfg.backbone_args)
         backbone, self.feature_dim = build_backbone(self.spec, cfg.image_size)
         self.model = build_method(cfg.method, backbone, self.feature_dim, cfg.method_args).to(self.device)
+        if cfg.sync_bn:
+            self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        self.ddp = distributed.wrap(self.model, self.device, find_unused_parameters=self.model.skips_parameters)
+        if self.rank:
+            torch.manual_seed(process_seed(cfg.seed, self.rank, 0))
         self.monitor = CollapseMonitor(self.model.backbone)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, scaled_lr(cfg.lr, cfg.batch_size),
                                          cfg.weight_decay, cfg.momentum)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         try:
-            self.sampler = EpochSampler(len(self.images), cfg.batch_size, cfg.seed)
+            self.sampler = EpochSampler(len(self.images), cfg.batch_size, cfg.seed, rank=self.rank, world=self.world,
+                                        accumulate=cfg.accumulate)
         except ValueError as e:
             raise ConfigError(str(e)) from None
         self.device_views = build_device_views(cfg.transform, cfg.image_size, cfg.transform_args,
@@ -230,7 +260,8 @@ class Trainer:
             raise ConfigError(f"method {cfg.method} needs per-view {', '.join(missing)}, which transform "
                               f"{cfg.transform!r} does not provide; use its default (`sslforge methods`)")
         dataset = ViewsDataset(self.images, self.device_views.load if self.device_views else transform)
-        self.loader = DataLoader(dataset, batch_size=cfg.batch_size, sampler=self.sampler, num_workers=cfg.workers,
+        micro_batch = self.sampler.local_batch // cfg.accumulate
+        self.loader = DataLoader(dataset, batch_size=micro_batch, sampler=self.sampler, num_workers=cfg.workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
                                  generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG alone
                                  prefetch_factor=4 if cfg.workers > 0 else None)
@@ -241,6 +272,10 @@ class Trainer:
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, state: RunState) -> None:
+        """Rank 0 writes; the state is the same in every process (the model, optimizer and queues are kept
+        in step), except batch-norm running statistics without --sync-bn and per-process RNG streams."""
+        if not self.main:
+            return
         payload = {
             "format": CHECKPOINT_FORMAT, "step": state.step, "elapsed_s": state.elapsed_s,
             "last_loss": state.last_loss, "knn": state.knn,
@@ -263,22 +298,40 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
+        if self.rank:
+            torch.manual_seed(process_seed(self.cfg.seed, self.rank, ckpt["step"]))
         return RunState(ckpt["step"], ckpt["elapsed_s"], ckpt["last_loss"], ckpt["knn"])
 
     # -- the loop ------------------------------------------------------------------------------
     def fit(self) -> Path:
         """Train (or continue) the run, then write the model dir; return its path."""
+        with warnings.catch_warnings():
+            if not self.main:  # one process speaks for the job
+                warnings.simplefilter("ignore")
+            try:
+                state = self._fit()
+                if self.main:
+                    self._write_model_dir(state)
+                distributed.barrier()  # every process returns once the model dir exists
+            finally:
+                distributed.shutdown(self._owns_group)
+        return self.out
+
+    def _fit(self) -> RunState:
         cfg = self.cfg
         self._build()
-        self.out.mkdir(parents=True, exist_ok=True)
-        for stale in self.out.glob(".*.tmp"):  # left by atomic writes that a killed process never finished
-            stale.unlink()
+        if self.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for stale in self.out.glob(".*.tmp"):  # left by atomic writes that a killed process never finished
+                stale.unlink()
         state = self.load_checkpoint() if self.resume else RunState()
-        save_yaml(cfg, self.out / "config.yaml")
-        log = MetricsLog(self.out, state.step)
+        log = None
+        if self.main:
+            save_yaml(cfg, self.out / "config.yaml")
+            log = MetricsLog(self.out, state.step)
         bar = tqdm(total=self.total_steps * cfg.batch_size, initial=state.step * cfg.batch_size, unit="img",
-                   desc=f"{cfg.method} {self.spec.name}", disable=not self.progress, dynamic_ncols=True,
-                   smoothing=0.1)
+                   desc=f"{cfg.method} {self.spec.name}", disable=not (self.progress and self.main),
+                   dynamic_ncols=True, smoothing=0.1)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext())
         self.model.train()
         try:
@@ -287,33 +340,49 @@ class Trainer:
                 self.sampler.set_epoch(epoch, start_batch)
                 self._train_epoch(epoch, state, log, bar, autocast)
                 if cfg.knn_every and (epoch + 1) % cfg.knn_every == 0:
-                    state.knn = self.online_knn(epoch + 1, state.step, log)
+                    if self.main:  # the other processes wait at the barrier
+                        state.knn = self.online_knn(epoch + 1, state.step, log)
+                    distributed.barrier()
                 if (epoch + 1) % cfg.checkpoint_every == 0 or state.step == self.total_steps:
                     self.save_checkpoint(state)
         finally:
             bar.close()
-            log.close()
-        return self._write_model_dir(state)
+            if log:
+                log.close()
+        return state
 
-    def _train_epoch(self, epoch: int, state: RunState, log: MetricsLog, bar: tqdm, autocast) -> None:
+    def _train_epoch(self, epoch: int, state: RunState, log: MetricsLog | None, bar: tqdm, autocast) -> None:
         cfg = self.cfg
         failures, first_failure = 0, ""
         tick = time.perf_counter()
-        for views, failed, failed_paths in self.loader:
+        batches = iter(self.loader)
+        for micro_batches in zip(*[batches] * cfg.accumulate):  # the accumulate micro-batches of one step
             lr = warmup_cosine(state.step, self.total_steps, self.warmup_steps, self.peak_lr)
             for group in self.optimizer.param_groups:
                 group["lr"] = lr
-            views, extras = self._to_device(views, epoch, state.step)
             self.model.progress = Progress(state.step, self.steps_per_epoch, self.total_steps)
-            with autocast:
-                loss, logs = self.model(views, **extras)
+            self.optimizer.zero_grad(set_to_none=True)
+            total = torch.zeros((), device=self.device)
+            logs: dict[str, float] = {}
+            for i, (views, failed, failed_paths) in enumerate(micro_batches):
+                views, extras = self._to_device(views, epoch, state.step, i)
+                with ExitStack() as stack:
+                    if i < cfg.accumulate - 1 and self.ddp is not self.model:  # gradients averaged once per step
+                        stack.enter_context(self.ddp.no_sync())
+                    with autocast:
+                        loss, micro_logs = self.ddp(views, **extras)
+                    self.scaler.scale(loss / cfg.accumulate).backward()
+                total += loss.detach().float()
+                for key, value in micro_logs.items():
+                    logs[key] = logs.get(key, 0.0) + value / cfg.accumulate
+                failures += int(failed.sum())
+                first_failure = first_failure or next((p for p in failed_paths if p), "")
+            loss = distributed.mean_over_ranks(total / cfg.accumulate)
             if not torch.isfinite(loss):
                 raise TrainingDiverged(
-                    f"loss became {float(loss.detach())} at step {state.step + 1} (epoch {epoch + 1}); stopped. "
+                    f"loss became {float(loss)} at step {state.step + 1} (epoch {epoch + 1}); stopped. "
                     f"The last good checkpoint is kept in {self.out / CHECKPOINT}: lower --lr, set --grad-clip or "
                     f"--precision fp32, then continue with `sslforge pretrain --resume --out {self.out}`")
-            self.optimizer.zero_grad(set_to_none=True)
-            self.scaler.scale(loss).backward()
             if cfg.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -324,13 +393,12 @@ class Trainer:
             now = time.perf_counter()
             dt, tick = now - tick, now
             state.elapsed_s += dt
-            state.last_loss = float(loss.detach())
+            state.last_loss = float(loss)
             logs.update(self.monitor.stats(state.step))
-            failures += int(failed.sum())
-            first_failure = first_failure or next((p for p in failed_paths if p), "")
-            log.log({"step": state.step, "epoch": state.step / self.steps_per_epoch, "lr": lr,
-                     "loss": state.last_loss, **logs, "images_per_s": cfg.batch_size / dt,
-                     "elapsed_s": state.elapsed_s})
+            if log:
+                log.log({"step": state.step, "epoch": state.step / self.steps_per_epoch, "lr": lr,
+                         "loss": state.last_loss, **logs, "images_per_s": cfg.batch_size / dt,
+                         "elapsed_s": state.elapsed_s})
             bar.update(cfg.batch_size)
             bar.set_postfix(epoch=f"{state.step / self.steps_per_epoch:.2f}", loss=f"{state.last_loss:.4f}",
                             lr=f"{lr:.3g}", refresh=False)
@@ -338,17 +406,20 @@ class Trainer:
                 self.save_checkpoint(state)
             if self.on_step:
                 self.on_step(state.step)
+        failures = int(distributed.all_reduce(torch.tensor(failures, device=self.device)))
         if failures:
             warnings.warn(f"epoch {epoch + 1}: {failures} images failed to decode and were replaced by their "
                           f"neighbours (first: {first_failure})", stacklevel=2)
 
-    def _to_device(self, batch: list | dict | torch.Tensor, epoch: int, step: int
+    def _to_device(self, batch: list | dict | torch.Tensor, epoch: int, step: int, micro: int = 0
                    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
         """Views to the device (channels-last if asked), and the per-view extras the method declares it needs.
-        With --gpu-augment the batch is uint8 images, whose views are made there from (seed, epoch, step)."""
+        With --gpu-augment the batch is uint8 images, whose views are made there from (seed, epoch, step)
+        (and the process and micro-batch, when a step has several)."""
         if self.device_views is not None:
+            part = (self.rank, micro) if (self.rank, micro) != (0, 0) else ()
             batch = self.device_views(batch.to(self.device, non_blocking=True),
-                                      step_generator(self.cfg.seed, epoch, step, self.device))
+                                      step_generator(self.cfg.seed, epoch, step, self.device, part))
         views, extras = (batch["views"], batch) if isinstance(batch, dict) else (batch, {})
         layout = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         views = [v.to(self.device, non_blocking=True).contiguous(memory_format=layout) for v in views]
@@ -386,6 +457,7 @@ class Trainer:
             "num_images": len(self.images), "last_loss": state.last_loss, "knn": state.knn or None,
             "wall_time_s": round(state.elapsed_s, 2),
             "images_per_s": round(state.step * cfg.batch_size / state.elapsed_s, 2) if state.elapsed_s else None,
+            "processes": self.world, "accumulate": cfg.accumulate, "sync_bn": cfg.sync_bn,
             "device": str(self.device), "precision": str(self.amp_dtype or "fp32").replace("torch.", ""),
             "peak_rss_mb": round(peak_rss_mb, 1),
             "peak_gpu_memory_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -4,12 +4,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pretrain.distributed import gather
 from pretrain.heads import ProjectionHead
 from pretrain.losses import BarlowTwinsLoss
 from pretrain.methods.base import Method
 
 
 class BarlowTwins(Method):
+    couples_batch = True
+
     def __init__(self, backbone: nn.Module, feature_dim: int, proj_dim: int = 8192, proj_layers: int = 3,
                  lambd: float = 5e-3):
         super().__init__(backbone, feature_dim)
@@ -18,4 +21,4 @@ class BarlowTwins(Method):
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
-        return self.criterion(z1, z2), {}
+        return self.criterion(gather(z1), gather(z2)), {}  # statistics of the global batch

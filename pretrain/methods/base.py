@@ -30,9 +30,17 @@ class Method(nn.Module):
     A transform may return a dict `{"views": [...], name: tensor with one row per view, ...}` instead of
     a list of views; a method that uses such per-view extras (crop boxes, rotation labels) names them
     in `needs`, and the trainer passes them as keyword arguments to `forward`.
+
+    Under torchrun `views` are this process's slice of the global batch; a method makes its loss that
+    of the global batch with the helpers of pretrain/distributed.py (identities in one process).
+    `couples_batch` says the loss depends on the other images of the batch (in-batch negatives or
+    batch statistics), which gradient accumulation cannot preserve; `skips_parameters` that some
+    parameters get no gradient in some steps (frozen prototypes), which DDP must be told.
     """
 
     needs: tuple[str, ...] = ()
+    couples_batch: bool = False
+    skips_parameters: bool = False
 
     def __init__(self, backbone: nn.Module, feature_dim: int):
         super().__init__()

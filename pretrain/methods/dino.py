@@ -19,6 +19,8 @@ GLOBAL_VIEWS = 2
 
 
 class DINO(Method):
+    skips_parameters = True  # frozen last layer
+
     def __init__(self, backbone: nn.Module, feature_dim: int, out_dim: int = 65536, hidden_dim: int = 2048,
                  bottleneck_dim: int = 256, student_temp: float = 0.1, teacher_temp: float = 0.07,
                  warmup_teacher_temp: float = 0.04, warmup_teacher_temp_epochs: float = 30.0,

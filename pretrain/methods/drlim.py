@@ -7,12 +7,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pretrain.distributed import gather
 from pretrain.heads import ProjectionHead
 from pretrain.losses import drlim_loss
 from pretrain.methods.base import Method
 
 
 class DrLIM(Method):
+    couples_batch = True
+
     def __init__(self, backbone: nn.Module, feature_dim: int, margin: float = 1.0, hidden_dim: int | None = None,
                  out_dim: int = 128):
         super().__init__(backbone, feature_dim)
@@ -23,4 +26,4 @@ class DrLIM(Method):
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
-        return drlim_loss(z1, z2, self.margin), {}
+        return drlim_loss(gather(z1), gather(z2), self.margin), {}  # negatives from every process

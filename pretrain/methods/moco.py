@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from pretrain.distributed import gather, shuffled
 from pretrain.ema import ema_update, frozen_copy
 from pretrain.heads import ProjectionHead
 from pretrain.losses import info_nce
@@ -33,10 +34,12 @@ class MoCo(Method):
         x = torch.cat(views[:2])
         q1, q2 = self.projector(self.backbone(x)).chunk(2)
         with torch.no_grad():
-            k1, k2 = F.normalize(self.key_projector(self.key_backbone(x)).float(), dim=1).chunk(2)
+            # under torchrun the key encoder sees a shuffle of the global batch (MoCo's shuffled BN)
+            keys = shuffled(lambda v: self.key_projector(self.key_backbone(v)), x)
+            k1, k2 = F.normalize(keys.float(), dim=1).chunk(2)
         loss = (info_nce(q1, k2, self.queue, self.temperature) + info_nce(q2, k1, self.queue, self.temperature)) / 2
-        if self.training:
-            self.enqueue(torch.cat([k1, k2]))
+        if self.training:  # keys from every process, so the queue is the same everywhere
+            self.enqueue(torch.cat([gather(k1), gather(k2)]))
         return loss, {}
 
     @torch.no_grad()

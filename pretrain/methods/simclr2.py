@@ -9,12 +9,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pretrain.distributed import gather
 from pretrain.heads import Neck, ProjectionHead, WithNeck
 from pretrain.losses import NTXentLoss
 from pretrain.methods.base import Method
 
 
 class SimCLRv2(Method):
+    couples_batch = True
+
     def __init__(self, backbone: nn.Module, feature_dim: int, temperature: float = 0.2,
                  hidden_dim: int | None = None, out_dim: int = 128, head_layers: int = 3, keep_layers: int = 1):
         super().__init__(backbone, feature_dim)
@@ -28,7 +31,7 @@ class SimCLRv2(Method):
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         z1, z2 = self.projector(self.neck(self.backbone(torch.cat(views[:2])))).chunk(2)
-        return self.criterion(z1, z2), {}
+        return self.criterion(gather(z1), gather(z2)), {}
 
     def deployable(self) -> tuple[nn.Module, list[int]]:
         widths = [m.out_features for m in self.neck if isinstance(m, nn.Linear)]

@@ -19,6 +19,9 @@ GLOBAL_VIEWS = 2
 
 
 class SwAV(Method):
+    couples_batch = True  # Sinkhorn's equal share per prototype is over the batch
+    skips_parameters = True  # frozen prototypes
+
     def __init__(self, backbone: nn.Module, feature_dim: int, prototypes: int = 3000, temperature: float = 0.1,
                  epsilon: float = 0.05, sinkhorn_iterations: int = 3, proj_hidden_dim: int = 2048,
                  proj_dim: int = 128, freeze_prototypes_epochs: float = 1.0, queue_length: int = 0,

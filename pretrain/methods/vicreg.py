@@ -4,12 +4,15 @@ from __future__ import annotations
 import torch
 from torch import nn
 
+from pretrain.distributed import gather
 from pretrain.heads import ProjectionHead
 from pretrain.losses import VICRegLoss
 from pretrain.methods.base import Method
 
 
 class VICReg(Method):
+    couples_batch = True
+
     def __init__(self, backbone: nn.Module, feature_dim: int, proj_dim: int = 8192, proj_layers: int = 3,
                  lambda_: float = 25.0, mu: float = 25.0, nu: float = 1.0, gamma: float = 1.0):
         super().__init__(backbone, feature_dim)
@@ -18,6 +21,6 @@ class VICReg(Method):
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         z1, z2 = self.projector(self.backbone(torch.cat(views[:2]))).chunk(2)
-        inv, var, cov = self.criterion.terms(z1, z2)
+        inv, var, cov = self.criterion.terms(gather(z1), gather(z2))  # statistics of the global batch
         logs = {"invariance": float(inv.detach()), "variance": float(var.detach()), "covariance": float(cov.detach())}
         return self.criterion.weighted(inv, var, cov), logs

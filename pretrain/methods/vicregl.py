@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from pretrain.backbones import FeatureMapTap
+from pretrain.distributed import gather
 from pretrain.heads import ProjectionHead
 from pretrain.losses import VICRegLoss, vicregl_local_loss
 from pretrain.methods.base import Method
@@ -32,6 +33,7 @@ def cell_positions(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 class VICRegL(Method):
     needs = ("boxes",)
+    couples_batch = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, alpha: float = 0.75, proj_dim: int = 8192,
                  proj_layers: int = 3, local_proj_dim: int = 512, matches_global: int = 20,
@@ -59,14 +61,14 @@ class VICRegL(Method):
         pooled, zg, pg = self._local(torch.cat(views[:GLOBAL_VIEWS]),
                                      boxes[:, :GLOBAL_VIEWS].transpose(0, 1).flatten(0, 1))
         z1, z2 = self.projector(pooled).chunk(2)
-        inv, var, cov = self.criterion.terms(z1, z2)
+        inv, var, cov = self.criterion.terms(gather(z1), gather(z2))  # statistics of the global batch
         global_loss = self.criterion.weighted(inv, var, cov)
-        (g1, g2), (p1, p2) = zg.split(b), pg.split(b)
+        (g1, g2), (p1, p2) = [gather(t) for t in zg.split(b)], [gather(t) for t in pg.split(b)]
         local_losses = [vicregl_local_loss(g1, g2, p1, p2, self.matches_global, self.criterion)]
         if len(views) > GLOBAL_VIEWS:
             _, zl, pl = self._local(torch.cat(views[GLOBAL_VIEWS:]),
                                     boxes[:, GLOBAL_VIEWS:].transpose(0, 1).flatten(0, 1))
-            for zi, pi in zip(zl.split(b), pl.split(b)):
+            for zi, pi in zip(map(gather, zl.split(b)), map(gather, pl.split(b))):
                 for zgi, pgi in ((g1, p1), (g2, p2)):
                     local_losses.append(vicregl_local_loss(zgi, zi, pgi, pi, self.matches_local, self.criterion))
         local_loss = sum(local_losses) / len(local_losses)
