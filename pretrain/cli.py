@@ -8,6 +8,7 @@ import warnings
 from importlib.metadata import entry_points
 
 from pretrain import __version__
+from pretrain.benchcli import add_benchmark_command, add_data_commands, add_tsne_command
 from pretrain.config import ConfigError, PretrainConfig, load_yaml, parse_key_values
 from pretrain.data import DataError
 from pretrain.modeldir import ModelDirError
@@ -200,7 +201,7 @@ def cmd_plot_views(args: argparse.Namespace) -> None:
 
 def add_plot_commands(sub: argparse._SubParsersAction) -> None:
     """`sslforge plot WHAT`: pictures of a pipeline or a model (one sub-command each)."""
-    plot = sub.add_parser("plot", help="pictures: the views of an augmentation pipeline",
+    plot = sub.add_parser("plot", help="pictures: the views of a pipeline, a t-SNE map of a model's embeddings",
                           description="Draw pictures that show what a pipeline or a model does.")
     plot_sub = plot.add_subparsers(dest="plot_command", required=True, metavar="WHAT",
                                    help="`sslforge plot WHAT --help` for its options")
@@ -208,6 +209,7 @@ def add_plot_commands(sub: argparse._SubParsersAction) -> None:
     _add_views_options(plot_sub.add_parser("views", help=views_help, description=VIEWS_DESCRIPTION))
     _add_views_options(sub.add_parser("views", help=views_help + " (same as `plot views`)",
                                       description=VIEWS_DESCRIPTION))
+    add_tsne_command(plot_sub)
 
 
 VIEWS_DESCRIPTION = ("Apply an augmentation pipeline to a few images and draw a PNG grid: each source image, "
@@ -309,6 +311,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)
     add_plot_commands(sub)
+    add_benchmark_command(sub)
+    add_data_commands(sub)
     parser.set_defaults(plugin_errors=add_plugin_commands(sub))
     return parser
 
@@ -351,8 +355,9 @@ def main(argv: list[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
-        print("\nsslforge: interrupted" + (f"; continue with `sslforge pretrain --resume --out {out}`"
-                                           if args.command == "pretrain" and out else ""), file=sys.stderr)
+        hint = {"pretrain": f"; continue with `sslforge pretrain --resume --out {out}`" if out else "",
+                "benchmark": "; run the same command again to continue the grid"}.get(args.command, "")
+        print("\nsslforge: interrupted" + hint, file=sys.stderr)
         return 130
     return 0
 
