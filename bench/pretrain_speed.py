@@ -256,6 +256,8 @@ def main() -> None:
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
     p.add_argument("--child", nargs=3, metavar=("TOOLKIT", "MODE", "METHOD"), help=argparse.SUPPRESS)
     args = p.parse_args()
+    if args.warmup < 1 and set(args.modes) - {"data"}:
+        p.error("--warmup must be at least 1 for the full and compute modes (the first step is never timed)")
     if args.child:
         args.toolkit, args.mode, args.method = args.child
         print(json.dumps(measure(args)))
