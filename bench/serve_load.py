@@ -13,10 +13,8 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import os
 import statistics
 import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
@@ -24,30 +22,11 @@ from pathlib import Path
 import httpx
 
 from retrieval import Index
+from serve.process import start_bentoml, wait_ready
 from serve.settings import Settings
 
 SEARCH_K = "5"
-
-
-def start(settings: Settings, port: int, log: Path) -> subprocess.Popen:
-    with open(log, "w") as out:
-        return subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "serve.service:SSLForge", "--host",
-                                 "127.0.0.1", "--port", str(port)], env={**os.environ, **settings.env()},
-                                stdout=out, stderr=subprocess.STDOUT)
-
-
-def wait_ready(url: str, proc: subprocess.Popen, timeout: float = 300) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise SystemExit(f"server for {url} exited with {proc.returncode}")
-        try:
-            if httpx.get(f"{url}/readyz", timeout=2).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.5)
-    raise SystemExit(f"{url} not ready after {timeout} s")
+PROJECT_ROOT = Path(__file__).resolve().parents[1]  # bentoml serve reads its bentofile.yaml
 
 
 def batch_stats(url: str) -> tuple[float, float]:
@@ -111,11 +90,12 @@ def main() -> None:
     logs = Path(tempfile.mkdtemp(prefix="serve-load-"))
     procs, urls = {}, {}
     try:
+        log = {name: logs / f"{name.replace(' ', '-')}.log" for name in setups}
         for (name, settings), port in zip(setups.items(), ports):
-            procs[name] = start(settings, port, logs / f"{name.replace(' ', '-')}.log")
+            procs[name] = start_bentoml(settings.env(), port, PROJECT_ROOT, log[name])
             urls[name] = f"http://127.0.0.1:{port}"
         for name in setups:
-            wait_ready(urls[name], procs[name])
+            wait_ready(urls[name], procs[name], log[name], timeout=300)
             asyncio.run(load(urls[name], images, 4, 2))  # warm up
         print(f"{args.clients} clients x {args.requests} POST /search (k={SEARCH_K}) per round; model {args.model} "
               f"({args.backend}), index of {len(index):,}; max batch {args.max_batch_size}")

@@ -16,9 +16,10 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import free_port, make_model_dir, png_bytes, png_header, start_bentoml, wait_ready
+from serve_helpers import free_port, make_model_dir, png_bytes, png_header
 
 from export.embedder import Embedder
+from serve.process import start_bentoml, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 MAX_BYTES = 200_000
