@@ -155,7 +155,7 @@ def lightly_parts(args):
         opt.step()
         opt.zero_grad()
 
-    return loader, step, model
+    return loader, step
 
 
 # -- timing ------------------------------------------------------------------------------------------------
@@ -207,7 +207,7 @@ def measure(args) -> dict:
             result["images_per_s"] = sslforge_full(args, Path(tmp) / "run")
         else:
             loader, step = (sslforge_parts(args, Path(tmp) / "run") if args.toolkit == "sslforge"
-                            else lightly_parts(args)[:2])
+                            else lightly_parts(args))
             if args.mode == "data":
                 result["images_per_s"] = time_cold_loader(loader, args)
             elif args.mode == "full":
