@@ -10,6 +10,8 @@ alternately (sslforge first in odd rounds, lightly first in even ones) so machin
 alike. A 2-thread float32 matmul before and after gives the machine's peak; the compute mode
 reports the step's achieved GFLOP/s (FLOPs counted by torch's FlopCounterMode, forward + backward).
 
+`--compile` adds a third contender, sslforge with `--compile` (torch.compile), in the same rotation.
+
 Modes: `full` = DataLoader + augmentation + forward/backward + optimizer (sslforge's real Trainer,
 lightly's documented training loop); `data` = the loader alone (decode + views + collate);
 `compute` = the model step alone on one pre-made batch. One image = all of its views. The data mode
@@ -53,7 +55,8 @@ def sslforge_trainer(args, out: Path):
     cfg = PretrainConfig(method=args.method, data=args.data, out=str(out), backbone="resnet18",
                          image_size=args.image_size, epochs=100, batch_size=args.batch_size,
                          max_images=args.batch_size * (args.warmup + args.steps + 1), workers=args.workers,
-                         method_args=SSLFORGE_HEADS[args.method], device="cpu")
+                         method_args=SSLFORGE_HEADS[args.method], device="cpu",
+                         compile=args.toolkit == "sslforge+compile")
     return Trainer(cfg, progress=False)
 
 
@@ -203,11 +206,11 @@ def measure(args) -> dict:
     torch.manual_seed(0)
     result: dict = {}
     with tempfile.TemporaryDirectory() as tmp:
-        if args.toolkit == "sslforge" and args.mode == "full":
+        ours = args.toolkit.startswith("sslforge")
+        if ours and args.mode == "full":
             result["images_per_s"] = sslforge_full(args, Path(tmp) / "run")
         else:
-            loader, step = (sslforge_parts(args, Path(tmp) / "run") if args.toolkit == "sslforge"
-                            else lightly_parts(args))
+            loader, step = sslforge_parts(args, Path(tmp) / "run") if ours else lightly_parts(args)
             if args.mode == "data":
                 result["images_per_s"] = time_cold_loader(loader, args)
             elif args.mode == "full":
@@ -215,7 +218,8 @@ def measure(args) -> dict:
             else:
                 batch = next(iter(loader))
                 result["images_per_s"] = time_compute(step, batch, args)
-                result["gflop_per_image"] = step_flops(step, batch) / args.batch_size / 1e9
+                if args.toolkit == "sslforge":  # the FLOPs are the same with --compile
+                    result["gflop_per_image"] = step_flops(step, batch) / args.batch_size / 1e9
     result["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return result
 
@@ -254,9 +258,11 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=5, help="timed steps (batches) per measurement")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them")
     p.add_argument("--rounds", type=int, default=3, help="alternating rounds; medians are reported")
+    p.add_argument("--compile", action="store_true",
+                   help="also time sslforge with --compile (torch.compile; its compile falls in the warm-up steps)")
     p.add_argument("--child", nargs=3, metavar=("TOOLKIT", "MODE", "METHOD"), help=argparse.SUPPRESS)
     args = p.parse_args()
-    if args.warmup < 1 and set(args.modes) - {"data"}:
+    if args.warmup < 1 and (set(args.child[1:2]) if args.child else set(args.modes)) - {"data"}:
         p.error("--warmup must be at least 1 for the full and compute modes (the first step is never timed)")
     if args.child:
         args.toolkit, args.mode, args.method = args.child
@@ -268,15 +274,16 @@ def main() -> None:
     from pretrain import __version__
 
     peak_before = matmul_gflops(args.threads)
+    toolkits = ["sslforge", "lightly"] + (["sslforge+compile"] if args.compile else [])
     runs: dict[tuple[str, str, str], list[dict]] = {}
     for r in range(args.rounds):
         for mode in args.modes:
             for method in args.methods:
-                order = ("sslforge", "lightly") if r % 2 == 0 else ("lightly", "sslforge")
+                order = toolkits if r % 2 == 0 else toolkits[::-1]
                 for toolkit in order:
                     res = run_child(args, toolkit, mode, method)
                     runs.setdefault((mode, method, toolkit), []).append(res)
-                    print(f"round {r + 1} {mode:7s} {method:11s} {toolkit:8s} {res['images_per_s']:8.1f} images/s",
+                    print(f"round {r + 1} {mode:7s} {method:11s} {toolkit:16s} {res['images_per_s']:8.1f} images/s",
                           file=sys.stderr, flush=True)
     peak_after = matmul_gflops(args.threads)
 
@@ -287,18 +294,19 @@ def main() -> None:
           f"{args.image_size} px, batch {args.batch_size}, {args.workers} workers, {args.threads} threads; "
           f"median of {args.rounds} rounds x {args.steps} steps")
     print(f"matmul peak ({args.threads} threads, fp32): {peak_before:.0f} GFLOP/s before, {peak_after:.0f} after\n")
-    print("| mode | method | sslforge images/s | lightly images/s | ratio | sslforge peak RSS MB "
-          "| lightly peak RSS MB | sslforge GFLOP/s |\n|---|---|---|---|---|---|---|---|")
+    ours = [t for t in toolkits if t != "lightly"]
+    print("| mode | method | " + " | ".join(f"{t} images/s" for t in toolkits) + " | "
+          + " | ".join(f"{t} / lightly" for t in ours) + " | " + " | ".join(f"{t} peak RSS MB" for t in toolkits)
+          + " | sslforge GFLOP/s |")
+    print("|---" * (2 + 2 * len(toolkits) + len(ours) + 1) + "|")
     for mode in args.modes:
         for method in args.methods:
-            ours, theirs = med(mode, method, "sslforge", "images_per_s"), med(mode, method, "lightly", "images_per_s")
-            gflops = ""
-            if mode == "compute":
-                gflops = f"{ours * med(mode, method, 'sslforge', 'gflop_per_image'):.0f}"
-            rss = [f"{med(mode, method, toolkit, 'peak_rss_mb'):.0f}" for toolkit in ("sslforge", "lightly")]
-            print(f"| {mode} | {method} | {ours:.1f} | {theirs:.1f} | {ours / theirs:.2f}x | {rss[0]} | {rss[1]} "
-                  f"| {gflops} |")
-
+            speed = {t: med(mode, method, t, "images_per_s") for t in toolkits}
+            gflops = f"{speed['sslforge'] * med(mode, method, 'sslforge', 'gflop_per_image'):.0f}" \
+                if mode == "compute" else ""
+            cells = [f"{speed[t]:.1f}" for t in toolkits] + [f"{speed[t] / speed['lightly']:.2f}x" for t in ours]
+            cells += [f"{med(mode, method, t, 'peak_rss_mb'):.0f}" for t in toolkits]
+            print(f"| {mode} | {method} | " + " | ".join(cells) + f" | {gflops} |")
 
 if __name__ == "__main__":
     main()

@@ -38,6 +38,7 @@ from export.embeddings import (
 from export.errors import ExportError
 from pretrain.data import ImageList, load_rgb
 from pretrain.datasets import EvalDataset
+from pretrain.malloc import keep_heap
 
 DTYPES = ("float32", "float16")
 DEFAULT_SHARD_SIZE = 100_000
@@ -192,7 +193,8 @@ def embed_images(embedder: Embedder, images: str | Path, out: str | Path, *, bat
     if not manifest["complete"]:
         dataset = _IndexedDataset(ImageList(source.root, paths, None, None), embedder.preprocessing)
         loader = DataLoader(dataset, batch_sampler=_ShardBatches(len(paths), shard_size, batch_size, first_shard),
-                            num_workers=workers, pin_memory=embedder.backend != "onnx" and torch.cuda.is_available())
+                            num_workers=workers, pin_memory=embedder.backend != "onnx" and torch.cuda.is_available(),
+                            worker_init_fn=keep_heap)
         bar = tqdm(total=len(paths), initial=done, desc=f"embedding -> {out.name}", unit="img", disable=not progress,
                    smoothing=0.1)
         vectors: list[np.ndarray] = []

@@ -25,6 +25,7 @@ from tqdm.auto import tqdm
 from pretrain.atomic import write_with
 from pretrain.data import DataError, ImageList
 from pretrain.datasets import EvalDataset
+from pretrain.malloc import keep_heap
 from pretrain.modeldir import ModelDir
 from pretrain.preprocess import Preprocessing
 from retrieval.knn import knn_vote
@@ -52,7 +53,8 @@ def extract_features(backbone: nn.Module, images: ImageList, preprocessing: Prep
     dataset = EvalDataset(images, preprocessing)
     workers = default_workers() if workers is None else workers
     loader = DataLoader(dataset, batch_size=batch_size, num_workers=workers, pin_memory=device.type == "cuda",
-                        generator=torch.Generator())  # evaluation must not consume the training RNG
+                        generator=torch.Generator(),  # evaluation must not consume the training RNG
+                        worker_init_fn=keep_heap)
     was_training = backbone.training
     backbone.eval()
     feats, labels, oks = [], [], []

@@ -17,6 +17,7 @@ import math
 import os
 import random
 import resource
+import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -38,6 +39,7 @@ from pretrain.data import ImageList, sample_dir, scan_images, typical_size
 from pretrain.datasets import EpochSampler, ViewsDataset
 from pretrain.evaluate import class_count, default_workers, extract_features, knn_evaluate
 from pretrain.gpu_augment import build_device_views, default_load_size, step_generator
+from pretrain.malloc import keep_heap
 from pretrain.methods import build_method, method_hparams, method_spec
 from pretrain.methods.base import Progress
 from pretrain.modeldir import ModelDir, write_model_dir
@@ -50,7 +52,7 @@ CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 # Settings that may differ when a run is resumed; every other setting must match the saved config.
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "checkpoint_every", "checkpoint_every_steps", "knn_every",
-                     "knn_test", "knn_k", "knn_temperature", "accumulate", "sync_bn"}
+                     "knn_test", "knn_k", "knn_temperature", "accumulate", "sync_bn", "compile"}
 
 
 class TrainingDiverged(RuntimeError):
@@ -102,6 +104,18 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     if precision == "auto":
         return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def compile_networks(method: torch.nn.Module, device: torch.device) -> None:
+    """torch.compile each network of `method` in place (backbone, heads, momentum copies; not the loss
+    code, which keeps its queues, gathers and logged floats in Python). Compiling in place keeps the
+    state_dict keys, so checkpoints and model dirs do not depend on the option."""
+    if device.type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
+        raise ConfigError("--compile on a CPU needs a C++ compiler (g++) for torch.compile: install one "
+                          "(apt-get install g++) or drop --compile")
+    for network in method.children():
+        if any(True for _ in network.parameters()):
+            network.compile()
 
 
 def rng_state() -> dict:
@@ -240,6 +254,8 @@ class Trainer:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
+        if cfg.compile:
+            compile_networks(self.model, self.device)
         self.ddp = distributed.wrap(self.model, self.device, find_unused_parameters=self.model.skips_parameters)
         if self.rank:
             torch.manual_seed(process_seed(cfg.seed, self.rank, 0))
@@ -264,7 +280,7 @@ class Trainer:
         self.loader = DataLoader(dataset, batch_size=micro_batch, sampler=self.sampler, num_workers=cfg.workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
                                  generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG alone
-                                 prefetch_factor=4 if cfg.workers > 0 else None)
+                                 prefetch_factor=4 if cfg.workers > 0 else None, worker_init_fn=keep_heap)
         self.steps_per_epoch = self.sampler.batches_per_epoch
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
