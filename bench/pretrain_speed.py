@@ -99,7 +99,8 @@ def sslforge_parts(args, out: Path):
 
 # -- lightly side ----------------------------------------------------------------------------------------
 def lightly_parts(args):
-    """lightly's documented recipe: its transform, heads, loss and SGD; a ResNet-18 with the CIFAR stem."""
+    """lightly's documented recipe: its transform, heads, loss and SGD; a ResNet-18, with the CIFAR stem below
+    64 px unless `args.cifar_stem` says otherwise. Returns (backbone, loader, step function)."""
     import copy
 
     import torchvision
@@ -114,7 +115,7 @@ def lightly_parts(args):
 
     size = args.image_size
     resnet = torchvision.models.resnet18()
-    if size < 64:
+    if getattr(args, "cifar_stem", size < 64):
         resnet.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
         resnet.maxpool = nn.Identity()
     backbone = nn.Sequential(*list(resnet.children())[:-1], nn.Flatten())
@@ -158,7 +159,7 @@ def lightly_parts(args):
         opt.step()
         opt.zero_grad()
 
-    return loader, step
+    return backbone, loader, step
 
 
 # -- timing ------------------------------------------------------------------------------------------------
@@ -210,7 +211,7 @@ def measure(args) -> dict:
         if ours and args.mode == "full":
             result["images_per_s"] = sslforge_full(args, Path(tmp) / "run")
         else:
-            loader, step = sslforge_parts(args, Path(tmp) / "run") if ours else lightly_parts(args)
+            loader, step = sslforge_parts(args, Path(tmp) / "run") if ours else lightly_parts(args)[1:]
             if args.mode == "data":
                 result["images_per_s"] = time_cold_loader(loader, args)
             elif args.mode == "full":

@@ -45,7 +45,9 @@ class ViewsDataset(Dataset):
         else:
             raise RuntimeError(f"no image under {self.images.root} could be decoded")
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(sample_seed)
+            # The CPU generator only: torch.manual_seed also queues a CUDA seeding with a captured stack
+            # trace when CUDA is not initialised, which cost 0.8 ms per sample (docs/benchmarks.md).
+            torch.default_generator.manual_seed(sample_seed)
             state = random.getstate()
             random.seed(sample_seed)
             try:
