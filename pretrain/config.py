@@ -66,9 +66,9 @@ class PretrainConfig:
     precision: str = _opt("auto", "numeric precision: auto = bf16 (or fp16) autocast on CUDA, fp32 on CPU",
                           choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = _opt(True, "use the channels-last memory layout (faster convolutions on CPU and GPU)")
-    compile: bool = _opt(False, "compile the method's networks with torch.compile: about 15%% faster steps on a "
-                               "CPU (docs/benchmarks.md) after a one-off compile of 30-60 s; on a CPU it "
-                               "needs a C++ compiler (g++)")
+    compile: bool = _opt(False, "compile the method's networks with torch.compile: 3-17%% faster steps on a "
+                               "CPU at 32 px (docs/benchmarks.md) after a one-off compile of 30-60 s; on a CPU "
+                               "it needs a C++ compiler (g++)")
     device: str = _opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     workers: int | None = _opt(None, "data-loading worker processes; default: the number of CPU cores (max 8)")
     seed: int = _opt(0, "random seed: the same seed and settings give the same run")
