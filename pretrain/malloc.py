@@ -8,7 +8,7 @@ memory the kernel zeroes again: a hue shift at 224 px took 2.7 ms that way and 0
 and do not give freed memory back until 256 MB sit unused at its top.
 
 Only worker processes are tuned: in the training process the large activations (over 32 MB at
-batch 128) are mmapped whatever the threshold, and keeping them instead raised peak memory by 20%.
+batch 128) are mmapped whatever the threshold, and keeping them instead raised peak memory by 20-30%.
 """
 from __future__ import annotations
 
