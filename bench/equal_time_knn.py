@@ -17,6 +17,7 @@ scores them; a randomly initialised ResNet-18 is the floor.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import shutil
@@ -73,10 +74,8 @@ def sslforge_run(args, budget_s: float) -> dict:
 
     runs = tempfile.mkdtemp(prefix="equal-time-knn-")
     calibration = Trainer(config(f"{runs}/calibration", 100, BATCH * 11), progress=False, on_step=tick)
-    try:
+    with contextlib.suppress(_OutOfTime):
         calibration.fit()
-    except _OutOfTime:
-        pass
     images_per_s = 8 * BATCH / (ticks[-1] - ticks[1])
     num_images = len(scan_images(args.data))
     epochs = max(1, int(budget_s * images_per_s / num_images))
@@ -90,10 +89,8 @@ def sslforge_run(args, budget_s: float) -> dict:
             raise _OutOfTime
 
     trainer = Trainer(config(f"{runs}/run", epochs), progress=False, on_step=stop_when_spent)
-    try:
+    with contextlib.suppress(_OutOfTime):
         trainer.fit()
-    except _OutOfTime:
-        pass
     seconds = time.perf_counter() - start
     shutil.rmtree(runs)
     return {"toolkit": "sslforge", "scheduled_epochs": epochs, "steps": done["steps"],
@@ -105,15 +102,13 @@ def lightly_run(args, budget_s: float) -> dict:
     spec = argparse.Namespace(method="simclr", image_size=SIZE, data=args.data, batch_size=BATCH, workers=1,
                               cifar_stem=False)
     backbone, loader, step = lightly_parts(spec)
-    start, steps, epochs = time.perf_counter(), 0, 0
+    start, steps = time.perf_counter(), 0
     while time.perf_counter() - start < budget_s:
         for batch in loader:
             step(batch)
             steps += 1
             if time.perf_counter() - start > budget_s:
                 break
-        else:
-            epochs += 1
     seconds = time.perf_counter() - start
     return {"toolkit": "lightly", "steps": steps, "epochs": steps / len(loader), "train_s": seconds,
             "images_per_s": steps * BATCH / seconds, **knn_of(backbone, args)}

@@ -23,6 +23,7 @@ Peak RSS is the main process's (loader workers are separate processes in both).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import resource
 import statistics
@@ -70,10 +71,8 @@ def sslforge_full(args, out: Path) -> float:
 
     trainer = sslforge_trainer(args, out)
     trainer.on_step = on_step
-    try:
+    with contextlib.suppress(_Done):
         trainer.fit()
-    except _Done:
-        pass
     return args.steps * args.batch_size / (ticks[-1] - ticks[args.warmup - 1])
 
 

@@ -46,7 +46,7 @@ class ViewsDataset(Dataset):
             raise RuntimeError(f"no image under {self.images.root} could be decoded")
         with torch.random.fork_rng(devices=[]):
             # The CPU generator only: torch.manual_seed also queues a CUDA seeding with a captured stack
-            # trace when CUDA is not initialised: 0.08 ms per sample instead of 0.001 (docs/benchmarks.md).
+            # trace when CUDA is not initialised: 0.12 ms per sample instead of 0.001 (bench/lever_probes.py seed).
             torch.default_generator.manual_seed(sample_seed)
             state = random.getstate()
             random.seed(sample_seed)

@@ -47,7 +47,7 @@ def test_upload_over_the_byte_limit(tmp_path):
     assert read_image(write(tmp_path, "ok.png", data), Limits(max_bytes=len(data))).size == (64, 64)
 
 
-def test_answers_match_export_and_retrieval(engine, served, tmp_path):
+def test_answers_match_export_and_retrieval(engine, served):
     model, index_dir, images = served
     files = sorted(images.rglob("*.jpg"))[:5]
     feats = engine.features(engine.prepare(files))
