@@ -9,7 +9,7 @@ from importlib.metadata import entry_points
 
 from pretrain import __version__
 from pretrain.benchcli import add_benchmark_command, add_data_commands, add_tsne_command
-from pretrain.config import ConfigError, PretrainConfig, load_yaml, parse_key_values
+from pretrain.config import RECIPES, ConfigError, PretrainConfig, load_yaml, parse_key_values
 from pretrain.data import DataError
 from pretrain.modeldir import ModelDirError
 
@@ -163,12 +163,9 @@ def cmd_eval_linear(args: argparse.Namespace) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
-    from pretrain.methods import METHODS, method_hparams
+    from pretrain.methods import recipe_table
 
-    for name, spec in sorted(METHODS.items()):
-        hp = ", ".join(f"{k}={v}" for k, v in method_hparams(name).items())
-        print(f"{name:12s} views={spec.transform} optimizer={spec.optimizer} lr={spec.lr} "
-              f"weight_decay={spec.weight_decay}  [{hp}]")
+    print(recipe_table(args.recipe))
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
@@ -291,8 +288,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-save", action="store_true", help="do not write head.safetensors")
     p.set_defaults(func=cmd_eval_linear)
 
-    p = sub.add_parser("methods", help="list the SSL methods and their defaults",
-                       description="List every method with its default views, optimizer and hyper-parameters.")
+    p = sub.add_parser("methods", help="list the SSL methods and their recipes",
+                       description="List every method with its default views and a recipe: the optimizer, base "
+                                   "learning rate (for a batch of 256; the trainer scales it by batch/256), weight "
+                                   "decay and every hyper-parameter (those the recipe sets, rather than the "
+                                   "paper's default, are marked *). `sslforge pretrain --recipe NAME` uses it.")
+    p.add_argument("--recipe", choices=RECIPES, default="default",
+                   help="default: tuned for one device and batches of 64-512; paper: each paper's own large-batch "
+                        "recipe (default: default)")
     p.set_defaults(func=cmd_methods)
     p = sub.add_parser("sample", help="print the folder of the bundled CIFAR-10 sample (unpacks it once)",
                        description="Unpack the bundled CIFAR-10 sample (5,000 train / 1,000 test images) into the "

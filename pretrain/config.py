@@ -21,6 +21,9 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and says what is allowed."""
 
 
+RECIPES = ("default", "paper")  # the optimisation recipes every method has (pretrain/methods/__init__.py)
+
+
 def _opt(default: Any, help: str, **meta: Any) -> Any:
     if isinstance(default, dict):
         return field(default_factory=dict, metadata={"help": help, **meta})
@@ -30,6 +33,10 @@ def _opt(default: Any, help: str, **meta: Any) -> Any:
 @dataclass
 class PretrainConfig:
     method: str = _opt("simclr", "self-supervised method (see `sslforge methods`)")
+    recipe: str = _opt("default", "what fills every optimisation option left unset (optimizer, lr, weight decay, "
+                                  "method hyper-parameters; `sslforge methods` prints each): default = tuned "
+                                  "for one device and batches of 64-512, paper = the paper's large-batch recipe",
+                       choices=RECIPES)
     data: str | None = _opt(None, "training images: a folder with class sub-folders (labels used only for "
                                   "evaluation) or a flat folder of images; default: the bundled CIFAR-10 sample")
     out: str | None = _opt(None, "run folder to write (the model dir); default: runs/<method>-<backbone>")

@@ -62,7 +62,7 @@ class TrainingDiverged(RuntimeError):
 def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
     """Fill every default that depends on other settings or on the training `images`, so config.yaml
     records what actually ran."""
-    spec = method_spec(cfg.method)
+    recipe = method_spec(cfg.method).recipe(cfg.recipe)
     data = str(images.root)
     is_sample = cfg.data is None
     image_size = cfg.image_size or min(224, typical_size(images))
@@ -72,12 +72,14 @@ def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
         image_size=image_size,
         small_stem=backbone.small_stem,
         out=cfg.out or f"runs/{cfg.method}-{backbone.name}",
-        optimizer=cfg.optimizer or spec.optimizer,
-        lr=cfg.lr if cfg.lr is not None else spec.lr,
-        weight_decay=cfg.weight_decay if cfg.weight_decay is not None else spec.weight_decay,
+        optimizer=cfg.optimizer or recipe.optimizer,
+        lr=cfg.lr if cfg.lr is not None else recipe.lr,
+        weight_decay=cfg.weight_decay if cfg.weight_decay is not None else recipe.weight_decay,
         warmup_epochs=cfg.warmup_epochs if cfg.warmup_epochs is not None else min(10.0, cfg.epochs / 10),
-        transform=cfg.transform or spec.transform,
-        method_args=method_hparams(cfg.method, cfg.method_args),
+        transform=cfg.transform or method_spec(cfg.method).transform,
+        # the recipe's view options suit the method's own views only
+        transform_args=cfg.transform_args if cfg.transform else {**recipe.transform_args, **cfg.transform_args},
+        method_args=method_hparams(cfg.method, cfg.method_args, cfg.recipe),
         workers=cfg.workers if cfg.workers is not None else default_workers(),
         knn_test=cfg.knn_test or (str(sample_dir() / "test") if is_sample and cfg.knn_every else None),
         gpu_load_size=(cfg.gpu_load_size or default_load_size(image_size)) if cfg.gpu_augment else None,

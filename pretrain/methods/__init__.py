@@ -1,15 +1,15 @@
-"""The method registry: `--method NAME` -> class, default hyper-parameters of the optimisation, default views.
+"""The method registry: `--method NAME` -> class, default views and recipes (optimizer, lr, hyper-parameters).
 
 Adding a method is one file in this folder and one line in METHODS.
 """
 from __future__ import annotations
 
 import inspect
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from torch import nn
 
-from pretrain.config import ConfigError
+from pretrain.config import RECIPES, ConfigError
 from pretrain.methods.barlowtwins import BarlowTwins
 from pretrain.methods.base import Method
 from pretrain.methods.byol import BYOL
@@ -26,31 +26,60 @@ from pretrain.methods.vicregl import VICRegL
 
 
 @dataclass(frozen=True)
+class Recipe:
+    """What `--recipe NAME` fills in for every optimisation option the user leaves unset.
+
+    `method_args` override the method's constructor defaults (the paper's hyper-parameters) and
+    `transform_args` the options of the method's default views; `--method-arg` and `--transform-arg`
+    override both. The learning rate is for a batch of 256 (the trainer scales it by batch/256).
+    """
+
+    optimizer: str = "adamw"
+    lr: float = 2e-3
+    weight_decay: float = 1e-4
+    method_args: dict = field(default_factory=dict)
+    transform_args: dict = field(default_factory=dict)
+    source: str = "sweep on one CPU, batch 128 (docs/benchmarks.md)"
+
+
+# The papers' own large-batch recipes (8+ GPUs, batches of 1024-4096); `--recipe paper`.
+def _paper(optimizer: str, lr: float, weight_decay: float, source: str, **method_args) -> Recipe:
+    return Recipe(optimizer, lr, weight_decay, method_args=method_args, source=source)
+
+
+_LARS_SIMCLR = _paper("lars", 0.3, 1e-6, "Chen et al. 2020, sec. B.1", temperature=0.1)
+
+
+@dataclass(frozen=True)
 class MethodSpec:
     cls: type[Method]
     transform: str
-    optimizer: str
-    lr: float  # base learning rate for a batch of 256
-    weight_decay: float
+    default: Recipe = Recipe()  # one device, batches of 64-512
+    paper: Recipe = Recipe(source="no large-batch recipe published: same as default")
+
+    def recipe(self, name: str) -> Recipe:
+        if name not in RECIPES:
+            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)} (got {name!r})")
+        return getattr(self, name)
 
 
-# Defaults suit single-device batches (<= 512 images); docs/benchmarks.md shows how they were chosen.
-# For batches in the thousands the papers' own recipe applies, e.g. SimCLR with
-# --optimizer lars --lr 0.3 --weight-decay 1e-6 --method-arg temperature=0.1.
+# Adding a method is one line here (its default recipe: docs/benchmarks.md shows how each was chosen).
 METHODS: dict[str, MethodSpec] = {
-    "simclr": MethodSpec(SimCLR, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
-    # Pending the per-method learning check of issue 3: the same optimizer recipe as SimCLR.
-    "byol": MethodSpec(BYOL, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
-    "simsiam": MethodSpec(SimSiam, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
-    "barlowtwins": MethodSpec(BarlowTwins, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
-    "vicreg": MethodSpec(VICReg, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
-    "moco": MethodSpec(MoCo, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
-    "drlim": MethodSpec(DrLIM, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
-    "swav": MethodSpec(SwAV, transform="multicrop", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
-    "dino": MethodSpec(DINO, transform="multicrop", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
-    "simclr2": MethodSpec(SimCLRv2, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
-    "distill": MethodSpec(Distill, transform="simclr", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
-    "vicregl": MethodSpec(VICRegL, transform="vicregl", optimizer="adamw", lr=2e-3, weight_decay=1e-4),
+    "simclr": MethodSpec(SimCLR, "simclr", paper=_LARS_SIMCLR),
+    "simclr2": MethodSpec(SimCLRv2, "simclr", paper=_LARS_SIMCLR),
+    "moco": MethodSpec(MoCo, "simclr", paper=_paper("sgd", 0.03, 1e-4, "Chen et al. 2020 (MoCo v2)",
+                                                     momentum=0.999, queue_size=65536)),
+    "byol": MethodSpec(BYOL, "simclr", paper=_paper("lars", 0.2, 1.5e-6, "Grill et al. 2020, sec. 3.2",
+                                                     momentum_base=0.996)),
+    "simsiam": MethodSpec(SimSiam, "simclr", paper=_paper("sgd", 0.05, 1e-4, "Chen & He 2021, sec. 4")),
+    "swav": MethodSpec(SwAV, "multicrop", paper=_paper("lars", 0.3, 1e-6, "Caron et al. 2020, sec. A.1")),
+    "barlowtwins": MethodSpec(BarlowTwins, "simclr", paper=_paper("lars", 0.2, 1.5e-6, "Zbontar et al. 2021, sec. 4")),
+    "vicreg": MethodSpec(VICReg, "simclr", paper=_paper("lars", 0.2, 1e-6, "Bardes et al. 2022, sec. 4.1")),
+    "vicregl": MethodSpec(VICRegL, "vicregl", paper=_paper("lars", 0.3, 1e-6, "Bardes et al. 2022 (VICRegL), "
+                                                                               "sec. 4")),
+    "dino": MethodSpec(DINO, "multicrop", paper=_paper("adamw", 5e-4, 0.04, "Caron et al. 2021, sec. 4 (ViT)")),
+    "drlim": MethodSpec(DrLIM, "simclr"),
+    "distill": MethodSpec(Distill, "simclr"),
 }
 
 
@@ -60,14 +89,14 @@ def method_spec(name: str) -> MethodSpec:
     return METHODS[name]
 
 
-def method_hparams(name: str, overrides: dict | None = None) -> dict:
-    """The method's hyper-parameters (its constructor defaults) with `overrides` applied and checked."""
+def method_hparams(name: str, overrides: dict | None = None, recipe: str = "default") -> dict:
+    """The method's hyper-parameters: its constructor defaults, then the recipe's, then `overrides` (checked)."""
     params = inspect.signature(method_spec(name).cls.__init__).parameters
     defaults = {k: p.default for k, p in params.items() if k not in ("self", "backbone", "feature_dim")}
     for key in overrides or {}:
         if key not in defaults:
             raise ConfigError(f"method {name} has no option {key!r}; its options are {', '.join(defaults)}")
-    return {**defaults, **(overrides or {})}
+    return {**defaults, **method_spec(name).recipe(recipe).method_args, **(overrides or {})}
 
 
 def build_method(name: str, backbone: nn.Module, feature_dim: int, hparams: dict) -> Method:
@@ -75,3 +104,17 @@ def build_method(name: str, backbone: nn.Module, feature_dim: int, hparams: dict
         return method_spec(name).cls(backbone, feature_dim, **hparams)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"method {name}: {e}") from None
+
+
+def recipe_table(recipe: str = "default") -> str:
+    """`sslforge methods`: one Markdown row per method with the recipe's optimisation and every hyper-parameter
+    (those the recipe sets instead of the paper's constructor default are marked *)."""
+    rows = ["| method | views | optimizer | lr (per 256) | weight decay | hyper-parameters | source |",
+            "|---|---|---|---|---|---|---|"]
+    for name, spec in sorted(METHODS.items()):
+        r = spec.recipe(recipe)
+        hp = method_hparams(name, recipe=recipe)
+        params = ", ".join(f"{k}={v}{'*' if k in r.method_args else ''}" for k, v in hp.items())
+        views = spec.transform + "".join(f" {k}={v}*" for k, v in r.transform_args.items())
+        rows.append(f"| {name} | {views} | {r.optimizer} | {r.lr:g} | {r.weight_decay:g} | {params} | {r.source} |")
+    return "\n".join(rows)
