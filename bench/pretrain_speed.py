@@ -98,67 +98,14 @@ def sslforge_parts(args, out: Path):
 
 # -- lightly side ----------------------------------------------------------------------------------------
 def lightly_parts(args):
-    """lightly's documented recipe: its transform, heads, loss and SGD; a ResNet-18, with the CIFAR stem below
-    64 px unless `args.cifar_stem` says otherwise. Returns (backbone, loader, step function)."""
-    import copy
+    """lightly's documented recipe for the method (bench/lightly_recipes.py); a ResNet-18, with the CIFAR stem
+    below 64 px unless `args.cifar_stem` says otherwise. Returns (backbone, loader, step function of a batch)."""
+    import lightly_recipes
 
-    import torchvision
-    from lightly.data import LightlyDataset
-    from lightly.loss import BarlowTwinsLoss, NegativeCosineSimilarity, NTXentLoss, VICRegLoss
-    from lightly.models.modules import heads
-    from lightly.models.utils import deactivate_requires_grad, update_momentum
-    from lightly.transforms import BYOLTransform, SimCLRTransform, VICRegTransform
-    from lightly.transforms.byol_transform import BYOLView1Transform, BYOLView2Transform
-    from lightly.utils.scheduler import cosine_schedule
-    from torch import nn
-
-    size = args.image_size
-    resnet = torchvision.models.resnet18()
-    if getattr(args, "cifar_stem", size < 64):
-        resnet.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-        resnet.maxpool = nn.Identity()
-    backbone = nn.Sequential(*list(resnet.children())[:-1], nn.Flatten())
-    blur = 0.0 if size < 64 else 0.5
-    byol_views = BYOLTransform(BYOLView1Transform(input_size=size, gaussian_blur=blur),
-                               BYOLView2Transform(input_size=size, gaussian_blur=blur))
-    method = args.method
-    if method == "simclr":
-        transform, head, loss_fn = SimCLRTransform(input_size=size, gaussian_blur=blur), \
-            heads.SimCLRProjectionHead(512, 512, 128), NTXentLoss()
-    elif method == "byol":
-        transform, head, loss_fn = byol_views, heads.BYOLProjectionHead(512, 1024, 256), NegativeCosineSimilarity()
-    elif method == "vicreg":
-        transform, head, loss_fn = VICRegTransform(input_size=size, gaussian_blur=blur), \
-            heads.VICRegProjectionHead(512, 2048, 2048, num_layers=2), VICRegLoss()
-    else:
-        transform, head, loss_fn = byol_views, heads.BarlowTwinsProjectionHead(512, 2048, 2048), BarlowTwinsLoss()
-    model = nn.ModuleDict({"backbone": backbone, "head": head})
-    if method == "byol":
-        model["predictor"] = heads.BYOLPredictionHead(256, 1024, 256)
-        model["target"] = nn.Sequential(copy.deepcopy(backbone), copy.deepcopy(head))
-        deactivate_requires_grad(model["target"])
-    opt = torch.optim.SGD(model.parameters(), lr=0.06, momentum=0.9, weight_decay=5e-4)
-    dataset = LightlyDataset(input_dir=args.data, transform=transform)
-    loader = torch.utils.data.DataLoader(dataset, batch_size=args.batch_size, shuffle=True, drop_last=True,
-                                         num_workers=args.workers)
-
-    def step(batch) -> None:
-        x0, x1 = batch[0]
-        if method == "byol":
-            m = cosine_schedule(0, 100, 0.996, 1)
-            update_momentum(model["backbone"], model["target"][0], m)
-            update_momentum(model["head"], model["target"][1], m)
-            p0, p1 = (model["predictor"](model["head"](model["backbone"](x))) for x in (x0, x1))
-            with torch.no_grad():
-                t0, t1 = (model["target"](x).detach() for x in (x0, x1))
-            loss = 0.5 * (loss_fn(p0, t1) + loss_fn(p1, t0))
-        else:
-            loss = loss_fn(*(model["head"](model["backbone"](x)) for x in (x0, x1)))
-        loss.backward()
-        opt.step()
-        opt.zero_grad()
-
-    return backbone, loader, step
+    backbone, loader, step = lightly_recipes.build(args.method, args.image_size, args.data, args.batch_size,
+                                                   args.workers, cifar_stem=getattr(args, "cifar_stem",
+                                                                                    args.image_size < 64))
+    return backbone, loader, lambda batch: step(batch, 0)
 
 
 # -- timing ------------------------------------------------------------------------------------------------

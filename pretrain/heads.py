@@ -20,8 +20,8 @@ class ProjectionHead(nn.Sequential):
         for d_in, d_out in zip(dims[:-2], dims[1:-1]):
             blocks += [nn.Linear(d_in, d_out, bias=False), nn.BatchNorm1d(d_out), nn.ReLU(inplace=True)]
         blocks.append(nn.Linear(dims[-2], dims[-1], bias=not last_bn))
-        if last_bn:  # SimSiam's projector ends in BatchNorm
-            blocks.append(nn.BatchNorm1d(dims[-1]))
+        if last_bn:  # SimSiam's projector ends in a BatchNorm without learnable scale and shift (its paper's code)
+            blocks.append(nn.BatchNorm1d(dims[-1], affine=False))
         super().__init__(*blocks)
 
 

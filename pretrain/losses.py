@@ -198,30 +198,69 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
 
 
-def _matched(za: torch.Tensor, zb: torch.Tensor, distance: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """For each of the k rows of `distance` (per image) with the closest nearest neighbour: (a vector, its match)."""
+def _matched(za: torch.Tensor, zb: torch.Tensor, distance: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+    """Every vector of a with its nearest vector of b (by `distance` [B, Na, Nb]); of those, the k pairs with the
+    closest match (all when k is None), kept in the order of a's positions: ([B, k, D], [B, k, D])."""
     nearest, idx = distance.min(dim=2)  # [B, Na]: the closest b for every a
-    keep = nearest.topk(min(k, nearest.shape[1]), dim=1, largest=False).indices  # [B, k]
+    k = nearest.shape[1] if k is None else min(k, nearest.shape[1])
+    keep = nearest.topk(k, dim=1, largest=False).indices.sort(dim=1).values  # [B, k], in position order
     a = za.gather(1, keep[..., None].expand(-1, -1, za.shape[2]))
     b = zb.gather(1, idx.gather(1, keep)[..., None].expand(-1, -1, zb.shape[2]))
-    return a.flatten(0, 1), b.flatten(0, 1)
+    return a, b
 
 
-def vicregl_local_loss(za: torch.Tensor, zb: torch.Tensor, pos_a: torch.Tensor, pos_b: torch.Tensor, k: int,
-                       criterion: VICRegLoss) -> torch.Tensor:
-    """VICRegL's local criterion (Bardes et al. 2022) between the feature maps of two views of each image.
+def vicreg_per_match(x: torch.Tensor, y: torch.Tensor, eps: float = 1e-4) -> tuple[torch.Tensor, ...]:
+    """VICRegL's local criterion terms for matched vectors x, y [B, k, D] (unweighted): invariance is the MSE
+    over everything; variance and covariance are taken per match rank across the batch (the j-th match of
+    every image forms one sample), averaged over ranks and over x and y."""
+    x, y = x.float(), y.float()
+    invariance = F.mse_loss(x, y)
+    variance = covariance = 0.0
+    for z in (x, y):
+        z = z - z.mean(0)
+        variance = variance + F.relu(1 - torch.sqrt(z.var(0) + eps)).mean() / 2
+        zt = z.transpose(0, 1)  # [k, B, D]
+        cov = zt.transpose(1, 2) @ zt / (z.shape[0] - 1)  # [k, D, D]
+        off = cov.pow(2).sum(dim=(1, 2)) - torch.diagonal(cov, dim1=1, dim2=2).pow(2).sum(dim=1)
+        covariance = covariance + (off / z.shape[2]).mean() / 2
+    return invariance, variance, covariance
 
-    `za` [B, Na, D] and `zb` [B, Nb, D] are projected feature-map vectors, `pos_*` [B, N, 2] their
-    locations in the source image. Every vector of a is matched to its nearest vector of b twice: by
-    location and by feature distance; the k best matches of each kind enter the VICReg criterion.
-    Both directions (a to b, b to a) count.
+
+def vicregl_local_terms(za: torch.Tensor, zb: torch.Tensor, pos_a: torch.Tensor, pos_b: torch.Tensor,
+                        matches: tuple[int, int]) -> tuple[torch.Tensor, ...]:
+    """VICRegL's local terms (Bardes et al. 2022, the authors' main_vicregl.py) between the feature maps of two
+    views of each image: `za` [B, Na, D], `zb` [B, Nb, D], `pos_*` [B, N, 2] their source locations.
+
+    Two kinds of matches, each in both directions: by feature distance (every vector to its nearest), and by
+    location (the `matches` = (a to b, b to a) closest pairs). Each term is the sum over the two kinds of the
+    mean over the two directions.
     """
     za, zb = za.float(), zb.float()
-    total = 0.0
-    for x, y, px, py in ((za, zb, pos_a, pos_b), (zb, za, pos_b, pos_a)):
-        for distance in (torch.cdist(px.float(), py.float()), torch.cdist(x.detach(), y.detach())):
-            total = total + criterion(*_matched(x, y, distance, k))
-    return total / 4
+    terms = [0.0, 0.0, 0.0]
+    by_feature = torch.cdist(za.detach(), zb.detach())
+    by_location = torch.cdist(pos_a.float(), pos_b.float())
+    for distance, (k_ab, k_ba) in ((by_feature, (None, None)), (by_location, matches)):
+        for x, y, d, k in ((za, zb, distance, k_ab), (zb, za, distance.transpose(1, 2), k_ba)):
+            for i, t in enumerate(vicreg_per_match(*_matched(x, y, d, k))):
+                terms[i] = terms[i] + t / 2
+    return tuple(terms)
+
+
+def vicregl_global_terms(embeddings: list[torch.Tensor], global_views: int = 2, eps: float = 1e-4
+                         ) -> tuple[torch.Tensor, ...]:
+    """VICRegL's global terms (the authors' main_vicregl.py): invariance averaged over the pairs (global view
+    i, any other view j); variance and covariance (off-diagonal squares / D) averaged over every view."""
+    invariance, pairs = 0.0, 0
+    for i in range(global_views):
+        for j in range(len(embeddings)):
+            if j != i:
+                invariance, pairs = invariance + F.mse_loss(embeddings[i].float(), embeddings[j].float()), pairs + 1
+    variance = covariance = 0.0
+    for z in embeddings:
+        z = z.float() - z.float().mean(0)
+        variance = variance + F.relu(1 - torch.sqrt(z.var(0) + eps)).mean()
+        covariance = covariance + _off_diagonal(z.T @ z / (z.shape[0] - 1)).pow(2).sum() / z.shape[1]
+    return invariance / pairs, variance / len(embeddings), covariance / len(embeddings)
 
 
 def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:

@@ -12,7 +12,7 @@ from torch import nn
 from pretrain.backbones import FeatureMapTap
 from pretrain.distributed import gather
 from pretrain.heads import ProjectionHead
-from pretrain.losses import VICRegLoss, vicregl_local_loss
+from pretrain.losses import vicregl_global_terms, vicregl_local_terms
 from pretrain.methods.base import Method
 
 GLOBAL_VIEWS = 2
@@ -32,12 +32,20 @@ def cell_positions(boxes: torch.Tensor, h: int, w: int) -> torch.Tensor:
 
 
 class VICRegL(Method):
+    """The authors' objective (their main_vicregl.py): alpha * (global invariance + variance + covariance) +
+    (1 - alpha) * (local ...), each term weighted by lambda_, mu, nu. The global terms cover every view (the
+    invariance pairs each global view with every other view); the local terms average over the same pairs of
+    feature maps. (The authors' loop over those pairs overwrites instead of summing, so only its last pair
+    counts, divided by the number of pairs; here every pair counts, which is what the division intends.)
+    `matches_ab` / `matches_ba`: location matches kept from the first view of a pair to the second and back.
+    """
+
     needs = ("boxes",)
     couples_batch = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, alpha: float = 0.75, proj_dim: int = 8192,
-                 proj_layers: int = 3, local_proj_dim: int = 512, matches_global: int = 20,
-                 matches_local: int = 4, lambda_: float = 25.0, mu: float = 25.0, nu: float = 1.0):
+                 proj_layers: int = 3, local_proj_dim: int = 512, matches_ab: int = 20, matches_ba: int = 4,
+                 lambda_: float = 25.0, mu: float = 25.0, nu: float = 1.0):
         super().__init__(backbone, feature_dim)
         if not 0 <= alpha <= 1:
             raise ValueError(f"alpha must be in [0, 1] (got {alpha})")
@@ -45,33 +53,40 @@ class VICRegL(Method):
         self.projector = ProjectionHead(feature_dim, proj_dim, proj_dim, layers=proj_layers)
         # Pooling keeps the channel count, so the map's vectors have the feature dimension too.
         self.local_projector = ProjectionHead(feature_dim, local_proj_dim, local_proj_dim, layers=2)
-        self.alpha, self.matches_global, self.matches_local = alpha, matches_global, matches_local
-        self.criterion = VICRegLoss(lambda_, mu, nu)
+        self.alpha, self.matches = alpha, (matches_ab, matches_ba)
+        self.weights = (lambda_, mu, nu)
 
-    def _local(self, x: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Pooled features, projected map vectors [B, h*w, D] and their source positions [B, h*w, 2]."""
+    def _encode(self, x: torch.Tensor, boxes: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Projected pooled features, projected map vectors [B, h*w, D] and their source positions [B, h*w, 2]."""
         pooled = self.backbone(x)
         fmap = self.tap.map
         n, c, h, w = fmap.shape
         z = self.local_projector(fmap.flatten(2).transpose(1, 2).reshape(-1, c)).reshape(n, h * w, -1)
-        return pooled, z, cell_positions(boxes, h, w)
+        return self.projector(pooled), z, cell_positions(boxes, h, w)
 
     def forward(self, views: list[torch.Tensor], boxes: torch.Tensor) -> tuple[torch.Tensor, dict[str, float]]:
         b = views[0].shape[0]
-        pooled, zg, pg = self._local(torch.cat(views[:GLOBAL_VIEWS]),
-                                     boxes[:, :GLOBAL_VIEWS].transpose(0, 1).flatten(0, 1))
-        z1, z2 = self.projector(pooled).chunk(2)
-        inv, var, cov = self.criterion.terms(gather(z1), gather(z2))  # statistics of the global batch
-        global_loss = self.criterion.weighted(inv, var, cov)
-        (g1, g2), (p1, p2) = [gather(t) for t in zg.split(b)], [gather(t) for t in pg.split(b)]
-        local_losses = [vicregl_local_loss(g1, g2, p1, p2, self.matches_global, self.criterion)]
-        if len(views) > GLOBAL_VIEWS:
-            _, zl, pl = self._local(torch.cat(views[GLOBAL_VIEWS:]),
-                                    boxes[:, GLOBAL_VIEWS:].transpose(0, 1).flatten(0, 1))
-            for zi, pi in zip(map(gather, zl.split(b)), map(gather, pl.split(b))):
-                for zgi, pgi in ((g1, p1), (g2, p2)):
-                    local_losses.append(vicregl_local_loss(zgi, zi, pgi, pi, self.matches_local, self.criterion))
-        local_loss = sum(local_losses) / len(local_losses)
-        logs = {"invariance": float(inv.detach()), "variance": float(var.detach()),
-                "covariance": float(cov.detach()), "local_loss": float(local_loss.detach())}
+        embeddings, maps, positions = [], [], []
+        groups = [(0, GLOBAL_VIEWS)] + ([(GLOBAL_VIEWS, len(views))] if len(views) > GLOBAL_VIEWS else [])
+        for start, end in groups:  # one forward per crop size
+            e, z, p = self._encode(torch.cat(views[start:end]), boxes[:, start:end].transpose(0, 1).flatten(0, 1))
+            embeddings += e.split(b)
+            maps += z.split(b)
+            positions += p.split(b)
+        # statistics of the global batch under torchrun (identities in one process)
+        embeddings, maps, positions = ([gather(t) for t in ts] for ts in (embeddings, maps, positions))
+        g_terms = vicregl_global_terms(embeddings, GLOBAL_VIEWS)
+        l_terms, pairs = [0.0, 0.0, 0.0], 0
+        for i in range(GLOBAL_VIEWS):
+            for j in range(len(views)):
+                if j != i:
+                    for t, value in enumerate(vicregl_local_terms(maps[i], maps[j], positions[i], positions[j],
+                                                                  self.matches)):
+                        l_terms[t] = l_terms[t] + value
+                    pairs += 1
+        l_terms = [t / pairs for t in l_terms]
+        global_loss = sum(w * t for w, t in zip(self.weights, g_terms))
+        local_loss = sum(w * t for w, t in zip(self.weights, l_terms))
+        logs = {name: float(t.detach()) for name, t in zip(("invariance", "variance", "covariance"), g_terms)}
+        logs["local_loss"] = float(local_loss.detach())
         return self.alpha * global_loss + (1 - self.alpha) * local_loss, logs

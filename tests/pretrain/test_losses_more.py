@@ -9,7 +9,15 @@ import torch.nn.functional as F
 import torchvision
 
 from pretrain.backbones import FeatureMapTap
-from pretrain.losses import DINOLoss, VICRegLoss, drlim_loss, info_nce, sinkhorn, swapped_prediction, vicregl_local_loss
+from pretrain.losses import (
+    DINOLoss,
+    drlim_loss,
+    info_nce,
+    sinkhorn,
+    swapped_prediction,
+    vicregl_global_terms,
+    vicregl_local_terms,
+)
 from pretrain.methods.moco import MoCo
 from pretrain.methods.vicregl import cell_positions
 
@@ -92,25 +100,74 @@ def test_cell_positions_follow_boxes_and_flips() -> None:
                                                      [0.125, 0.375]]))
 
 
-def test_vicregl_local_loss_uses_nearest_locations_and_features() -> None:
-    criterion = VICRegLoss()
-    za, zb = randn(3, 4, 6, seed=30), randn(3, 5, 6, seed=31)
-    pa, pb = torch.rand(3, 4, 2), torch.rand(3, 5, 2)
+def _plain_vicreg_of_matches(xs: list[list[torch.Tensor]], ys: list[list[torch.Tensor]]) -> tuple[float, ...]:
+    """The authors' _vicreg_loss, written with loops: xs[n][j] is the j-th match of image n."""
+    b, k = len(xs), len(xs[0])
+    inv = sum(float(((xs[n][j] - ys[n][j]) ** 2).mean()) for n in range(b) for j in range(k)) / (b * k)
+    var = cov = 0.0
+    for zs in (xs, ys):
+        for j in range(k):  # one sample per match rank: the j-th match of every image
+            sample = torch.stack([zs[n][j] for n in range(b)]).double()
+            sample = sample - sample.mean(0)
+            var += float(torch.relu(1 - torch.sqrt(sample.var(0) + 1e-4)).mean()) / 2 / k
+            c = sample.T @ sample / (b - 1)
+            d = c.shape[0]
+            cov += sum(float(c[p, q]) ** 2 for p in range(d) for q in range(d) if p != q) / d / 2 / k
+    return inv, var, cov
 
-    def matched(x, y, d, k):  # plain loops: the k rows of x whose nearest y is closest
-        xs, ys = [], []
-        for n in range(x.shape[0]):
-            best = [(float(d[n, i].min()), i, int(d[n, i].argmin())) for i in range(x.shape[1])]
-            for _, i, j in sorted(best)[:k]:
-                xs.append(x[n, i])
-                ys.append(y[n, j])
-        return torch.stack(xs), torch.stack(ys)
 
-    expected = 0.0
-    for x, y, px, py in ((za, zb, pa, pb), (zb, za, pb, pa)):
-        for d in (torch.cdist(px, py), torch.cdist(x, y)):
-            expected += criterion(*matched(x, y, d, 2)).item() / 4
-    assert vicregl_local_loss(za, zb, pa, pb, 2, criterion).item() == pytest.approx(expected, rel=1e-5)
+def _plain_match(x, y, dist, k):
+    """Each row of x with its nearest y; the k closest pairs, in x's position order (the authors' selection)."""
+    xs, ys = [], []
+    for n in range(x.shape[0]):
+        best = sorted((float(dist[n, i].min()), i, int(dist[n, i].argmin())) for i in range(x.shape[1]))
+        chosen = sorted(best[: (x.shape[1] if k is None else k)], key=lambda t: t[1])
+        xs.append([x[n, i] for _, i, _ in chosen])
+        ys.append([y[n, j] for _, _, j in chosen])
+    return xs, ys
+
+
+def test_vicregl_local_terms_match_the_authors_formula() -> None:
+    za, zb = randn(5, 4, 3, seed=30), randn(5, 6, 3, seed=31)
+    pa, pb = torch.rand(5, 4, 2), torch.rand(5, 6, 2)
+    expected = [0.0, 0.0, 0.0]
+    # feature matches use every position (l2_all_matches), location matches (3 from a, 2 from b)
+    for dist_ab, (k_ab, k_ba) in ((torch.cdist(za, zb), (None, None)), (torch.cdist(pa, pb), (3, 2))):
+        for x, y, d, k in ((za, zb, dist_ab, k_ab), (zb, za, dist_ab.transpose(1, 2), k_ba)):
+            for t, value in enumerate(_plain_vicreg_of_matches(*_plain_match(x, y, d, k))):
+                expected[t] += value / 2  # each kind: mean of the two directions; the kinds add up
+    got = vicregl_local_terms(za, zb, pa, pb, (3, 2))
+    assert [float(t) for t in got] == pytest.approx(expected, rel=1e-5)
+
+
+def test_vicregl_global_terms_average_over_views() -> None:
+    zs = [randn(8, 5, seed=40 + v) for v in range(3)]  # 2 global views and 1 local view
+    pairs = [(0, 1), (0, 2), (1, 0), (1, 2)]
+    inv = sum(float(((zs[i] - zs[j]) ** 2).mean()) for i, j in pairs) / len(pairs)
+    var = cov = 0.0
+    for z in zs:
+        z = z.double() - z.double().mean(0)
+        var += float(torch.relu(1 - torch.sqrt(z.var(0) + 1e-4)).mean()) / 3
+        c = z.T @ z / 7
+        cov += (float((c ** 2).sum()) - float((torch.diagonal(c) ** 2).sum())) / 5 / 3  # averaged, not summed
+    assert [float(t) for t in vicregl_global_terms(zs, 2)] == pytest.approx([inv, var, cov], rel=1e-5)
+
+
+def test_vicregl_objective_weights_global_and_local_by_alpha() -> None:
+    from pretrain.backbones import build_backbone, resolve_spec
+    from pretrain.methods.vicregl import VICRegL
+
+    torch.manual_seed(0)
+    net, dim = build_backbone(resolve_spec("resnet18", True, 16, {}), 16)
+    views = [torch.randn(6, 3, 16, 16) for _ in range(2)]
+    boxes = torch.tensor([[0.0, 0.0, 1.0, 1.0], [0.1, 0.1, 0.9, 0.9]]).expand(6, 2, 4)
+    losses = {}
+    for alpha in (0.0, 1.0, 0.25):
+        torch.manual_seed(1)
+        method = VICRegL(net, dim, alpha=alpha, proj_dim=16, proj_layers=2, local_proj_dim=8, matches_ab=4,
+                         matches_ba=2).eval()
+        losses[alpha] = float(method(views, boxes)[0])
+    assert losses[0.25] == pytest.approx(0.25 * losses[1.0] + 0.75 * losses[0.0], rel=1e-5)
 
 
 @pytest.mark.parametrize("make", [lambda: torchvision.models.resnet18(num_classes=10),

@@ -203,3 +203,12 @@ def test_distill_cli_gives_the_student_the_teachers_classes(image_folder: Path, 
     assert "agreement" in (out / "metrics.csv").read_text().splitlines()[0]
     assert main(["distill", "--teacher", str(tmp_path / "nowhere"), "--data", str(image_folder),
                  "--out", str(tmp_path / "s2"), "--quiet"]) == 2
+
+
+def test_simsiam_projector_ends_in_batch_norm_without_scale_and_shift() -> None:
+    from pretrain.methods.simsiam import SimSiam
+
+    last = SimSiam(nn.Flatten(), 12, proj_dim=8, pred_hidden_dim=4).projector[-1]
+    assert isinstance(last, nn.BatchNorm1d) and not last.affine
+    out = SimSiam(nn.Flatten(), 12, proj_dim=8, pred_hidden_dim=4).projector(torch.randn(16, 12))
+    torch.testing.assert_close(out.mean(0), torch.zeros(8), atol=1e-5, rtol=0)  # plain standardisation
