@@ -163,13 +163,26 @@ def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
             trainer.fit()
         train_s = clock.train_s()
         recipe = trainer.cfg
-        return {"steps": done["steps"], "scheduled_steps": epochs * trainer.steps_per_epoch, "train_s": train_s,
+        return {"steps": done["steps"], "log": _log_summary(Path(runs) / "run" / "metrics.csv"),
+                "scheduled_steps": epochs * trainer.steps_per_epoch, "train_s": train_s,
                 "images_per_s": done["steps"] * BATCH / train_s, "curve": clock.curve,
                 "recipe": {k: recipe.to_dict()[k] for k in ("optimizer", "lr", "weight_decay", "transform",
                                                             "transform_args", "method_args")},
                 **scorer.score(trainer.model.backbone)}
     finally:
         shutil.rmtree(runs, ignore_errors=True)
+
+
+def _log_summary(path: Path, every: int = 20) -> list[dict]:
+    """Every `every`-th row of a run's metrics.csv: step, loss and the collapse monitor's emb_std."""
+    import csv
+
+    if not path.is_file():
+        return []
+    with open(path) as f:
+        rows = list(csv.DictReader(f))
+    return [{"step": int(r["step"]), "loss": float(r["loss"]), "emb_std": float(r["emb_std"])}
+            for r in rows[::every]]
 
 
 def lightly_run(args, scorer: Scorer) -> dict:

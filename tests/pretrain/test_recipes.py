@@ -1,0 +1,74 @@
+"""Recipes: what `--recipe` fills in, what `sslforge methods` prints, and that each default recipe trains."""
+import csv
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from pretrain.config import ConfigError, PretrainConfig
+from pretrain.methods import METHODS, method_hparams, method_spec, recipe_table
+from pretrain.trainer import Trainer, resolve_config
+
+
+def _rows(text: str) -> dict[str, list[str]]:
+    rows = {}
+    for line in text.strip().splitlines()[2:]:
+        cells = [c.strip() for c in line.strip("|").split("|")]
+        rows[cells[0]] = cells
+    return rows
+
+
+@pytest.mark.parametrize("recipe", ["default", "paper"])
+def test_printed_recipe_table_matches_the_registry(recipe: str) -> None:
+    out = subprocess.run([sys.executable, "-m", "pretrain", "methods", "--recipe", recipe], capture_output=True,
+                         text=True, check=True).stdout
+    rows = _rows(out)
+    assert sorted(rows) == sorted(METHODS)
+    for name, spec in METHODS.items():
+        r = spec.recipe(recipe)
+        _, views, optimizer, lr, wd, params, source = rows[name]
+        assert views.split()[0] == spec.transform
+        assert (optimizer, float(lr), float(wd), source) == (r.optimizer, r.lr, r.weight_decay, r.source)
+        printed = dict(p.split("=", 1) for p in params.split(", ") if p)
+        expected = method_hparams(name, recipe=recipe)
+        assert {k: v.rstrip("*") for k, v in printed.items()} == {k: str(v) for k, v in expected.items()}
+        assert {k for k, v in printed.items() if v.endswith("*")} == set(r.method_args)
+    assert out.strip() == recipe_table(recipe)
+
+
+def test_recipe_fills_only_what_is_unset(tmp_path: Path) -> None:
+    from pretrain.data import scan_images
+    from shared_helpers import write_image_folder
+
+    images = scan_images(write_image_folder(tmp_path / "data", classes=2, per_class=4))
+    cfg = PretrainConfig(method="byol", data=str(images.root), out=str(tmp_path / "r"), recipe="paper",
+                         weight_decay=0.5, method_args={"proj_dim": 32})
+    resolved = resolve_config(cfg, images)
+    paper = method_spec("byol").paper
+    assert (resolved.optimizer, resolved.lr, resolved.weight_decay) == (paper.optimizer, paper.lr, 0.5)
+    assert resolved.method_args["proj_dim"] == 32
+    for key, value in paper.method_args.items():
+        assert resolved.method_args[key] == value
+    default = resolve_config(cfg.replace(recipe="default"), images)
+    assert default.method_args == method_hparams("byol", {"proj_dim": 32})
+    with pytest.raises(ConfigError, match="recipe must be one of default, paper"):
+        PretrainConfig(recipe="huge")
+
+
+@pytest.mark.parametrize("method", sorted(m for m in METHODS if m != "distill"))
+def test_default_recipe_loss_falls_on_a_tiny_fixed_set(method: str, tmp_path: Path) -> None:
+    """A smoke check, not an accuracy test: 32 images seen 24 times with the method's default recipe."""
+    from shared_helpers import write_image_folder
+
+    data = write_image_folder(tmp_path / "data", classes=4, per_class=8, size=32)
+    spec = METHODS[method]
+    views = {"transform_args": {"local_views": 2}} if spec.transform in ("multicrop", "vicregl") else {}
+    cfg = PretrainConfig(method=method, data=str(data), out=str(tmp_path / "run"), backbone="test_resnet",
+                         image_size=32, epochs=24, batch_size=16, workers=0, seed=0, **views)
+    run = Trainer(cfg, progress=False).fit()
+    with open(run / "metrics.csv") as f:
+        losses = [float(r["loss"]) for r in csv.DictReader(f)]
+    assert len(losses) == 48
+    first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
+    assert last < first, f"{method}: loss {first:.4f} over the first 6 steps, {last:.4f} over the last 6"
