@@ -29,10 +29,14 @@ class DINOHead(nn.Module):
     """DINO's head (Caron et al. 2021): a 3-layer GELU MLP to a bottleneck, L2-normalised, then a linear
     layer onto `out_dim` prototypes whose weight rows are normalised (weight norm with the gain fixed at 1)."""
 
-    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256):
+    def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
+                 batch_norm: bool = False):
         super().__init__()
-        self.mlp = nn.Sequential(nn.Linear(in_dim, hidden_dim), nn.GELU(), nn.Linear(hidden_dim, hidden_dim),
-                                 nn.GELU(), nn.Linear(hidden_dim, bottleneck_dim))
+
+        def hidden(d_in: int) -> list[nn.Module]:  # DINO's ResNet-50 runs put BatchNorm in the MLP
+            return [nn.Linear(d_in, hidden_dim)] + ([nn.BatchNorm1d(hidden_dim)] if batch_norm else []) + [nn.GELU()]
+
+        self.mlp = nn.Sequential(*hidden(in_dim), *hidden(hidden_dim), nn.Linear(hidden_dim, bottleneck_dim))
         self.last = nn.Linear(bottleneck_dim, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor, freeze_last: bool = False) -> torch.Tensor:
