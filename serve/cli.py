@@ -3,14 +3,13 @@
     sslforge serve --model RUN_DIR [--index INDEX_DIR] [--backend onnx] [--host H] [--port P] [--no-batching] ...
     sslforge demo  --model RUN_DIR --index INDEX_DIR [--backend onnx] [--host H] [--port P] [--k K]
 
-`serve` runs `bentoml serve serve.service:SSLForge` with the options as SSLFORGE_* variables, so it
-is the same service that `bentoml serve` starts from the project root.
+`serve` becomes `bentoml serve serve.service:SSLForge` (exec, same process id) with the options as SSLFORGE_*
+variables, so it is the same service that `bentoml serve` starts from the project root.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
 from pathlib import Path
 
@@ -42,12 +41,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     cmd = server_command(args.host, args.port)
     print(f"sslforge serve: {' '.join(cmd[1:])} (model {settings.model}, index {settings.index or 'none'}, "
           f"batching {'on' if settings.batching else 'off'})", flush=True)
-    try:
-        rc = subprocess.call(cmd, env={**os.environ, **settings.env()})
-    except KeyboardInterrupt:
-        rc = 0
-    if rc:
-        raise SystemExit(rc)
+    # exec, not a child process: `bentoml serve` takes over this process id, so the signals a process manager,
+    # `docker stop` or `kill PID` sends reach the server itself, which stops its workers and frees the port
+    os.execve(cmd[0], cmd, {**os.environ, **settings.env()})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
