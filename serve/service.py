@@ -23,6 +23,7 @@ import numpy as np
 from starlette.responses import JSONResponse
 
 from serve.engine import BadInput, Engine
+from serve.guard import RequestGuard, forms_of
 from serve.settings import Settings, SettingsError, from_env
 
 
@@ -139,3 +140,8 @@ class SSLForge:
             return {"results": (await asyncio.to_thread(self.engine.search, feats, k))[0]}
         except BadInput as e:
             return refusal(e)
+
+
+# every request to an endpoint is checked before BentoML parses it (serve/guard.py): malformed or oversized forms
+# get a 4xx, and BentoML never sees text where a file belongs (it would fetch a URL given there)
+SSLForge.add_asgi_middleware(RequestGuard, forms=forms_of(SSLForge), limits=SETTINGS.limits)
