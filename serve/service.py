@@ -22,6 +22,7 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse
 
+from serve import connections
 from serve.engine import BadInput, Engine
 from serve.guard import RequestGuard, forms_of
 from serve.settings import Settings, SettingsError, from_env
@@ -44,6 +45,7 @@ def _preflight() -> Settings:
 
 
 SETTINGS = _preflight()  # BentoML takes the batching knobs at class definition
+connections.install(SETTINGS.limits)  # header and body timeouts, a cap on slow connections (uvicorn has none)
 
 
 # BentoML 1.4.39's service client replaces its HTTP session every 100 calls or 300 s and closes the old one
