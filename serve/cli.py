@@ -11,24 +11,28 @@ from __future__ import annotations
 import argparse
 import os
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from serve.engine import BadInput
-from serve.settings import Limits, Settings, SettingsError
+from serve.settings import Limits, Settings, SettingsError, from_env
 
 SERVICE = "serve.service:SSLForge"
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Absolute paths (the server may run elsewhere) and the limits from the options."""
+    """Absolute paths (the server may run elsewhere); the limits from the SSLFORGE_* variables, --max-k over them."""
     for name, path in (("--model", args.model), ("--index", args.index)):
         if path is not None and not Path(path).is_dir():
             raise SettingsError(f"{name} {path} is not a folder")
     index = str(Path(args.index).resolve()) if args.index else None
+    limits = from_env(require_model=False).limits
+    if args.max_k is not None:
+        limits = replace(limits, max_k=args.max_k)
     return Settings(model=str(Path(args.model).resolve()), index=index, backend=args.backend, device=args.device,
                     batching=getattr(args, "batching", True),
                     max_batch_size=getattr(args, "max_batch_size", 32),
-                    max_latency_ms=getattr(args, "max_latency_ms", 10_000), limits=Limits(max_k=args.max_k))
+                    max_latency_ms=getattr(args, "max_latency_ms", 10_000), limits=limits)
 
 
 def server_command(host: str, port: int, workers: int | None = None) -> list[str]:
@@ -67,8 +71,8 @@ def _add_common(p: argparse.ArgumentParser, index_required: bool) -> None:
                         "(default: torch)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--max-k", type=int, default=Limits.max_k, help=f"largest k a request may ask for "
-                                                                    f"(default: {Limits.max_k})")
+    p.add_argument("--max-k", type=int, default=None, help=f"largest k a request may ask for (default: "
+                                                           f"SSLFORGE_MAX_K, else {Limits.max_k})")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:

@@ -31,6 +31,16 @@ def test_serve_options_become_the_services_settings(served):
                                                         "--port", "4321"]
 
 
+def test_serve_keeps_the_limits_set_in_the_environment(served, monkeypatch):
+    monkeypatch.setenv("SSLFORGE_HEADER_TIMEOUT", "7")
+    monkeypatch.setenv("SSLFORGE_MAX_BYTES", "1234")
+    monkeypatch.setenv("SSLFORGE_MAX_K", "9")
+    base = ["serve", "--model", str(served[0])]
+    limits = settings_from_args(build_parser().parse_args(base)).limits
+    assert (limits.header_timeout, limits.max_bytes, limits.max_k) == (7, 1234, 9)
+    assert settings_from_args(build_parser().parse_args([*base, "--max-k", "5"])).limits.max_k == 5
+
+
 def test_serve_refuses_a_missing_folder(tmp_path):
     args = build_parser().parse_args(["serve", "--model", str(tmp_path / "nope")])
     with pytest.raises(SettingsError, match="--model .*nope is not a folder"):
