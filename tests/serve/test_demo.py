@@ -17,7 +17,7 @@ from retrieval import Index
 from serve.browser import search_in_browser
 from serve.demo import answer, example_images, launch
 from serve.engine import Engine
-from serve.settings import Settings
+from serve.settings import Limits, Settings
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +88,7 @@ def test_the_demo_serves_indexed_images_only(served, tmp_path, root):
     from gradio_client import Client, handle_file
 
     index_dir, showable = hostile_index(served, tmp_path, root)
-    engine = Engine.load(Settings(model=str(served[0]), index=str(index_dir)))
+    engine = Engine.load(Settings(model=str(served[0]), index=str(index_dir), limits=Limits(max_bytes=100_000)))
     port = free_port()
     url = f"http://127.0.0.1:{port}"
     demo = launch(engine, port=port, k=8, block=False)
@@ -111,5 +111,7 @@ def test_the_demo_serves_indexed_images_only(served, tmp_path, root):
             assert r.status_code in (403, 404), f"{path} was served ({r.status_code})"
         r = httpx.get(f"{url}/gradio_api/file=http://93.184.215.14/x.png")  # Gradio would fetch and relay it
         assert r.status_code == 403 and "fetches no URL" in r.json()["error"]
+        big = {"files": ("big.png", png_bytes(32) + b"\0" * 100_000, "image/png")}
+        assert httpx.post(f"{url}/gradio_api/upload", files=big).status_code == 413  # over the byte limit
     finally:
         demo.close()
