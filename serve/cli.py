@@ -3,33 +3,36 @@
     sslforge serve --model RUN_DIR [--index INDEX_DIR] [--backend onnx] [--host H] [--port P] [--no-batching] ...
     sslforge demo  --model RUN_DIR --index INDEX_DIR [--backend onnx] [--host H] [--port P] [--k K]
 
-`serve` runs `bentoml serve serve.service:SSLForge` with the options as SSLFORGE_* variables, so it
-is the same service that `bentoml serve` starts from the project root.
+`serve` becomes `bentoml serve serve.service:SSLForge` (exec, same process id) with the options as SSLFORGE_*
+variables, so it is the same service that `bentoml serve` starts from the project root.
 """
 from __future__ import annotations
 
 import argparse
 import os
-import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 from serve.engine import BadInput
-from serve.settings import Limits, Settings, SettingsError
+from serve.settings import Limits, Settings, SettingsError, from_env
 
 SERVICE = "serve.service:SSLForge"
 
 
 def settings_from_args(args: argparse.Namespace) -> Settings:
-    """Absolute paths (the server may run elsewhere) and the limits from the options."""
+    """Absolute paths (the server may run elsewhere); the limits from the SSLFORGE_* variables, --max-k over them."""
     for name, path in (("--model", args.model), ("--index", args.index)):
         if path is not None and not Path(path).is_dir():
             raise SettingsError(f"{name} {path} is not a folder")
     index = str(Path(args.index).resolve()) if args.index else None
+    limits = from_env(require_model=False).limits
+    if args.max_k is not None:
+        limits = replace(limits, max_k=args.max_k)
     return Settings(model=str(Path(args.model).resolve()), index=index, backend=args.backend, device=args.device,
                     batching=getattr(args, "batching", True),
                     max_batch_size=getattr(args, "max_batch_size", 32),
-                    max_latency_ms=getattr(args, "max_latency_ms", 10_000), limits=Limits(max_k=args.max_k))
+                    max_latency_ms=getattr(args, "max_latency_ms", 10_000), limits=limits)
 
 
 def server_command(host: str, port: int, workers: int | None = None) -> list[str]:
@@ -42,12 +45,9 @@ def cmd_serve(args: argparse.Namespace) -> None:
     cmd = server_command(args.host, args.port)
     print(f"sslforge serve: {' '.join(cmd[1:])} (model {settings.model}, index {settings.index or 'none'}, "
           f"batching {'on' if settings.batching else 'off'})", flush=True)
-    try:
-        rc = subprocess.call(cmd, env={**os.environ, **settings.env()})
-    except KeyboardInterrupt:
-        rc = 0
-    if rc:
-        raise SystemExit(rc)
+    # exec, not a child process: `bentoml serve` takes over this process id, so the signals a process manager,
+    # `docker stop` or `kill PID` sends reach the server itself, which stops its workers and frees the port
+    os.execve(cmd[0], cmd, {**os.environ, **settings.env()})
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
@@ -71,8 +71,8 @@ def _add_common(p: argparse.ArgumentParser, index_required: bool) -> None:
                         "(default: torch)")
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
-    p.add_argument("--max-k", type=int, default=Limits.max_k, help=f"largest k a request may ask for "
-                                                                    f"(default: {Limits.max_k})")
+    p.add_argument("--max-k", type=int, default=None, help=f"largest k a request may ask for (default: "
+                                                           f"SSLFORGE_MAX_K, else {Limits.max_k})")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:

@@ -2,41 +2,74 @@
 
     sslforge demo --model runs/NAME --index idx/NAME [--port 7860]
 
-It runs the same Engine as the BentoML service, in-process on the CPU (no service needed). The
-gallery shows files from the index's image root, so that folder is passed to Gradio's allowed_paths.
+It runs the same Engine as the BentoML service, in-process on the CPU (no service needed). Gradio serves no
+folder of ours: each hit is an indexed file (inside the index's image root, links resolved) that the demo
+decodes itself within the upload limits and hands to the gallery as a picture, which Gradio re-encodes into
+its own cache. So a file that is not an indexed image (a secret next to the images, /etc/passwd through a
+hostile index.json) is never served, and no URL a client names is fetched.
 """
 from __future__ import annotations
 
-from pathlib import Path
+from PIL import Image
 
-from serve.engine import BadInput, Engine
+from serve.engine import BadInput, Engine, read_image
 
 TITLE = "sslforge image search"
 EXAMPLES = 4
+THUMBNAIL = 256  # longest side of a shown image, in pixels
 
 
-def answer(engine: Engine, image: str | None, k: int) -> tuple[list[tuple[str, str]], dict[str, float] | None]:
-    """Gallery items (image file, "label · score") of the k nearest images, and the probe's class probabilities."""
+def shown_image(engine: Engine, path: str) -> Image.Image | None:
+    """The indexed image at `path` (relative to the index's root) as a thumbnail, or None when it cannot be shown:
+    not an indexed file inside the root (see Engine.indexed_file), or not an image within the limits."""
+    file = engine.indexed_file(path)
+    if file is None:
+        return None
+    try:
+        image = read_image(file, engine.limits)
+    except BadInput:
+        return None
+    image.thumbnail((THUMBNAIL, THUMBNAIL))
+    return image
+
+
+def answer(engine: Engine, image: str | None, k: int) -> tuple[list[tuple[Image.Image, str]], dict[str, float] | None]:
+    """Gallery items (image, "label · score") of the k nearest showable images, and the probe's class probabilities."""
     if not image:
         return [], None
     feats = engine.features(engine.prepare([image]))
-    root = engine.image_root or Path(".")
     hits = engine.search(feats, int(k))[0]
-    gallery = [(str(root / h["path"]), f"{h['label'] or '?'} · {h['score']:.3f}") for h in hits]
+    gallery = [(im, f"{h['label'] or '?'} · {h['score']:.3f}") for h in hits
+               if (im := shown_image(engine, h["path"])) is not None]
     probs = None
     if engine.embedder.classes:
         probs = {p["label"]: p["probability"] for p in engine.classify(feats, len(engine.embedder.classes))[0]}
     return gallery, probs
 
 
-def example_images(engine: Engine, count: int = EXAMPLES) -> list[str]:
-    """A few indexed images, evenly spaced, to try without uploading anything."""
-    root = engine.image_root
-    if root is None or engine.index is None or not len(engine.index):
+def example_images(engine: Engine, count: int = EXAMPLES) -> list[Image.Image]:
+    """A few showable indexed images, evenly spaced, to try without uploading anything."""
+    if engine.index is None or not len(engine.index):
         return []
     step = max(1, engine.index.ntotal // count)
-    files = [root / p for p in engine.index.paths[::step][:count]]
-    return [str(f) for f in files if f.is_file()]
+    images = (shown_image(engine, p) for p in engine.index.paths[::step][:count])
+    return [im for im in images if im is not None]
+
+
+class NoRemoteFiles:
+    """Refuses Gradio's file route for URLs (`/gradio_api/file=https://...`, which Gradio would fetch and relay):
+    the demo serves its own pictures and never fetches what a client names."""
+
+    def __init__(self, app):
+        self.app = app
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http" and "file=" in scope["path"] and "://" in scope["path"].split("file=", 1)[1]:
+            from starlette.responses import JSONResponse
+
+            refusal = JSONResponse({"error": "the demo serves its own images only; it fetches no URL"}, 403)
+            return await refusal(scope, receive, send)
+        return await self.app(scope, receive, send)
 
 
 def build_demo(engine: Engine, k: int = 8):
@@ -67,16 +100,19 @@ def build_demo(engine: Engine, k: int = 8):
                 if examples:
                     gr.Examples(examples, inputs=image, label="examples from the index")
             with gr.Column(scale=2):
-                gallery = gr.Gallery(label="nearest images", columns=4, height="auto", elem_id="results")
+                gallery = gr.Gallery(label="nearest images", columns=4, height="auto", format="png",
+                                     elem_id="results")
         for event in (image.change, slider.release):
             event(run, inputs=[image, slider], outputs=[gallery, probe])
     return demo
 
 
 def launch(engine: Engine, *, host: str = "127.0.0.1", port: int = 7860, k: int = 8, block: bool = True):
-    """Serve the demo; `block=False` returns at once (tests)."""
+    """Serve the demo; `block=False` returns at once (tests). No folder is opened to Gradio's file route
+    (allowed_paths stays empty), and uploads over the service's byte limit are refused by Gradio itself."""
+    from starlette.middleware import Middleware
+
     demo = build_demo(engine, k)
-    allowed = [str(engine.image_root)] if engine.image_root else []
-    demo.launch(server_name=host, server_port=port, allowed_paths=allowed, prevent_thread_lock=not block,
-                show_error=True, quiet=not block)
+    demo.launch(server_name=host, server_port=port, prevent_thread_lock=not block, show_error=True, quiet=not block,
+                max_file_size=engine.limits.max_bytes, app_kwargs={"middleware": [Middleware(NoRemoteFiles)]})
     return demo

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Sequence
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 import torch
@@ -155,3 +155,16 @@ class Engine:
         """Where the indexed paths live (recorded at index time), for showing the hits."""
         root = self.index.info.get("root") if self.index is not None else None
         return Path(root) if root else None
+
+    def indexed_file(self, path: str) -> Path | None:
+        """The file of an indexed path, or None unless the path is relative, has no `..`, and names a regular file
+        inside the image root once links are resolved: index.json's root and ids come from a file, not trusted."""
+        rel, root = PurePosixPath(path), self.image_root
+        if root is None or not rel.parts or rel.is_absolute() or ".." in rel.parts:
+            return None
+        try:
+            base = root.resolve(strict=True)
+            file = (base / rel).resolve(strict=True)
+            return file if file.is_relative_to(base) and file.is_file() else None
+        except (OSError, RuntimeError, ValueError):  # missing, a link loop, a NUL in the name
+            return None

@@ -22,7 +22,9 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse
 
+from serve import connections
 from serve.engine import BadInput, Engine
+from serve.guard import RequestGuard, forms_of
 from serve.settings import Settings, SettingsError, from_env
 
 
@@ -43,6 +45,7 @@ def _preflight() -> Settings:
 
 
 SETTINGS = _preflight()  # BentoML takes the batching knobs at class definition
+connections.install(SETTINGS.limits)  # header and body timeouts, a cap on slow connections (uvicorn has none)
 
 
 # BentoML 1.4.39's service client replaces its HTTP session every 100 calls or 300 s and closes the old one
@@ -139,3 +142,8 @@ class SSLForge:
             return {"results": (await asyncio.to_thread(self.engine.search, feats, k))[0]}
         except BadInput as e:
             return refusal(e)
+
+
+# every request to an endpoint is checked before BentoML parses it (serve/guard.py): malformed or oversized forms
+# get a 4xx, and BentoML never sees text where a file belongs (it would fetch a URL given there)
+SSLForge.add_asgi_middleware(RequestGuard, forms=forms_of(SSLForge), limits=SETTINGS.limits)

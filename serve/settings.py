@@ -5,7 +5,8 @@
     SSLFORGE_BATCHING         1 | 0: adaptive batching (1)       SSLFORGE_MAX_BATCH_SIZE   32
     SSLFORGE_MAX_LATENCY_MS   batching latency budget (10000)    SSLFORGE_MAX_IMAGES       images per request (64)
     SSLFORGE_MAX_BYTES        bytes per upload (20 MB)           SSLFORGE_MAX_PIXELS       pixels per image (40 M)
-    SSLFORGE_MAX_K            largest k (100)
+    SSLFORGE_MAX_K            largest k (100)                    SSLFORGE_MAX_PENDING      slow connections (64)
+    SSLFORGE_HEADER_TIMEOUT   seconds for a request's headers (10)   SSLFORGE_BODY_TIMEOUT  ... for its body (60)
 
 The batching values are read when serve.service is imported: BentoML fixes them in the API decorator.
 """
@@ -22,12 +23,16 @@ class SettingsError(ValueError):
 
 @dataclass(frozen=True)
 class Limits:
-    """What one request may carry; anything over is refused with a 4xx before it reaches the model."""
+    """What one request may carry (anything over is refused with a 4xx before it reaches the model), and how long
+    and how many slow clients are waited for (see serve/connections.py)."""
 
     max_bytes: int = 20_000_000
     max_pixels: int = 40_000_000
     max_images: int = 64
     max_k: int = 100
+    header_timeout: int = 10  # seconds from connecting (or a request's first byte) to its complete headers
+    body_timeout: int = 60  # seconds from the headers to the complete body: one 20 MB image at 3 Mbit/s
+    max_pending: int = 64  # connections still sending their request; over it, the oldest is closed
 
 
 @dataclass(frozen=True)

@@ -3,7 +3,9 @@ from __future__ import annotations
 
 import os
 import socket
+import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -16,6 +18,21 @@ sys.path.append(str(Path(__file__).resolve().parents[1] / "export"))  # export's
 from export_helpers import make_model_dir  # noqa: E402
 
 CLASSES = ["class_0", "class_1", "class_2"]
+MAX_BYTES = 200_000  # the test server's byte limit per upload (small, so over-limit uploads are cheap)
+HEADER_TIMEOUT, BODY_TIMEOUT, MAX_PENDING = 3, 5, 40  # short, so slow-client tests are quick; 40 > 32 test clients
+SERVER_ENV = {"SSLFORGE_MAX_BYTES": str(MAX_BYTES), "SSLFORGE_MAX_BATCH_SIZE": "16",
+              "SSLFORGE_HEADER_TIMEOUT": str(HEADER_TIMEOUT), "SSLFORGE_BODY_TIMEOUT": str(BODY_TIMEOUT),
+              "SSLFORGE_MAX_PENDING": str(MAX_PENDING)}
+
+
+@dataclass(frozen=True)
+class LiveServer:
+    """A running `bentoml serve`: its URL, port, process (the tree's root) and log file."""
+
+    url: str
+    port: int
+    proc: subprocess.Popen
+    log: Path
 
 
 def make_served(root: Path, head: bool = True, seed: int = 0) -> tuple[Path, Path, Path]:

@@ -1,7 +1,16 @@
-"""`sslforge serve` turns its options into the SSLFORGE_* variables of a `bentoml serve` command."""
+"""`sslforge serve` turns its options into the SSLFORGE_* variables of a `bentoml serve` command, and a SIGTERM
+to it stops the whole server."""
 from __future__ import annotations
 
+import signal
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import psutil
 import pytest
+from serve_helpers import free_port
 
 from pretrain.cli import build_parser
 from serve.cli import SERVICE, server_command, settings_from_args
@@ -22,7 +31,46 @@ def test_serve_options_become_the_services_settings(served):
                                                         "--port", "4321"]
 
 
+def test_serve_keeps_the_limits_set_in_the_environment(served, monkeypatch):
+    monkeypatch.setenv("SSLFORGE_HEADER_TIMEOUT", "7")
+    monkeypatch.setenv("SSLFORGE_MAX_BYTES", "1234")
+    monkeypatch.setenv("SSLFORGE_MAX_K", "9")
+    base = ["serve", "--model", str(served[0])]
+    limits = settings_from_args(build_parser().parse_args(base)).limits
+    assert (limits.header_timeout, limits.max_bytes, limits.max_k) == (7, 1234, 9)
+    assert settings_from_args(build_parser().parse_args([*base, "--max-k", "5"])).limits.max_k == 5
+
+
 def test_serve_refuses_a_missing_folder(tmp_path):
     args = build_parser().parse_args(["serve", "--model", str(tmp_path / "nope")])
     with pytest.raises(SettingsError, match="--model .*nope is not a folder"):
         settings_from_args(args)
+
+
+def test_sigterm_to_sslforge_serve_stops_the_whole_server(served, tmp_path):
+    """What a process manager, `docker stop` or `kill PID` does: the server's processes end and the port is free."""
+    from serve.process import wait_ready
+
+    model, index, _ = served
+    port, log = free_port(), tmp_path / "serve.log"
+    cmd = [str(Path(sys.executable).parent / "sslforge"), "serve", "--model", str(model), "--index", str(index),
+           "--port", str(port)]
+    with open(log, "w") as out:
+        proc = subprocess.Popen(cmd, cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT)
+    tree: list[psutil.Process] = []
+    try:
+        wait_ready(f"http://127.0.0.1:{port}", proc, log)
+        tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+        assert len(tree) >= 2, "no server process under sslforge serve"
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+        _, alive = psutil.wait_procs(tree, timeout=60)
+        assert not alive, f"still running after SIGTERM: {[p.cmdline() for p in alive]}"
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", port))  # the port is free again
+    finally:
+        for p in tree:
+            if p.is_running():
+                p.kill()
+        if proc.poll() is None:
+            proc.kill()

@@ -1,7 +1,7 @@
 """The BentoML service as a user runs it: `bentoml serve` from the project root on a free loopback port.
 
-One server for the module (its startup is the cost). Every endpoint is checked over HTTP against
-export's and retrieval's in-process answers; every kind of bad input gets a 4xx with a one-line
+One server for the session (conftest's live_server: its startup is the cost). Every endpoint is checked over HTTP
+against export's and retrieval's in-process answers; every kind of bad input gets a 4xx with a one-line
 reason and the server keeps answering; 32 concurrent clients x 20 requests finish without an error.
 """
 from __future__ import annotations
@@ -16,33 +16,15 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import free_port, make_model_dir, png_bytes, png_header
+from serve_helpers import MAX_BYTES, free_port, make_model_dir, png_bytes, png_header
 
 from export.embedder import Embedder
-from serve.process import start_bentoml, wait_ready
-
-ROOT = Path(__file__).resolve().parents[2]
-MAX_BYTES = 200_000
 
 
 @pytest.fixture(scope="module")
-def server(served, tmp_path_factory):
-    model, index, images = served
-    port, log = free_port(), tmp_path_factory.mktemp("server") / "bentoml.log"
-    env = {"SSLFORGE_MODEL": str(model), "SSLFORGE_INDEX": str(index), "SSLFORGE_MAX_BYTES": str(MAX_BYTES),
-           "SSLFORGE_MAX_BATCH_SIZE": "16"}
-    proc = start_bentoml(env, port, ROOT, log)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        wait_ready(url, proc, log)
-        with httpx.Client(base_url=url, timeout=60) as client:
-            yield client
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
+def server(live_server):
+    with httpx.Client(base_url=live_server.url, timeout=60) as client:
+        yield client
 
 
 def upload(path: Path, field: str = "image") -> tuple[str, tuple[str, bytes, str]]:

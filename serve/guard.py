@@ -1,0 +1,280 @@
+"""The request guard: an ASGI middleware that checks each POST to an endpoint before BentoML parses it.
+
+BentoML answers a malformed form with a 500 (starlette's form errors are not its own), and it downloads a URL sent
+as text in a file field (or in a form-urlencoded body). So every endpoint request is read here first, through
+python-multipart (the parser starlette uses), into a spooled file (1 MB in memory, then disk), and refused with a
+4xx and {"error": "<one line>"} unless it is a multipart form holding exactly the endpoint's fields: its file
+fields as file uploads within the byte and image limits, its integer fields as short integers. Only then is the
+body replayed to BentoML, which can no longer fail on it or be made to fetch anything.
+
+    SSLForge.add_asgi_middleware(RequestGuard, forms=forms_of(SSLForge), limits=limits)
+"""
+from __future__ import annotations
+
+import json
+import re
+import typing
+from dataclasses import dataclass
+from tempfile import SpooledTemporaryFile
+
+from python_multipart.exceptions import FormParserError
+from python_multipart.multipart import MultipartParser, parse_options_header
+
+from serve.settings import Limits
+
+TEXT_BYTES = 100  # an integer field's longest value
+FILENAME_BYTES = 200  # BentoML names its temporary copy of an upload after the file name
+PART_OVERHEAD = 4096  # bytes of boundary and part headers allowed per part on top of its data
+DRAIN_BYTES = 64 * 2**20  # a refused body is read to its end up to this much, so the client gets the answer
+CHUNK = 64 * 1024
+CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
+INTEGER = re.compile(rb"[+-]?[0-9]+")
+
+
+class Refusal(Exception):
+    """A request the guard answers itself; `drain`: read the rest of the body first (False: too big, just close)."""
+
+    def __init__(self, status: int, message: str, drain: bool = True):
+        super().__init__(message)
+        self.status, self.drain = status, drain
+
+
+class Disconnected(Exception):
+    """The client went away (or a connection timeout closed it) while its body was read."""
+
+
+@dataclass(frozen=True)
+class Form:
+    """What an endpoint takes: file fields (True: several files) and integer fields."""
+
+    route: str
+    files: dict[str, bool]
+    integers: tuple[str, ...]
+
+    def usage(self) -> str:
+        files = [f"'{n}' ({'image files' if many else 'an image file'})" for n, many in self.files.items()]
+        return f"{self.route} takes " + " and ".join(files + [f"'{n}' (an integer)" for n in self.integers])
+
+    def example(self) -> str:
+        return f"curl -F {next(iter(self.files))}=@photo.jpg http://HOST:PORT{self.route}"
+
+
+def forms_of(service: typing.Any) -> dict[str, Form]:
+    """The Form of each API of a BentoML service, from its input models (file fields are BentoML's multipart
+    fields; the others must be integers), by route."""
+    forms = {}
+    for api in service.apis.values():
+        spec = api.input_spec
+        files = {name: typing.get_origin(spec.model_fields[name].annotation) is list for name in spec.multipart_fields}
+        others = tuple(n for n in spec.model_fields if n not in files)
+        if any(spec.model_fields[n].annotation is not int for n in others):
+            raise TypeError(f"{api.route}: the request guard checks file and integer fields only")
+        forms[api.route] = Form(api.route, files, others)
+    return forms
+
+
+class FormChecker:
+    """python-multipart callbacks that refuse, part by part, anything the endpoint's Form does not take."""
+
+    def __init__(self, form: Form, limits: Limits):
+        self.form, self.limits = form, limits
+        self.counts: dict[str, int] = {}
+        self.headers: list[tuple[bytes, bytes]] = []
+        self.field, self.name, self.header, self.value = None, b"", b"", b""
+        self.size, self.ended = 0, False
+
+    def callbacks(self) -> dict:
+        return {"on_part_begin": self.begin, "on_header_field": self.header_field, "on_header_value": self.header_value,
+                "on_header_end": self.header_end, "on_headers_finished": self.headers_finished,
+                "on_part_data": self.data, "on_part_end": self.part_end, "on_end": self.end}
+
+    def begin(self) -> None:
+        self.headers, self.field, self.size, self.value = [], None, 0, b""
+
+    def header_field(self, data: bytes, start: int, end: int) -> None:
+        self.name += data[start:end]
+
+    def header_value(self, data: bytes, start: int, end: int) -> None:
+        self.header += data[start:end]
+
+    def header_end(self) -> None:
+        self.headers.append((self.name.lower(), self.header))
+        self.name, self.header = b"", b""
+
+    def headers_finished(self) -> None:
+        form = self.form
+        if any(CONTROL.search(n + v) for n, v in self.headers):
+            raise Refusal(400, "malformed multipart body: a control character in a part header")
+        disposition = dict(self.headers).get(b"content-disposition")
+        kind, options = parse_options_header(disposition)
+        if kind != b"form-data" or b"name" not in options:
+            raise Refusal(400, 'malformed multipart body: a part without Content-Disposition: form-data; name="..." '
+                               f"(send the form as curl -F does: {form.example()})")
+        try:
+            field = options[b"name"].decode()
+        except UnicodeDecodeError:
+            raise Refusal(400, f"a field name that is not UTF-8: {form.usage()}") from None
+        if field not in form.files and field not in form.integers:
+            raise Refusal(400, f"unknown field {field!r}: {form.usage()}")
+        count = self.counts[field] = self.counts.get(field, 0) + 1
+        filename = options.get(b"filename")
+        if field in form.files:
+            if filename is None:
+                raise Refusal(400, f"field {field!r} must be a file upload, not text (the service fetches no URL): "
+                                   f"{form.example()}")
+            if len(filename) > FILENAME_BYTES:
+                raise Refusal(400, f"field {field!r}: a file name of {len(filename):,} bytes; the limit is "
+                                   f"{FILENAME_BYTES}")
+            if not form.files[field] and count > 1:
+                raise Refusal(400, f"field {field!r} takes one file per request: {form.usage()}")
+            if count > self.limits.max_images:
+                raise Refusal(413, f"more than {self.limits.max_images} images in one request; the limit is "
+                                   f"{self.limits.max_images}")
+        else:
+            if filename is not None:
+                raise Refusal(400, f"field {field!r} must be a text value, not a file: {form.usage()}")
+            if count > 1:
+                raise Refusal(400, f"field {field!r} is given twice: {form.usage()}")
+        self.field = field
+
+    def data(self, data: bytes, start: int, end: int) -> None:
+        self.size += end - start
+        if self.field in self.form.files:
+            if self.size > self.limits.max_bytes:
+                raise Refusal(413, f"{self.field}: more than {self.limits.max_bytes:,} bytes in one upload; the "
+                                   f"limit is {self.limits.max_bytes:,}")
+        elif self.size > TEXT_BYTES:
+            raise Refusal(413, f"field {self.field!r}: more than {TEXT_BYTES} bytes; it takes an integer")
+        else:
+            self.value += data[start:end]
+
+    def part_end(self) -> None:
+        if self.field in self.form.integers and not INTEGER.fullmatch(self.value.strip()):
+            got = self.value[:20].decode(errors="replace")
+            raise Refusal(400, f"field {self.field!r} must be an integer (got {got!r}): {self.form.usage()}")
+
+    def end(self) -> None:
+        self.ended = True
+
+    def finish(self) -> None:
+        if not self.ended:
+            raise Refusal(400, "malformed multipart body: it ends before its closing boundary")
+        for field in self.form.files:
+            if field not in self.counts:
+                raise Refusal(400, f"no image in the request: upload it as a file in field {field!r} "
+                                   f"({self.form.example()})")
+
+
+class RequestGuard:
+    """ASGI middleware: checks POSTs to the routes in `forms`; everything else passes untouched."""
+
+    def __init__(self, app, forms: dict[str, Form], limits: Limits):
+        self.app, self.forms, self.limits = app, forms, limits
+
+    async def __call__(self, scope, receive, send):
+        form = self.forms.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
+        if form is None:
+            return await self.app(scope, receive, send)
+        body, incoming = SpooledTemporaryFile(max_size=2**20), Body(receive)
+        try:
+            try:
+                await self.read(scope, incoming, form, body)
+            except Refusal as e:
+                return await self.refuse(incoming, send, e)
+            except Disconnected:
+                return None
+            body.seek(0)
+            return await self.app(scope, replay(body, receive), send)
+        finally:
+            body.close()
+
+    def max_body(self, form: Form) -> int:
+        files = sum(self.limits.max_images if many else 1 for many in form.files.values())
+        return files * (self.limits.max_bytes + PART_OVERHEAD) + len(form.integers) * (TEXT_BYTES + PART_OVERHEAD)
+
+    async def read(self, scope, incoming: Body, form: Form, body) -> None:
+        """The whole body into `body`, checked on the way; Refusal at the first problem."""
+        headers = dict(scope["headers"])
+        kind, options = parse_options_header(headers.get(b"content-type", b"").decode("latin-1"))
+        if kind != b"multipart/form-data":
+            raise Refusal(400, f"no image file in the request: send a multipart form with the image as a file "
+                               f"({form.example()})")
+        if not options.get(b"boundary"):
+            raise Refusal(400, "malformed multipart body: its Content-Type has no boundary (let the client set it: "
+                               f"{form.example()})")
+        limit = self.max_body(form)
+        declared = headers.get(b"content-length", b"")
+        if declared.isdigit() and int(declared) > limit:
+            raise Refusal(413, f"a body of {int(declared):,} bytes is over the limit of {limit:,} for {form.route}",
+                          drain=False)
+        checker = FormChecker(form, self.limits)
+        try:
+            parser = MultipartParser(options[b"boundary"], checker.callbacks())
+        except FormParserError as e:
+            raise Refusal(400, f"malformed multipart body ({e}): send the form as curl -F does") from None
+        size = 0
+        async for chunk in incoming.chunks():  # uvicorn hands the body on in chunks of about 64 KB
+            try:
+                parser.write(chunk)  # the parts' own limits first: they say more than the body's
+            except FormParserError as e:
+                raise Refusal(400, f"malformed multipart body ({e}): send the form as curl -F does") from None
+            size += len(chunk)
+            if size > limit:
+                raise Refusal(413, f"the body is over the limit of {limit:,} bytes for {form.route}")
+            body.write(chunk)
+        checker.finish()
+
+    async def refuse(self, incoming: Body, send, refusal: Refusal) -> None:
+        """Answer {"error": ...}; first read the rest of the body (up to DRAIN_BYTES), so that the client, still
+        sending, gets the answer rather than a reset connection; close the connection when it was not all read."""
+        drained = refusal.drain and await incoming.drain(DRAIN_BYTES)
+        headers = [(b"content-type", b"application/json")] + ([] if drained else [(b"connection", b"close")])
+        payload = json.dumps({"error": str(refusal)}).encode()
+        await send({"type": "http.response.start", "status": refusal.status,
+                    "headers": headers + [(b"content-length", str(len(payload)).encode())]})
+        await send({"type": "http.response.body", "body": payload})
+
+
+class Body:
+    """The request body as it arrives, read once: `chunks()` stops at its end, `drain()` drops the rest."""
+
+    def __init__(self, receive):
+        self.receive, self.more = receive, True
+
+    async def chunks(self):
+        """The remaining chunks; Disconnected when the client goes away first."""
+        while self.more:
+            message = await self.receive()
+            if message["type"] == "http.disconnect":
+                raise Disconnected
+            self.more = message.get("more_body", False)
+            if message.get("body"):
+                yield message["body"]
+
+    async def drain(self, limit: int) -> bool:
+        """Read and drop the rest; True when it ended within `limit` bytes."""
+        size = 0
+        try:
+            async for chunk in self.chunks():
+                size += len(chunk)
+                if size > limit:
+                    return False
+        except Disconnected:
+            return False
+        return True
+
+
+def replay(body, receive):
+    """An ASGI receive that hands the checked body on in chunks, then passes through (disconnect notices)."""
+    done = False
+
+    async def receive_checked():
+        nonlocal done
+        if done:
+            return await receive()
+        chunk = body.read(CHUNK)
+        if len(chunk) < CHUNK:
+            done = True
+        return {"type": "http.request", "body": chunk, "more_body": not done}
+
+    return receive_checked
