@@ -198,7 +198,8 @@ class DINOLoss(nn.Module):
         self.center.mul_(self.center_momentum).add_(mean, alpha=1 - self.center_momentum)
 
 
-def _matched(za: torch.Tensor, zb: torch.Tensor, distance: torch.Tensor, k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
+def _matched(za: torch.Tensor, zb: torch.Tensor, distance: torch.Tensor,
+             k: int | None) -> tuple[torch.Tensor, torch.Tensor]:
     """Every vector of a with its nearest vector of b (by `distance` [B, Na, Nb]); of those, the k pairs with the
     closest match (all when k is None), kept in the order of a's positions: ([B, k, D], [B, k, D])."""
     nearest, idx = distance.min(dim=2)  # [B, Na]: the closest b for every a

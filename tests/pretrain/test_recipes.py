@@ -38,8 +38,9 @@ def test_printed_recipe_table_matches_the_registry(recipe: str) -> None:
 
 
 def test_recipe_fills_only_what_is_unset(tmp_path: Path) -> None:
-    from pretrain.data import scan_images
     from shared_helpers import write_image_folder
+
+    from pretrain.data import scan_images
 
     images = scan_images(write_image_folder(tmp_path / "data", classes=2, per_class=4))
     cfg = PretrainConfig(method="byol", data=str(images.root), out=str(tmp_path / "r"), recipe="paper",
@@ -65,7 +66,7 @@ def test_default_recipe_loss_falls_on_a_tiny_fixed_set(method: str, tmp_path: Pa
     spec = METHODS[method]
     views = {"transform_args": {"local_views": 2}} if spec.transform in ("multicrop", "vicregl") else {}
     cfg = PretrainConfig(method=method, data=str(data), out=str(tmp_path / "run"), backbone="test_resnet",
-                         image_size=32, epochs=24, batch_size=16, workers=0, seed=0, **views)
+                         image_size=32, epochs=24, batch_size=16, workers=0, seed=0, checkpoint_every=24, **views)
     run = Trainer(cfg, progress=False).fit()
     with open(run / "metrics.csv") as f:
         losses = [float(r["loss"]) for r in csv.DictReader(f)]
