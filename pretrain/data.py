@@ -23,6 +23,11 @@ SAMPLE_ARCHIVE = "cifar10-sample.tar.gz"
 SAMPLE_VERSION = "v1"
 
 
+# What decoding a bad file raises: truncated or corrupt data, unknown formats, and decompression bombs
+# (PIL's DecompressionBombError derives from Exception only). Every stage catches exactly these.
+DECODE_ERRORS = (OSError, ValueError, SyntaxError, Image.DecompressionBombError)
+
+
 class DataError(ValueError):
     """The image folder cannot be used (missing, empty, unreadable); the message says which and why."""
 
@@ -62,7 +67,7 @@ class ImageList:
 def load_rgb(path: str | os.PathLike) -> Image.Image:
     """Decode an image fully and return it as RGB; transparent pixels become white.
 
-    Raises OSError/ValueError subclasses on unreadable, truncated or oversized (decompression bomb) files.
+    Raises one of DECODE_ERRORS on unreadable, truncated or oversized (decompression bomb) files.
     """
     with Image.open(path) as im:
         im.load()

@@ -12,10 +12,8 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pretrain.data import ImageList, load_rgb
+from pretrain.data import DECODE_ERRORS, ImageList, load_rgb
 from pretrain.preprocess import Preprocessing
-
-_DECODE_ERRORS = (OSError, ValueError, SyntaxError)
 
 
 class ViewsDataset(Dataset):
@@ -40,7 +38,7 @@ class ViewsDataset(Dataset):
             try:
                 image = load_rgb(path)
                 break
-            except _DECODE_ERRORS:
+            except DECODE_ERRORS:
                 failed.append(str(path))
         else:
             raise RuntimeError(f"no image under {self.images.root} could be decoded")
@@ -71,7 +69,7 @@ class EvalDataset(Dataset):
         label = self.images.labels[index] if self.images.labels is not None else -1
         try:
             return self.preprocessing(load_rgb(self.images.paths[index])), label, True
-        except _DECODE_ERRORS:
+        except DECODE_ERRORS:
             size = self.preprocessing.crop
             return torch.zeros(3, size, size), label, False
 

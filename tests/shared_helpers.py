@@ -30,3 +30,18 @@ def make_tiny_config(data: Path, out: Path, **changes):
     return PretrainConfig(method="simclr", data=str(data), out=str(out), backbone="test_resnet", image_size=32,
                           epochs=2, batch_size=8, workers=0, optimizer="sgd", lr=0.5,
                           method_args={"out_dim": 16}, seed=1).replace(**changes)
+
+
+def header_only_png(path: Path, width: int, height: int) -> Path:
+    """A valid PNG header of width x height with a tiny 1-row IDAT: a decompression bomb (or a thin image)
+    of a few hundred bytes, written without ever allocating its pixels."""
+    import struct
+    import zlib
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit grayscale
+    idat = zlib.compress(b"\x00" * (1 + min(width, 4096)))
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", idat) + chunk(b"IEND", b""))
+    return path
