@@ -65,20 +65,31 @@ class ImageList:
 
 
 def load_rgb(path: str | os.PathLike) -> Image.Image:
-    """Decode an image fully and return it as RGB; transparent pixels become white.
+    """Decode an image fully and return it upright (EXIF orientation applied) as RGB; transparent pixels
+    become white. The one image loader of every stage (training, evaluation, embedding, serving).
 
     Raises one of DECODE_ERRORS on unreadable, truncated or oversized (decompression bomb) files.
     """
     with Image.open(path) as im:
         im.load()
         if im.mode == "RGB":
-            return im.copy()
-        if im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
+            rgb = im.copy()
+        elif im.mode in ("RGBA", "LA", "PA") or (im.mode == "P" and "transparency" in im.info):
             rgba = im.convert("RGBA")
-            canvas = Image.new("RGB", rgba.size, (255, 255, 255))
-            canvas.paste(rgba, mask=rgba.getchannel("A"))
-            return canvas
-        return im.convert("RGB")
+            rgb = Image.new("RGB", rgba.size, (255, 255, 255))
+            rgb.paste(rgba, mask=rgba.getchannel("A"))
+        else:
+            rgb = im.convert("RGB")
+        orientation = im.getexif().get(ORIENTATION, 1)
+    if isinstance(orientation, int) and orientation in _UPRIGHT:  # a phone photo stored sideways: turn it upright
+        rgb = rgb.transpose(_UPRIGHT[orientation])
+    return rgb
+
+
+ORIENTATION = 0x0112  # EXIF tag
+_UPRIGHT = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180, 4: Image.Transpose.FLIP_TOP_BOTTOM,
+            5: Image.Transpose.TRANSPOSE, 6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+            8: Image.Transpose.ROTATE_90}
 
 
 def _probe(path: Path) -> str | None:

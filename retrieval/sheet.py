@@ -14,7 +14,7 @@ def _tile(path: Path | None, lines: list[str]) -> Image.Image:
     tile = Image.new("RGB", (TILE, TILE + CAPTION), "white")
     try:
         with Image.open(path) as im:  # type: ignore[arg-type]
-            tile.paste(ImageOps.contain(im.convert("RGB"), (TILE, TILE)), (0, 0))
+            tile.paste(ImageOps.contain(ImageOps.exif_transpose(im).convert("RGB"), (TILE, TILE)), (0, 0))
     except (OSError, TypeError, AttributeError):
         ImageDraw.Draw(tile).text((4, TILE // 2), "not readable", fill="red")
     draw = ImageDraw.Draw(tile)
