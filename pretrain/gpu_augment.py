@@ -27,7 +27,7 @@ from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as F
 
 from pretrain.config import ConfigError
-from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing
+from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, aspect_window
 from pretrain.transforms import Colour, View, build_transform, shift_hue, to_uint8
 
 SUPPORTED = ("baseline", "multicrop", "simclr", "vicregl")
@@ -42,6 +42,10 @@ class LoadSquare:
 
     def __call__(self, image: Image.Image | torch.Tensor) -> torch.Tensor:
         pixels = to_uint8(image)
+        window = aspect_window(pixels.shape[2], pixels.shape[1])
+        if window is not None:  # a thin image: resize only its centre (bounded work, see preprocess.MAX_ASPECT)
+            left, top, right, bottom = window
+            pixels = pixels[:, top:bottom, left:right]
         if min(pixels.shape[1:]) != self.size:
             pixels = F.resize(pixels, self.size, antialias=True)
         return F.center_crop(pixels, [self.size, self.size])

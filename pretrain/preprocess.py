@@ -14,11 +14,34 @@ from torchvision.transforms import v2
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
+# Resizing the short side of a thin image makes it long: an 8000 x 1 image at a short side of 256 would be
+# 2 G pixels. An image more than MAX_ASPECT times longer than wide is first cut to its centred MAX_ASPECT:1
+# part (the centre crop lies well inside it), so the resized image has at most MAX_ASPECT x resize^2 pixels
+# whatever the file holds. Ordinary images (up to 4:1) are resized whole, exactly as before.
+MAX_ASPECT = 4
+
+
+def aspect_window(width: int, height: int) -> tuple[int, int, int, int] | None:
+    """The centred (left, top, right, bottom) part of a width x height image that preprocessing keeps when
+    its aspect ratio exceeds MAX_ASPECT:1; None when the whole image is used. Decided from the size alone."""
+    short, long = min(width, height), max(width, height)
+    keep = MAX_ASPECT * max(short, 1)
+    if long <= keep:
+        return None
+    start = (long - keep) // 2
+    return (start, 0, start + keep, height) if width > height else (0, start, width, start + keep)
+
+
+def bound_aspect(image: Image.Image) -> Image.Image:
+    """`image`, or its centred MAX_ASPECT:1 part when it is thinner (see `aspect_window`)."""
+    window = aspect_window(*image.size)
+    return image if window is None else image.crop(window)
 
 
 @dataclass(frozen=True)
 class Preprocessing:
-    """Resize the short side to `resize`, center-crop `crop` x `crop`, scale to [0, 1], normalise."""
+    """Resize the short side to `resize`, center-crop `crop` x `crop`, scale to [0, 1], normalise (images
+    thinner than MAX_ASPECT:1 are first cut to their centre, which bounds the work)."""
 
     resize: int
     crop: int
@@ -54,4 +77,4 @@ class Preprocessing:
         ])
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
-        return self.transform(image)
+        return self.transform(bound_aspect(image))

@@ -15,6 +15,7 @@ import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
 from pretrain.atomic import write_with  # noqa: E402
+from pretrain.preprocess import bound_aspect  # noqa: E402
 from pretrain.transforms import MultiView, denormalize  # noqa: E402
 
 BOX_COLOURS = plt.get_cmap("tab10").colors
@@ -22,6 +23,7 @@ BOX_COLOURS = plt.get_cmap("tab10").colors
 
 def upscale(image: Image.Image, size: int) -> Image.Image:
     """Bicubic upscale so the short side is at least `size` (a 32 px image shown at 224 px views)."""
+    image = bound_aspect(image)
     short = min(image.size)
     if short >= size:
         return image
