@@ -58,7 +58,7 @@ class ImageSource:
         """Identifies the list, so a resumed job refuses a folder whose content changed."""
         h = hashlib.sha256()
         for p in self.paths:
-            h.update(self.relative(p).encode() + b"\n")
+            h.update(os.fsencode(self.relative(p)) + b"\n")  # any name the filesystem has, UTF-8 or not
         return "sha256:" + h.hexdigest()[:16]
 
 
@@ -72,7 +72,8 @@ def find_images(images: str | Path) -> ImageSource:
     images = Path(images).expanduser()
     if images.is_file():
         base = images.parent.resolve()
-        lines = [line.strip() for line in images.read_text().splitlines() if line.strip()]
+        text = images.read_text(errors="surrogateescape")  # names as the filesystem has them
+        lines = [line.strip() for line in text.splitlines() if line.strip()]
         paths = [(base / line).resolve() for line in lines]
         if not paths:
             raise ExportError(f"file list {images} is empty")

@@ -35,8 +35,20 @@ def write_shard(out: Path, index: int, vectors: np.ndarray, ids: list[dict]) -> 
     vec_name, ids_name = shard_files(index)
     array = np.ascontiguousarray(vectors)
     write_with(out / vec_name, lambda tmp: _save_npy(tmp, array))
-    write_text(out / ids_name, "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in ids))
+    write_text(out / ids_name, "".join(id_line(row) for row in ids))
     return {"vectors": vec_name, "ids": ids_name, "count": len(ids)}
+
+
+def id_line(row: dict) -> str:
+    """One id-table line. Names stay readable UTF-8; a file name that is not UTF-8 (os.fsdecode maps its bytes
+    to lone surrogates) is written with JSON \\u escapes, which json.loads turns back into the same str, so
+    os.fsencode(path) gives back the exact bytes of the name."""
+    line = json.dumps(row, ensure_ascii=False)
+    try:
+        line.encode()
+    except UnicodeEncodeError:
+        line = json.dumps(row)
+    return line + "\n"
 
 
 def _save_npy(path: Path, array: np.ndarray) -> None:
@@ -45,13 +57,20 @@ def _save_npy(path: Path, array: np.ndarray) -> None:
 
 
 def write_failed(out: Path, failed: list[tuple[str, str]]) -> None:
-    write_text(out / FAILED, "".join(f"{path}\t{reason}\n" for path, reason in failed))
+    """failed.txt holds names as the filesystem has them (bytes that are not UTF-8 included), one a line; tabs
+    and line breaks inside a name are written as \\t, \\n, \\r."""
+    write_text(out / FAILED, "".join(f"{_one_line(path)}\t{reason}\n" for path, reason in failed),
+               errors="surrogateescape")
+
+
+def _one_line(name: str) -> str:
+    return name.replace("\t", "\\t").replace("\n", "\\n").replace("\r", "\\r")
 
 
 def read_failed(out: Path, count: int) -> list[tuple[str, str]]:
     """The first `count` entries of failed.txt (the ones the manifest vouches for)."""
     path = out / FAILED
-    lines = path.read_text().splitlines() if path.is_file() else []
+    lines = path.read_text(errors="surrogateescape").split("\n")[:-1] if path.is_file() else []
     if len(lines) < count:
         raise ExportError(f"{path} lists {len(lines)} failed images, the manifest says {count}: delete {out} "
                           f"and embed again")

@@ -57,9 +57,10 @@ def write_with(path: str | Path, writer: Callable[[Path], None]) -> None:
         writer(tmp)
 
 
-def write_text(path: str | Path, text: str) -> None:
+def write_text(path: str | Path, text: str, errors: str = "strict") -> None:
+    """UTF-8 text; errors="surrogateescape" writes file names that are not UTF-8 as their own bytes."""
     with atomic_path(path) as tmp:
-        tmp.write_text(text)
+        tmp.write_text(text, encoding="utf-8", errors=errors)
 
 
 def write_json(path: str | Path, obj: Any) -> None:

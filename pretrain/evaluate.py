@@ -85,7 +85,7 @@ def cached_features(model_dir: ModelDir, images: ImageList, **kwargs) -> Feature
     h = hashlib.sha256(json.dumps([model_dir.fingerprint, model_dir.info["preprocessing"]]).encode())
     for p in images.paths:
         st = p.stat()
-        h.update(f"{p}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(os.fsencode(p) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())  # names need not be UTF-8
     cache = model_dir.path / "cache" / f"features-{h.hexdigest()[:20]}.pt"
     if cache.is_file():
         d = torch.load(cache, weights_only=True)
