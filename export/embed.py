@@ -36,7 +36,7 @@ from export.embeddings import (
     write_shard,
 )
 from export.errors import ExportError
-from pretrain.data import ImageList, load_rgb
+from pretrain.data import ImageList, load_rgb, walk_files
 from pretrain.datasets import EvalDataset
 from pretrain.malloc import keep_heap
 
@@ -67,8 +67,9 @@ def image_extensions() -> set[str]:
 
 
 def find_images(images: str | Path) -> ImageSource:
-    """A folder is walked recursively (sorted, hidden entries skipped, image extensions only); a text file is
-    a list of image paths, one a line, absolute or relative to the list's folder."""
+    """A folder is walked recursively (pretrain.data.walk_files: sorted, hidden entries skipped, links followed
+    once per real file; image extensions only); a text file is a list of image paths, one a line, absolute
+    or relative to the list's folder."""
     images = Path(images).expanduser()
     if images.is_file():
         base = images.parent.resolve()
@@ -82,11 +83,7 @@ def find_images(images: str | Path) -> ImageSource:
         raise ExportError(f"image folder {images} does not exist")
     root = images.resolve()
     extensions = image_extensions()
-    paths = []
-    for dirpath, dirnames, filenames in os.walk(root, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        paths.extend(Path(dirpath) / f for f in sorted(filenames)
-                     if not f.startswith(".") and Path(f).suffix.lower() in extensions)
+    paths = [p for p in walk_files(root) if p.suffix.lower() in extensions]  # links: once per real file
     if not paths:
         raise ExportError(f"no image files under {images}")
     return ImageSource(root, paths)

@@ -1,9 +1,11 @@
 """Image collections on disk: scanning folders, decoding robustly, and the bundled CIFAR-10 sample.
 
-Two layouts are read: an ImageFolder (one sub-folder per class; labels are only used for evaluation)
-and a flat folder of unlabelled images. Files that are not readable images are skipped and counted
-at scan time; an image that decodes badly later (a truncated JPEG) is replaced and counted by the
-datasets, so one bad file in a million never stops a run.
+Two layouts are read, decided from where the images are: an ImageFolder (one sub-folder per class;
+labels are only used for evaluation) and a flat folder of unlabelled images. Symbolic links are
+followed once per real folder and file (`walk_files`), so a link loop cannot multiply the images.
+Files that are not readable images are skipped and counted at scan time; an image that decodes badly
+later (a truncated JPEG) is replaced and counted by the datasets, so one bad file in a million never
+stops a run.
 """
 from __future__ import annotations
 
@@ -41,6 +43,7 @@ class ImageList:
     labels: list[int] | None
     classes: list[str] | None
     skipped: list[tuple[Path, str]] = field(default_factory=list)
+    layout: str = ""  # what scan_images decided, e.g. "10 class folders: 5,000 images"
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -52,7 +55,7 @@ class ImageList:
     def subset(self, indices: list[int]) -> "ImageList":
         return ImageList(self.root, [self.paths[i] for i in indices],
                          None if self.labels is None else [self.labels[i] for i in indices],
-                         self.classes, self.skipped)
+                         self.classes, self.skipped, self.layout)
 
     def random_subset(self, n: int | None, seed: int) -> "ImageList":
         """A fixed random subset of `n` images (in folder order); all of them when n is None or too large."""
@@ -106,52 +109,112 @@ def _probe(path: Path) -> str | None:
         return str(e) or type(e).__name__
 
 
-def _list_files(folder: Path) -> list[Path]:
-    out = []
-    for dirpath, dirnames, filenames in os.walk(folder, followlinks=True):
-        dirnames[:] = sorted(d for d in dirnames if not d.startswith("."))
-        out.extend(Path(dirpath) / f for f in sorted(filenames) if not f.startswith("."))
+def walk_files(folder: str | os.PathLike) -> list[Path]:
+    """The regular files under `folder`, in sorted walk order (a folder's files, then its sub-folders);
+    hidden entries skipped.
+
+    Symbolic links are followed, but each real folder is walked once and each real file is listed once,
+    under the first path that reaches it: a link loop, or a second link to a folder or file already seen,
+    adds nothing. (Links to folders elsewhere, e.g. class folders on another disk, keep working.)
+    """
+    folder = Path(folder)
+    out: list[Path] = []
+    seen_dirs: set[tuple[int, int]] = set()
+    seen_files: set[tuple[int, int]] = set()
+    try:
+        st = folder.stat()
+    except OSError:
+        return out
+    stack = [(folder, (st.st_dev, st.st_ino))]
+    while stack:
+        path, key = stack.pop()
+        if key in seen_dirs:
+            continue
+        seen_dirs.add(key)
+        try:
+            with os.scandir(path) as it:
+                entries = sorted((e for e in it if not e.name.startswith(".")), key=lambda e: e.name)
+        except OSError:
+            continue
+        subdirs = []
+        for entry in entries:
+            try:
+                if entry.is_dir():
+                    real = entry.stat()
+                    subdirs.append((Path(entry.path), (real.st_dev, real.st_ino)))
+                elif entry.is_file():  # regular files only: no FIFOs, sockets or devices
+                    if entry.is_symlink():
+                        real = entry.stat()
+                        real_key = (real.st_dev, real.st_ino)
+                    else:  # the inode comes with the directory listing: no system call per file
+                        real_key = (key[0], entry.inode())
+                    if real_key not in seen_files:
+                        seen_files.add(real_key)
+                        out.append(Path(entry.path))
+            except OSError:  # vanished, or a broken link
+                continue
+        stack.extend(reversed(subdirs))
     return out
 
 
-def scan_images(root: str | os.PathLike, *, warn: bool = True, threads: int = 16) -> ImageList:
-    """List the readable images under `root`.
+def _plural(n: int, word: str) -> str:
+    return f"{n:,} {word}{'' if n == 1 else 's'}"
 
-    Class sub-folders make an ImageFolder (sorted class names, files found recursively inside each);
-    without sub-folders every file of `root` is an unlabelled image. Files whose header does not parse
-    as an image are skipped and reported in one warning line.
+
+def scan_images(root: str | os.PathLike, *, warn: bool = True, threads: int = 16) -> ImageList:
+    """List the readable images under `root`, and decide its layout from them (`ImageList.layout` says which).
+
+    Sub-folders that hold images are class folders (an ImageFolder: sorted class names, images found
+    recursively inside each) when no image lies directly in `root`; with loose images and none in
+    sub-folders, `root` is a flat folder of unlabelled images. Sub-folders without images never count,
+    so a stray folder cannot turn a flat folder into classes. When both hold images, the side with more
+    images wins (a tie: flat) and one warning line says what was decided. Files whose header does not
+    parse as an image are skipped and reported in one warning line.
     """
     root = Path(root).expanduser()
     if not root.exists():
         raise DataError(f"image folder {root} does not exist")
     if not root.is_dir():
         raise DataError(f"{root} is not a folder: pass a folder of images (or of class sub-folders)")
-    subdirs = sorted(p for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if subdirs:
-        classes = [d.name for d in subdirs]
-        candidates = [(p, label) for label, d in enumerate(subdirs) for p in _list_files(d)]
-        loose = [p for p in root.iterdir() if p.is_file() and not p.name.startswith(".")]
-    else:
-        classes = None
-        candidates = [(p, -1) for p in _list_files(root)]
-        loose = []
+    candidates = walk_files(root)
     with ThreadPoolExecutor(max_workers=threads) as pool:
-        probes = pool.map(_probe, (p for p, _ in candidates))
+        probes = pool.map(_probe, candidates)
         reasons = list(tqdm(probes, total=len(candidates), desc=f"scanning {root.name}", unit="file", leave=False,
                             disable=len(candidates) < 20_000))
-    kept = [(p, label) for (p, label), r in zip(candidates, reasons) if r is None]
-    skipped = [(p, r) for (p, _), r in zip(candidates, reasons) if r is not None]
-    skipped += [(p, "outside the class sub-folders") for p in loose]
+    skipped = [(p, r) for p, r in zip(candidates, reasons) if r is not None]
+    readable = [p for p, r in zip(candidates, reasons) if r is None]
+    loose = [p for p in readable if p.parent == root]
+    grouped = [p for p in readable if p.parent != root]
+    folders = sorted({p.relative_to(root).parts[0] for p in grouped})
+    labelled = len(grouped) > len(loose)
+    if loose and grouped and warn:
+        where = (f"{root}: {_plural(len(loose), 'image')} at the top level and {len(grouped):,} in "
+                 f"{_plural(len(folders), 'sub-folder')}: ")
+        warnings.warn(where + (f"read as {len(folders)} class folders; the {len(loose):,} top-level images are "
+                               f"skipped (move them into a class folder to use them)" if labelled else
+                               f"read as a flat folder of {len(readable):,} unlabelled images (to use class "
+                               f"labels, move the top-level images into class folders)"), stacklevel=2)
+    if labelled:
+        classes: list[str] | None = folders
+        index = {c: i for i, c in enumerate(folders)}
+        kept = [(p, index[p.relative_to(root).parts[0]]) for p in grouped]
+        skipped += [(p, "outside the class sub-folders") for p in loose]
+        layout = f"{len(folders)} class folders: {len(kept):,} images"
+    else:
+        classes = None
+        kept = [(p, -1) for p in readable]
+        layout = f"flat folder: {_plural(len(kept), 'unlabelled image')}"
     if not kept:
         detail = f" ({len(skipped)} files skipped, e.g. {skipped[0][0].name}: {skipped[0][1]})" if skipped else ""
         raise DataError(f"no readable images in {root}{detail}")
-    if warn and skipped:
-        first, reason = skipped[0]
-        warnings.warn(f"{root}: skipped {len(skipped)} of {len(candidates) + len(loose)} files that are not "
+    unreadable = [(p, r) for p, r in skipped if r != "outside the class sub-folders"]
+    if warn and unreadable:
+        first, reason = unreadable[0]
+        warnings.warn(f"{root}: skipped {len(unreadable)} of {len(candidates)} files that are not "
                       f"readable images (first: {first}: {reason})", stacklevel=2)
     paths = [p for p, _ in kept]
     labels = [label for _, label in kept] if classes is not None else None
-    return ImageList(root, paths, labels, classes, skipped)
+    return ImageList(root, paths, labels, classes, skipped, layout)
 
 
 def typical_size(images: ImageList, probes: int = 32) -> int:

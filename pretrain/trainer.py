@@ -347,6 +347,8 @@ class Trainer:
         if self.main:
             save_yaml(cfg, self.out / "config.yaml")
             log = MetricsLog(self.out, state.step)
+            if self.progress:  # say how the folder was read (class folders or flat), see data.scan_images
+                tqdm.write(f"data: {self.images.root} read as {self.images.layout}")
         bar = tqdm(total=self.total_steps * cfg.batch_size, initial=state.step * cfg.batch_size, unit="img",
                    desc=f"{cfg.method} {self.spec.name}", disable=not (self.progress and self.main),
                    dynamic_ncols=True, smoothing=0.1)
@@ -472,8 +474,8 @@ class Trainer:
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
         training = {
             "epochs": cfg.epochs, "steps": state.step, "batch_size": cfg.batch_size, "data": str(cfg.data),
-            "num_images": len(self.images), "last_loss": state.last_loss, "knn": state.knn or None,
-            "wall_time_s": round(state.elapsed_s, 2),
+            "data_layout": self.images.layout, "num_images": len(self.images), "last_loss": state.last_loss,
+            "knn": state.knn or None, "wall_time_s": round(state.elapsed_s, 2),
             "images_per_s": round(state.step * cfg.batch_size / state.elapsed_s, 2) if state.elapsed_s else None,
             "processes": self.world, "accumulate": cfg.accumulate, "sync_bn": cfg.sync_bn,
             "device": str(self.device), "precision": str(self.amp_dtype or "fp32").replace("torch.", ""),
