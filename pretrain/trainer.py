@@ -51,8 +51,10 @@ from pretrain.transforms import build_transform
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
 # Settings that may differ when a run is resumed; every other setting must match the saved config.
+# `out` is not compared: the run folder is the run, under any spelling of its path, moved or copied.
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "checkpoint_every", "checkpoint_every_steps", "knn_every",
-                     "knn_test", "knn_k", "knn_temperature", "accumulate", "sync_bn", "compile"}
+                     "knn_test", "knn_k", "knn_temperature", "accumulate", "sync_bn", "compile", "out"}
+PATH_SETTINGS = {"data"}  # compared as the folders they name (relative or absolute, trailing slash, links)
 
 
 class TrainingDiverged(RuntimeError):
@@ -63,7 +65,7 @@ def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
     """Fill every default that depends on other settings or on the training `images`, so config.yaml
     records what actually ran."""
     recipe = method_spec(cfg.method).recipe(cfg.recipe)
-    data = str(images.root)
+    data = os.path.abspath(images.root)  # a resumed run finds its images from any working folder
     is_sample = cfg.data is None
     image_size = cfg.image_size or min(224, typical_size(images))
     backbone = resolve_spec(cfg.backbone, cfg.small_stem, image_size, cfg.backbone_args)
@@ -235,7 +237,7 @@ class Trainer:
             previous = yaml.safe_load(saved.read_text())
             defaults = {f.name: f.default for f in PretrainConfig.fields()}  # for settings newer than the run
             changed = [k for k, v in self.cfg.to_dict().items()
-                       if k not in RESUMABLE_CHANGES and previous.get(k, defaults[k]) != v]
+                       if k not in RESUMABLE_CHANGES and not _same_setting(k, previous.get(k, defaults[k]), v)]
             if changed:
                 k = changed[0]
                 raise ConfigError(f"--resume: {k} was {previous.get(k)!r} in {saved}, now {getattr(self.cfg, k)!r}; "
@@ -496,6 +498,12 @@ class Trainer:
         if (self.out / "metrics.csv").exists():
             plot_metrics(self.out / "metrics.csv", self.out / "plots" / "loss.png")
         return self.out
+
+
+def _same_setting(key: str, saved: object, now: object) -> bool:
+    if key in PATH_SETTINGS and isinstance(saved, str) and isinstance(now, str):
+        return os.path.realpath(saved) == os.path.realpath(now)
+    return saved == now
 
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -> Path:

@@ -172,3 +172,26 @@ def test_compile_without_a_cpp_compiler_is_a_config_error(image_folder: Path, tm
     monkeypatch.setenv("CXX", "no-such-compiler")
     with pytest.raises(ConfigError, match="C\\+\\+ compiler"):
         Trainer(tiny_config(image_folder, tmp_path / "run", compile=True), progress=False).fit()
+
+
+def test_resume_accepts_the_run_under_another_spelling_moved_or_copied(image_folder: Path, tmp_path: Path,
+                                                                       tiny_config, monkeypatch) -> None:
+    import shutil
+
+    import yaml
+
+    monkeypatch.chdir(tmp_path)
+    cfg = tiny_config(Path("images"), Path("runs/k1"), epochs=1)  # both paths relative to the working folder
+    Trainer(cfg, progress=False).fit()
+    spelled = cfg.replace(out=str(tmp_path / "runs" / "k1"), data=str(image_folder) + "/", epochs=2)
+    assert load_model_dir(Trainer(spelled, resume=True, progress=False).fit()).info["training"]["steps"] == 6
+    shutil.move("runs/k1", "moved")
+    shutil.copytree("moved", "copied")
+    monkeypatch.chdir(image_folder)  # and from another working folder
+    moved = Trainer(cfg.replace(out=str(tmp_path / "moved"), data=None, epochs=3), resume=True, progress=False).fit()
+    assert load_model_dir(moved).info["training"]["steps"] == 9
+    assert yaml.safe_load((moved / "config.yaml").read_text())["out"] == str(tmp_path / "moved")
+    copied = Trainer(cfg.replace(out="../copied", data=None, epochs=2), resume=True, progress=False).fit()
+    assert load_model_dir(copied).info["training"]["steps"] == 6  # the copy is a run of its own
+    with pytest.raises(ConfigError, match="data was"):  # another folder of images is still another run
+        Trainer(cfg.replace(out="../copied", data=str(tmp_path / "images" / "class_0")), resume=True, progress=False)
