@@ -6,15 +6,53 @@ found by running the module once rather than read from a table, so any new timm 
 from __future__ import annotations
 
 import contextlib
+import math
+import re
 from dataclasses import asdict, dataclass, field
 
 import torch
 from torch import nn
 
 from pretrain.config import ConfigError
+from pretrain.schema import Fields, kind
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                        "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")
+NAME_PATTERN = r"[A-Za-z0-9][A-Za-z0-9_.\-]{0,127}"
+# Constructor arguments that would make timm or torchvision read a file or the network, or change what
+# the backbone returns; a model dir (or --backbone-arg) may not pass them.
+FORBIDDEN_ARGS = frozenset({"pretrained", "pretrained_cfg", "pretrained_cfg_overlay", "checkpoint_path", "cache_dir",
+                            "weights", "progress", "features_only", "out_indices", "num_classes", "scriptable",
+                            "exportable", "no_jit", "model_name", "kwargs"})
+MAX_ARGS, MAX_ARG_LIST, MAX_ARG_INT = 32, 16, 1 << 20
+
+
+def check_backbone_args(kwargs: dict) -> dict:
+    """Backbone constructor arguments, checked: at most 32 names, each a plain number, true/false, null, a short
+    name, or a short list of numbers; none that loads files or changes the outputs (FORBIDDEN_ARGS)."""
+    if len(kwargs) > MAX_ARGS:
+        raise ConfigError(f"backbone arguments: at most {MAX_ARGS} (got {len(kwargs)})")
+    for key, value in kwargs.items():
+        if not isinstance(key, str) or not re.fullmatch(r"[a-z_][a-z0-9_]{0,63}", key):
+            raise ConfigError(f"backbone argument {str(key)[:64]!r} is not a valid argument name")
+        if key in FORBIDDEN_ARGS:
+            raise ConfigError(f"backbone argument {key} is not allowed (it would load files or change the "
+                              f"backbone's outputs)")
+        items = value if isinstance(value, list) and len(value) <= MAX_ARG_LIST else [value]
+        if not all(_plain(v, in_list=isinstance(value, list)) for v in items):
+            raise ConfigError(f"backbone argument {key} must be a number, true/false, null, a name or a list of "
+                              f"up to {MAX_ARG_LIST} numbers (got {kind(value)}: {str(value)[:40]})")
+    return kwargs
+
+
+def _plain(v: object, in_list: bool) -> bool:
+    if isinstance(v, bool) or v is None:
+        return not in_list
+    if isinstance(v, int):
+        return abs(v) <= MAX_ARG_INT
+    if isinstance(v, float):
+        return math.isfinite(v) and abs(v) <= MAX_ARG_INT
+    return isinstance(v, str) and not in_list and re.fullmatch(r"[A-Za-z0-9_.\-]{0,64}", v) is not None
 
 
 @dataclass(frozen=True)
@@ -30,9 +68,17 @@ class BackboneSpec:
         return asdict(self)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "BackboneSpec":
-        return cls(name=d["name"], source=d["source"], small_stem=bool(d.get("small_stem", False)),
-                   kwargs=dict(d.get("kwargs", {})))
+    def from_dict(cls, d: dict, where: str = "model.json", error: type[Exception] = ConfigError) -> "BackboneSpec":
+        """The record's backbone, every field checked; the name must be a known model."""
+        f = Fields(d, where, error, "backbone.")
+        spec = cls(name=f.str("name", pattern=NAME_PATTERN), source=f.str("source", choices=("timm", "torchvision")),
+                   small_stem=f.bool("small_stem", default=False), kwargs=dict(f.obj("kwargs", default={})))
+        try:
+            check_backbone_args(spec.kwargs)
+            _check_name(spec)
+        except ConfigError as e:
+            raise error(f"{where}: {e}") from None
+        return spec
 
 
 def resolve_spec(name: str, small_stem: bool | None, image_size: int, kwargs: dict | None = None) -> BackboneSpec:
@@ -44,7 +90,7 @@ def resolve_spec(name: str, small_stem: bool | None, image_size: int, kwargs: di
         source, bare = ("torchvision" if name in TORCHVISION_RESNETS else "timm"), name
     if source not in ("timm", "torchvision"):
         raise ConfigError(f"backbone {name!r}: the prefix must be timm/ or torchvision/")
-    spec = BackboneSpec(bare, source, False, dict(kwargs or {}))
+    spec = BackboneSpec(bare, source, False, check_backbone_args(dict(kwargs or {})))
     _check_name(spec)
     if small_stem is None:
         small_stem = image_size <= 96 and _has_resnet_stem(spec)
@@ -84,8 +130,9 @@ def _instantiate(spec: BackboneSpec, meta: bool = False) -> nn.Module:
             import timm
 
             return timm.create_model(spec.name, pretrained=False, num_classes=0, **spec.kwargs)
-        except TypeError as e:
-            raise ConfigError(f"backbone {spec.name!r}: {e}") from None
+        except Exception as e:  # noqa: BLE001 - constructors raise anything for arguments they cannot take
+            raise ConfigError(f"backbone {spec.name!r} cannot be built with arguments {spec.kwargs}: "
+                              f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}") from None
 
 
 def apply_small_stem(model: nn.Module, name: str) -> None:

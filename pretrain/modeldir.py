@@ -11,25 +11,29 @@ so a reader never silently runs with the wrong file.
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pretrain import __version__
 from pretrain.atomic import write_json, write_with
-from pretrain.backbones import BackboneSpec, build_backbone
+from pretrain.backbones import BackboneSpec, _instantiate, apply_small_stem, build_backbone
+from pretrain.config import ConfigError
 from pretrain.heads import Neck, WithNeck
 from pretrain.preprocess import Preprocessing
+from pretrain.schema import Fields, read_json
 
 SCHEMA_VERSION = 1
 MODEL_JSON = "model.json"
 BACKBONE_FILE = "backbone.safetensors"
 HEAD_FILE = "head.safetensors"
+FINGERPRINT = r"sha256:[0-9a-f]{16}"
+MAX_DIM, MAX_NECK, MAX_CLASSES = 65536, 8, 100_000
 
 
 class ModelDirError(ValueError):
@@ -103,20 +107,55 @@ class ModelDir:
 
     def random_backbone(self) -> nn.Module:
         """The same architecture with fresh random weights (the baseline of every evaluation)."""
-        model, dim = build_backbone(self.spec, self.preprocessing.crop)
+        try:
+            model, dim = build_backbone(self.spec, self.preprocessing.crop)
+        except ConfigError as e:
+            raise ModelDirError(f"{self.path / MODEL_JSON}: backbone {self.spec.name!r} with arguments "
+                                f"{self.spec.kwargs}: {e}") from None
         if self.info.get("neck"):
             model = WithNeck(model, Neck(dim, self.info["neck"]))
+        embeds = self.info["neck"][-1] if self.info.get("neck") else dim
+        if embeds != self.embedding_dim:
+            raise ModelDirError(f"{self.path / MODEL_JSON}: backbone {self.spec.name} embeds to {embeds} "
+                                f"dimensions, model.json says {self.embedding_dim}: train or export the model again")
         return model.eval()
 
     def load_backbone(self, device: str | torch.device = "cpu") -> nn.Module:
+        """The trained network. Its architecture is first built without memory (on the meta device) and
+        compared, tensor by tensor, with the weights file's header: weights that do not fit, and arguments
+        that would build a network larger than its weights, are refused before anything is allocated."""
+        file = self.path / BACKBONE_FILE
+        self._check_fit(file, self._meta_shapes(weight_shapes(file)))
         model = self.random_backbone()
-        state = load_file(str(self.path / BACKBONE_FILE))
-        missing, unexpected = model.load_state_dict(state, strict=False)
-        if missing or unexpected:
-            raise ModelDirError(f"{self.path / BACKBONE_FILE} does not fit backbone {self.spec.name} "
-                                f"({len(missing)} missing, {len(unexpected)} unexpected tensors, e.g. "
-                                f"{(missing or unexpected)[0]})")
+        try:
+            model.load_state_dict(_load(file), strict=True)
+        except RuntimeError as e:
+            raise ModelDirError(f"{file} does not fit backbone {self.spec.name} ({str(e).splitlines()[-1].strip()})"
+                                f": train or export the model again") from None
         return model.to(device).eval()
+
+    def _meta_shapes(self, stored: dict[str, tuple]) -> dict[str, tuple]:
+        try:
+            with torch.device("meta"):
+                model = _instantiate(self.spec, meta=True)
+                if self.spec.small_stem:
+                    apply_small_stem(model, self.spec.name)
+                if self.info.get("neck"):  # its input width is the backbone's: taken from the file, checked later
+                    model = WithNeck(model, Neck(stored.get("neck.0.weight", (0, 1))[-1], self.info["neck"]))
+        except ConfigError as e:
+            raise ModelDirError(f"{self.path / MODEL_JSON}: {e}") from None
+        return {k: tuple(v.shape) for k, v in model.state_dict().items()}
+
+    def _check_fit(self, file: Path, expected: dict[str, tuple]) -> None:
+        stored = weight_shapes(file)
+        missing = sorted(expected.keys() - stored.keys())
+        unexpected = sorted(stored.keys() - expected.keys())
+        other = sorted(k for k in expected.keys() & stored.keys() if expected[k] != stored[k])
+        if missing or unexpected or other:
+            first = (missing or unexpected or other)[0]
+            raise ModelDirError(f"{file} does not fit backbone {self.spec.name} ({len(missing)} missing, "
+                                f"{len(unexpected)} unexpected, {len(other)} of another shape, e.g. {first[:80]}): "
+                                f"train or export the model again")
 
     def load_head(self, device: str | torch.device = "cpu") -> nn.Linear:
         head_info = self.info.get("head")
@@ -127,9 +166,16 @@ class ModelDir:
             raise ModelDirError(f"{self.path / HEAD_FILE} was trained on another backbone "
                                 f"({head_info.get('fingerprint')} != {self.fingerprint}): "
                                 f"run `sslforge eval linear` again")
-        state = load_file(str(self.path / HEAD_FILE))
-        head = nn.Linear(state["weight"].shape[1], state["weight"].shape[0])
-        head.load_state_dict(state)
+        file = self.path / HEAD_FILE
+        shapes = weight_shapes(file)
+        fits = (shapes.keys() == {"weight", "bias"} and shapes["weight"] == (len(self.classes), self.embedding_dim)
+                and shapes["bias"] == (len(self.classes),))
+        if not fits:
+            raise ModelDirError(f"{file} holds a {shapes.get('weight', '?')} head, the backbone embeds to "
+                                f"{self.embedding_dim} dimensions and model.json names {len(self.classes)} classes: "
+                                f"run `sslforge eval linear` again")
+        head = nn.Linear(self.embedding_dim, len(self.classes))
+        head.load_state_dict(_load(file))
         return head.to(device).eval()
 
     def save_head(self, head: nn.Linear, classes: list[str], metrics: dict) -> None:
@@ -152,15 +198,13 @@ def load_model_dir(path: str | Path, *, verify: bool = True) -> ModelDir:
         hint = " (training has not finished: resume it with `sslforge pretrain --resume --out " \
                f"{path}`)" if (path / "checkpoint.pt").is_file() else ""
         raise ModelDirError(f"{path} is not a model dir: it has no {MODEL_JSON}{hint}")
-    try:
-        info = json.loads(record.read_text())
-    except json.JSONDecodeError as e:
-        raise ModelDirError(f"{record} is not valid JSON ({e})") from None
-    version = info.get("schema_version")
-    if version != SCHEMA_VERSION:
+    info = read_json(record, ModelDirError, "a model dir's record")
+    version = info.get("schema_version") if isinstance(info, dict) else None
+    if isinstance(info, dict) and version != SCHEMA_VERSION:
         newer = isinstance(version, int) and version > SCHEMA_VERSION
         raise ModelDirError(f"{path} has model-dir schema version {version}; this sslforge ({__version__}) reads "
                             f"version {SCHEMA_VERSION}: " + ("upgrade sslforge" if newer else "retrain or convert it"))
+    check_record(info, record)
     weights = path / BACKBONE_FILE
     if not weights.is_file():
         raise ModelDirError(f"{path} has no {BACKBONE_FILE}")
@@ -168,3 +212,44 @@ def load_model_dir(path: str | Path, *, verify: bool = True) -> ModelDir:
         raise ModelDirError(f"{weights} does not match the fingerprint in {record}: the file was changed or "
                             f"is incomplete")
     return ModelDir(path, info)
+
+
+def check_record(info: object, record: Path) -> None:
+    """Check every field of a model.json against its schema (types and bounds); ModelDirError names the first
+    bad one. `method` and `training` are free-form summaries: they need only be objects."""
+    f = Fields(info, str(record), ModelDirError)
+    f.str("fingerprint", pattern=FINGERPRINT)
+    f.str("sslforge_version", max_len=64, default="")
+    BackboneSpec.from_dict(f.obj("backbone"), str(record), ModelDirError)
+    f.int("embedding_dim", 1, MAX_DIM)
+    for width in f.list("neck", MAX_NECK, default=[]):
+        if not isinstance(width, int) or isinstance(width, bool) or not 1 <= width <= MAX_DIM:
+            f.fail("neck", f"must list layer widths from 1 to {MAX_DIM} (got {str(width)[:40]})")
+    Preprocessing.from_dict(f.obj("preprocessing"), str(record), ModelDirError)
+    f.obj("method", default={})
+    f.obj("training", default={})
+    head = f.sub("head", default=None)
+    if head is not None:
+        head.str("file", choices=(HEAD_FILE,))
+        if not all(isinstance(c, str) and 0 < len(c) <= 1000 for c in head.list("classes", MAX_CLASSES)):
+            head.fail("classes", "must be class names (strings of 1 to 1000 characters)")
+        head.str("fingerprint", pattern=FINGERPRINT)
+        head.obj("metrics", default={})
+
+
+def weight_shapes(file: Path) -> dict[str, tuple]:
+    """Tensor name -> shape from a safetensors header (no tensor is read); ModelDirError when it cannot be read."""
+    try:
+        with safe_open(str(file), framework="pt") as f:
+            return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+    except Exception as e:  # noqa: BLE001 - safetensors raises its own SafetensorError, and OSError
+        raise ModelDirError(f"{file} is not a readable safetensors file ({str(e).splitlines()[0][:200]}): "
+                            f"train or export the model again") from None
+
+
+def _load(file: Path) -> dict[str, torch.Tensor]:
+    try:
+        return load_file(str(file))
+    except Exception as e:  # noqa: BLE001 - as in weight_shapes
+        raise ModelDirError(f"{file} is not a readable safetensors file ({str(e).splitlines()[0][:200]}): "
+                            f"train or export the model again") from None

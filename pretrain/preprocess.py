@@ -12,6 +12,9 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
+from pretrain.config import ConfigError
+from pretrain.schema import Fields
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 # Resizing the short side of a thin image makes it long: an 8000 x 1 image at a short side of 256 would be
@@ -19,6 +22,10 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 # part (the centre crop lies well inside it), so the resized image has at most MAX_ASPECT x resize^2 pixels
 # whatever the file holds. Ordinary images (up to 4:1) are resized whole, exactly as before.
 MAX_ASPECT = 4
+# Bounds on what a model dir may ask for: a crop of 20000 px would allocate gigabytes when the model is
+# loaded. 1024 px covers every published SSL recipe (224, 384, 518) with room to spare.
+MAX_CROP, MAX_RESIZE = 1024, 2048
+INTERPOLATIONS = ("nearest", "bilinear", "bicubic", "box", "hamming", "lanczos")
 
 
 def aspect_window(width: int, height: int) -> tuple[int, int, int, int] | None:
@@ -49,15 +56,37 @@ class Preprocessing:
     std: tuple[float, float, float] = IMAGENET_STD
     interpolation: str = "bicubic"
 
+    def __post_init__(self) -> None:
+        for name, value, high in (("crop", self.crop, MAX_CROP), ("resize", self.resize, MAX_RESIZE)):
+            if not isinstance(value, int) or isinstance(value, bool) or not 1 <= value <= high:
+                raise ConfigError(f"preprocessing.{name} must be an integer from 1 to {high} (got {value!r})")
+        if self.crop > self.resize:
+            raise ConfigError(f"preprocessing.crop must be at most preprocessing.resize (got crop {self.crop}, "
+                              f"resize {self.resize})")
+        for name, values, low in (("mean", self.mean, -10.0), ("std", self.std, 1e-6)):
+            if len(values) != 3 or not all(isinstance(v, float | int) and low <= v <= 10 for v in values):
+                raise ConfigError(f"preprocessing.{name} must be 3 numbers from {low} to 10 (got {values!r})")
+        if self.interpolation not in INTERPOLATIONS:
+            raise ConfigError(f"preprocessing.interpolation must be one of {', '.join(INTERPOLATIONS)} "
+                              f"(got {self.interpolation!r})")
+
     @classmethod
     def for_size(cls, size: int) -> "Preprocessing":
         """The usual evaluation recipe: no resize margin for small images (<= 64 px), 0.875 crop ratio above."""
         return cls(resize=size if size <= 64 else round(size / 0.875), crop=size)
 
     @classmethod
-    def from_dict(cls, d: dict) -> "Preprocessing":
-        return cls(resize=int(d["resize"]), crop=int(d["crop"]), mean=tuple(d["mean"]), std=tuple(d["std"]),
-                   interpolation=d.get("interpolation", "bicubic"))
+    def from_dict(cls, d: dict, where: str = "model.json", error: type[Exception] = ConfigError) -> "Preprocessing":
+        """The record's preprocessing, every field checked (types here, bounds in __post_init__)."""
+        f = Fields(d, where, error, "preprocessing.")
+        mean, std = f.list("mean", 3), f.list("std", 3)
+        try:
+            return cls(resize=f.int("resize", 1, MAX_RESIZE), crop=f.int("crop", 1, MAX_CROP),
+                       mean=tuple(f.number(v, "mean", -10, 10) for v in mean),
+                       std=tuple(f.number(v, "std", 1e-6, 10) for v in std),
+                       interpolation=f.str("interpolation", choices=INTERPOLATIONS, default="bicubic"))
+        except ConfigError as e:
+            raise error(f"{where}: {e}") from None
 
     def to_dict(self) -> dict:
         d = asdict(self)

@@ -45,7 +45,7 @@ from pretrain.methods.base import Progress
 from pretrain.modeldir import ModelDir, write_model_dir
 from pretrain.monitor import CollapseMonitor
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
-from pretrain.preprocess import Preprocessing
+from pretrain.preprocess import MAX_CROP, Preprocessing
 from pretrain.transforms import build_transform
 
 CHECKPOINT = "checkpoint.pt"
@@ -68,6 +68,9 @@ def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
     data = os.path.abspath(images.root)  # a resumed run finds its images from any working folder
     is_sample = cfg.data is None
     image_size = cfg.image_size or min(224, typical_size(images))
+    if image_size > MAX_CROP:
+        raise ConfigError(f"image_size must be at most {MAX_CROP} pixels, the largest crop a model dir may record "
+                          f"(got {image_size})")
     backbone = resolve_spec(cfg.backbone, cfg.small_stem, image_size, cfg.backbone_args)
     return cfg.replace(
         data=data,

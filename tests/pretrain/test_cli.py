@@ -76,6 +76,8 @@ def test_resume_from_the_command_line(image_folder: Path, tmp_path: Path, capsys
     (["pretrain", "--backbone", "resnet_18"], "unknown backbone 'resnet_18' (did you mean"),
     (["eval", "knn", "--model", "/no/run", "--train", ".", "--test", "."], "model dir /no/run does not exist"),
     (["pretrain", "--method", "simclr3"], "method must be one of"),
+    (["pretrain", "--image-size", "20000"], "image_size must be at most 1024 pixels"),
+    (["pretrain", "--backbone-arg", "checkpoint_path=/etc/passwd"], "backbone argument checkpoint_path is not allowed"),
 ])
 def test_bad_input_is_one_clear_line(argv: list[str], message: str, capsys) -> None:
     assert main(argv) == 2
