@@ -17,6 +17,7 @@ import numpy as np
 
 from export.errors import ExportError
 from pretrain.atomic import write_json, write_text, write_with
+from pretrain.schema import Fields, read_json
 
 FORMAT = "sslforge-embeddings"
 SCHEMA_VERSION = 1
@@ -82,30 +83,59 @@ def write_manifest(out: Path, manifest: dict) -> None:
 
 
 def read_manifest(out: str | Path, *, check_files: bool = True) -> dict:
-    """Read and check a manifest: format, schema version, and every listed shard file with its row count."""
+    """Read and check a manifest: format, schema version, every field's type and bounds, and every listed shard
+    file with its row count."""
     out = Path(out)
     path = out / MANIFEST
     if not path.is_file():
         raise ExportError(f"{out} is not an embeddings dir: it has no {MANIFEST}")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ExportError(f"{path} is not valid JSON ({e})") from None
+    manifest = read_json(path, ExportError, "an embeddings manifest")
+    f = Fields(manifest, str(path), ExportError)
     if manifest.get("format") != FORMAT:
         raise ExportError(f"{path} is not an sslforge embeddings manifest (format {manifest.get('format')!r})")
     if manifest.get("schema_version") != SCHEMA_VERSION:
         raise ExportError(f"{path} has embeddings schema version {manifest.get('schema_version')}; this sslforge "
                           f"reads version {SCHEMA_VERSION}: embed the images again")
+    _check_fields(f)
     if check_files:
         for shard in manifest["shards"]:
             vectors = out / shard["vectors"]
             if not vectors.is_file() or not (out / shard["ids"]).is_file():
                 raise ExportError(f"{out}: shard {shard['vectors']} / {shard['ids']} listed in {MANIFEST} is missing")
-            rows = np.load(vectors, mmap_mode="r").shape
+            try:
+                rows = np.load(vectors, mmap_mode="r").shape
+            except (ValueError, OSError, EOFError) as e:
+                raise ExportError(f"{vectors} is not a readable .npy array ({str(e).splitlines()[0][:120]}): "
+                                  f"delete {out} and embed again") from None
             if rows != (shard["count"], manifest["dim"]):
                 raise ExportError(f"{vectors} has shape {rows}, the manifest says ({shard['count']}, "
                                   f"{manifest['dim']})")
     return manifest
+
+
+def _check_fields(f: Fields) -> None:
+    rows = 1 << 40
+    f.int("dim", 1, 65536)
+    f.str("dtype", choices=("float32", "float16"))
+    for key in ("count", "failed", "images"):
+        f.int(key, 0, rows, default=0)
+    f.int("shard_size", 1, rows, default=1)
+    f.bool("complete", default=False)
+    f.bool("normalized", default=True)
+    f.str("root", max_len=4096, default="")
+    for key in ("model_fingerprint", "model", "backend", "files_sha256"):
+        f.str(key, max_len=4096, default=None)
+    part = f.sub("part", default=None)
+    if part is not None:
+        count = part.int("count", 1, rows)
+        part.int("index", 0, count - 1)
+        part.int("first", 0, rows)
+        part.int("total", 0, rows)
+    for i, shard in enumerate(f.list("shards", 1 << 24)):
+        s = Fields(shard, f.where, ExportError, f"shards[{i}].")
+        s.str("vectors", pattern=r"vectors-\d{5}\.npy")
+        s.str("ids", pattern=r"ids-\d{5}\.jsonl")
+        s.int("count", 0, rows)
 
 
 def load_embeddings(out: str | Path) -> tuple[np.ndarray, list[dict], dict]:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.atomic import save_npy, write_json, write_jsonl
-from retrieval.record import read_record
+from retrieval.record import MAX_DIM, load_npy, need, read_record
 
 FORMAT = "sslforge-embeddings"
 SCHEMA_VERSION = 1
@@ -51,26 +51,45 @@ class Embeddings:
 
 
 def _read_manifest(path: Path) -> dict:
-    manifest = read_record(path / MANIFEST, fmt=FORMAT, version=SCHEMA_VERSION, fields=("dim", "count", "shards"),
+    file = path / MANIFEST
+    manifest = read_record(file, fmt=FORMAT, version=SCHEMA_VERSION, fields=("dim", "count", "shards"),
                            error=EmbeddingsError, missing_hint="point --embeddings at a folder written by "
                                                                "`sslforge embed`", redo="embed the images again")
-    if not manifest.get("complete", False):
-        raise EmbeddingsError(f"{path / MANIFEST}: the embedding job is unfinished (complete: false); "
+    where, E = str(file), EmbeddingsError
+    need(manifest, "dim", where, E, "int", low=1, high=MAX_DIM)
+    need(manifest, "count", where, E, "int")
+    need(manifest, "dtype", where, E, "str", choices=("float32", "float16"), default="float32")
+    need(manifest, "model_fingerprint", where, E, "str", pattern=r"[A-Za-z0-9:_.\-]{1,128}", high=128, default=None)
+    need(manifest, "root", where, E, "str", high=4096, default="")
+    if not need(manifest, "complete", where, E, "bool", default=False):
+        raise EmbeddingsError(f"{file}: the embedding job is unfinished (complete: false); "
                               f"run `sslforge embed` again to resume it")
+    for i, shard in enumerate(need(manifest, "shards", where, E, "list")):
+        if not isinstance(shard, dict):
+            raise EmbeddingsError(f"{file}: shards[{i}] must be a JSON object")
+        need(shard, "vectors", f"{file}: shards[{i}]", E, "str", pattern=r"vectors-\d{5}\.npy", high=32)
+        need(shard, "ids", f"{file}: shards[{i}]", E, "str", pattern=r"ids-\d{5}\.jsonl", high=32)
+        need(shard, "count", f"{file}: shards[{i}]", E, "int")
     return manifest
 
 
 def read_id_rows(file: Path, error: type[Exception], hint: str = "") -> tuple[list[str], list[str | None]]:
-    """The id table shared by embeddings and index dirs: one JSON object per row with path and label."""
+    """The id table shared by embeddings and index dirs: one JSON object per row, {"path": str, "label": str|null}.
+
+    Paths read back exactly as written, names that are not UTF-8 included (JSON \\u escapes of os.fsdecode's
+    surrogates); anything else on a line (bad bytes, another shape, deep nesting) is an error naming the line."""
     paths, labels = [], []
-    with open(file) as f:
+    with open(file, "rb") as f:
         for n, line in enumerate(f, 1):
             try:
-                row = json.loads(line)
-                paths.append(row["path"])
-                labels.append(row.get("label"))
-            except (json.JSONDecodeError, KeyError, TypeError):
+                row = json.loads(line.decode("utf-8"))
+                path, label = row["path"], row.get("label")
+                if not isinstance(path, str) or not (label is None or isinstance(label, str)):
+                    raise TypeError
+            except (ValueError, KeyError, TypeError, AttributeError, RecursionError):
                 raise error(f"{file}:{n}: expected {{\"path\": ..., \"label\": ...}}{hint}") from None
+            paths.append(path)
+            labels.append(label)
     return paths, labels
 
 
@@ -92,9 +111,10 @@ def read_embeddings(path: str | Path) -> Embeddings:
         for f in (vfile, ifile):
             if not f.is_file():
                 raise EmbeddingsError(f"{f} is listed in {path / MANIFEST} but missing")
-        v = np.load(vfile, mmap_mode="r")
-        if v.ndim != 2 or v.shape != (count, dim):
-            raise EmbeddingsError(f"{vfile} has shape {tuple(v.shape)}, the manifest says ({count}, {dim})")
+        v = load_npy(vfile, EmbeddingsError, mmap=True, redo="embed the images again")
+        if v.ndim != 2 or v.shape != (count, dim) or v.dtype not in (np.float32, np.float16):
+            raise EmbeddingsError(f"{vfile} has shape {tuple(v.shape)} ({v.dtype}), the manifest says ({count}, "
+                                  f"{dim}) float32 or float16")
         blocks.append(v)
         p, lab = _read_ids(ifile, count)
         paths += p

@@ -18,7 +18,6 @@ import os
 import shutil
 import tempfile
 import time
-import warnings
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -29,6 +28,7 @@ from tqdm.auto import tqdm
 from retrieval.atomic import atomic_path, save_npy, write_json, write_jsonl
 from retrieval.embeddings import read_id_rows
 from retrieval.exact import BackendError, exact_search, faiss_gpus, faiss_or_none
+from retrieval.indexfiles import check_meta, read_faiss, read_removed, read_vectors
 from retrieval.record import read_record
 
 FORMAT = "sslforge-index"
@@ -225,12 +225,18 @@ class Index:
         return sorted({lab for lab, ok in zip(self.labels, live) if ok and lab is not None})
 
     def check_model(self, fingerprint: str | None) -> None:
-        """Raise ModelMismatchError when `fingerprint` (the query model's) differs from the index's."""
-        if fingerprint is None or self.model_fingerprint is None:
-            if fingerprint != self.model_fingerprint:
-                warnings.warn(f"{self.path or 'index'}: cannot check that the query model matches the indexed "
-                              f"vectors (fingerprint {fingerprint} vs {self.model_fingerprint})", stacklevel=2)
+        """Raise ModelMismatchError when `fingerprint` (the query model's) differs from the index's, or when
+        only one side records a model, so that the match cannot be checked."""
+        if fingerprint == self.model_fingerprint:
             return
+        if self.model_fingerprint is None:
+            raise ModelMismatchError(f"{self.path or 'the index'} records no model fingerprint, so its vectors cannot "
+                                     f"be matched to model {fingerprint}: rebuild it from embeddings written by "
+                                     f"`sslforge embed`, whose manifest records the model")
+        if fingerprint is None:
+            raise ModelMismatchError(f"{self.path or 'the index'} holds vectors of model {self.model_fingerprint}, "
+                                     f"the queries come from no recorded model: embed them with `sslforge embed` "
+                                     f"(or search with --model)")
         if fingerprint != self.model_fingerprint:
             raise ModelMismatchError(f"{self.path or 'index'} holds vectors of model {self.model_fingerprint}, the "
                                      f"queries come from {fingerprint}: embed both with the same model or rebuild "
@@ -390,31 +396,30 @@ class Index:
                            fields=("kind", "dim", "count", "params", "file"), error=IndexDirError,
                            missing_hint=f"build one with `sslforge index build --embeddings DIR --out {path}`",
                            redo="rebuild the index")
-        kind = meta["kind"]
-        if kind not in KINDS:
-            raise IndexDirError(f"{path / INDEX_JSON}: unknown kind {kind!r}")
+        check_meta(meta, path / INDEX_JSON, KINDS, (FLAT_FILE, FAISS_FILE), IndexDirError)
+        kind, dim, count = meta["kind"], meta["dim"], meta["count"]
+        try:
+            params = resolve_params(kind, count, dim, meta["params"])
+        except IndexDirError as e:
+            raise IndexDirError(f"{path / INDEX_JSON}: params: {e}; rebuild the index") from None
         for name in (meta["file"], IDS_FILE, REMOVED_FILE):
             if not (path / name).is_file():
                 raise IndexDirError(f"{path / name} is missing: rebuild the index")
         paths, labels = read_id_rows(path / IDS_FILE, IndexDirError, "; rebuild the index")
         vectors = faiss_index = None
         if kind == "flat":
-            vectors = np.load(path / FLAT_FILE, mmap_mode="r" if mmap else None)
+            vectors = read_vectors(path / FLAT_FILE, dim, mmap, IndexDirError)
             stored = len(vectors)
         else:
-            faiss = _require_faiss(kind)
-            # IO_FLAG_MMAP maps IVF inverted lists; IO_FLAG_MMAP_IFC maps HNSW's vector storage (the
-            # two do not combine: the second fails on IVF files)
-            flags = (faiss.IO_FLAG_MMAP_IFC if kind == "hnsw" else faiss.IO_FLAG_MMAP) if mmap else 0
-            faiss_index = faiss.read_index(str(path / FAISS_FILE), flags)
+            faiss_index = read_faiss(_require_faiss(kind), path / FAISS_FILE, kind, dim, mmap, IndexDirError)
             stored = faiss_index.ntotal
-        if not (stored == len(paths) == meta["count"]):
+        if not (stored == len(paths) == count):
             raise IndexDirError(f"{path}: {meta['file']} holds {stored} rows, {IDS_FILE} {len(paths)}, {INDEX_JSON} "
-                                f"says {meta['count']}: the dir is inconsistent, rebuild it")
+                                f"says {count}: the dir is inconsistent, rebuild it")
         keys = ("format", "schema_version", "kind", "metric", "dim", "count", "live", "params", "model_fingerprint",
                 "file")
-        index = cls(kind=kind, dim=int(meta["dim"]), params=meta["params"], paths=paths, labels=labels,
-                    vectors=vectors, faiss_index=faiss_index, removed=np.load(path / REMOVED_FILE),
+        index = cls(kind=kind, dim=dim, params=params, paths=paths, labels=labels, vectors=vectors,
+                    faiss_index=faiss_index, removed=read_removed(path / REMOVED_FILE, count, IndexDirError),
                     model_fingerprint=meta.get("model_fingerprint"),
                     info={k: v for k, v in meta.items() if k not in keys}, path=path, device=device, read_only=mmap)
         if model_fingerprint is not None:

@@ -1,8 +1,57 @@
-"""The JSON record at the head of an embeddings or index dir: read it and check what it claims to be."""
+"""Reading the files of an embeddings or index dir, which may come from someone else: the JSON record at
+its head (checked field by field, with bounds) and its .npy arrays (header checked before any allocation).
+
+Every failure is one line naming the file. retrieval imports nothing from the other stages, so it keeps
+this small copy of pretrain/schema.py's reading rule (as retrieval/atomic.py does for atomic writes).
+"""
 from __future__ import annotations
 
 import json
+import math
+import re
 from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+MAX_BYTES = 64 << 20
+MAX_DEPTH = 32
+MAX_DIM = 65536
+MAX_ROWS = 1 << 40
+_MISSING = object()
+
+
+def _depth(value: Any) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        v, d = stack.pop()
+        deepest = max(deepest, d)
+        if isinstance(v, (dict, list)):
+            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
+    return deepest
+
+
+def read_json(file: Path, error: type[Exception]) -> Any:
+    """Parse a JSON file: refused (one line) when over MAX_BYTES, not UTF-8, nested deeper than MAX_DEPTH,
+    or not JSON Python can read."""
+    try:
+        with open(file, "rb") as f:
+            data = f.read(MAX_BYTES + 1)
+    except OSError as e:
+        raise error(f"{file} cannot be read ({e.strerror or e})") from None
+    if len(data) > MAX_BYTES:
+        raise error(f"{file} is larger than {MAX_BYTES >> 20} MiB: not a record sslforge wrote")
+    try:
+        value = json.loads(data.decode("utf-8"))
+    except UnicodeDecodeError as e:
+        raise error(f"{file} is not UTF-8 text (bad byte at offset {e.start}): not a record sslforge wrote") from None
+    except RecursionError:
+        raise error(f"{file} nests deeper than {MAX_DEPTH} levels: not a record sslforge wrote") from None
+    except ValueError as e:
+        raise error(f"{file} is not valid JSON ({str(e).splitlines()[0]})") from None
+    if _depth(value) > MAX_DEPTH:
+        raise error(f"{file} nests deeper than {MAX_DEPTH} levels: not a record sslforge wrote")
+    return value
 
 
 def read_record(file: Path, *, fmt: str, version: int, fields: tuple[str, ...], error: type[Exception],
@@ -10,10 +59,7 @@ def read_record(file: Path, *, fmt: str, version: int, fields: tuple[str, ...], 
     """Parse `file`; check format, schema version and required fields, each failure one line naming the file."""
     if not file.is_file():
         raise error(f"{file} not found: {missing_hint}")
-    try:
-        record = json.loads(file.read_text())
-    except json.JSONDecodeError as e:
-        raise error(f"{file} is not valid JSON ({e})") from None
+    record = read_json(file, error)
     if not isinstance(record, dict) or record.get("format") != fmt:
         raise error(f"{file}: format is {record.get('format') if isinstance(record, dict) else None!r}, "
                     f"expected {fmt!r}")
@@ -24,3 +70,43 @@ def read_record(file: Path, *, fmt: str, version: int, fields: tuple[str, ...], 
     if missing:
         raise error(f"{file}: field {missing[0]!r} is missing; {redo}")
     return record
+
+
+def need(record: dict, key: str, where: str, error: type[Exception], kind: str, *, low: float = 0,
+         high: float = MAX_ROWS, choices: tuple | None = None, pattern: str | None = None,
+         default: Any = _MISSING) -> Any:
+    """`record[key]` checked against its kind (int, number, bool, str, object, list) and bounds; `where` names
+    the file (and the object inside it) in the error. A missing key gives `default`, or is an error."""
+    if key not in record:
+        if default is _MISSING:
+            raise error(f"{where}: {key} is missing")
+        return default
+    v = record[key]
+    if v is None and default is None:
+        return None
+    number = isinstance(v, (int, float)) and not isinstance(v, bool)
+    ok = {"int": number and isinstance(v, int) and low <= v <= high,
+          "number": number and math.isfinite(v) and low <= v <= high,
+          "bool": isinstance(v, bool), "object": isinstance(v, dict), "list": isinstance(v, list),
+          "str": isinstance(v, str) and len(v) <= high and (pattern is None or re.fullmatch(pattern, v) is not None),
+          }[kind]
+    if choices is not None:
+        ok = ok and v in choices
+    if not ok:
+        what = {"int": f"an integer from {low:g} to {high:g}", "number": f"a number from {low:g} to {high:g}",
+                "bool": "true or false", "object": "a JSON object", "list": "a list",
+                "str": f"a string{f' matching {pattern}' if pattern else ''} of at most {high:g} characters"}[kind]
+        if choices is not None:
+            what = f"one of {', '.join(map(str, choices))}"
+        raise error(f"{where}: {key} must be {what} (got {str(v)[:40]!r})")
+    return v
+
+
+def load_npy(file: Path, error: type[Exception], *, mmap: bool, redo: str) -> np.ndarray:
+    """A .npy array: memory-mapped first, so a header that claims more rows than the file holds is refused
+    before any allocation; object arrays (pickles) are refused. Copied into memory unless `mmap`."""
+    try:
+        array = np.load(file, mmap_mode="r", allow_pickle=False)
+    except (ValueError, OSError, EOFError) as e:
+        raise error(f"{file} is not a readable .npy array ({str(e).splitlines()[0][:120]}): {redo}") from None
+    return array if mmap else np.array(array)

@@ -71,3 +71,28 @@ def test_feature_cache_accepts_names_that_are_not_utf8(image_folder: Path, tmp_p
     first = cached_features(model, images, workers=0, progress=False)
     assert len(first.features) == 24 and list((model.path / "cache").iterdir())
     assert torch.equal(cached_features(model, images, workers=0, progress=False).features, first.features)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (lambda m: [m], r"must hold a JSON object, not a list"),
+    (lambda m: {**m, "shards": [{"vectors": "../../secret.npy", "ids": "ids-00000.jsonl", "count": 1}]},
+     r"shards\[0\].vectors must be a string matching"),
+    (lambda m: {**m, "dim": "512"}, r"dim must be an integer from 1 to 65536"),
+    (lambda m: {**m, "part": [0, 2]}, r"part must be a JSON object, not a list"),
+])
+def test_hostile_manifest_is_refused_in_one_line(embedder: Embedder, image_folder: Path, tmp_path: Path,
+                                                 change, match: str) -> None:
+    from export.embeddings import read_manifest
+    from export.errors import ExportError
+
+    out = tmp_path / "emb"
+    embed_images(embedder, image_folder, out, batch_size=8, workers=0, progress=False)
+    (out / "manifest.json").write_text(json.dumps(change(json.loads((out / "manifest.json").read_text()))))
+    for read in (lambda: read_manifest(out), lambda: embed_images(embedder, image_folder, out, workers=0,
+                                                                   progress=False)):
+        with pytest.raises(ExportError, match=match) as e:
+            read()
+        assert "\n" not in str(e.value)
+    (out / "manifest.json").write_bytes(b'{"format": "\xff"}')
+    with pytest.raises(ExportError, match="is not UTF-8 text"):
+        read_manifest(out)
