@@ -81,9 +81,13 @@ def read_onnx_info(path: str | Path) -> OnnxInfo:
         raise ExportError(f"{path} has sslforge metadata version {version} (this sslforge reads "
                           f"{METADATA_VERSION}): export it again with `sslforge export onnx`")
     opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    return OnnxInfo(fingerprint=meta["model_fingerprint"], preprocessing=json.loads(meta["preprocessing"]),
-                    embedding_dim=int(meta["embedding_dim"]), precision=meta["precision"],
-                    outputs=json.loads(meta["outputs"]), classes=json.loads(meta["classes"]), opset=opset)
+    try:
+        return OnnxInfo(fingerprint=meta["model_fingerprint"], preprocessing=json.loads(meta["preprocessing"]),
+                        embedding_dim=int(meta["embedding_dim"]), precision=meta["precision"],
+                        outputs=json.loads(meta["outputs"]), classes=json.loads(meta["classes"]), opset=opset)
+    except (KeyError, ValueError, RecursionError) as e:
+        raise ExportError(f"{path} has broken sslforge metadata ({type(e).__name__}: {str(e)[:80]}): export it "
+                          f"again with `sslforge export onnx`") from None
 
 
 def check_onnx_matches(path: str | Path, model: ModelDir) -> OnnxInfo:

@@ -14,7 +14,6 @@ records both and the runner refuses a mismatch instead of failing deep inside Te
 from __future__ import annotations
 
 import hashlib
-import json
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -24,6 +23,7 @@ from export.errors import BackendUnavailable, ExportError
 from export.onnx_export import EMBEDDING, INPUT, ONNX_FILE, check_onnx_matches, to_fp16
 from pretrain.atomic import write_json, write_with
 from pretrain.modeldir import ModelDir
+from pretrain.schema import read_json
 
 PLAN_FILE = "model.plan"
 SIDECAR_SUFFIX = ".json"
@@ -77,13 +77,13 @@ def read_sidecar(plan: str | Path) -> EngineInfo:
     path = sidecar_path(plan)
     if not path.is_file():
         raise ExportError(f"{path} is missing: rebuild the engine with `sslforge export tensorrt {Path(plan).parent}`")
+    data = read_json(path, ExportError, "an engine sidecar")
     try:
-        data = json.loads(path.read_text())
         if data.get("sidecar_version") != SIDECAR_VERSION:
             raise ExportError(f"{path} has sidecar version {data.get('sidecar_version')}, this sslforge reads "
                               f"{SIDECAR_VERSION}: rebuild the engine")
         return EngineInfo(**data)
-    except (json.JSONDecodeError, TypeError) as e:
+    except (AttributeError, TypeError) as e:
         raise ExportError(f"{path} is not a valid engine sidecar ({e}): rebuild the engine") from None
 
 

@@ -130,3 +130,23 @@ def test_serve_and_embed_startup_say_one_line(model_dir: Path, tmp_path: Path, c
     assert main(["embed", "--model", str(model_dir), "--images", str(images), "--out", str(tmp_path / "e")]) != 0
     err = capsys.readouterr().err
     assert "preprocessing.crop" in err and "Traceback" not in err and len(err.strip().splitlines()) == 1
+
+
+def test_broken_export_records_are_refused_in_one_line(resnet_dir, tmp_path: Path) -> None:
+    import onnx
+
+    from export.errors import ExportError
+    from export.onnx_export import read_onnx_info
+    from export.tensorrt import read_sidecar
+
+    proto = onnx.load(str(resnet_dir.path / "model.onnx"))
+    kept = [p for p in proto.metadata_props if not p.key.endswith("preprocessing")]
+    del proto.metadata_props[:]
+    proto.metadata_props.extend(kept)
+    onnx.save(proto, str(tmp_path / "model.onnx"))
+    with pytest.raises(ExportError, match="has broken sslforge metadata"):
+        read_onnx_info(tmp_path / "model.onnx")
+    for content, match in ((b"[1]", "not a valid engine sidecar"), (b"\xff\xfe", "not UTF-8 text")):
+        (tmp_path / "model.plan.json").write_bytes(content)
+        with pytest.raises(ExportError, match=match):
+            read_sidecar(tmp_path / "model.plan")
