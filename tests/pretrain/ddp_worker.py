@@ -21,8 +21,9 @@ from pretrain.methods.base import Method, Progress
 # Tiny heads, so a step of every method takes milliseconds.
 HPARAMS = {
     "simclr": {"out_dim": 16, "hidden_dim": 16}, "simclr2": {"out_dim": 16, "hidden_dim": 16},
-    "drlim": {"out_dim": 16, "hidden_dim": 16}, "barlowtwins": {"proj_dim": 32}, "vicreg": {"proj_dim": 32},
-    "vicregl": {"proj_dim": 32, "local_proj_dim": 16, "matches_ab": 4, "matches_ba": 2},
+    "drlim": {"out_dim": 16, "hidden_dim": 16},
+    "barlowtwins": {"proj_dim": 32, "proj_layers": 3}, "vicreg": {"proj_dim": 32, "proj_layers": 3},
+    "vicregl": {"proj_dim": 32, "proj_layers": 3, "local_proj_dim": 16, "matches_ab": 4, "matches_ba": 2},
     "swav": {"prototypes": 8, "proj_hidden_dim": 16, "proj_dim": 8},
     "dino": {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
     "moco": {"queue_size": 24, "proj_hidden_dim": 16, "proj_dim": 8},
