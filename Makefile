@@ -12,7 +12,7 @@ run: $(STAMP)
 	$(BIN)/sslforge embed --model runs/quickstart --images "$$($(BIN)/sslforge sample)/test" --out emb/quickstart \
 		--backend onnx
 	$(BIN)/sslforge index quickstart --run runs/quickstart
-	@echo "serve them (issue 7): the BentoML service (either line), then the Gradio demo:"
+	@echo "serve them: the BentoML service (either line), then the Gradio demo:"
 	@echo "  SSLFORGE_MODEL=runs/quickstart SSLFORGE_INDEX=runs/quickstart-retrieval/index $(BIN)/bentoml serve --port 3000"
 	@echo "  $(BIN)/sslforge serve --model runs/quickstart --index runs/quickstart-retrieval/index --backend onnx --port 3000"
 	@echo "  $(BIN)/sslforge demo --model runs/quickstart --index runs/quickstart-retrieval/index --port 7860"
