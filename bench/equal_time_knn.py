@@ -190,10 +190,9 @@ def lightly_run(args, scorer: Scorer) -> dict:
 
     def parts(total_steps: int):
         return lightly_recipes.build(args.method, SIZE, args.data, BATCH, workers=1, total_steps=total_steps,
-                                     seed=args.seed)
+                                     seed=args.seed, device=args.device)
 
     backbone, loader, step = parts(10**6)
-    backbone.to(args.device)
     ticks = []
     for i, batch in enumerate(loader):
         step(_to(batch, args.device), i)
@@ -236,8 +235,6 @@ def child(args) -> None:
         os.sched_setaffinity(0, {args.core})  # the loader worker, forked later, inherits the core
         torch.set_num_threads(1)
     torch.manual_seed(args.seed)
-    if args.device.startswith("cuda"):
-        from lightly.models.modules import heads  # noqa: F401  (import before the models go to the GPU)
     scorer = Scorer(args)
     toolkit, overrides = parse_contender(args.child)
     if toolkit == "lightly":

@@ -33,7 +33,7 @@ def _resnet18(cifar_stem: bool) -> nn.Module:
 
 
 def build(method: str, size: int, data: str, batch_size: int, workers: int, cifar_stem: bool = False,
-          total_steps: int = 10**9, seed: int = 0):
+          total_steps: int = 10**9, seed: int = 0, device: str = "cpu"):
     """(backbone mapping images to (N, 512), loader, step(batch, index) -> loss float) for lightly's `method`."""
     from lightly.data import LightlyDataset
     from lightly.loss import (
@@ -113,6 +113,8 @@ def build(method: str, size: int, data: str, batch_size: int, workers: int, cifa
         if dst not in m:
             m[dst] = copy.deepcopy(m[src])
         utils.deactivate_requires_grad(m[dst])
+    m.to(device)  # the backbone, heads and momentum copies (their optimizer state follows the parameters)
+    loss_fn.to(device)  # MoCo's memory bank and DINO's center are buffers of the loss
     params = [p for p in m.parameters() if p.requires_grad]
     if optimizer == "sgd":
         opt = torch.optim.SGD(params, lr=6e-2 * lr_factor, momentum=0.9, weight_decay=5e-4)
