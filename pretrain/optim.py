@@ -9,17 +9,19 @@ from torch import nn
 from pretrain.config import ConfigError
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """Two groups: weights with decay; biases and normalisation parameters (all 1-d tensors) without
-    decay and without LARS adaptation, as in SimCLR, BYOL and Barlow Twins."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def param_groups(model: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None) -> list[dict]:
+    """Weights with decay; biases and normalisation parameters (all 1-d tensors) without decay and without
+    LARS adaptation, as in SimCLR, BYOL and Barlow Twins. `lr_scales` maps a top-level part of the model
+    (`"predictor"`) to a multiple of the learning rate; its parameters get groups of their own carrying
+    `lr_scale`, which the schedule multiplies in."""
+    groups: dict[tuple[float, bool], list] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (no_decay if p.ndim <= 1 else decay).append(p)
-    return [
-        {"params": decay, "weight_decay": weight_decay, "lars": True},
-        {"params": no_decay, "weight_decay": 0.0, "lars": False},
-    ]
+            scale = (lr_scales or {}).get(name.split(".")[0], 1.0)
+            groups.setdefault((scale, p.ndim > 1), []).append(p)
+    order = sorted(groups, key=lambda k: (k[0] != 1.0, k[0], not k[1]))  # scale 1 first: decay, then no decay
+    return [{"params": groups[k], "weight_decay": weight_decay if k[1] else 0.0, "lars": k[1], "lr_scale": k[0]}
+            for k in order]
 
 
 class LARS(torch.optim.Optimizer):
@@ -59,9 +61,9 @@ class LARS(torch.optim.Optimizer):
         return loss
 
 
-def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
-                    momentum: float) -> torch.optim.Optimizer:
-    groups = param_groups(model, weight_decay)
+def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float, momentum: float,
+                    lr_scales: dict[str, float] | None = None) -> torch.optim.Optimizer:
+    groups = param_groups(model, weight_decay, lr_scales)
     if name == "lars":
         return LARS(groups, lr=lr, momentum=momentum)
     for g in groups:

@@ -268,7 +268,7 @@ class Trainer:
             torch.manual_seed(process_seed(cfg.seed, self.rank, 0))
         self.monitor = CollapseMonitor(self.model.backbone)
         self.optimizer = build_optimizer(self.model, cfg.optimizer, scaled_lr(cfg.lr, cfg.batch_size),
-                                         cfg.weight_decay, cfg.momentum)
+                                         cfg.weight_decay, cfg.momentum, self.model.lr_scales())
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
         try:
             self.sampler = EpochSampler(len(self.images), cfg.batch_size, cfg.seed, rank=self.rank, world=self.world,
@@ -384,7 +384,7 @@ class Trainer:
         for micro_batches in zip(*[batches] * cfg.accumulate):  # the accumulate micro-batches of one step
             lr = warmup_cosine(state.step, self.total_steps, self.warmup_steps, self.peak_lr)
             for group in self.optimizer.param_groups:
-                group["lr"] = lr
+                group["lr"] = lr * group.get("lr_scale", 1.0)
             self.model.progress = Progress(state.step, self.steps_per_epoch, self.total_steps)
             self.optimizer.zero_grad(set_to_none=True)
             total = torch.zeros((), device=self.device)

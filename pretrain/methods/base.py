@@ -54,6 +54,11 @@ class Method(nn.Module):
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after optimizer step `step` (0-based) of `total_steps`; nothing to do by default."""
 
+    def lr_scales(self) -> dict[str, float]:
+        """Multiples of the learning rate for parts of the method, by attribute name (`{"predictor": 10.0}`);
+        the rest trains at the scheduled rate."""
+        return {}
+
     def deployable(self) -> tuple[nn.Module, list[int]]:
         """The embedding network the model dir stores, and the widths of its neck (head layers kept after
         the backbone; none by default)."""

@@ -50,3 +50,28 @@ def test_every_optimizer_reduces_a_simple_loss(name: str) -> None:
         loss.backward()
         opt.step()
     assert loss.item() < first
+
+
+def test_lr_scales_give_a_part_its_own_groups() -> None:
+    model = nn.Module()
+    model.backbone, model.predictor = nn.Linear(4, 8), nn.Sequential(nn.Linear(8, 8), nn.BatchNorm1d(8))
+    groups = param_groups(model, 1e-4, {"predictor": 10.0})
+    by_scale = {(g["lr_scale"], g["lars"]): {id(p) for p in g["params"]} for g in groups}
+    assert by_scale == {(1.0, True): {id(model.backbone.weight)}, (1.0, False): {id(model.backbone.bias)},
+                        (10.0, True): {id(model.predictor[0].weight)},
+                        (10.0, False): {id(p) for p in (model.predictor[0].bias, *model.predictor[1].parameters())}}
+    assert [g["weight_decay"] for g in groups] == [1e-4, 0.0, 1e-4, 0.0]
+
+
+def test_the_schedule_multiplies_a_groups_lr_scale(image_folder, tmp_path) -> None:
+    from shared_helpers import make_tiny_config
+
+    from pretrain.trainer import Trainer
+
+    cfg = make_tiny_config(image_folder, tmp_path / "run", method="byol", epochs=1,
+                           method_args={"predictor_lr": 10.0, "proj_hidden_dim": 16, "proj_dim": 8})
+    trainer = Trainer(cfg, progress=False)
+    trainer.fit()
+    predictor = {id(p) for p in trainer.model.predictor.parameters()}
+    rates = {"predictor" if id(g["params"][0]) in predictor else "rest": g["lr"] for g in trainer.optimizer.param_groups}
+    assert rates["predictor"] == pytest.approx(10 * rates["rest"]) and rates["rest"] > 0
