@@ -30,8 +30,66 @@ def _opt(default: Any, help: str, **meta: Any) -> Any:
     return field(default=default, metadata={"help": help, **meta})
 
 
+class Config:
+    """What every command's config dataclass shares: reading a dict (YAML, the saved config.yaml), writing one,
+    and the type and choice checks of every field (each field's metadata carries its help and choices)."""
+
+    def __post_init__(self) -> None:
+        self.validate()
+
+    @classmethod
+    def fields(cls) -> tuple[dataclasses.Field, ...]:
+        return dataclasses.fields(cls)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "config"):
+        known = {f.name for f in cls.fields()}
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        for key in values:
+            if key not in known:
+                hint = difflib.get_close_matches(key, known, n=1)
+                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
+                raise ConfigError(f"{source}: unknown option '{key}'{suggestion}")
+        return cls(**values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    def replace(self, **changes: Any):
+        return dataclasses.replace(self, **changes)
+
+    def validate(self) -> None:
+        """Check types and choices; raise ConfigError naming the first bad field (subclasses add ranges)."""
+        for f in self.fields():
+            value = getattr(self, f.name)
+            _check_type(f, value)
+            choices = f.metadata.get("choices")
+            if choices and value is not None and value not in choices:
+                raise ConfigError(f"{f.name} must be one of {', '.join(choices)} (got {value!r})")
+
+    def check_ranges(self, *, positive: tuple[str, ...] = (), positive_number: tuple[str, ...] = (),
+                     non_negative: tuple[str, ...] = ()) -> None:
+        """Integers >= 1, numbers > 0 and numbers >= 0 among the named fields (unset ones are skipped)."""
+        for name in positive:
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} must be a positive integer (got {value})")
+        for name in positive_number:
+            value = getattr(self, name)
+            if value is not None and not value > 0:
+                raise ConfigError(f"{name} must be a positive number (got {value})")
+        for name in non_negative:
+            value = getattr(self, name)
+            if value is not None and value < 0:
+                raise ConfigError(f"{name} must be zero or positive (got {value})")
+
+    def check_device(self) -> None:
+        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
+            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
+
+
 @dataclass
-class PretrainConfig:
+class PretrainConfig(Config):
     method: str = _opt("simclr", "self-supervised method (see `sslforge methods`)")
     recipe: str = _opt("default", "what fills every optimisation option left unset (optimizer, lr, weight decay, "
                                   "method hyper-parameters; `sslforge methods` prints each): default = tuned "
@@ -94,60 +152,116 @@ class PretrainConfig:
     knn_k: int = _opt(200, "neighbours of the kNN evaluation")
     knn_temperature: float = _opt(0.1, "temperature of the kNN vote weights exp(similarity / T)")
 
-    def __post_init__(self) -> None:
-        self.validate()
-
-    @classmethod
-    def fields(cls) -> tuple[dataclasses.Field, ...]:
-        return dataclasses.fields(cls)
-
-    @classmethod
-    def from_dict(cls, values: dict[str, Any], source: str = "config") -> "PretrainConfig":
-        known = {f.name for f in cls.fields()}
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        for key in values:
-            if key not in known:
-                hint = difflib.get_close_matches(key, known, n=1)
-                suggestion = f" (did you mean '{hint[0]}'?)" if hint else ""
-                raise ConfigError(f"{source}: unknown option '{key}'{suggestion}")
-        return cls(**values)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-    def replace(self, **changes: Any) -> "PretrainConfig":
-        return dataclasses.replace(self, **changes)
-
     def validate(self) -> None:
         """Check types and ranges; raise ConfigError naming the first bad field."""
-        for f in self.fields():
-            value = getattr(self, f.name)
-            _check_type(f, value)
-            choices = f.metadata.get("choices")
-            if choices and value is not None and value not in choices:
-                raise ConfigError(f"{f.name} must be one of {', '.join(choices)} (got {value!r})")
-        for name in ("epochs", "batch_size", "accumulate", "checkpoint_every", "knn_k"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"{name} must be a positive integer (got {getattr(self, name)})")
-        for name in ("image_size", "max_images", "checkpoint_every_steps", "gpu_load_size"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ConfigError(f"{name} must be a positive integer (got {value})")
-        for name in ("lr", "knn_temperature", "grad_clip"):
-            value = getattr(self, name)
-            if value is not None and not value > 0:
-                raise ConfigError(f"{name} must be a positive number (got {value})")
-        for name in ("weight_decay", "warmup_epochs", "momentum", "knn_every", "workers"):
-            value = getattr(self, name)
-            if value is not None and value < 0:
-                raise ConfigError(f"{name} must be zero or positive (got {value})")
+        super().validate()
+        self.check_ranges(positive=("epochs", "batch_size", "accumulate", "checkpoint_every", "knn_k", "image_size",
+                                    "max_images", "checkpoint_every_steps", "gpu_load_size"),
+                          positive_number=("lr", "knn_temperature", "grad_clip"),
+                          non_negative=("weight_decay", "warmup_epochs", "momentum", "knn_every", "workers"))
         if self.image_size is not None and self.image_size < 16:
             raise ConfigError(f"image_size must be at least 16 pixels (got {self.image_size})")
         if self.gpu_load_size is not None and not self.gpu_augment:
             raise ConfigError("gpu_load_size applies only with gpu_augment: add --gpu-augment or drop --gpu-load-size")
-        if self.device != "auto" and self.device.split(":")[0] not in ("cpu", "cuda", "mps"):
-            raise ConfigError(f"device must be auto, cpu, cuda, cuda:N or mps (got {self.device!r})")
+        self.check_device()
 
+
+
+FINETUNE_OPTIMIZERS = ("sgd", "adamw", "lars")
+
+
+@dataclass
+class FinetuneConfig(Config):
+    """`sslforge finetune`: a model dir's backbone (or a fresh one) and a new linear classifier trained end to end
+    on a class-balanced, seeded share of the labels. Defaults and how they were chosen: docs/benchmarks.md,
+    "Fine-tuning and semi-supervised learning"."""
+
+    model: str | None = _opt(None, "model dir to fine-tune (written by `sslforge pretrain`); omit it, or give "
+                                   "--from-scratch, for the supervised baseline")
+    from_scratch: bool = _opt(False, "supervised baseline: the same training from randomly initialised --backbone "
+                                     "weights (no --model)")
+    train: str | None = _opt(None, "labelled training images: a folder with one sub-folder per class")
+    test: str | None = _opt(None, "labelled test images with the same class folders: top-1/top-5 at the end (and "
+                                  "every --eval-every epochs), recorded in model.json")
+    label_fraction: float | None = _opt(None, "train on this share of the labels (0.01 = 1%%), the same share of "
+                                              "every class, picked by --seed; default: all of them (1.0)")
+    labels_per_class: int | None = _opt(None, "train on N labelled images of every class instead of a fraction")
+    from_head_layer: int | None = _opt(None, "fine-tune from this many of the head layers the model dir keeps "
+                                             "(simclr2 keeps 1): 0 = the backbone alone, 1 = backbone + first head "
+                                             "layer, SimCLRv2's choice; default: all the model dir keeps")
+    out: str | None = _opt(None, "run folder to write: a model dir whose head is the fine-tuned classifier; "
+                                 "default: runs/finetune-<model dir name>, or runs/supervised-<backbone>")
+    backbone: str | None = _opt(None, "with --from-scratch: the backbone, as for `sslforge pretrain` (default: "
+                                      "resnet18); with --model it is the model dir's")
+    backbone_args: dict = _opt({}, "with --from-scratch: extra keyword arguments for the backbone constructor",
+                               metavar="KEY=VALUE")
+    small_stem: bool | None = _opt(None, "with --from-scratch: the small-image ResNet stem (default: on when "
+                                         "--image-size <= 96)")
+    image_size: int | None = _opt(None, "with --from-scratch: training crop size (default: the images' median "
+                                        "short side up to 224); with --model it is the model dir's crop")
+    epochs: int = _opt(60, "passes over the labelled images (SimCLRv2 fine-tunes 60 epochs on 1%% of ImageNet, "
+                           "30 on 10%%)")
+    batch_size: int | None = _opt(None, "labelled images per optimizer step, over all processes; default: 64, or "
+                                        "the number of labelled images when there are fewer")
+    optimizer: str = _opt("sgd", "optimizer (momentum SGD by default)", choices=FINETUNE_OPTIMIZERS)
+    lr: float = _opt(0.1, "learning rate of the new classifier for a batch of 256 (scaled by batch/256), "
+                          "warm-up then cosine decay")
+    backbone_lr_scale: float | None = _opt(None, "the backbone (and kept head layers) train at this multiple of "
+                                                 "--lr; default: 0.1 with --model (the pretrained features move "
+                                                 "slowly), 1 from scratch; 0 keeps their weights fixed")
+    weight_decay: float = _opt(5e-4, "weight decay (never on biases and norm layers)")
+    momentum: float = _opt(0.9, "momentum of SGD and LARS")
+    warmup_epochs: float = _opt(0.0, "linear warm-up before the cosine decay (SimCLRv2 fine-tunes without one)")
+    grad_clip: float | None = _opt(None, "clip the gradient norm to this value (off by default)")
+    label_smoothing: float = _opt(0.0, "label smoothing of the cross-entropy")
+    min_scale: float = _opt(0.5, "light augmentation: random crops of this share of the image area up to all of it, "
+                                 "resized to the image size (no colour changes)")
+    hflip_p: float = _opt(0.5, "probability of a horizontal flip of each training crop")
+    eval_every: int = _opt(0, "test top-1/top-5 every N epochs into eval.csv and TensorBoard (0 = only at the "
+                              "end); needs --test")
+    precision: str = _opt("auto", "numeric precision: auto = bf16 (or fp16) autocast on CUDA, fp32 on CPU",
+                          choices=("auto", "fp32", "bf16", "fp16"))
+    channels_last: bool = _opt(True, "use the channels-last memory layout")
+    compile: bool = _opt(False, "compile the networks with torch.compile (on a CPU it needs g++)")
+    device: str = _opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    workers: int | None = _opt(None, "data-loading worker processes; default: the number of CPU cores (max 8)")
+    seed: int = _opt(0, "random seed: picks the labelled images, the initial classifier and the augmentation")
+    accumulate: int = _opt(1, "gradient accumulation: each process runs its share of a batch in this many "
+                              "micro-batches (exact for the loss; batch norms see only the micro-batch)")
+    sync_bn: bool = _opt(False, "under torchrun: batch norms compute their statistics over the global batch")
+    checkpoint_every: int = _opt(1, "write checkpoint.pt every N epochs")
+    checkpoint_every_steps: int | None = _opt(None, "also write checkpoint.pt every N optimizer steps")
+
+    def validate(self) -> None:
+        super().validate()
+        self.check_ranges(positive=("epochs", "batch_size", "accumulate", "checkpoint_every", "image_size",
+                                    "checkpoint_every_steps", "labels_per_class"),
+                          positive_number=("lr", "grad_clip"),
+                          non_negative=("weight_decay", "warmup_epochs", "momentum", "eval_every", "workers",
+                                        "backbone_lr_scale", "from_head_layer"))
+        if self.label_fraction is not None and not 0 < self.label_fraction <= 1:
+            raise ConfigError(f"label_fraction must be in (0, 1], e.g. 0.01 for 1% (got {self.label_fraction})")
+        if self.label_fraction is not None and self.labels_per_class is not None:
+            raise ConfigError("give label_fraction or labels_per_class, not both")
+        if not 0 <= self.label_smoothing < 1:
+            raise ConfigError(f"label_smoothing must be in [0, 1) (got {self.label_smoothing})")
+        if not 0 <= self.hflip_p <= 1:
+            raise ConfigError(f"hflip_p is a probability in [0, 1] (got {self.hflip_p})")
+        if not 0 < self.min_scale <= 1:
+            raise ConfigError(f"min_scale must be in (0, 1] (got {self.min_scale})")
+        if self.image_size is not None and self.image_size < 16:
+            raise ConfigError(f"image_size must be at least 16 pixels (got {self.image_size})")
+        if self.model and self.from_scratch:
+            raise ConfigError("--model and --from-scratch exclude each other: fine-tune a model dir, or train "
+                              "--backbone from scratch")
+        if self.model:
+            given = [n for n in ("backbone", "small_stem", "image_size") if getattr(self, n) is not None]
+            if given or self.backbone_args:
+                raise ConfigError(f"{(given or ['backbone_args'])[0]} is the model dir's own when fine-tuning "
+                                  f"--model {self.model}; drop it (or use --from-scratch)")
+        elif self.from_head_layer:
+            raise ConfigError("from_head_layer needs --model: a model dir that keeps head layers (simclr2)")
+        self.check_device()
 
 def _check_type(f: dataclasses.Field, value: Any) -> None:
     expected = f.type if isinstance(f.type, str) else str(f.type)
@@ -186,7 +300,7 @@ def load_yaml(path: str | os.PathLike) -> dict[str, Any]:
     return values
 
 
-def save_yaml(cfg: PretrainConfig, path: str | os.PathLike) -> None:
+def save_yaml(cfg: Config, path: str | os.PathLike) -> None:
     write_text(path, yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
 

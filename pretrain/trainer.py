@@ -12,12 +12,10 @@ number of processes, so a run resumes on any number of them.
 """
 from __future__ import annotations
 
-import csv
 import math
 import os
 import random
 import resource
-import shutil
 import time
 import warnings
 from collections.abc import Callable
@@ -34,7 +32,7 @@ from tqdm.auto import tqdm
 from pretrain import distributed
 from pretrain.atomic import write_with
 from pretrain.backbones import build_backbone, resolve_spec
-from pretrain.config import ConfigError, PretrainConfig, save_yaml
+from pretrain.config import Config, ConfigError, PretrainConfig, save_yaml
 from pretrain.data import ImageList, sample_dir, scan_images, typical_size
 from pretrain.datasets import EpochSampler, ViewsDataset
 from pretrain.evaluate import class_count, default_workers, extract_features, knn_evaluate
@@ -46,6 +44,16 @@ from pretrain.modeldir import ModelDir, write_model_dir
 from pretrain.monitor import CollapseMonitor
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
 from pretrain.preprocess import MAX_CROP, Preprocessing
+from pretrain.runtime import (
+    MetricsLog,
+    append_eval_row,
+    autocast_dtype,
+    compile_networks,
+    process_seed,
+    rng_state,
+    select_device,
+    set_rng_state,
+)
 from pretrain.transforms import build_transform
 
 CHECKPOINT = "checkpoint.pt"
@@ -91,103 +99,6 @@ def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
     )
 
 
-def select_device(name: str) -> torch.device:
-    """The training device; under torchrun `auto` and `cuda` mean this process's GPU, cuda:LOCAL_RANK."""
-    if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda" and distributed.launched():
-        name = f"cuda:{distributed.local_rank()}"
-    device = torch.device(name)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device {name} requested but CUDA is not available here: use --device cpu")
-    if device.type == "mps" and not torch.backends.mps.is_available():
-        raise ConfigError("device mps requested but MPS is not available here: use --device cpu")
-    return device
-
-
-def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
-    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
-        return None
-    if precision == "auto":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-
-
-def compile_networks(method: torch.nn.Module, device: torch.device) -> None:
-    """torch.compile each network of `method` in place (backbone, heads, momentum copies; not the loss
-    code, which keeps its queues, gathers and logged floats in Python). Compiling in place keeps the
-    state_dict keys, so checkpoints and model dirs do not depend on the option."""
-    if device.type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
-        raise ConfigError("--compile on a CPU needs a C++ compiler (g++) for torch.compile: install one "
-                          "(apt-get install g++) or drop --compile")
-    for network in method.children():
-        if any(True for _ in network.parameters()):
-            network.compile()
-
-
-def rng_state() -> dict:
-    state = {"torch": torch.get_rng_state(), "python": random.getstate(),
-             "numpy": torch.from_numpy(np.random.get_state()[1].astype(np.int64)),
-             "numpy_pos": int(np.random.get_state()[2])}
-    if torch.cuda.is_available():
-        state["cuda"] = torch.cuda.get_rng_state_all()
-    return state
-
-
-def set_rng_state(state: dict) -> None:
-    torch.set_rng_state(state["torch"])
-    random.setstate(_as_tuple(state["python"]))
-    np.random.set_state(("MT19937", state["numpy"].numpy().astype(np.uint32), state["numpy_pos"], 0, 0.0))
-    if "cuda" in state and torch.cuda.is_available():
-        torch.cuda.set_rng_state_all(state["cuda"])
-
-
-def process_seed(seed: int, rank: int, step: int) -> int:
-    """The global RNG seed of process `rank` > 0 (dropout, drop-path) from `step` on; rank 0 keeps `seed`."""
-    return hash((seed, rank, step)) & 0x7FFF_FFFF_FFFF_FFFF
-
-
-def _as_tuple(x):
-    return tuple(_as_tuple(v) for v in x) if isinstance(x, (list, tuple)) else x
-
-
-class MetricsLog:
-    """Per-step rows in metrics.csv (plottable) and TensorBoard; on resume, rows after the checkpoint go."""
-
-    def __init__(self, folder: Path, resume_step: int):
-        self.path = folder / "metrics.csv"
-        self.fields: list[str] | None = None
-        if self.path.exists():
-            with open(self.path, newline="") as f:
-                reader = csv.DictReader(f)
-                self.fields = reader.fieldnames
-                rows = [r for r in reader if int(r["step"]) <= resume_step]
-            write_with(self.path, lambda tmp: _write_csv(tmp, self.fields, rows))
-        from torch.utils.tensorboard import SummaryWriter
-
-        self.tb = SummaryWriter(str(folder / "tb"), purge_step=resume_step + 1 if resume_step else None)
-
-    def log(self, row: dict[str, float]) -> None:
-        if self.fields is None:
-            self.fields = list(row)
-            _write_csv(self.path, self.fields, [])
-        with open(self.path, "a", newline="") as f:
-            csv.DictWriter(f, self.fields, extrasaction="ignore").writerow(row)
-        for key, value in row.items():
-            if key != "step":
-                self.tb.add_scalar(f"train/{key}", value, int(row["step"]))
-
-    def close(self) -> None:
-        self.tb.close()
-
-
-def _write_csv(path: Path, fields: list[str] | None, rows: list[dict]) -> None:
-    with open(path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fields or [])
-        writer.writeheader()
-        writer.writerows(rows)
-
-
 @dataclass
 class RunState:
     step: int = 0
@@ -202,29 +113,22 @@ class Trainer:
     `on_step(step)` is called after every optimizer step (tests use it to interrupt a run).
     """
 
+    command = "pretrain"  # the command that continues a run, for messages
+    resumable_changes = RESUMABLE_CHANGES
+    path_settings = PATH_SETTINGS
+
     def __init__(self, cfg: PretrainConfig, *, resume: bool = False, on_step: Callable[[int], None] | None = None,
                  progress: bool = True):
-        if resume:  # settings left unset take the run's own values, not fresh defaults
-            saved = load_run_config(cfg.out)
-            cfg = cfg.replace(**{k: saved[k] for k, v in cfg.to_dict().items() if v is None and k in saved})
+        if resume:
+            cfg = with_saved_settings(cfg)
         method_spec(cfg.method)
         self.images = scan_images(cfg.data or sample_dir() / "train").random_subset(cfg.max_images, cfg.seed)
         self.cfg = cfg = resolve_config(cfg, self.images)
-        self.out = Path(cfg.out)
-        self.resume = resume
-        self.on_step = on_step
-        self.progress = progress
-        self.device = select_device(cfg.device)
-        self.amp_dtype = autocast_dtype(cfg.precision, self.device)
-        self._check_out_dir()
+        self._setup(resume, on_step, progress)
         if cfg.knn_every and not (self.images.labelled and cfg.knn_test):
             raise ConfigError("online kNN (--knn-every) needs labelled training images (class sub-folders) and "
                               "--knn-test TEST_DIR")
-        self._owns_group = distributed.init(self.device)
-        self.rank, self.world = distributed.rank(), distributed.world_size()
-        self.main = self.rank == 0
-        distributed.check_same({**cfg.to_dict(), "resume": resume, "training images": len(self.images),
-                                "first image": str(self.images.paths[0]), "last image": str(self.images.paths[-1])})
+        self._start_processes()
         if cfg.accumulate > 1 and method_spec(cfg.method).cls.couples_batch and self.main:
             warnings.warn(f"--accumulate {cfg.accumulate}: the loss of {cfg.method} couples the images of a batch "
                           f"(in-batch negatives or batch statistics), so each micro-batch of "
@@ -232,31 +136,72 @@ class Trainer:
                           f"is not that of one batch of {cfg.batch_size}", stacklevel=2)
 
     # -- setup ---------------------------------------------------------------------------------
+    def _setup(self, resume: bool, on_step: Callable[[int], None] | None, progress: bool) -> None:
+        """What every trainer sets once `self.cfg` is resolved: the folder, the device and the precision."""
+        self.out = Path(self.cfg.out)
+        self.resume = resume
+        self.on_step = on_step
+        self.progress = progress
+        self.device = select_device(self.cfg.device)
+        self.amp_dtype = autocast_dtype(self.cfg.precision, self.device)
+        self._check_out_dir()
+
+    def _start_processes(self) -> None:
+        """Join the torchrun job (if any) and check that every process has the same settings and images."""
+        self._owns_group = distributed.init(self.device)
+        self.rank, self.world = distributed.rank(), distributed.world_size()
+        self.main = self.rank == 0
+        distributed.check_same({**self.cfg.to_dict(), "resume": self.resume, "training images": len(self.images),
+                                "first image": str(self.images.paths[0]), "last image": str(self.images.paths[-1])})
+
     def _check_out_dir(self) -> None:
         saved = self.out / "config.yaml"
         if self.resume:
             if not (self.out / CHECKPOINT).is_file():
                 raise ConfigError(f"--resume: {self.out} has no {CHECKPOINT} to resume from")
             previous = yaml.safe_load(saved.read_text())
-            defaults = {f.name: f.default for f in PretrainConfig.fields()}  # for settings newer than the run
-            changed = [k for k, v in self.cfg.to_dict().items()
-                       if k not in RESUMABLE_CHANGES and not _same_setting(k, previous.get(k, defaults[k]), v)]
+            defaults = {f.name: f.default for f in self.cfg.fields()}  # for settings newer than the run
+            changed = [k for k, v in self.cfg.to_dict().items() if k not in self.resumable_changes
+                       and not _same_setting(k, previous.get(k, defaults[k]), v, self.path_settings)]
             if changed:
                 k = changed[0]
                 raise ConfigError(f"--resume: {k} was {previous.get(k)!r} in {saved}, now {getattr(self.cfg, k)!r}; "
-                                  f"resume with the run's own settings (only {', '.join(sorted(RESUMABLE_CHANGES))} "
-                                  f"may change) or start a new --out")
+                                  f"resume with the run's own settings (only "
+                                  f"{', '.join(sorted(self.resumable_changes))} may change) or start a new --out")
         elif (self.out / CHECKPOINT).exists() or (self.out / "model.json").exists():
             raise ConfigError(f"{self.out} already holds a run: add --resume to continue it, or choose another --out")
+
+    def build_model(self) -> torch.nn.Module:
+        """The network the loop trains (a Method: `loss, logs = model(views, **extras)`); sets `self.spec` (the
+        backbone's record), `self.feature_dim` and `self.preprocessing` (what the model dir stores)."""
+        cfg = self.cfg
+        self.spec = resolve_spec(cfg.backbone, cfg.small_stem, cfg.image_size, cfg.backbone_args)
+        self.preprocessing = Preprocessing.for_size(cfg.image_size)
+        backbone, self.feature_dim = build_backbone(self.spec, cfg.image_size)
+        return build_method(cfg.method, backbone, self.feature_dim, cfg.method_args)
+
+    def build_dataset(self) -> torch.utils.data.Dataset:
+        """The training samples (views of `self.images`); sets `self.device_views` (None: views made by the loader)."""
+        cfg = self.cfg
+        self.device_views = build_device_views(cfg.transform, cfg.image_size, cfg.transform_args,
+                                               cfg.gpu_load_size) if cfg.gpu_augment else None
+        transform = self.device_views or build_transform(cfg.transform, cfg.image_size, cfg.transform_args)
+        missing = [k for k in self.model.needs if k not in getattr(transform, "provides", ())]
+        if missing:
+            raise ConfigError(f"method {cfg.method} needs per-view {', '.join(missing)}, which transform "
+                              f"{cfg.transform!r} does not provide; use its default (`sslforge methods`)")
+        return ViewsDataset(self.images, self.device_views.load if self.device_views else transform)
+
+    def title(self) -> str:
+        """What the progress bar calls the run."""
+        return f"{self.cfg.method} {self.spec.name}"
 
     def _build(self) -> None:
         cfg = self.cfg
         torch.manual_seed(cfg.seed)
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
-        self.spec = resolve_spec(cfg.backbone, cfg.small_stem, cfg.image_size, cfg.backbone_args)
-        backbone, self.feature_dim = build_backbone(self.spec, cfg.image_size)
-        self.model = build_method(cfg.method, backbone, self.feature_dim, cfg.method_args).to(self.device)
+        self.model = self.build_model().to(self.device)
         if cfg.sync_bn:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         if cfg.channels_last:
@@ -275,14 +220,7 @@ class Trainer:
                                         accumulate=cfg.accumulate)
         except ValueError as e:
             raise ConfigError(str(e)) from None
-        self.device_views = build_device_views(cfg.transform, cfg.image_size, cfg.transform_args,
-                                               cfg.gpu_load_size) if cfg.gpu_augment else None
-        transform = self.device_views or build_transform(cfg.transform, cfg.image_size, cfg.transform_args)
-        missing = [k for k in self.model.needs if k not in getattr(transform, "provides", ())]
-        if missing:
-            raise ConfigError(f"method {cfg.method} needs per-view {', '.join(missing)}, which transform "
-                              f"{cfg.transform!r} does not provide; use its default (`sslforge methods`)")
-        dataset = ViewsDataset(self.images, self.device_views.load if self.device_views else transform)
+        dataset = self.build_dataset()
         micro_batch = self.sampler.local_batch // cfg.accumulate
         self.loader = DataLoader(dataset, batch_size=micro_batch, sampler=self.sampler, num_workers=cfg.workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
@@ -355,7 +293,7 @@ class Trainer:
             if self.progress:  # say how the folder was read (class folders or flat), see data.scan_images
                 tqdm.write(f"data: {self.images.root} read as {self.images.layout}")
         bar = tqdm(total=self.total_steps * cfg.batch_size, initial=state.step * cfg.batch_size, unit="img",
-                   desc=f"{cfg.method} {self.spec.name}", disable=not (self.progress and self.main),
+                   desc=self.title(), disable=not (self.progress and self.main),
                    dynamic_ncols=True, smoothing=0.1)
         autocast = (torch.autocast(self.device.type, dtype=self.amp_dtype) if self.amp_dtype else nullcontext())
         self.model.train()
@@ -364,9 +302,9 @@ class Trainer:
                 epoch, start_batch = divmod(state.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, start_batch)
                 self._train_epoch(epoch, state, log, bar, autocast)
-                if cfg.knn_every and (epoch + 1) % cfg.knn_every == 0:
+                if self.eval_due(epoch + 1):
                     if self.main:  # the other processes wait at the barrier
-                        state.knn = self.online_knn(epoch + 1, state.step, log)
+                        state.knn = self.online_eval(epoch + 1, state.step, log)
                     distributed.barrier()
                 if (epoch + 1) % cfg.checkpoint_every == 0 or state.step == self.total_steps:
                     self.save_checkpoint(state)
@@ -407,7 +345,7 @@ class Trainer:
                 raise TrainingDiverged(
                     f"loss became {float(loss)} at step {state.step + 1} (epoch {epoch + 1}); stopped. "
                     f"The last good checkpoint is kept in {self.out / CHECKPOINT}: lower --lr, set --grad-clip or "
-                    f"--precision fp32, then continue with `sslforge pretrain --resume --out {self.out}`")
+                    f"--precision fp32, then continue with `sslforge {self.command} --resume --out {self.out}`")
             if cfg.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -450,6 +388,13 @@ class Trainer:
         views = [v.to(self.device, non_blocking=True).contiguous(memory_format=layout) for v in views]
         return views, {k: extras[k].to(self.device, non_blocking=True) for k in self.model.needs}
 
+    def eval_due(self, epoch: int) -> bool:
+        """Whether the online evaluation runs after `epoch` (1-based)."""
+        return bool(self.cfg.knn_every) and epoch % self.cfg.knn_every == 0
+
+    def online_eval(self, epoch: int, step: int, log: MetricsLog) -> dict:
+        return self.online_knn(epoch, step, log)
+
     def online_knn(self, epoch: int, step: int, log: MetricsLog) -> dict:
         cfg = self.cfg
         test = scan_images(cfg.knn_test)
@@ -460,25 +405,17 @@ class Trainer:
         queries = extract_features(self.model.backbone, test, pre, desc="kNN test", **kwargs)
         result = {"epoch": epoch, "step": step,
                   **knn_evaluate(bank, queries, num_classes, cfg.knn_k, cfg.knn_temperature)}
-        path = self.out / "eval.csv"
-        new = not path.exists()
-        with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, list(result))
-            if new:
-                writer.writeheader()
-            writer.writerow(result)
-        log.tb.add_scalar("eval/knn_top1", result["top1"], step)
-        log.tb.add_scalar("eval/knn_top5", result["top5"], step)
+        append_eval_row(self.out, result, log, "knn")
         tqdm.write(f"epoch {epoch}: kNN top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
         return result
 
-    def _write_model_dir(self, state: RunState) -> Path:
-        from pretrain.plots import plot_metrics
-
+    def training_summary(self, state: RunState) -> dict:
+        """model.json's `training` record: what ran, on what, how fast and in how much memory."""
         cfg = self.cfg
         peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        training = {
-            "epochs": cfg.epochs, "steps": state.step, "batch_size": cfg.batch_size, "data": str(cfg.data),
+        return {
+            "epochs": cfg.epochs, "steps": state.step, "batch_size": cfg.batch_size,
+            "data": os.path.abspath(self.images.root),
             "data_layout": self.images.layout, "num_images": len(self.images), "last_loss": state.last_loss,
             "knn": state.knn or None, "wall_time_s": round(state.elapsed_s, 2),
             "images_per_s": round(state.step * cfg.batch_size / state.elapsed_s, 2) if state.elapsed_s else None,
@@ -488,23 +425,35 @@ class Trainer:
             "peak_gpu_memory_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
                                    if self.device.type == "cuda" else None),
         }
-        method = {"name": cfg.method, "hparams": cfg.method_args, "transform": cfg.transform,
-                  "optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+
+    def method_record(self) -> dict:
+        """model.json's `method` record."""
+        cfg = self.cfg
+        return {"name": cfg.method, "hparams": cfg.method_args, "transform": cfg.transform,
+                "optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
+
+    def head_record(self) -> dict:
+        """The `metrics` of the head record, when the model trained a classifier (`Method.trained_head`)."""
+        return {"trained_by": self.cfg.method}
+
+    def _write_model_dir(self, state: RunState) -> Path:
+        from pretrain.plots import plot_metrics
+
         network, neck = self.model.deployable()
         network = network.to(memory_format=torch.contiguous_format)
         info = write_model_dir(self.out, network, spec=self.spec, embedding_dim=neck[-1] if neck else self.feature_dim,
-                               preprocessing=Preprocessing.for_size(cfg.image_size), method=method,
-                               training=training, neck=neck)
+                               preprocessing=self.preprocessing, method=self.method_record(),
+                               training=self.training_summary(state), neck=neck)
         head = self.model.trained_head()
         if head:
-            ModelDir(self.out, info).save_head(head[0], head[1], {"trained_by": cfg.method})
+            ModelDir(self.out, info).save_head(head[0], head[1], self.head_record())
         if (self.out / "metrics.csv").exists():
             plot_metrics(self.out / "metrics.csv", self.out / "plots" / "loss.png")
         return self.out
 
 
-def _same_setting(key: str, saved: object, now: object) -> bool:
-    if key in PATH_SETTINGS and isinstance(saved, str) and isinstance(now, str):
+def _same_setting(key: str, saved: object, now: object, path_settings: set[str] = PATH_SETTINGS) -> bool:
+    if key in path_settings and isinstance(saved, str) and isinstance(now, str):
         return os.path.realpath(saved) == os.path.realpath(now)
     return saved == now
 
@@ -512,6 +461,12 @@ def _same_setting(key: str, saved: object, now: object) -> bool:
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Python API: train a run and return its model dir (same as `sslforge pretrain`)."""
     return Trainer(cfg, resume=resume, progress=progress).fit()
+
+
+def with_saved_settings(cfg: Config) -> Config:
+    """On --resume, settings left unset take the run's own values (its config.yaml), not fresh defaults."""
+    saved = load_run_config(cfg.out)
+    return cfg.replace(**{k: saved[k] for k, v in cfg.to_dict().items() if v is None and k in saved})
 
 
 def load_run_config(out: str | os.PathLike) -> dict:
