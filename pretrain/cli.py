@@ -1,4 +1,5 @@
-"""The `sslforge` command line. Every option of `pretrain` comes from PretrainConfig's field help."""
+"""The `sslforge` command line. Every option of `pretrain` (and `finetune`) comes from PretrainConfig's (and
+FinetuneConfig's) field help."""
 from __future__ import annotations
 
 import argparse
@@ -9,7 +10,7 @@ from importlib.metadata import entry_points
 
 from pretrain import __version__
 from pretrain.benchcli import add_benchmark_command, add_data_commands, add_tsne_command
-from pretrain.config import RECIPES, ConfigError, PretrainConfig, load_yaml, parse_key_values
+from pretrain.config import RECIPES, Config, ConfigError, PretrainConfig, load_yaml, parse_key_values
 from pretrain.data import DataError
 from pretrain.modeldir import ModelDirError
 
@@ -22,18 +23,23 @@ def _type_of(f) -> type:
     return {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}[f.type.split("|")[0].strip()]
 
 
-def add_pretrain_options(parser: argparse.ArgumentParser) -> None:
+def add_pretrain_options(parser: argparse.ArgumentParser, config: type[Config] = PretrainConfig,
+                         resume: bool = True) -> None:
+    """The options of a training command: --config, --resume, --quiet, --devices and one per field of `config`."""
     parser.add_argument("--config", metavar="FILE.yaml",
                         help="read options from a YAML file (keys as in a run's config.yaml); "
                              "command-line options override it")
-    parser.add_argument("--resume", action="store_true",
-                        help="continue the run in --out from its last checkpoint, with its saved settings")
+    if resume:
+        parser.add_argument("--resume", action="store_true",
+                            help="continue the run in --out from its last checkpoint, with its saved settings")
+    else:
+        parser.set_defaults(resume=False)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="train with N processes on this machine, one per GPU (N CPU processes without GPUs), "
                              "launched by torchrun; --batch-size stays the global batch. For several machines run "
                              "torchrun yourself (README, multi-GPU and multi-node) (default: 1)")
-    for f in PretrainConfig.fields():
+    for f in config.fields():
         kind = _type_of(f)
         help_text = f.metadata["help"] + ("" if kind is dict or f.default is None else f" (default: {f.default})")
         if kind is dict:
@@ -48,11 +54,11 @@ def add_pretrain_options(parser: argparse.ArgumentParser) -> None:
                                 help=help_text)
 
 
-def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, bool]:
+def config_from_args(args: argparse.Namespace, config: type[Config] = PretrainConfig) -> tuple[Config, bool]:
     """Merge defaults < --config file (or the run's saved config on --resume) < explicit options."""
     from pretrain.trainer import load_run_config
 
-    explicit = {f.name: getattr(args, f.name) for f in PretrainConfig.fields() if hasattr(args, f.name)}
+    explicit = {f.name: getattr(args, f.name) for f in config.fields() if hasattr(args, f.name)}
     for name, option in DICT_OPTIONS.items():
         if name in explicit:
             explicit[name] = parse_key_values(explicit[name], option)
@@ -64,7 +70,7 @@ def config_from_args(args: argparse.Namespace) -> tuple[PretrainConfig, bool]:
     for name in DICT_OPTIONS:
         if name in explicit:
             explicit[name] = {**values.get(name, {}), **explicit[name]}
-    return PretrainConfig.from_dict({**values, **explicit}, source=args.config or "options"), args.resume
+    return config.from_dict({**values, **explicit}, source=args.config or "options"), args.resume
 
 
 class Launched(SystemExit):
@@ -79,7 +85,7 @@ def launch_devices(args: argparse.Namespace, cfg: PretrainConfig) -> None:
 
     if args.devices < 1:
         raise ConfigError(f"--devices must be >= 1 (got {args.devices})")
-    if cfg.batch_size % (args.devices * cfg.accumulate):
+    if cfg.batch_size and cfg.batch_size % (args.devices * cfg.accumulate):
         raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by devices x accumulate = {args.devices} x "
                           f"{cfg.accumulate}: each process takes batch/{args.devices} images per step")
     if distributed.launched():
@@ -95,7 +101,7 @@ def launch_devices(args: argparse.Namespace, cfg: PretrainConfig) -> None:
         if item.startswith("--devices="):
             del argv[i]
             break
-    raise Launched(distributed.launch(args.devices, "pretrain", argv))
+    raise Launched(distributed.launch(args.devices, "pretrain", argv))  # `python -m pretrain` is `sslforge`
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -124,9 +130,12 @@ def _eval_inputs(args: argparse.Namespace):
     from pretrain.modeldir import load_model_dir
     from pretrain.trainer import select_device
 
+    from pretrain.labels import select_labels
+
     model = load_model_dir(args.model)
     train, test = scan_images(args.train), scan_images(args.test)
     num_classes = class_count(train, test)
+    train = select_labels(train, args.label_fraction, args.labels_per_class, args.seed)
     kwargs = dict(batch_size=args.batch_size, workers=args.workers, device=select_device(args.device),
                   progress=not args.quiet)
     return model, train, cached_features(model, train, desc="train features", **kwargs), \
@@ -140,7 +149,7 @@ def cmd_eval_knn(args: argparse.Namespace) -> None:
         raise ConfigError("--k must be >= 1 and --temperature > 0")
     _, _, train, test, num_classes = _eval_inputs(args)
     result = knn_evaluate(train, test, num_classes, k=args.k, temperature=args.temperature)
-    print(f"kNN (k={args.k}, T={args.temperature}) on {len(test.labels)} test images: "
+    print(f"kNN (k={args.k}, T={args.temperature}, {len(train.labels)} labelled images) on {len(test.labels)} test images: "
           f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
 
 
@@ -153,12 +162,14 @@ def cmd_eval_linear(args: argparse.Namespace) -> None:
     result = linear_probe(train, test, num_classes, epochs=args.epochs, batch_size=args.probe_batch_size,
                           lr=args.lr, weight_decay=args.weight_decay, optimizer=args.optimizer, seed=args.seed,
                           progress=not args.quiet)
-    print(f"linear probe ({args.optimizer}, {args.epochs} epochs) on {len(test.labels)} test images: "
+    print(f"linear probe ({args.optimizer}, {args.epochs} epochs, {len(train.labels)} labelled images) on "
+          f"{len(test.labels)} test images: "
           f"top-1 {result.metrics['top1']:.4f}  top-5 {result.metrics['top5']:.4f}")
     if not args.no_save:
         model.save_head(result.head, train_images.classes,
                         {**result.metrics, "epochs": args.epochs, "optimizer": args.optimizer,
-                         "train": str(args.train), "test": str(args.test)})
+                         "train": str(args.train), "test": str(args.test), "labelled_images": len(train.labels),
+                         "label_fraction": args.label_fraction, "labels_per_class": args.labels_per_class})
         print(f"saved the head to {model.path / 'head.safetensors'} ({num_classes} classes)")
 
 
@@ -236,9 +247,23 @@ def _add_eval_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: CPU cores, max 8)")
     p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_label_options(p)
+
+
+def add_label_options(p: argparse.ArgumentParser) -> None:
+    """Which labels of --train an evaluation may use: a class-balanced, seeded share (pretrain/labels.py)."""
+    group = p.add_mutually_exclusive_group()
+    group.add_argument("--label-fraction", type=float, default=None, metavar="F",
+                       help="use only this share of the --train labels (0.01 = 1%%), the same share of every class, "
+                            "picked by --seed (default: all)")
+    group.add_argument("--labels-per-class", type=int, default=None, metavar="N",
+                       help="use only N labelled --train images of every class, picked by --seed")
+    p.add_argument("--seed", type=int, default=0, help="picks the labelled images, and seeds the probe (default: 0)")
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from pretrain.finetunecli import add_eval_finetune_commands, add_finetune_command  # it builds on this module
+
     parser = argparse.ArgumentParser(
         prog="sslforge", description="Self-supervised image backbones: pretrain, evaluate, and (later stages) "
                                      "export, index and serve them.")
@@ -263,10 +288,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_pretrain_options(p)
     p.set_defaults(func=cmd_distill)
 
-    ev = sub.add_parser("eval", help="evaluate a model dir on frozen features (knn, linear)",
-                        description="Evaluate a trained backbone on frozen features.")
+    add_finetune_command(sub)
+
+    ev = sub.add_parser("eval", help="evaluate a model dir (knn, linear, finetune, head)",
+                        description="Evaluate a trained backbone: on frozen features (knn, linear), fine-tuned "
+                                    "(finetune), or a model dir's own classifier head (head).")
     ev_sub = ev.add_subparsers(dest="eval_command", required=True, metavar="PROTOCOL",
-                               help="knn or linear; `sslforge eval PROTOCOL --help` for its options")
+                               help="knn, linear, finetune or head; `sslforge eval PROTOCOL --help` for its options")
     p = ev_sub.add_parser("knn", help="weighted kNN classifier on L2-normalised features",
                           description="Weighted kNN: the k most cosine-similar training images vote for their "
                                       "class with weight exp(similarity / T). Prints top-1 and top-5.")
@@ -284,9 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate (default: 0.1)")
     p.add_argument("--weight-decay", type=float, default=0.0, help="L2 penalty (default: 0)")
     p.add_argument("--probe-batch-size", type=int, default=256, help="features per probe step (default: 256)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (default: 0)")
     p.add_argument("--no-save", action="store_true", help="do not write head.safetensors")
     p.set_defaults(func=cmd_eval_linear)
+    add_eval_finetune_commands(ev_sub)
 
     p = sub.add_parser("methods", help="list the SSL methods and their recipes",
                        description="List every method with its default views and a recipe: the optimizer, base "
@@ -359,6 +387,7 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         out = getattr(args, "out", None)
         hint = {"pretrain": f"; continue with `sslforge pretrain --resume --out {out}`" if out else "",
+                "finetune": f"; continue with `sslforge finetune --resume --out {out}`" if out else "",
                 "benchmark": "; run the same command again to continue the grid"}.get(args.command, "")
         print("\nsslforge: interrupted" + hint, file=sys.stderr)
         return 130

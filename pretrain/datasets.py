@@ -21,11 +21,16 @@ class ViewsDataset(Dataset):
 
     An image that fails to decode is replaced by the next one in the list; `failures` counts how
     many were replaced so the trainer can report it (counts survive worker processes via collate).
+    With `labels=True` (fine-tuning) the views come as `{"views": [...], "labels": class index}`, the
+    label of the image that was actually decoded.
     """
 
-    def __init__(self, images: ImageList, transform: Callable):
+    def __init__(self, images: ImageList, transform: Callable, labels: bool = False):
+        if labels and not images.labelled:
+            raise ValueError(f"{images.root} has no class sub-folders: labelled training needs them")
         self.images = images
         self.transform = transform
+        self.labels = labels
 
     def __len__(self) -> int:
         return len(self.images)
@@ -34,7 +39,8 @@ class ViewsDataset(Dataset):
         index, sample_seed = key
         failed: list[str] = []
         for attempt in range(len(self.images)):
-            path = self.images.paths[(index + attempt) % len(self.images)]
+            used = (index + attempt) % len(self.images)
+            path = self.images.paths[used]
             try:
                 image = load_rgb(path)
                 break
@@ -52,6 +58,8 @@ class ViewsDataset(Dataset):
                 views = self.transform(image)
             finally:
                 random.setstate(state)
+        if self.labels:
+            views = {"views": views, "labels": torch.tensor(self.images.labels[used])}
         return views, len(failed), failed[0] if failed else ""
 
 

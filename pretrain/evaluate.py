@@ -1,4 +1,4 @@
-"""Evaluation on frozen features: weighted kNN and the linear probe.
+"""Evaluation on frozen features: weighted kNN and the linear probe; the accuracy of a model's classifier.
 
 Protocols (documented so numbers are comparable):
 - kNN: cosine similarity on L2-normalised features; the k nearest training images vote for their
@@ -203,6 +203,14 @@ def fold_standardization(layer: nn.Linear, mean: torch.Tensor, std: torch.Tensor
         head.weight.copy_(layer.weight / std)
         head.bias.copy_(layer.bias - layer.weight @ (mean / std))
     return head.eval()
+
+
+def classifier_accuracy(network: nn.Module, head: nn.Linear, images: ImageList, preprocessing: Preprocessing,
+                        **kwargs) -> dict[str, float]:
+    """Top-1/top-5 of `head` on `network`'s features of the labelled `images` (a fine-tuned, probed or distilled
+    classifier), with the inference preprocessing; `kwargs` go to `extract_features`."""
+    logits = extract_features(nn.Sequential(network, head), images, preprocessing, **kwargs)
+    return {**topk_accuracy(logits.features, logits.labels), "images": len(logits.labels)}
 
 
 def class_count(*lists: ImageList) -> int:
