@@ -38,7 +38,8 @@ def run_cell(folder: Path, progress: bool = True) -> dict:
 
 def evaluate_cell(folder: Path, cfg: PretrainConfig, spec: dict, progress: bool) -> dict:
     """kNN and linear probe on frozen features of the trained images (the kNN bank / probe training set) and
-    the test folder; plus the training record of model.json (time, throughput, peak memory)."""
+    the test folder, and fine-tuning on the train folder's labels when asked; plus the training record of
+    model.json (time, throughput, peak memory)."""
     from pretrain.data import scan_images
     from pretrain.evaluate import cached_features, class_count, knn_evaluate, linear_probe
     from pretrain.modeldir import load_model_dir
@@ -52,7 +53,8 @@ def evaluate_cell(folder: Path, cfg: PretrainConfig, spec: dict, progress: bool)
     kwargs = dict(batch_size=256, workers=cfg.workers, device=select_device(cfg.device), progress=progress)
     train = cached_features(model, train_images, desc="train features", **kwargs)
     test = cached_features(model, test_images, desc="test features", **kwargs)
-    out: dict = {"linear_top1": None, "linear_top5": None, "knn_top1": None, "knn_top5": None}
+    out: dict = {"linear_top1": None, "linear_top5": None, "knn_top1": None, "knn_top5": None,
+                 "finetune_top1": None, "finetune_top5": None}
     if "knn" in spec["eval"]:
         knn = knn_evaluate(train, test, num_classes, **spec["knn"])
         out.update(knn_top1=knn["top1"], knn_top5=knn["top5"])
@@ -64,6 +66,8 @@ def evaluate_cell(folder: Path, cfg: PretrainConfig, spec: dict, progress: bool)
         out.update(linear_top1=probe.metrics["top1"], linear_top5=probe.metrics["top5"])
         model.save_head(probe.head, train_images.classes, {**probe.metrics, **p, "train": str(cfg.data),
                                                            "test": spec["dataset"]["test"]})
+    if "finetune" in spec["eval"]:
+        out.update(finetune_cell(folder, cfg, spec, progress))
     t = model.info["training"]
     on_gpu = t.get("peak_gpu_memory_mb") is not None
     return {**out, "pretrain_min": t["wall_time_s"] / 60, "images_per_s": t["images_per_s"],
@@ -71,6 +75,20 @@ def evaluate_cell(folder: Path, cfg: PretrainConfig, spec: dict, progress: bool)
             "memory_kind": "gpu" if on_gpu else "rss", "device": t["device"], "steps": t["steps"],
             "train_images": len(train.labels), "test_images": len(test.labels), "last_loss": t["last_loss"],
             "eval_min": (time.perf_counter() - t0) / 60}
+
+
+def finetune_cell(folder: Path, cfg: PretrainConfig, spec: dict, progress: bool) -> dict:
+    """`sslforge eval finetune` of the cell's model dir into CELL/finetune (resumed if it was cut)."""
+    from pretrain.config import FinetuneConfig
+    from pretrain.finetune import finetune_once
+    from pretrain.modeldir import load_model_dir
+
+    ft = FinetuneConfig.from_dict({**spec["finetune"], "model": str(folder), "train": cfg.data,
+                                   "test": spec["dataset"]["test"], "out": str(folder / "finetune"),
+                                   "seed": cfg.seed, "workers": cfg.workers, "device": cfg.device},
+                                  source=f"{folder / 'cell.json'}: finetune")
+    metrics = load_model_dir(finetune_once(ft, progress=progress)).info["head"]["metrics"]
+    return {"finetune_top1": metrics["top1"], "finetune_top5": metrics["top5"]}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -20,7 +20,8 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
             values[key] = getattr(args, key)
     if args.eval is not None:
         values["eval"] = args.eval
-    for key, items in (("pretrain", args.set), ("linear", args.linear_arg), ("knn", args.knn_arg)):
+    for key, items in (("pretrain", args.set), ("linear", args.linear_arg), ("knn", args.knn_arg),
+                       ("finetune", args.finetune_arg)):
         if items:
             values[key] = {**values.get(key, {}), **parse_key_values(items, f"--{key}")}
     grid = Grid.from_dict(values, source=args.grid or "options")
@@ -54,7 +55,8 @@ def add_benchmark_command(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--image-size", dest="image_size", type=int,
                    help="training crop size (default: the images' typical size, at most 224)")
     p.add_argument("--seed", type=int, help="seed of every cell (default: 0)")
-    p.add_argument("--eval", help="comma-separated evaluations: linear, knn (default: linear,knn)")
+    p.add_argument("--eval", help="comma-separated evaluations: linear, knn, finetune (default: linear,knn; "
+                                  "finetune fine-tunes every cell's model dir, see --finetune-arg)")
     p.add_argument("--out", metavar="DIR", help="grid folder: a model dir per cell, results, plots")
     p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                    help="any other `sslforge pretrain` option for every cell, e.g. max_images=2000, "
@@ -64,6 +66,10 @@ def add_benchmark_command(sub: argparse._SubParsersAction) -> None:
                         "of SGD at lr 0.1)")
     p.add_argument("--knn-arg", action="append", default=[], metavar="KEY=VALUE",
                    help="kNN option: k, temperature (default: k=200, temperature=0.1)")
+    p.add_argument("--finetune-arg", action="append", default=[], metavar="KEY=VALUE",
+                   help="fine-tuning option (any `sslforge finetune` option but the model, data, seed and device: "
+                        "label_fraction, labels_per_class, from_head_layer, epochs, lr, ...; default: "
+                        "label_fraction=0.1, epochs=30)")
     p.add_argument("--quiet", action="store_true", help="no progress bars in the cells")
     p.set_defaults(func=cmd_benchmark)
 

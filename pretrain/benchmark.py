@@ -1,7 +1,8 @@
 """`sslforge benchmark`: a grid of methods x augmentation pipelines x datasets, the study of the seed.
 
 Every cell is an ordinary pretraining run (its own model dir under OUT/DATASET/CELL) followed by the
-evaluations (kNN and linear probe on frozen features). A cell runs in its own process, so its peak
+evaluations (kNN and linear probe on frozen features; optionally fine-tuning, `eval: [..., finetune]`, whose run
+goes to OUT/DATASET/CELL/finetune). A cell runs in its own process, so its peak
 memory (CUDA `max_memory_allocated`, or the peak RSS on CPU, from model.json) is its own, and several
 GPUs can each take one cell at a time. A cell is finished once its `result.json` exists; running the
 same grid again skips finished cells, evaluates trained ones and resumes the interrupted one from its
@@ -16,11 +17,12 @@ Grid file (YAML; command-line options override it):
     epochs: 1
     batch_size: 64
     image_size: 32
-    eval: [linear, knn]
+    eval: [linear, knn]                               # and finetune, to fine-tune every cell too
     out: bench/cifar
     pretrain: {max_images: 2000, small_stem: false}    # any other `sslforge pretrain` option
     linear: {epochs: 100, lr: 0.1}                    # options of `sslforge eval linear`
     knn: {k: 200, temperature: 0.1}
+    finetune: {label_fraction: 0.1, epochs: 30}       # options of `sslforge eval finetune`
 """
 from __future__ import annotations
 
@@ -40,7 +42,12 @@ import yaml
 from pretrain.atomic import write_json
 from pretrain.config import ConfigError, PretrainConfig, load_yaml
 
-EVALS = ("linear", "knn")
+EVALS = ("linear", "knn", "finetune")
+DEFAULT_EVALS = ("linear", "knn")  # fine-tuning trains again: asked for by name
+FINETUNE_DEFAULTS = {"label_fraction": 0.1, "epochs": 30}  # SimCLRv2's 10% schedule; any FinetuneConfig field
+# FinetuneConfig fields the cell sets itself (the model is the cell's, the data the dataset's).
+FINETUNE_OWNED = {"model", "from_scratch", "train", "test", "out", "backbone", "backbone_args", "small_stem",
+                  "image_size", "seed", "workers", "device"}
 LINEAR_DEFAULTS = {"epochs": 100, "lr": 0.1, "weight_decay": 0.0, "optimizer": "sgd", "batch_size": 256}
 KNN_DEFAULTS = {"k": 200, "temperature": 0.1}
 CELL_FILE = "cell.json"
@@ -102,10 +109,11 @@ class Grid:
     batch_size: int = 64
     image_size: int | None = None
     seed: int = 0
-    eval: list[str] = field(default_factory=lambda: list(EVALS))
+    eval: list[str] = field(default_factory=lambda: list(DEFAULT_EVALS))
     pretrain: dict = field(default_factory=dict)
     linear: dict = field(default_factory=dict)
     knn: dict = field(default_factory=dict)
+    finetune: dict = field(default_factory=dict)
 
     @classmethod
     def from_dict(cls, values: dict[str, Any], source: str = "grid") -> "Grid":
@@ -122,7 +130,7 @@ class Grid:
         values["methods"] = [Variant.parse(m, "method") for m in _as_list(values["methods"])]
         values["transforms"] = [Variant.parse(t, "transform") for t in _as_list(values["transforms"])]
         values["datasets"] = [_dataset(d, source) for d in _as_list(values["datasets"])]
-        values["eval"] = _as_list(values.get("eval", list(EVALS)))
+        values["eval"] = _as_list(values.get("eval", list(DEFAULT_EVALS)))
         grid = cls(**values)
         grid.validate(source)
         return grid
@@ -146,6 +154,13 @@ class Grid:
             unknown = sorted(set(given) - set(defaults))
             if unknown:
                 raise ConfigError(f"{source}: {name}: unknown option {unknown[0]!r}; options: {', '.join(defaults)}")
+        from pretrain.config import FinetuneConfig
+
+        tunable = sorted({f.name for f in FinetuneConfig.fields()} - FINETUNE_OWNED)
+        unknown = sorted(set(self.finetune) - set(tunable))
+        if unknown:
+            raise ConfigError(f"{source}: finetune: unknown option {unknown[0]!r}; options: {', '.join(tunable)}")
+        FinetuneConfig.from_dict(self.finetune_settings, source=f"{source}: finetune")
         for d in self.datasets:
             for folder in (d.train, d.test):
                 if not Path(folder).is_dir():
@@ -165,8 +180,18 @@ class Grid:
 
     @property
     def eval_settings(self) -> dict:
-        return {"eval": list(self.eval), "linear": {**LINEAR_DEFAULTS, **self.linear}, "knn": {**KNN_DEFAULTS,
-                                                                                           **self.knn}}
+        settings = {"eval": list(self.eval), "linear": {**LINEAR_DEFAULTS, **self.linear},
+                    "knn": {**KNN_DEFAULTS, **self.knn}}
+        if "finetune" in self.eval:  # only then: grids run before fine-tuning existed keep their cell.json
+            settings["finetune"] = self.finetune_settings
+        return settings
+
+    @property
+    def finetune_settings(self) -> dict:
+        defaults = dict(FINETUNE_DEFAULTS)
+        if "labels_per_class" in self.finetune:  # a number per class instead of the default fraction
+            defaults.pop("label_fraction")
+        return {**defaults, **self.finetune}
 
 
 def _as_list(value: Any) -> list:
@@ -320,7 +345,8 @@ def _summary(cell: Cell) -> str:
     r = json.loads((cell.out / RESULT_FILE).read_text())
     if r["status"] != "ok":
         return f"{r['status']}: {r['reason']}"
-    parts = [f"{k} {r[k]:.3f}" for k in ("linear_top1", "linear_top5", "knn_top1") if r.get(k) is not None]
+    parts = [f"{k} {r[k]:.3f}" for k in ("linear_top1", "linear_top5", "knn_top1", "finetune_top1")
+             if r.get(k) is not None]
     return ", ".join(parts + [f"{r['pretrain_min']:.2f} min", f"{r['peak_memory_mb']:.0f} MB {r['memory_kind']}"])
 
 

@@ -1,9 +1,9 @@
 """The benchmark's results: results.csv (one row per cell, every field) and results.md (the seed's tables).
 
 results.md holds one section per dataset and one table per accuracy (linear top-1, linear top-5,
-kNN top-1): rows are methods, columns are pipelines, a cell reads "acc (min / memory)" like the
-seed's "0.705 (123.8Min/11.1Go)", with the best cell of each row in bold. `parse_markdown` reads the
-tables back (the tests check they agree with the CSV).
+kNN top-1, and fine-tuned top-1 when the grid fine-tunes): rows are methods, columns are pipelines, a cell
+reads "acc (min / memory)" like the seed's "0.705 (123.8Min/11.1Go)", with the best cell of each row in
+bold. `parse_markdown` reads the tables back (the tests check they agree with the CSV).
 """
 from __future__ import annotations
 
@@ -20,11 +20,12 @@ if TYPE_CHECKING:
     from pretrain.benchmark import Grid
 
 FIELDS = ["dataset", "method", "transform", "status", "linear_top1", "linear_top5", "knn_top1", "knn_top5",
-          "pretrain_min", "images_per_s", "peak_memory_mb", "memory_kind", "device", "steps", "train_images",
-          "test_images", "last_loss", "eval_min", "model_dir", "reason"]
-NUMERIC = {"linear_top1", "linear_top5", "knn_top1", "knn_top5", "pretrain_min", "images_per_s", "peak_memory_mb",
-           "steps", "train_images", "test_images", "last_loss", "eval_min"}
-TABLES = {"linear_top1": "linear probe, top-1", "linear_top5": "linear probe, top-5", "knn_top1": "kNN, top-1"}
+          "finetune_top1", "finetune_top5", "pretrain_min", "images_per_s", "peak_memory_mb", "memory_kind", "device",
+          "steps", "train_images", "test_images", "last_loss", "eval_min", "model_dir", "reason"]
+NUMERIC = {"linear_top1", "linear_top5", "knn_top1", "knn_top5", "finetune_top1", "finetune_top5", "pretrain_min",
+           "images_per_s", "peak_memory_mb", "steps", "train_images", "test_images", "last_loss", "eval_min"}
+TABLES = {"linear_top1": "linear probe, top-1", "linear_top5": "linear probe, top-5", "knn_top1": "kNN, top-1",
+          "finetune_top1": "fine-tuned, top-1"}
 CELL = re.compile(r"^(\*\*)?(?P<acc>[0-9.]+) \((?P<min>[0-9.]+) min / (?P<mem>[0-9.]+) (?P<unit>GB|MB)"
                   r" (?P<kind>gpu|rss)\)(\*\*)?$")
 

@@ -127,10 +127,9 @@ def cmd_distill(args: argparse.Namespace) -> None:
 def _eval_inputs(args: argparse.Namespace):
     from pretrain.data import scan_images
     from pretrain.evaluate import cached_features, class_count
+    from pretrain.labels import select_labels
     from pretrain.modeldir import load_model_dir
     from pretrain.trainer import select_device
-
-    from pretrain.labels import select_labels
 
     model = load_model_dir(args.model)
     train, test = scan_images(args.train), scan_images(args.test)
@@ -149,8 +148,8 @@ def cmd_eval_knn(args: argparse.Namespace) -> None:
         raise ConfigError("--k must be >= 1 and --temperature > 0")
     _, _, train, test, num_classes = _eval_inputs(args)
     result = knn_evaluate(train, test, num_classes, k=args.k, temperature=args.temperature)
-    print(f"kNN (k={args.k}, T={args.temperature}, {len(train.labels)} labelled images) on {len(test.labels)} test images: "
-          f"top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
+    print(f"kNN (k={args.k}, T={args.temperature}, {len(train.labels)} labelled images) on {len(test.labels)} test "
+          f"images: top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
 
 
 def cmd_eval_linear(args: argparse.Namespace) -> None:

@@ -1,6 +1,6 @@
 """Labelled subsets: the 1% / 10% of the labels that fine-tuning and the semi-supervised evaluations train on.
 
-A subset takes the same share of every class (`fraction`: round(share x class size), at least one image) or
+A subset takes the same share of every class (`fraction`: share x class size, rounded half up, at least one) or
 the same number from every class (`per_class`). Which images is decided by the seed and the class alone: each
 class draws its own permutation from a generator seeded by (seed, class name) and takes its first images, so
 the subset of a class does not depend on the other classes, and with one seed the 1% subset lies inside the
@@ -44,7 +44,7 @@ def select_labels(images: ImageList, fraction: float | None = None, per_class: i
     chosen: list[int] = []
     for label, indices in sorted(members.items()):
         name = images.classes[label]
-        take = per_class if per_class is not None else max(1, round(fraction * len(indices)))
+        take = per_class if per_class is not None else max(1, int(fraction * len(indices) + 0.5))
         if take > len(indices):
             raise ConfigError(f"class {name!r} of {images.root} has {len(indices)} images, fewer than the "
                               f"{take} labels per class asked for")

@@ -161,7 +161,8 @@ class ModelDir:
         head_info = self.info.get("head")
         if not head_info:
             raise ModelDirError(f"{self.path} has no linear-probe head: run `sslforge eval linear --model {self.path} "
-                                f"--train DIR --test DIR` first")
+                                f"--train DIR --test DIR` first, or fine-tune it (`sslforge finetune --model "
+                                f"{self.path} ...` writes a model dir with a head)")
         if head_info.get("fingerprint") != self.fingerprint:
             raise ModelDirError(f"{self.path / HEAD_FILE} was trained on another backbone "
                                 f"({head_info.get('fingerprint')} != {self.fingerprint}): "

@@ -119,7 +119,8 @@ class Engine:
         """The probe's classes; NoHead (404) when the model dir has none."""
         if not self.embedder.classes:
             raise NoHead(f"model dir {self.embedder.model.path} has no linear-probe head: train one with "
-                         f"`sslforge eval linear` (or use /embed and /search)", status=404)
+                         f"`sslforge eval linear`, or serve a `sslforge finetune` model dir (or use /embed and "
+                         f"/search)", status=404)
         return self.embedder.classes
 
     def require_index(self) -> Index:

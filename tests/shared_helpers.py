@@ -32,6 +32,15 @@ def make_tiny_config(data: Path, out: Path, **changes):
                           method_args={"out_dim": 16}, seed=1).replace(**changes)
 
 
+def make_tiny_finetune_config(model: Path | None, train: Path, out: Path, **changes):
+    """A seconds-long fine-tuning run of `model` (None: test_resnet from scratch) on `train`: batch 4, no workers."""
+    from pretrain.config import FinetuneConfig
+
+    scratch = {} if model else {"backbone": "test_resnet", "image_size": 32}
+    return FinetuneConfig(model=str(model) if model else None, train=str(train), out=str(out), epochs=2, batch_size=4,
+                          workers=0, lr=0.5, seed=1, **scratch).replace(**changes)
+
+
 def header_only_png(path: Path, width: int, height: int) -> Path:
     """A valid PNG header of width x height with a tiny 1-row IDAT: a decompression bomb (or a thin image)
     of a few hundred bytes, written without ever allocating its pixels."""

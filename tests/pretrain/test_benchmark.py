@@ -121,6 +121,27 @@ def test_a_cell_the_method_cannot_run_is_recorded_and_shown_as_na(tmp_path: Path
     assert parse_markdown(text) == []
 
 
+def test_a_grid_can_fine_tune_every_cell_and_tabulates_it(tmp_path: Path) -> None:
+    grid = tiny_grid(tmp_path, methods=["simclr:out_dim=16"], transforms=["simclr"], eval=["knn", "finetune"],
+                     finetune={"label_fraction": 0.5, "epochs": 1, "batch_size": 4, "lr": 0.5})
+    cell = grid.cells()[0]
+    prepare_cell(cell, grid)
+    result = run_cell(cell.out, progress=False)
+    tuned = load_model_dir(cell.out / "finetune")
+    assert result["status"] == "ok" and result["linear_top1"] is None and 0 <= result["knn_top1"] <= 1
+    assert result["finetune_top1"] == tuned.info["head"]["metrics"]["top1"]
+    assert tuned.info["method"]["source"]["fingerprint"] == load_model_dir(cell.out).fingerprint
+    assert tuned.info["method"]["labelled_images"] == 12 and tuned.info["head"]["metrics"]["images"] == 12
+    text = render_markdown([{k: result.get(k) for k in FIELDS}], grid)
+    assert {p["metric"] for p in parse_markdown(text)} == {"knn_top1", "finetune_top1"}
+    stamp = (cell.out / "finetune" / "model.json").stat().st_mtime_ns
+    assert run_cell(cell.out, progress=False)["finetune_top1"] == result["finetune_top1"]  # evaluated once
+    assert (cell.out / "finetune" / "model.json").stat().st_mtime_ns == stamp
+    with pytest.raises(ConfigError, match="finetune: unknown option 'model'"):
+        tiny_grid(tmp_path, eval=["finetune"], finetune={"model": "x"})
+    assert "finetune" not in tiny_grid(tmp_path).cells()[0].spec(tiny_grid(tmp_path))  # older grids' cell.json
+
+
 def test_variants_and_grid_errors(tmp_path: Path) -> None:
     v = Variant.parse("vicregl:alpha=0.75:local_weight=2", "method")
     assert v == Variant("vicregl", {"alpha": 0.75, "local_weight": 2})

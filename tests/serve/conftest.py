@@ -1,5 +1,5 @@
-"""One served model (model dir with a probe head + index of a tiny image folder) and one `bentoml serve` of it for the
-whole serve test session."""
+"""One served model (a fine-tuned model dir, its head the classifier, + index of a tiny image folder) and one
+`bentoml serve` of it for the whole serve test session."""
 from __future__ import annotations
 
 import subprocess

@@ -1,4 +1,5 @@
-"""A served model for the serve tests: a tiny model dir with a probe head, and an index of a tiny image folder."""
+"""A served model for the serve tests: a tiny fine-tuned model dir (its head is the fine-tuned classifier), and an
+index of a tiny image folder."""
 from __future__ import annotations
 
 import os
@@ -9,9 +10,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
-from shared_helpers import write_image_folder
+from shared_helpers import make_tiny_finetune_config, write_image_folder
 
 from export.embedder import Embedder
+from pretrain.finetune import finetune
+from pretrain.modeldir import load_model_dir
 from retrieval import Index
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "export"))  # export's test helpers, when run alone
@@ -36,9 +39,16 @@ class LiveServer:
 
 
 def make_served(root: Path, head: bool = True, seed: int = 0) -> tuple[Path, Path, Path]:
-    """(model dir, index dir, image folder): 3 classes x 4 JPEGs at 32 px, indexed with the model's embeddings."""
+    """(model dir, index dir, image folder): 3 classes x 4 JPEGs at 32 px, indexed with the model's embeddings.
+
+    With a head the model dir is what `sslforge finetune` writes (a random test_resnet fine-tuned on the images for
+    one epoch), so the service is tested on a fine-tuned model dir as users deploy one."""
     images = write_image_folder(root / "images", per_class=4)
-    model = make_model_dir(root / "model", classes=CLASSES if head else None, seed=seed)
+    model = make_model_dir(root / ("base" if head else "model"), seed=seed)
+    if head:
+        cfg = make_tiny_finetune_config(model.path, images, root / "model", epochs=1, seed=seed)
+        model = load_model_dir(finetune(cfg, progress=False))
+        assert model.classes == CLASSES
     files = sorted(images.rglob("*.jpg"))
     vectors = Embedder.load(model).embed(files)
     index = Index.build(vectors, [f.relative_to(images).as_posix() for f in files], [f.parent.name for f in files],
