@@ -56,6 +56,8 @@ class FineTune(Method):
         super().__init__(network, feature_dim)
         self.classes = list(classes)
         self.classifier = nn.Linear(feature_dim, len(self.classes))
+        nn.init.zeros_(self.classifier.weight)  # SimCLRv2 starts its classifier at zero: every class equally likely
+        nn.init.zeros_(self.classifier.bias)
         self.backbone_lr_scale = backbone_lr_scale
         self.label_smoothing = label_smoothing
 
