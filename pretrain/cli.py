@@ -56,7 +56,7 @@ def add_pretrain_options(parser: argparse.ArgumentParser, config: type[Config] =
 
 def config_from_args(args: argparse.Namespace, config: type[Config] = PretrainConfig) -> tuple[Config, bool]:
     """Merge defaults < --config file (or the run's saved config on --resume) < explicit options."""
-    from pretrain.trainer import load_run_config
+    from pretrain.runconfig import load_run_config
 
     explicit = {f.name: getattr(args, f.name) for f in config.fields() if hasattr(args, f.name)}
     for name, option in DICT_OPTIONS.items():

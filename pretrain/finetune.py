@@ -29,9 +29,10 @@ from pretrain.labels import class_counts, read_subset, select_labels, subset_rec
 from pretrain.methods.base import Method
 from pretrain.modeldir import MODEL_JSON, ModelDir, load_model_dir
 from pretrain.preprocess import MAX_CROP, Preprocessing
+from pretrain.runconfig import with_saved_settings
 from pretrain.runtime import MetricsLog, append_eval_row
 from pretrain.schema import read_json
-from pretrain.trainer import CHECKPOINT, RunState, Trainer, with_saved_settings
+from pretrain.trainer import CHECKPOINT, RunState, Trainer
 from pretrain.transforms import Colour, MultiView, View
 
 RECORD = "finetune.json"

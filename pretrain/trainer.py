@@ -32,18 +32,24 @@ from tqdm.auto import tqdm
 from pretrain import distributed
 from pretrain.atomic import write_with
 from pretrain.backbones import build_backbone, resolve_spec
-from pretrain.config import Config, ConfigError, PretrainConfig, save_yaml
-from pretrain.data import ImageList, sample_dir, scan_images, typical_size
+from pretrain.config import ConfigError, PretrainConfig, save_yaml
+from pretrain.data import sample_dir, scan_images
 from pretrain.datasets import EpochSampler, ViewsDataset
-from pretrain.evaluate import class_count, default_workers, extract_features, knn_evaluate
-from pretrain.gpu_augment import build_device_views, default_load_size, step_generator
+from pretrain.evaluate import class_count, extract_features, knn_evaluate
+from pretrain.gpu_augment import build_device_views, step_generator
 from pretrain.malloc import keep_heap
-from pretrain.methods import build_method, method_hparams, method_spec
+from pretrain.methods import build_method, method_spec
 from pretrain.methods.base import Progress
 from pretrain.modeldir import ModelDir, write_model_dir
 from pretrain.monitor import CollapseMonitor
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
-from pretrain.preprocess import MAX_CROP, Preprocessing
+from pretrain.preprocess import Preprocessing
+from pretrain.runconfig import (
+    load_run_config,  # noqa: F401 - still importable from here, as before
+    resolve_config,
+    same_setting,
+    with_saved_settings,
+)
 from pretrain.runtime import (
     MetricsLog,
     append_eval_row,
@@ -67,36 +73,6 @@ PATH_SETTINGS = {"data"}  # compared as the folders they name (relative or absol
 
 class TrainingDiverged(RuntimeError):
     """The loss became NaN or infinite; the last good checkpoint is kept."""
-
-
-def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
-    """Fill every default that depends on other settings or on the training `images`, so config.yaml
-    records what actually ran."""
-    recipe = method_spec(cfg.method).recipe(cfg.recipe)
-    data = os.path.abspath(images.root)  # a resumed run finds its images from any working folder
-    is_sample = cfg.data is None
-    image_size = cfg.image_size or min(224, typical_size(images))
-    if image_size > MAX_CROP:
-        raise ConfigError(f"image_size must be at most {MAX_CROP} pixels, the largest crop a model dir may record "
-                          f"(got {image_size})")
-    backbone = resolve_spec(cfg.backbone, cfg.small_stem, image_size, cfg.backbone_args)
-    return cfg.replace(
-        data=data,
-        image_size=image_size,
-        small_stem=backbone.small_stem,
-        out=cfg.out or f"runs/{cfg.method}-{backbone.name}",
-        optimizer=cfg.optimizer or recipe.optimizer,
-        lr=cfg.lr if cfg.lr is not None else recipe.lr,
-        weight_decay=cfg.weight_decay if cfg.weight_decay is not None else recipe.weight_decay,
-        warmup_epochs=cfg.warmup_epochs if cfg.warmup_epochs is not None else min(10.0, cfg.epochs / 10),
-        transform=cfg.transform or method_spec(cfg.method).transform,
-        # the recipe's view options suit the method's own views only
-        transform_args=cfg.transform_args if cfg.transform else {**recipe.transform_args, **cfg.transform_args},
-        method_args=method_hparams(cfg.method, cfg.method_args, cfg.recipe),
-        workers=cfg.workers if cfg.workers is not None else default_workers(),
-        knn_test=cfg.knn_test or (str(sample_dir() / "test") if is_sample and cfg.knn_every else None),
-        gpu_load_size=(cfg.gpu_load_size or default_load_size(image_size)) if cfg.gpu_augment else None,
-    )
 
 
 @dataclass
@@ -162,7 +138,7 @@ class Trainer:
             previous = yaml.safe_load(saved.read_text())
             defaults = {f.name: f.default for f in self.cfg.fields()}  # for settings newer than the run
             changed = [k for k, v in self.cfg.to_dict().items() if k not in self.resumable_changes
-                       and not _same_setting(k, previous.get(k, defaults[k]), v, self.path_settings)]
+                       and not same_setting(k, previous.get(k, defaults[k]), v, self.path_settings)]
             if changed:
                 k = changed[0]
                 raise ConfigError(f"--resume: {k} was {previous.get(k)!r} in {saved}, now {getattr(self.cfg, k)!r}; "
@@ -452,28 +428,6 @@ class Trainer:
         return self.out
 
 
-def _same_setting(key: str, saved: object, now: object, path_settings: set[str] = PATH_SETTINGS) -> bool:
-    if key in path_settings and isinstance(saved, str) and isinstance(now, str):
-        return os.path.realpath(saved) == os.path.realpath(now)
-    return saved == now
-
-
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
     """Python API: train a run and return its model dir (same as `sslforge pretrain`)."""
     return Trainer(cfg, resume=resume, progress=progress).fit()
-
-
-def with_saved_settings(cfg: Config) -> Config:
-    """On --resume, settings left unset take the run's own values (its config.yaml), not fresh defaults."""
-    saved = load_run_config(cfg.out)
-    return cfg.replace(**{k: saved[k] for k, v in cfg.to_dict().items() if v is None and k in saved})
-
-
-def load_run_config(out: str | os.PathLike) -> dict:
-    """The saved config.yaml of a run (the starting point of `--resume`)."""
-    if not out:
-        raise ConfigError("--resume needs --out RUN_DIR: the run to continue")
-    path = Path(out) / "config.yaml"
-    if not path.is_file():
-        raise ConfigError(f"--resume: {path} does not exist; is {out} a run folder?")
-    return yaml.safe_load(path.read_text())

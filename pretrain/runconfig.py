@@ -1,0 +1,71 @@
+"""A run's settings: the resolved configuration of a pretraining run (every default that depends on other settings
+or on the images filled in, as config.yaml records it), the saved config.yaml, and how a resumed run's settings
+are compared with it. Shared by the pretraining and fine-tuning trainers.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+
+from pretrain.backbones import resolve_spec
+from pretrain.config import Config, ConfigError, PretrainConfig
+from pretrain.data import ImageList, sample_dir, typical_size
+from pretrain.evaluate import default_workers
+from pretrain.gpu_augment import default_load_size
+from pretrain.methods import method_hparams, method_spec
+from pretrain.preprocess import MAX_CROP
+
+
+def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
+    """Fill every default that depends on other settings or on the training `images`, so config.yaml
+    records what actually ran."""
+    recipe = method_spec(cfg.method).recipe(cfg.recipe)
+    data = os.path.abspath(images.root)  # a resumed run finds its images from any working folder
+    is_sample = cfg.data is None
+    image_size = cfg.image_size or min(224, typical_size(images))
+    if image_size > MAX_CROP:
+        raise ConfigError(f"image_size must be at most {MAX_CROP} pixels, the largest crop a model dir may record "
+                          f"(got {image_size})")
+    backbone = resolve_spec(cfg.backbone, cfg.small_stem, image_size, cfg.backbone_args)
+    return cfg.replace(
+        data=data,
+        image_size=image_size,
+        small_stem=backbone.small_stem,
+        out=cfg.out or f"runs/{cfg.method}-{backbone.name}",
+        optimizer=cfg.optimizer or recipe.optimizer,
+        lr=cfg.lr if cfg.lr is not None else recipe.lr,
+        weight_decay=cfg.weight_decay if cfg.weight_decay is not None else recipe.weight_decay,
+        warmup_epochs=cfg.warmup_epochs if cfg.warmup_epochs is not None else min(10.0, cfg.epochs / 10),
+        transform=cfg.transform or method_spec(cfg.method).transform,
+        # the recipe's view options suit the method's own views only
+        transform_args=cfg.transform_args if cfg.transform else {**recipe.transform_args, **cfg.transform_args},
+        method_args=method_hparams(cfg.method, cfg.method_args, cfg.recipe),
+        workers=cfg.workers if cfg.workers is not None else default_workers(),
+        knn_test=cfg.knn_test or (str(sample_dir() / "test") if is_sample and cfg.knn_every else None),
+        gpu_load_size=(cfg.gpu_load_size or default_load_size(image_size)) if cfg.gpu_augment else None,
+    )
+
+
+def same_setting(key: str, saved: object, now: object, path_settings: set[str]) -> bool:
+    """Whether a setting of a resumed run equals the saved one; `path_settings` compare as the folders they name."""
+    if key in path_settings and isinstance(saved, str) and isinstance(now, str):
+        return os.path.realpath(saved) == os.path.realpath(now)
+    return saved == now
+
+
+def with_saved_settings(cfg: Config) -> Config:
+    """On --resume, settings left unset take the run's own values (its config.yaml), not fresh defaults."""
+    saved = load_run_config(cfg.out)
+    return cfg.replace(**{k: saved[k] for k, v in cfg.to_dict().items() if v is None and k in saved})
+
+
+def load_run_config(out: str | os.PathLike) -> dict:
+    """The saved config.yaml of a run (the starting point of `--resume`)."""
+    if not out:
+        raise ConfigError("--resume needs --out RUN_DIR: the run to continue")
+    path = Path(out) / "config.yaml"
+    if not path.is_file():
+        raise ConfigError(f"--resume: {path} does not exist; is {out} a run folder?")
+    return yaml.safe_load(path.read_text())
