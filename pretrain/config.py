@@ -180,7 +180,8 @@ class FinetuneConfig(Config):
                                    "--from-scratch, for the supervised baseline")
     from_scratch: bool = _opt(False, "supervised baseline: the same training from randomly initialised --backbone "
                                      "weights (no --model)")
-    train: str | None = _opt(None, "labelled training images: a folder with one sub-folder per class")
+    train: str | None = _opt(None, "labelled training images: a folder with one sub-folder per class; default: the "
+                                   "bundled CIFAR-10 sample's train split (and its test split as --test)")
     test: str | None = _opt(None, "labelled test images with the same class folders: top-1/top-5 at the end (and "
                                   "every --eval-every epochs), recorded in model.json")
     label_fraction: float | None = _opt(None, "train on this share of the labels (0.01 = 1%%), the same share of "

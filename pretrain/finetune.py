@@ -145,7 +145,8 @@ class FinetuneTrainer(Trainer):
             cfg = cfg.replace(test=str(sample_dir() / "test"))
         saved = Path(cfg.out) / RECORD if resume else None
         if saved is not None and saved.is_file():  # the run's own labelled images, whatever the folder holds now
-            self.record = read_json(saved, ConfigError, "a fine-tuning record")
+            record = read_json(saved, ConfigError, "a fine-tuning record")
+            self.record = record if isinstance(record, dict) else {}
             self.images = read_subset(self.record.get("labels"), train, str(saved))
         else:
             self.record = None
@@ -268,8 +269,9 @@ def result_line(model: ModelDir) -> str:
     if "top1" not in m:
         return f"{model.path}: no test accuracy recorded (fine-tune with --test TEST_DIR)"
     method = model.info.get("method") or {}
-    labels = (f"{method.get('labels_per_class')} labels per class" if method.get("labels_per_class")
-              else f"{method.get('label_fraction', 1.0):g} of the labels")
+    fraction = method.get("label_fraction") or 1.0
+    labels = (f"{method['labels_per_class']} labels per class" if method.get("labels_per_class")
+              else "all labels" if fraction >= 1 else f"{fraction:g} of the labels")
     start = "from scratch" if method.get("from_scratch") else f"from head layer {method.get('from_head_layer')}"
     epochs = (model.info.get("training") or {}).get("epochs")
     return (f"fine-tuned ({start}, {labels}: {m.get('labelled_images')} images, {epochs} epoch"
