@@ -100,8 +100,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--image-size", type=int, default=32)
     p.add_argument("--batch-size", type=int, default=128, help="pretraining and distillation batch")
     p.add_argument("--pretrain-epochs", type=int, default=5,
-                   help="simclr2 epochs over --pretrain-images (default 5: about 25 min on 2 CPU cores for 50,000 "
-                        "images at 32 px)")
+                   help="simclr2 epochs over --pretrain-images (default 5; an estimate, not measured: about 20 min "
+                        "for 50,000 images at the ~218 images/s simclr2 ran at in docs/benchmarks.md)")
     p.add_argument("--pretrain-images", type=int, default=None, help="a fixed random subset (default: all)")
     p.add_argument("--finetune-epochs", default="100,50",
                    help="fine-tuning epochs per fraction, for the supervised and fine-tuned rows alike")
