@@ -34,6 +34,11 @@ class TorchRunner:
         return self.module(x).float().cpu().numpy()
 
 
+def preferred_providers(available: list[str]) -> list[str]:
+    """The onnxruntime execution providers the Embedder asks for, best first, among those `available`."""
+    return [p for p in ONNX_PROVIDERS if p in available]
+
+
 def _import_onnxruntime():
     try:
         import onnxruntime
@@ -56,7 +61,7 @@ class OnnxRunner:
         if not path.is_file():
             raise ExportError(f"{path} does not exist: run `sslforge export onnx {path.parent}` first")
         available = ort.get_available_providers()
-        providers = providers or [p for p in ONNX_PROVIDERS if p in available]
+        providers = providers or preferred_providers(available)
         options = ort.SessionOptions()
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         if threads:

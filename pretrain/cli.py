@@ -178,6 +178,13 @@ def cmd_methods(args: argparse.Namespace) -> None:
     print(recipe_table(args.recipe))
 
 
+def cmd_doctor(args: argparse.Namespace) -> None:
+    from pretrain.doctor import as_json, render, sections
+
+    parts = sections()
+    print(as_json(parts) if args.json else render(parts))
+
+
 def cmd_sample(args: argparse.Namespace) -> None:
     from pretrain.data import sample_dir
 
@@ -324,6 +331,13 @@ def build_parser() -> argparse.ArgumentParser:
                    help="default: tuned for one device and batches of 64-512; paper: each paper's own large-batch "
                         "recipe (default: default)")
     p.set_defaults(func=cmd_methods)
+    p = sub.add_parser("doctor", help="what this machine has and where each stage will run (GPUs, providers)",
+                       description="One line each: torch with its CUDA and cuDNN builds, the GPUs and bf16 support, "
+                                   "where training runs; onnxruntime's wheel and providers and the one --backend "
+                                   "onnx uses; TensorRT; the Faiss wheel and its GPUs and where exact search runs; "
+                                   "BentoML and Gradio. A missing extra is a line saying what to install.")
+    p.add_argument("--json", action="store_true", help="print the report as JSON (section -> name -> value)")
+    p.set_defaults(func=cmd_doctor)
     p = sub.add_parser("sample", help="print the folder of the bundled CIFAR-10 sample (unpacks it once)",
                        description="Unpack the bundled CIFAR-10 sample (5,000 train / 1,000 test images) into the "
                                    "cache folder ($SSLFORGE_CACHE or ~/.cache/sslforge) and print its path.")
