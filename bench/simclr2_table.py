@@ -107,6 +107,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="fine-tuning epochs per fraction, for the supervised and fine-tuned rows alike")
     p.add_argument("--finetune-batch-size", type=int, default=None,
                    help="fine-tuning batch (default: sslforge finetune's, 64 or the labelled images when fewer)")
+    p.add_argument("--backbone-lr-scale", type=float, default=None,
+                   help="the fine-tuned rows' --backbone-lr-scale (default: sslforge finetune's)")
     p.add_argument("--probe-epochs", type=int, default=100, help="linear-probe epochs (on cached features)")
     p.add_argument("--distill-epochs", type=int, default=2, help="distillation epochs over --distill-images")
     p.add_argument("--distill-images", type=int, default=None, help="unlabelled images to distill on (default: all)")
@@ -206,7 +208,10 @@ class Pipeline:
         out = self.folder(name, fraction)
         printed = self.run(["finetune", *resumable(out), *start, *self.labels(fraction), "--epochs", str(epochs),
                             *(["--batch-size", str(self.args.finetune_batch_size)] if self.args.finetune_batch_size
-                              else []), "--out", str(out), "--quiet",
+                              else []),
+                            *(["--backbone-lr-scale", f"{self.args.backbone_lr_scale:g}"]
+                              if self.args.backbone_lr_scale is not None and "--from-scratch" not in start else []),
+                            "--out", str(out), "--quiet",
                             *self.common])
         top1, top5 = accuracy(printed)
         return {"top1": top1, "top5": top5, "model_dir": str(out)}
