@@ -134,7 +134,8 @@ def _embed(args: argparse.Namespace, part: tuple[int, int] | None, out: str, dev
                           shard_size=args.shard_size, dtype=args.dtype, part=part, progress=not args.quiet)
     speed = result["throughput"]
     print(f"embedded {result['count']} images into {out} ({len(result['shards'])} shards, {result['dim']}-d "
-          f"{result['dtype']}, backend {result['backend']}); {result['failed']} unreadable (see failed.txt); "
+          f"{result['dtype']}, backend {result['backend']}: {embedder.runs_on}); {result['failed']} unreadable "
+          f"(see failed.txt); "
           f"this run: {speed['images']} images in {speed['seconds']:.1f} s = {speed['images_per_s']:.1f} images/s")
     if part is not None and not distributed.active():
         print(f"part {part[0]}/{part[1]} done: once every part is, run `sslforge embed merge --out OUT PART_DIRS...`")

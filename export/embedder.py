@@ -78,6 +78,17 @@ class Embedder:
         return self.model.fingerprint
 
     @property
+    def runs_on(self) -> str:
+        """Where the embeddings are computed, in words: the device, or the onnxruntime providers a session got."""
+        if self.backend == "torch":
+            device = self.runner.device
+            name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+            return f"torch on {device}{name}"
+        if self.backend == "onnx":
+            return "onnxruntime with " + ", ".join(self.runner.providers)
+        return "a TensorRT engine on the GPU"
+
+    @property
     def dim(self) -> int:
         return self.model.embedding_dim
 

@@ -32,7 +32,9 @@ def test_export_then_embed_then_merge(tmp_path: Path, image_folder: Path, capsys
     common = ["--model", str(model.path), "--images", str(image_folder), "--batch-size", "8", "--workers", "0",
               "--quiet"]
     assert main(["embed", *common, "--out", str(out), "--backend", "onnx", "--shard-size", "16"]) == 0
-    assert f"embedded 24 images into {out} (2 shards" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"embedded 24 images into {out} (2 shards" in printed
+    assert "backend onnx: onnxruntime with CPUExecutionProvider)" in printed  # says where it ran
     vectors, ids, manifest = load_embeddings(out)
     assert manifest["backend"] == "onnx" and manifest["complete"]
     reference = Embedder.load(model.path, "torch").embed([image_folder / r["path"] for r in ids])

@@ -118,3 +118,11 @@ def test_killed_run_resumes_from_its_last_checkpoint(image_folder: Path, tmp_pat
     assert model.info["training"]["steps"] == 24
     rows = (out / "metrics.csv").read_text().splitlines()[1:]
     assert [int(r.split(",")[0]) for r in rows] == list(range(1, 25))
+
+
+def test_pretrain_says_where_it_trains(image_folder: Path, tmp_path: Path, capsys) -> None:
+    argv = [a for a in TINY if a != "--quiet"]
+    assert main(["pretrain", "--data", str(image_folder), "--epochs", "1", "--out", str(tmp_path / "run"),
+                 "--method-arg", "out_dim=16", *argv]) == 0
+    printed = capsys.readouterr()
+    assert "device: cpu, fp32" in printed.out + printed.err

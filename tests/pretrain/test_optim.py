@@ -73,5 +73,6 @@ def test_the_schedule_multiplies_a_groups_lr_scale(image_folder, tmp_path) -> No
     trainer = Trainer(cfg, progress=False)
     trainer.fit()
     predictor = {id(p) for p in trainer.model.predictor.parameters()}
-    rates = {"predictor" if id(g["params"][0]) in predictor else "rest": g["lr"] for g in trainer.optimizer.param_groups}
+    rates = {"predictor" if id(g["params"][0]) in predictor else "rest": g["lr"]
+             for g in trainer.optimizer.param_groups}
     assert rates["predictor"] == pytest.approx(10 * rates["rest"]) and rates["rest"] > 0
