@@ -17,7 +17,7 @@ from export.errors import ExportError
 def _parity_images(folder: str | None, count: int) -> list[Path]:
     """`count` evenly spaced images of `folder` (default: the bundled CIFAR-10 sample's test images)."""
     from export.embed import find_images
-    from pretrain.data import sample_dir
+    from pretrain.data.images import sample_dir
 
     if count <= 0:
         return []

@@ -36,9 +36,9 @@ from export.embeddings import (
     write_shard,
 )
 from export.errors import ExportError
-from pretrain.data import ImageList, load_rgb, walk_files
-from pretrain.datasets import EvalDataset
-from pretrain.malloc import keep_heap
+from pretrain.data.datasets import EvalDataset
+from pretrain.data.heap import keep_heap
+from pretrain.data.images import ImageList, load_rgb, walk_files
 
 DTYPES = ("float32", "float16")
 DEFAULT_SHARD_SIZE = 100_000

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 
 from export.errors import ParityError
-from pretrain.data import load_rgb
+from pretrain.data.images import load_rgb
 from pretrain.preprocess import Preprocessing
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (n, 3, H, W) float32 -> (n, D) float32 raw features

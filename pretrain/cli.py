@@ -9,10 +9,10 @@ import warnings
 from importlib.metadata import entry_points
 
 from pretrain import __version__
-from pretrain.benchcli import add_benchmark_command, add_data_commands, add_tsne_command
 from pretrain.config import RECIPES, Config, ConfigError, PretrainConfig, load_yaml, parse_key_values
-from pretrain.data import DataError
+from pretrain.data.images import DataError
 from pretrain.modeldir import ModelDirError
+from pretrain.study.cli import add_benchmark_command, add_data_commands, add_tsne_command
 
 DICT_OPTIONS = {"backbone_args": "--backbone-arg", "transform_args": "--transform-arg", "method_args": "--method-arg"}
 ERRORS = (ConfigError, DataError, ModelDirError)
@@ -125,7 +125,7 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def _eval_inputs(args: argparse.Namespace):
-    from pretrain.data import scan_images
+    from pretrain.data.images import scan_images
     from pretrain.evaluate import cached_features, class_count
     from pretrain.labels import select_labels
     from pretrain.modeldir import load_model_dir
@@ -179,7 +179,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from pretrain.data import sample_dir
+    from pretrain.data.images import sample_dir
 
     print(sample_dir())
 
@@ -192,9 +192,9 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def cmd_plot_views(args: argparse.Namespace) -> None:
-    from pretrain.data import load_rgb, sample_dir, scan_images, typical_size
-    from pretrain.transforms import build_transform
-    from pretrain.viewplot import plot_views, upscale
+    from pretrain.data.images import load_rgb, sample_dir, scan_images, typical_size
+    from pretrain.views.plot import plot_views, upscale
+    from pretrain.views.recipes import build_transform
 
     if args.images < 1:
         raise ConfigError("--images must be >= 1")

@@ -23,9 +23,9 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pretrain.atomic import write_with
-from pretrain.data import DataError, ImageList
-from pretrain.datasets import EvalDataset
-from pretrain.malloc import keep_heap
+from pretrain.data.datasets import EvalDataset
+from pretrain.data.heap import keep_heap
+from pretrain.data.images import DataError, ImageList
 from pretrain.modeldir import ModelDir
 from pretrain.preprocess import Preprocessing
 from retrieval.knn import knn_vote

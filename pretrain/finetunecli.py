@@ -64,7 +64,7 @@ def cmd_eval_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_head(args: argparse.Namespace) -> None:
-    from pretrain.data import DataError, scan_images
+    from pretrain.data.images import DataError, scan_images
     from pretrain.evaluate import classifier_accuracy
     from pretrain.modeldir import load_model_dir
     from pretrain.trainer import select_device

@@ -33,11 +33,10 @@ from pretrain import distributed
 from pretrain.atomic import write_with
 from pretrain.backbones import build_backbone, resolve_spec
 from pretrain.config import ConfigError, PretrainConfig, save_yaml
-from pretrain.data import sample_dir, scan_images
-from pretrain.datasets import EpochSampler, ViewsDataset
+from pretrain.data.datasets import EpochSampler, ViewsDataset
+from pretrain.data.heap import keep_heap
+from pretrain.data.images import sample_dir, scan_images
 from pretrain.evaluate import class_count, extract_features, knn_evaluate
-from pretrain.gpu_augment import build_device_views, step_generator
-from pretrain.malloc import keep_heap
 from pretrain.methods import build_method, method_spec
 from pretrain.methods.base import Progress
 from pretrain.modeldir import ModelDir, write_model_dir
@@ -60,7 +59,8 @@ from pretrain.runtime import (
     select_device,
     set_rng_state,
 )
-from pretrain.transforms import build_transform
+from pretrain.views.gpu import build_device_views, step_generator
+from pretrain.views.recipes import build_transform
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1
@@ -413,7 +413,7 @@ class Trainer:
         return {"trained_by": self.cfg.method}
 
     def _write_model_dir(self, state: RunState) -> Path:
-        from pretrain.plots import plot_metrics
+        from pretrain.study.plots import plot_metrics
 
         network, neck = self.model.deployable()
         network = network.to(memory_format=torch.contiguous_format)

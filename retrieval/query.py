@@ -19,7 +19,7 @@ class QueryError(ValueError):
 def embed_images(model_dir: str | Path, images: list[str | Path], *, device: str = "auto",
                  batch_size: int = 64) -> tuple[np.ndarray, str]:
     """Embed image files with a model dir's backbone and preprocessing: (vectors (N, D), model fingerprint)."""
-    from pretrain.data import ImageList
+    from pretrain.data.images import ImageList
     from pretrain.evaluate import extract_features
     from pretrain.modeldir import ModelDirError, load_model_dir
     from pretrain.trainer import select_device
@@ -46,7 +46,7 @@ def embed_folder(model_dir: str | Path, folder: str | Path, *, device: str = "au
 
     Returns (vectors, paths relative to `folder`, labels, model fingerprint).
     """
-    from pretrain.data import scan_images
+    from pretrain.data.images import scan_images
     from pretrain.evaluate import cached_features
     from pretrain.modeldir import load_model_dir
     from pretrain.trainer import select_device

@@ -21,7 +21,7 @@ def quickstart(run: str | Path = "runs/quickstart", sample: str | Path | None = 
                out: str | Path = "runs/quickstart-retrieval", progress: bool = True) -> dict[str, float]:
     start = time.perf_counter()
     if sample is None:
-        from pretrain.data import sample_dir  # the bundled sample lives in pretrain's package data
+        from pretrain.data.images import sample_dir  # the bundled sample lives in pretrain's package data
 
         sample = sample_dir()
     sample, out = Path(sample), Path(out)

@@ -25,7 +25,7 @@ from pretrain import distributed
 from pretrain.backbones import build_backbone, resolve_spec
 from pretrain.cli import main
 from pretrain.config import PretrainConfig
-from pretrain.datasets import EpochSampler
+from pretrain.data.datasets import EpochSampler
 from pretrain.modeldir import write_model_dir
 from pretrain.preprocess import Preprocessing
 from pretrain.trainer import CHECKPOINT, Trainer

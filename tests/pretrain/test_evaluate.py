@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.data import scan_images
+from pretrain.data.images import scan_images
 from pretrain.evaluate import (
     Features,
     cached_features,

@@ -13,7 +13,7 @@ from safetensors.torch import load_file
 from shared_helpers import make_tiny_config, make_tiny_finetune_config, write_image_folder
 
 from pretrain.config import ConfigError, FinetuneConfig
-from pretrain.data import scan_images
+from pretrain.data.images import scan_images
 from pretrain.finetune import RECORD, FinetuneTrainer, finetune
 from pretrain.labels import select_labels
 from pretrain.modeldir import load_model_dir

@@ -137,7 +137,7 @@ class Grid:
 
     def validate(self, source: str) -> None:
         from pretrain.methods import method_hparams
-        from pretrain.transforms import TRANSFORMS
+        from pretrain.views.recipes import TRANSFORMS
 
         for m in self.methods:
             method_hparams(m.name, m.args)
@@ -287,7 +287,7 @@ class GridRun:
 def run_grid(grid: Grid, *, progress: bool = True, log=print) -> GridRun:
     """Run every unfinished cell (one process each; one per GPU when several are visible), rewriting the
     results after each; then draw the plots. Failed cells are reported and retried on the next run."""
-    from pretrain.benchreport import write_results
+    from pretrain.study.report import write_results
 
     out = Path(grid.out)
     cells = grid.cells()
@@ -337,7 +337,7 @@ def _start_cell(cell: Cell, slot: str | None, quiet: bool) -> subprocess.Popen:
     env = dict(os.environ)
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
-    command = [sys.executable, "-m", "pretrain.benchcell", str(cell.out)] + (["--quiet"] if quiet else [])
+    command = [sys.executable, "-m", "pretrain.study.cell", str(cell.out)] + (["--quiet"] if quiet else [])
     return subprocess.Popen(command, env=env)
 
 
@@ -351,8 +351,8 @@ def _summary(cell: Cell) -> str:
 
 
 def _plot(grid: Grid) -> None:
-    from pretrain.benchreport import read_results
-    from pretrain.plots import plot_accuracy_vs_time, plot_loss_curves, plot_term_curves
+    from pretrain.study.plots import plot_accuracy_vs_time, plot_loss_curves, plot_term_curves
+    from pretrain.study.report import read_results
 
     rows = read_results(Path(grid.out) / "results.csv")
     for d in grid.datasets:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING
 from pretrain.atomic import write_text
 
 if TYPE_CHECKING:
-    from pretrain.benchmark import Grid
+    from pretrain.study.grid import Grid
 
 FIELDS = ["dataset", "method", "transform", "status", "linear_top1", "linear_top5", "knn_top1", "knn_top5",
           "finetune_top1", "finetune_top5", "pretrain_min", "images_per_s", "peak_memory_mb", "memory_kind", "device",
@@ -32,7 +32,7 @@ CELL = re.compile(r"^(\*\*)?(?P<acc>[0-9.]+) \((?P<min>[0-9.]+) min / (?P<mem>[0
 
 def collect(grid: "Grid") -> list[dict]:
     """The result.json of every finished cell, in grid order."""
-    from pretrain.benchmark import RESULT_FILE
+    from pretrain.study.grid import RESULT_FILE
 
     rows = []
     for cell in grid.cells():
