@@ -20,6 +20,7 @@ from tqdm.auto import tqdm
 
 from pretrain.atomic import write_json
 from pretrain.backbones import build_backbone, resolve_spec
+from pretrain.checkpoint import CHECKPOINT
 from pretrain.config import ConfigError, FinetuneConfig
 from pretrain.data.datasets import ViewsDataset
 from pretrain.data.images import DataError, ImageList, sample_dir, scan_images, typical_size
@@ -30,9 +31,9 @@ from pretrain.methods.base import Method
 from pretrain.modeldir import MODEL_JSON, ModelDir, load_model_dir
 from pretrain.preprocess import MAX_CROP, Preprocessing
 from pretrain.runconfig import with_saved_settings
-from pretrain.runtime import MetricsLog, append_eval_row
+from pretrain.runlog import MetricsLog, append_eval_row
 from pretrain.schema import read_json
-from pretrain.trainer import CHECKPOINT, RunState, Trainer
+from pretrain.trainer import RunState, Trainer
 from pretrain.views.ops import Colour, MultiView, View
 
 RECORD = "finetune.json"

@@ -16,7 +16,7 @@ from pathlib import Path
 
 from pretrain.atomic import write_json
 from pretrain.config import ConfigError, PretrainConfig
-from pretrain.study.grid import RESULT_FILE
+from pretrain.study.report import RESULT_FILE
 
 
 def run_cell(folder: Path, progress: bool = True) -> dict:
@@ -41,9 +41,9 @@ def evaluate_cell(folder: Path, cfg: PretrainConfig, spec: dict, progress: bool)
     the test folder, and fine-tuning on the train folder's labels when asked; plus the training record of
     model.json (time, throughput, peak memory)."""
     from pretrain.data.images import scan_images
+    from pretrain.device import select_device
     from pretrain.evaluate import cached_features, class_count, knn_evaluate, linear_probe
     from pretrain.modeldir import load_model_dir
-    from pretrain.trainer import select_device
 
     t0 = time.perf_counter()
     model = load_model_dir(folder)

@@ -76,11 +76,11 @@ def add_benchmark_command(sub: argparse._SubParsersAction) -> None:
 
 def cmd_plot_tsne(args: argparse.Namespace) -> None:
     from pretrain.data.images import scan_images
+    from pretrain.device import select_device
     from pretrain.evaluate import cached_features
     from pretrain.modeldir import load_model_dir
     from pretrain.study.plots import plot_embedding_2d
     from pretrain.study.tsne import tsne_2d
-    from pretrain.trainer import select_device
 
     if args.max_images < 2 or args.perplexity <= 0:
         raise ConfigError("--max-images must be >= 2 and --perplexity > 0")

@@ -12,12 +12,28 @@ import io
 import json
 import re
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
 from pretrain.atomic import write_text
 
-if TYPE_CHECKING:
-    from pretrain.study.grid import Grid
+RESULT_FILE = "result.json"  # what a finished cell leaves in its folder (pretrain/study/cell.py writes it)
+
+
+class Grid(Protocol):
+    """What the tables read of a grid (pretrain.study.grid.Grid, which imports this module)."""
+
+    out: Any
+    backbone: str
+    epochs: int
+    batch_size: int
+    image_size: int | None
+    pretrain: dict
+    methods: list
+    transforms: list
+    eval: tuple
+    datasets: list
+
+    def cells(self) -> list: ...
 
 FIELDS = ["dataset", "method", "transform", "status", "linear_top1", "linear_top5", "knn_top1", "knn_top5",
           "finetune_top1", "finetune_top5", "pretrain_min", "images_per_s", "peak_memory_mb", "memory_kind", "device",
@@ -30,10 +46,8 @@ CELL = re.compile(r"^(\*\*)?(?P<acc>[0-9.]+) \((?P<min>[0-9.]+) min / (?P<mem>[0
                   r" (?P<kind>gpu|rss)\)(\*\*)?$")
 
 
-def collect(grid: "Grid") -> list[dict]:
+def collect(grid: Grid) -> list[dict]:
     """The result.json of every finished cell, in grid order."""
-    from pretrain.study.grid import RESULT_FILE
-
     rows = []
     for cell in grid.cells():
         path = cell.out / RESULT_FILE
@@ -42,7 +56,7 @@ def collect(grid: "Grid") -> list[dict]:
     return rows
 
 
-def write_results(grid: "Grid") -> list[dict]:
+def write_results(grid: Grid) -> list[dict]:
     rows = collect(grid)
     out = Path(grid.out)
     buf = io.StringIO()
@@ -66,7 +80,7 @@ def format_cell(row: dict, metric: str) -> str:
     return f"{row[metric]:.3f} ({row['pretrain_min']:.2f} min / {memory} {row['memory_kind']})"
 
 
-def render_markdown(rows: list[dict], grid: "Grid") -> str:
+def render_markdown(rows: list[dict], grid: Grid) -> str:
     lines = ["# Benchmark results", "",
              f"Backbone {grid.backbone}, epochs {grid.epochs}, batch {grid.batch_size}, image size "
              f"{grid.image_size or 'auto'}; extra pretraining options: {grid.pretrain or 'none'}. A cell is "
