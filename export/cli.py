@@ -105,8 +105,9 @@ def _embed_under_torchrun(args: argparse.Namespace, part: tuple[int, int], out: 
     import shutil
 
     from export.embed import merge_parts
-    from export.embeddings import MANIFEST, read_manifest
+    from export.embeddings import read_manifest
     from pretrain import distributed
+    from pretrain.embeddings import MANIFEST
 
     done = (Path(args.out) / MANIFEST).is_file() and read_manifest(args.out)
     if done and done.get("complete") and done.get("part") is None:
