@@ -1,8 +1,8 @@
 """Reading the files of an embeddings or index dir, which may come from someone else: the JSON record at
 its head (checked field by field, with bounds) and its .npy arrays (header checked before any allocation).
 
-Every failure is one line naming the file. retrieval imports nothing from the other stages, so it keeps
-this small copy of pretrain/schema.py's reading rule (as retrieval/atomic.py does for atomic writes).
+Every failure is one line naming the file, as pretrain/schema.py does for the model dir (the same rule,
+written again here for retrieval's records and arrays).
 """
 from __future__ import annotations
 
