@@ -109,3 +109,17 @@ def test_the_rule_catches_a_forbidden_arrow(tmp_path: Path) -> None:
                                  f"({', '.join(sorted(GROUND))})",
                     "pretrain": "imports serve.engine: pretrain may not import serve"}[stage]
         assert broken_rules([probe], tmp_path) == [f"{stage}/probe.py:2: {expected}"]
+
+
+def test_the_import_paths_readme_showed_before_the_floor_plan_still_work() -> None:
+    from pretrain.benchreport import parse_markdown
+    from pretrain.data import load_rgb
+    from pretrain.data.images import load_rgb as moved_load_rgb
+    from pretrain.embeddings import write_embeddings as ground_writer
+    from pretrain.knn import knn_vote as ground_vote
+    from pretrain.study.report import parse_markdown as moved_parse_markdown
+    from retrieval import write_embeddings
+    from retrieval.knn import knn_vote
+
+    assert (load_rgb, parse_markdown, write_embeddings, knn_vote) == (moved_load_rgb, moved_parse_markdown,
+                                                                        ground_writer, ground_vote)
