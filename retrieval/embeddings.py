@@ -4,9 +4,9 @@
     emb/NAME/vectors-00000.npy    float32 or float16 rows, [n_rows, dim]
     emb/NAME/ids-00000.jsonl      one {"path": ..., "label": ... | null} per row, same order
 
-Row ids are global row numbers in shard order. retrieval reads the format itself (it imports nothing
-from the stage that writes it); `write_embeddings`, re-exported here from the ground, writes a whole dir from
-numpy vectors (tests, benchmarks).
+Row ids are global row numbers in shard order. retrieval reads the format itself (nothing of export, the
+stage that writes it); `write_embeddings`, re-exported here from the ground, writes a whole dir from numpy vectors
+(tests, benchmarks).
 """
 from __future__ import annotations
 
