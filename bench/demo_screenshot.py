@@ -6,11 +6,15 @@
 from __future__ import annotations
 
 import argparse
+import sys
+from pathlib import Path
 
-from serve.browser import search_in_browser
 from serve.demo import launch
 from serve.engine import Engine
 from serve.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tools/ (shared with the tests)
+from tools.browser import search_in_browser  # noqa: E402
 
 
 def main() -> None:

@@ -50,8 +50,8 @@ class Scorer:
     """The kNN evaluation both contenders get: images decoded once with sslforge's inference preprocessing."""
 
     def __init__(self, args):
-        from pretrain.data import scan_images
-        from pretrain.datasets import EvalDataset
+        from pretrain.data.datasets import EvalDataset
+        from pretrain.data.images import scan_images
         from pretrain.evaluate import class_count
         from pretrain.preprocess import Preprocessing
 
@@ -124,7 +124,7 @@ def parse_contender(spec: str) -> tuple[str, dict]:
 
 def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
     from pretrain.config import PretrainConfig
-    from pretrain.data import scan_images
+    from pretrain.data.images import scan_images
     from pretrain.trainer import Trainer
 
     def config(out: str, epochs: int, max_images: int | None = None) -> PretrainConfig:

@@ -26,10 +26,10 @@ import torch
 from torch.utils.data import DataLoader
 from transform_speed import rate_loader, rate_single, source_folder
 
-from pretrain.data import load_rgb, scan_images
-from pretrain.datasets import EpochSampler, ViewsDataset
-from pretrain.gpu_augment import build_device_views, step_generator
-from pretrain.transforms import build_transform
+from pretrain.data.datasets import EpochSampler, ViewsDataset
+from pretrain.data.images import load_rgb, scan_images
+from pretrain.views.gpu import build_device_views, step_generator
+from pretrain.views.recipes import build_transform
 
 CPU = torch.device("cpu")
 

@@ -21,9 +21,9 @@ from pathlib import Path
 
 import numpy as np
 
+from pretrain.knn import l2_normalize
 from retrieval import Index, exact_search, read_embeddings
 from retrieval.evaluate import rss_bytes
-from retrieval.index import normalize
 from retrieval.metrics import recall_at_k
 
 # (name, kind, build params, [search knobs per operating point])
@@ -74,7 +74,7 @@ def main() -> None:
 
     if args.embeddings:
         emb = read_embeddings(args.embeddings)
-        allx = normalize(emb.vectors)
+        allx = l2_normalize(emb.vectors)
         db, queries = allx[:-args.queries], allx[-args.queries:]
         data = f"{args.embeddings} ({len(db):,} rows, {len(queries)} held-out queries)"
     else:

@@ -1,5 +1,6 @@
 #!/bin/bash
-# The issue-3 learning check: every method on the same 5,000 CIFAR-10 images, 1 epoch, batch 64,
+# The per-method learning check (docs/benchmarks.md, appendix: learning per method at 78 steps): every
+# method on the same 5,000 CIFAR-10 images, 1 epoch, batch 64,
 # ResNet-18 with the standard stem at 32 px (16x cheaper than the small stem, so a CPU budget holds
 # 78 steps per method), each method's library defaults; kNN top-1 vs the same network at random init.
 #   bash bench/learning_check.sh /tmp/cifar [method ...]   (CIFAR unpacked from ../shared/data/cifar10-jpg.tar.gz)

@@ -1,4 +1,4 @@
-"""The single-lever probes behind docs/benchmarks.md, "Issue 9 ... the levers": one process, one figure.
+"""The single-lever probes behind docs/benchmarks.md, "Training speed ... the levers": one process, one figure.
 
     python bench/lever_probes.py step --method vicreg --mode trainer      # sslforge's whole Trainer step
     python bench/lever_probes.py step --method vicreg --mode loader       # its loader + model step, no Trainer
@@ -73,8 +73,8 @@ def profile(args) -> None:
 
 def hue(args) -> None:
     """One 224 px hue shift per call, in this fresh process, with or without the loader workers' heap setting."""
-    from pretrain.malloc import keep_heap
-    from pretrain.transforms import shift_hue
+    from pretrain.data.heap import keep_heap
+    from pretrain.views.ops import shift_hue
 
     torch.set_num_threads(1)  # as in a loader worker
     if args.keep_heap:
@@ -90,10 +90,10 @@ def views(args) -> None:
     from torch.profiler import profile as torch_profile
     from torch.utils.data import default_collate
 
-    from pretrain.data import scan_images
-    from pretrain.datasets import ViewsDataset
-    from pretrain.malloc import keep_heap
-    from pretrain.transforms import build_transform
+    from pretrain.data.datasets import ViewsDataset
+    from pretrain.data.heap import keep_heap
+    from pretrain.data.images import scan_images
+    from pretrain.views.recipes import build_transform
 
     torch.set_num_threads(1)  # as in a loader worker
     keep_heap()

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.data import scan_images
+from pretrain.data.images import scan_images
 from pretrain.evaluate import class_count, extract_features, knn_evaluate, linear_probe
 from pretrain.modeldir import load_model_dir
 

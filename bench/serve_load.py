@@ -15,6 +15,7 @@ import argparse
 import asyncio
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from pathlib import Path
@@ -22,8 +23,10 @@ from pathlib import Path
 import httpx
 
 from retrieval import Index
-from serve.process import start_bentoml, wait_ready
 from serve.settings import Settings
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # the repository root: tools/ (shared with the tests)
+from tools.process import start_bentoml, wait_ready  # noqa: E402
 
 SEARCH_K = "5"
 PROJECT_ROOT = Path(__file__).resolve().parents[1]  # bentoml serve reads its bentofile.yaml

@@ -125,7 +125,7 @@ def scored_test_folder(args: argparse.Namespace, out: Path) -> str:
     """--test, or a fixed random subset of it linked into OUT/test (smoke runs)."""
     if args.test_images is None:
         return args.test
-    from pretrain.data import scan_images
+    from pretrain.data.images import scan_images
 
     images = scan_images(args.test).random_subset(args.test_images, args.seed)
     root = out / f"test-{args.test_images}"
@@ -263,7 +263,7 @@ def random_init_knn(args: argparse.Namespace, ssl: Path, test: str) -> float:
     """kNN top-1 of the same network at random initialisation (seed 0): the floor a method must beat."""
     import torch
 
-    from pretrain.data import scan_images
+    from pretrain.data.images import scan_images
     from pretrain.evaluate import class_count, extract_features, knn_evaluate
     from pretrain.modeldir import load_model_dir
 

@@ -21,7 +21,7 @@ from PIL import Image
 from pretrain.backbones import build_backbone, resolve_spec
 from pretrain.methods import build_method, method_hparams, method_spec
 from pretrain.optim import build_optimizer, scaled_lr
-from pretrain.transforms import build_transform
+from pretrain.views.recipes import build_transform
 
 
 def default_views(method: str, size: int, batch: int, fmt: torch.memory_format):

@@ -25,10 +25,11 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms import v2
 
-from pretrain.data import load_rgb, sample_dir, scan_images
-from pretrain.datasets import EpochSampler, ViewsDataset
+from pretrain.data.datasets import EpochSampler, ViewsDataset
+from pretrain.data.images import load_rgb, sample_dir, scan_images
 from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD
-from pretrain.transforms import TRANSFORMS, MultiView, build_transform, gaussian_blur, shift_hue
+from pretrain.views.ops import MultiView, gaussian_blur, shift_hue
+from pretrain.views.recipes import TRANSFORMS, build_transform
 
 
 def before_simclr(size: int) -> MultiView:

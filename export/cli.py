@@ -17,7 +17,7 @@ from export.errors import ExportError
 def _parity_images(folder: str | None, count: int) -> list[Path]:
     """`count` evenly spaced images of `folder` (default: the bundled CIFAR-10 sample's test images)."""
     from export.embed import find_images
-    from pretrain.data import sample_dir
+    from pretrain.data.images import sample_dir
 
     if count <= 0:
         return []
@@ -105,8 +105,9 @@ def _embed_under_torchrun(args: argparse.Namespace, part: tuple[int, int], out: 
     import shutil
 
     from export.embed import merge_parts
-    from export.embeddings import MANIFEST, read_manifest
+    from export.embeddings import read_manifest
     from pretrain import distributed
+    from pretrain.embeddings import MANIFEST
 
     done = (Path(args.out) / MANIFEST).is_file() and read_manifest(args.out)
     if done and done.get("complete") and done.get("part") is None:

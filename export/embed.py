@@ -24,21 +24,12 @@ from torch.utils.data import DataLoader, Sampler
 from tqdm.auto import tqdm
 
 from export.embedder import Embedder
-from export.embeddings import (
-    FORMAT,
-    MANIFEST,
-    SCHEMA_VERSION,
-    read_failed,
-    read_manifest,
-    shard_files,
-    write_failed,
-    write_manifest,
-    write_shard,
-)
+from export.embeddings import read_failed, read_manifest, write_failed
 from export.errors import ExportError
-from pretrain.data import ImageList, load_rgb, walk_files
-from pretrain.datasets import EvalDataset
-from pretrain.malloc import keep_heap
+from pretrain.data.datasets import EvalDataset
+from pretrain.data.heap import keep_heap
+from pretrain.data.images import ImageList, load_rgb, walk_files
+from pretrain.embeddings import FORMAT, MANIFEST, SCHEMA_VERSION, shard_files, write_manifest, write_shard
 
 DTYPES = ("float32", "float16")
 DEFAULT_SHARD_SIZE = 100_000

@@ -19,12 +19,12 @@ import torch
 from PIL import Image
 
 from export.errors import ExportError
-from export.parity import l2_normalize
 from export.runtimes import OnnxRunner, TorchRunner
-from pretrain.data import load_rgb
+from pretrain.data.images import load_rgb
+from pretrain.device import select_device
+from pretrain.knn import l2_normalize
 from pretrain.modeldir import ModelDir, load_model_dir
 from pretrain.preprocess import Preprocessing
-from pretrain.trainer import select_device
 
 BACKENDS = ("torch", "onnx", "tensorrt")
 ImageInput = Image.Image | np.ndarray | str | os.PathLike

@@ -1,4 +1,6 @@
-"""The embeddings dir (see README "Embeddings dir"): numbered shards of vectors and ids plus a manifest.
+"""The embeddings dir as `sslforge embed` keeps it: failed.txt, and the manifest checks that resuming and merging
+rely on. The format itself (names, schema version, the shard and manifest writer) is declared once, in
+pretrain/embeddings.py:
 
     manifest.json       format, schema version, model fingerprint, backend, dim, dtype, count, shards, ...
     vectors-00000.npy   float32/float16 (rows, dim), rows L2-normalised
@@ -16,45 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import ExportError
-from pretrain.atomic import write_json, write_text, write_with
+from pretrain.atomic import write_text
+from pretrain.embeddings import FAILED, FORMAT, MANIFEST, SCHEMA_VERSION
 from pretrain.schema import Fields, read_json
-
-FORMAT = "sslforge-embeddings"
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
-FAILED = "failed.txt"
-
-
-def shard_files(index: int) -> tuple[str, str]:
-    return f"vectors-{index:05d}.npy", f"ids-{index:05d}.jsonl"
-
-
-def write_shard(out: Path, index: int, vectors: np.ndarray, ids: list[dict]) -> dict:
-    """Write one shard's two files atomically; return its manifest entry."""
-    if len(vectors) != len(ids):
-        raise ValueError(f"shard {index}: {len(vectors)} vectors for {len(ids)} ids")
-    vec_name, ids_name = shard_files(index)
-    array = np.ascontiguousarray(vectors)
-    write_with(out / vec_name, lambda tmp: _save_npy(tmp, array))
-    write_text(out / ids_name, "".join(id_line(row) for row in ids))
-    return {"vectors": vec_name, "ids": ids_name, "count": len(ids)}
-
-
-def id_line(row: dict) -> str:
-    """One id-table line. Names stay readable UTF-8; a file name that is not UTF-8 (os.fsdecode maps its bytes
-    to lone surrogates) is written with JSON \\u escapes, which json.loads turns back into the same str, so
-    os.fsencode(path) gives back the exact bytes of the name."""
-    line = json.dumps(row, ensure_ascii=False)
-    try:
-        line.encode()
-    except UnicodeEncodeError:
-        line = json.dumps(row)
-    return line + "\n"
-
-
-def _save_npy(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:  # np.save on a path would append ".npy" to the temporary name
-        np.save(f, array, allow_pickle=False)
 
 
 def write_failed(out: Path, failed: list[tuple[str, str]]) -> None:
@@ -76,10 +42,6 @@ def read_failed(out: Path, count: int) -> list[tuple[str, str]]:
         raise ExportError(f"{path} lists {len(lines)} failed images, the manifest says {count}: delete {out} "
                           f"and embed again")
     return [tuple(line.split("\t", 1)) if "\t" in line else (line, "") for line in lines[:count]]
-
-
-def write_manifest(out: Path, manifest: dict) -> None:
-    write_json(out / MANIFEST, manifest)
 
 
 def read_manifest(out: str | Path, *, check_files: bool = True) -> dict:

@@ -14,17 +14,13 @@ import numpy as np
 import torch
 
 from export.errors import ParityError
-from pretrain.data import load_rgb
+from pretrain.data.images import load_rgb
+from pretrain.knn import l2_normalize
 from pretrain.preprocess import Preprocessing
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (n, 3, H, W) float32 -> (n, D) float32 raw features
 
 TOLERANCES = {"fp32": {"max_abs": 1e-4, "min_cosine": 0.9999}, "fp16": {"max_abs": 5e-2, "min_cosine": 0.995}}
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    return x / np.maximum(np.linalg.norm(x, axis=1, keepdims=True), 1e-12)
 
 
 @dataclass

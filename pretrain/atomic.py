@@ -65,3 +65,18 @@ def write_text(path: str | Path, text: str, errors: str = "strict") -> None:
 
 def write_json(path: str | Path, obj: Any) -> None:
     write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def write_jsonl(path: str | Path, rows: list[dict]) -> None:
+    write_text(path, "".join(json.dumps(r) + "\n" for r in rows))
+
+
+def save_npy(path: str | Path, array: Any) -> None:
+    """An array in .npy format, no pickles (np.save on a path would append ".npy" to the temporary name)."""
+    import numpy as np  # here, so that the modules that only write text do not load numpy
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as f:
+            np.save(f, array, allow_pickle=False)
+
+    write_with(path, write)

@@ -9,99 +9,14 @@ import warnings
 from importlib.metadata import entry_points
 
 from pretrain import __version__
-from pretrain.benchcli import add_benchmark_command, add_data_commands, add_tsne_command
-from pretrain.config import RECIPES, Config, ConfigError, PretrainConfig, load_yaml, parse_key_values
-from pretrain.data import DataError
+from pretrain.config import RECIPES, ConfigError, parse_key_values
+from pretrain.data.images import DataError
 from pretrain.modeldir import ModelDirError
+from pretrain.options import Launched, add_pretrain_options, config_from_args, launch_devices
+from pretrain.study.cli import add_benchmark_command, add_data_commands, add_tsne_command
 
-DICT_OPTIONS = {"backbone_args": "--backbone-arg", "transform_args": "--transform-arg", "method_args": "--method-arg"}
 ERRORS = (ConfigError, DataError, ModelDirError)
 COMMAND_PLUGINS = "sslforge.commands"  # entry-point group through which export/retrieval/serve add commands
-
-
-def _type_of(f) -> type:
-    return {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}[f.type.split("|")[0].strip()]
-
-
-def add_pretrain_options(parser: argparse.ArgumentParser, config: type[Config] = PretrainConfig,
-                         resume: bool = True) -> None:
-    """The options of a training command: --config, --resume, --quiet, --devices and one per field of `config`."""
-    parser.add_argument("--config", metavar="FILE.yaml",
-                        help="read options from a YAML file (keys as in a run's config.yaml); "
-                             "command-line options override it")
-    if resume:
-        parser.add_argument("--resume", action="store_true",
-                            help="continue the run in --out from its last checkpoint, with its saved settings")
-    else:
-        parser.set_defaults(resume=False)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--devices", type=int, default=1, metavar="N",
-                        help="train with N processes on this machine, one per GPU (N CPU processes without GPUs), "
-                             "launched by torchrun; --batch-size stays the global batch. For several machines run "
-                             "torchrun yourself (README, multi-GPU and multi-node) (default: 1)")
-    for f in config.fields():
-        kind = _type_of(f)
-        help_text = f.metadata["help"] + ("" if kind is dict or f.default is None else f" (default: {f.default})")
-        if kind is dict:
-            parser.add_argument(DICT_OPTIONS[f.name], dest=f.name, action="append", default=argparse.SUPPRESS,
-                                metavar="KEY=VALUE", help=f.metadata["help"] + "; repeat for several")
-        elif kind is bool:
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
-                                action=argparse.BooleanOptionalAction, help=help_text)
-        else:
-            parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
-                                choices=f.metadata.get("choices"), metavar=f.name.upper() if kind is not str else None,
-                                help=help_text)
-
-
-def config_from_args(args: argparse.Namespace, config: type[Config] = PretrainConfig) -> tuple[Config, bool]:
-    """Merge defaults < --config file (or the run's saved config on --resume) < explicit options."""
-    from pretrain.runconfig import load_run_config
-
-    explicit = {f.name: getattr(args, f.name) for f in config.fields() if hasattr(args, f.name)}
-    for name, option in DICT_OPTIONS.items():
-        if name in explicit:
-            explicit[name] = parse_key_values(explicit[name], option)
-    values: dict = {}
-    if args.resume:
-        values = load_run_config(explicit.get("out") or "")
-    elif args.config:
-        values = load_yaml(args.config)
-    for name in DICT_OPTIONS:
-        if name in explicit:
-            explicit[name] = {**values.get(name, {}), **explicit[name]}
-    return config.from_dict({**values, **explicit}, source=args.config or "options"), args.resume
-
-
-class Launched(SystemExit):
-    """`--devices N` ran the command in N processes; carries their exit status."""
-
-
-def launch_devices(args: argparse.Namespace, cfg: PretrainConfig) -> None:
-    """Re-run this command line without --devices in `args.devices` processes started by torchrun."""
-    import torch
-
-    from pretrain import distributed
-
-    if args.devices < 1:
-        raise ConfigError(f"--devices must be >= 1 (got {args.devices})")
-    if cfg.batch_size and cfg.batch_size % (args.devices * cfg.accumulate):
-        raise ConfigError(f"batch_size {cfg.batch_size} must be divisible by devices x accumulate = {args.devices} x "
-                          f"{cfg.accumulate}: each process takes batch/{args.devices} images per step")
-    if distributed.launched():
-        raise ConfigError("--devices N starts its own processes: drop it when running under torchrun")
-    gpus = torch.cuda.device_count()
-    if gpus and args.devices > gpus:
-        raise ConfigError(f"--devices {args.devices}: only {gpus} GPUs are visible here")
-    argv = list(args.argv)
-    for i, item in enumerate(argv):
-        if item == "--devices":
-            del argv[i:i + 2]
-            break
-        if item.startswith("--devices="):
-            del argv[i]
-            break
-    raise Launched(distributed.launch(args.devices, "pretrain", argv))  # `python -m pretrain` is `sslforge`
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
@@ -125,11 +40,11 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 
 def _eval_inputs(args: argparse.Namespace):
-    from pretrain.data import scan_images
+    from pretrain.data.images import scan_images
+    from pretrain.device import select_device
     from pretrain.evaluate import cached_features, class_count
     from pretrain.labels import select_labels
     from pretrain.modeldir import load_model_dir
-    from pretrain.trainer import select_device
 
     model = load_model_dir(args.model)
     train, test = scan_images(args.train), scan_images(args.test)
@@ -186,7 +101,7 @@ def cmd_doctor(args: argparse.Namespace) -> None:
 
 
 def cmd_sample(args: argparse.Namespace) -> None:
-    from pretrain.data import sample_dir
+    from pretrain.data.images import sample_dir
 
     print(sample_dir())
 
@@ -199,9 +114,9 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
 
 
 def cmd_plot_views(args: argparse.Namespace) -> None:
-    from pretrain.data import load_rgb, sample_dir, scan_images, typical_size
-    from pretrain.transforms import build_transform
-    from pretrain.viewplot import plot_views, upscale
+    from pretrain.data.images import load_rgb, sample_dir, scan_images, typical_size
+    from pretrain.views.plot import plot_views, upscale
+    from pretrain.views.recipes import build_transform
 
     if args.images < 1:
         raise ConfigError("--images must be >= 1")
@@ -268,7 +183,7 @@ def add_label_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pretrain.finetunecli import add_eval_finetune_commands, add_finetune_command  # it builds on this module
+    from pretrain.finetunecli import add_eval_finetune_commands, add_finetune_command
 
     parser = argparse.ArgumentParser(
         prog="sslforge", description="Self-supervised image backbones: pretrain, evaluate, and (later stages) "

@@ -23,12 +23,12 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pretrain.atomic import write_with
-from pretrain.data import DataError, ImageList
-from pretrain.datasets import EvalDataset
-from pretrain.malloc import keep_heap
+from pretrain.data.datasets import EvalDataset
+from pretrain.data.heap import keep_heap
+from pretrain.data.images import DataError, ImageList
+from pretrain.knn import knn_vote, topk_accuracy
 from pretrain.modeldir import ModelDir
 from pretrain.preprocess import Preprocessing
-from retrieval.knn import knn_vote
 
 
 @dataclass
@@ -97,22 +97,13 @@ def cached_features(model_dir: ModelDir, images: ImageList, **kwargs) -> Feature
     return out
 
 
-def topk_accuracy(scores: torch.Tensor, labels: torch.Tensor, ks: tuple[int, ...] = (1, 5)) -> dict[str, float]:
-    """Fraction of rows whose label is among the k highest scores, for each k (capped at #classes)."""
-    out = {}
-    for k in ks:
-        top = scores.topk(min(k, scores.shape[1]), dim=1).indices
-        out[f"top{k}"] = float((top == labels[:, None]).any(dim=1).float().mean())
-    return out
-
-
 @torch.no_grad()
 def knn_scores(train_feats: torch.Tensor, train_labels: torch.Tensor, query_feats: torch.Tensor, *,
                num_classes: int, k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
     """Class scores (Q, C) of a weighted kNN vote: sum over the k nearest of exp(cosine / T).
 
-    The vote itself is retrieval's `knn_vote` (one implementation for this evaluation and for
-    `sslforge index classify`); retrieval imports nothing, so this import keeps the direction one way.
+    The vote itself is `pretrain.knn.knn_vote`, the one implementation for this evaluation and for
+    `sslforge index classify`.
     """
     bank = F.normalize(train_feats.float(), dim=1)
     k = min(k, bank.shape[0])
@@ -130,7 +121,7 @@ def knn_evaluate(train: Features, test: Features, num_classes: int, k: int = 200
     """Top-1/top-5 accuracy of the weighted kNN classifier of `test` against the `train` bank."""
     scores = knn_scores(train.features, train.labels, test.features, num_classes=num_classes, k=k,
                         temperature=temperature)
-    return topk_accuracy(scores, test.labels)
+    return topk_accuracy(scores.numpy(), test.labels.numpy())
 
 
 @dataclass
@@ -192,7 +183,7 @@ def linear_probe(train: Features, test: Features, num_classes: int, *, epochs: i
             history.append({"epoch": epoch + 1, "loss": running / len(y)})
     head = fold_standardization(layer, mean, std)
     with torch.no_grad():
-        metrics = topk_accuracy(head(test.features), test.labels)
+        metrics = topk_accuracy(head(test.features).numpy(), test.labels.numpy())
     return LinearProbeResult(head, metrics, history)
 
 
@@ -210,7 +201,7 @@ def classifier_accuracy(network: nn.Module, head: nn.Linear, images: ImageList, 
     """Top-1/top-5 of `head` on `network`'s features of the labelled `images` (a fine-tuned, probed or distilled
     classifier), with the inference preprocessing; `kwargs` go to `extract_features`."""
     logits = extract_features(nn.Sequential(network, head), images, preprocessing, **kwargs)
-    return {**topk_accuracy(logits.features, logits.labels), "images": len(logits.labels)}
+    return {**topk_accuracy(logits.features.numpy(), logits.labels.numpy()), "images": len(logits.labels)}
 
 
 def class_count(*lists: ImageList) -> int:

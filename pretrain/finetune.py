@@ -20,9 +20,10 @@ from tqdm.auto import tqdm
 
 from pretrain.atomic import write_json
 from pretrain.backbones import build_backbone, resolve_spec
+from pretrain.checkpoint import CHECKPOINT
 from pretrain.config import ConfigError, FinetuneConfig
-from pretrain.data import DataError, ImageList, sample_dir, scan_images, typical_size
-from pretrain.datasets import ViewsDataset
+from pretrain.data.datasets import ViewsDataset
+from pretrain.data.images import DataError, ImageList, sample_dir, scan_images, typical_size
 from pretrain.evaluate import class_count, classifier_accuracy, default_workers
 from pretrain.heads import WithNeck
 from pretrain.labels import class_counts, read_subset, select_labels, subset_record
@@ -30,10 +31,10 @@ from pretrain.methods.base import Method
 from pretrain.modeldir import MODEL_JSON, ModelDir, load_model_dir
 from pretrain.preprocess import MAX_CROP, Preprocessing
 from pretrain.runconfig import with_saved_settings
-from pretrain.runtime import MetricsLog, append_eval_row
+from pretrain.runlog import MetricsLog, append_eval_row
 from pretrain.schema import read_json
-from pretrain.trainer import CHECKPOINT, RunState, Trainer
-from pretrain.transforms import Colour, MultiView, View
+from pretrain.trainer import RunState, Trainer
+from pretrain.views.ops import Colour, MultiView, View
 
 RECORD = "finetune.json"
 DEFAULT_BATCH = 64

@@ -7,8 +7,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pretrain.cli import add_pretrain_options, config_from_args, launch_devices
 from pretrain.config import ConfigError, FinetuneConfig
+from pretrain.options import add_pretrain_options, config_from_args, launch_devices
 
 FINETUNE_DESCRIPTION = (
     "Train a model dir's backbone (and the head layers it keeps, with --from-head-layer) together with a new "
@@ -64,10 +64,10 @@ def cmd_eval_finetune(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_head(args: argparse.Namespace) -> None:
-    from pretrain.data import DataError, scan_images
+    from pretrain.data.images import DataError, scan_images
+    from pretrain.device import select_device
     from pretrain.evaluate import classifier_accuracy
     from pretrain.modeldir import load_model_dir
-    from pretrain.trainer import select_device
 
     model = load_model_dir(args.model)
     head = model.load_head()

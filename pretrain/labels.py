@@ -17,7 +17,7 @@ from pathlib import Path
 import torch
 
 from pretrain.config import ConfigError
-from pretrain.data import DataError, ImageList
+from pretrain.data.images import DataError, ImageList
 
 SUBSET_FORMAT = "sslforge-label-subset"
 

@@ -14,7 +14,7 @@ from pathlib import Path
 import torch
 
 from pretrain.config import PretrainConfig
-from pretrain.data import sample_dir, scan_images
+from pretrain.data.images import sample_dir, scan_images
 from pretrain.evaluate import cached_features, class_count, extract_features, knn_evaluate
 from pretrain.modeldir import load_model_dir
 from pretrain.trainer import Trainer

@@ -11,11 +11,11 @@ import yaml
 
 from pretrain.backbones import resolve_spec
 from pretrain.config import Config, ConfigError, PretrainConfig
-from pretrain.data import ImageList, sample_dir, typical_size
+from pretrain.data.images import ImageList, sample_dir, typical_size
 from pretrain.evaluate import default_workers
-from pretrain.gpu_augment import default_load_size
 from pretrain.methods import method_hparams, method_spec
 from pretrain.preprocess import MAX_CROP
+from pretrain.views.gpu import default_load_size
 
 
 def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:

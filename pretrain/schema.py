@@ -4,8 +4,7 @@
 allocation: a file over MAX_BYTES, text that is not UTF-8, JSON nested deeper than MAX_DEPTH, numbers
 Python will not parse. `Fields` checks one JSON object against its schema, each field with its type
 and bounds; the first bad field raises the caller's error class with the file, the field and what is
-allowed. (retrieval keeps its own copy of `read_json` in retrieval/record.py: it imports nothing from
-the other stages.)
+allowed. retrieval reads its records with the same `read_json` (retrieval/record.py).
 """
 from __future__ import annotations
 

@@ -1,5 +1,6 @@
-"""One training loop for every method: device and precision, optimizer and schedule, logging,
-atomic checkpoints and exact resume, and the model dir at the end.
+"""One training loop for every method: optimizer and schedule, the steps, online evaluation, checkpoints
+with exact resume, and the model dir at the end. Around it: the device and precision (pretrain/device.py), the
+checkpoint format and resume checks (pretrain/checkpoint.py), the metrics log and loss plot (pretrain/runlog.py).
 
 A run folder holds `config.yaml` (resolved settings), `checkpoint.pt` (full state, rewritten
 atomically), `metrics.csv` + `tb/` (per-step logs), `eval.csv` (online kNN), and, once training
@@ -25,50 +26,38 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pretrain import distributed
-from pretrain.atomic import write_with
 from pretrain.backbones import build_backbone, resolve_spec
+from pretrain.checkpoint import (
+    CHECKPOINT,
+    PATH_SETTINGS,
+    RESUMABLE_CHANGES,
+    check_out_dir,
+    process_seed,
+    read_checkpoint,
+    rng_state,
+    save_checkpoint,
+    set_rng_state,
+)
 from pretrain.config import ConfigError, PretrainConfig, save_yaml
-from pretrain.data import sample_dir, scan_images
-from pretrain.datasets import EpochSampler, ViewsDataset
+from pretrain.data.datasets import EpochSampler, ViewsDataset
+from pretrain.data.heap import keep_heap
+from pretrain.data.images import sample_dir, scan_images
+from pretrain.device import autocast_dtype, compile_networks, select_device
 from pretrain.evaluate import class_count, extract_features, knn_evaluate
-from pretrain.gpu_augment import build_device_views, step_generator
-from pretrain.malloc import keep_heap
 from pretrain.methods import build_method, method_spec
 from pretrain.methods.base import Progress
 from pretrain.modeldir import ModelDir, write_model_dir
 from pretrain.monitor import CollapseMonitor
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
 from pretrain.preprocess import Preprocessing
-from pretrain.runconfig import (
-    load_run_config,  # noqa: F401 - still importable from here, as before
-    resolve_config,
-    same_setting,
-    with_saved_settings,
-)
-from pretrain.runtime import (
-    MetricsLog,
-    append_eval_row,
-    autocast_dtype,
-    compile_networks,
-    process_seed,
-    rng_state,
-    select_device,
-    set_rng_state,
-)
-from pretrain.transforms import build_transform
-
-CHECKPOINT = "checkpoint.pt"
-CHECKPOINT_FORMAT = 1
-# Settings that may differ when a run is resumed; every other setting must match the saved config.
-# `out` is not compared: the run folder is the run, under any spelling of its path, moved or copied.
-RESUMABLE_CHANGES = {"epochs", "workers", "device", "checkpoint_every", "checkpoint_every_steps", "knn_every",
-                     "knn_test", "knn_k", "knn_temperature", "accumulate", "sync_bn", "compile", "out"}
-PATH_SETTINGS = {"data"}  # compared as the folders they name (relative or absolute, trailing slash, links)
+from pretrain.runconfig import resolve_config, with_saved_settings
+from pretrain.runlog import MetricsLog, append_eval_row, plot_metrics
+from pretrain.views.gpu import build_device_views, step_generator
+from pretrain.views.recipes import build_transform
 
 
 class TrainingDiverged(RuntimeError):
@@ -131,21 +120,7 @@ class Trainer:
                                 "first image": str(self.images.paths[0]), "last image": str(self.images.paths[-1])})
 
     def _check_out_dir(self) -> None:
-        saved = self.out / "config.yaml"
-        if self.resume:
-            if not (self.out / CHECKPOINT).is_file():
-                raise ConfigError(f"--resume: {self.out} has no {CHECKPOINT} to resume from")
-            previous = yaml.safe_load(saved.read_text())
-            defaults = {f.name: f.default for f in self.cfg.fields()}  # for settings newer than the run
-            changed = [k for k, v in self.cfg.to_dict().items() if k not in self.resumable_changes
-                       and not same_setting(k, previous.get(k, defaults[k]), v, self.path_settings)]
-            if changed:
-                k = changed[0]
-                raise ConfigError(f"--resume: {k} was {previous.get(k)!r} in {saved}, now {getattr(self.cfg, k)!r}; "
-                                  f"resume with the run's own settings (only "
-                                  f"{', '.join(sorted(self.resumable_changes))} may change) or start a new --out")
-        elif (self.out / CHECKPOINT).exists() or (self.out / "model.json").exists():
-            raise ConfigError(f"{self.out} already holds a run: add --resume to continue it, or choose another --out")
+        check_out_dir(self.out, self.cfg, self.resume, self.resumable_changes, self.path_settings)
 
     def build_model(self) -> torch.nn.Module:
         """The network the loop trains (a Method: `loss, logs = model(views, **extras)`); sets `self.spec` (the
@@ -214,23 +189,15 @@ class Trainer:
         if not self.main:
             return
         payload = {
-            "format": CHECKPOINT_FORMAT, "step": state.step, "elapsed_s": state.elapsed_s,
+            "step": state.step, "elapsed_s": state.elapsed_s,
             "last_loss": state.last_loss, "knn": state.knn,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_state(), "config": self.cfg.to_dict(),
         }
-        write_with(self.out / CHECKPOINT, lambda tmp: torch.save(payload, tmp))
+        save_checkpoint(self.out / CHECKPOINT, payload)
 
     def load_checkpoint(self) -> RunState:
-        path = self.out / CHECKPOINT
-        try:
-            ckpt = torch.load(path, map_location=self.device, weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable checkpoint gets the same clear message
-            raise ConfigError(f"{path} cannot be read ({str(e).splitlines()[0]}); it may come from another "
-                              f"sslforge version: start a new --out") from None
-        if ckpt.get("format") != CHECKPOINT_FORMAT:
-            raise ConfigError(f"{path} has checkpoint format {ckpt.get('format')}, this sslforge reads "
-                              f"{CHECKPOINT_FORMAT}: start a new --out")
+        ckpt = read_checkpoint(self.out / CHECKPOINT, self.device)
         self.model.load_state_dict(ckpt["model"])
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
@@ -421,8 +388,6 @@ class Trainer:
         return {"trained_by": self.cfg.method}
 
     def _write_model_dir(self, state: RunState) -> Path:
-        from pretrain.plots import plot_metrics
-
         network, neck = self.model.deployable()
         network = network.to(memory_format=torch.contiguous_format)
         info = write_model_dir(self.out, network, spec=self.spec, embedding_dim=neck[-1] if neck else self.feature_dim,

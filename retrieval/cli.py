@@ -1,5 +1,6 @@
-"""`sslforge index build|classify|eval` and `sslforge search`, added to the sslforge CLI through the
-`sslforge.commands` entry point (pretrain never imports this module)."""
+"""`sslforge index build|classify|eval|quickstart`, added to the sslforge CLI through the `sslforge.commands` entry
+point (pretrain never imports this module). `sslforge search`, which embeds query images, is serve's (serve/search.py):
+it composes export's Embedder with the index; its options for the index come from here."""
 from __future__ import annotations
 
 import argparse
@@ -9,13 +10,12 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.atomic import atomic_path, write_json
+from pretrain.atomic import atomic_path, write_json
 from retrieval.embeddings import EmbeddingsError, read_embeddings
 from retrieval.exact import BackendError
 from retrieval.index import KINDS, Index, IndexDirError, choose_kind
-from retrieval.query import QueryError
 
-ERRORS = (EmbeddingsError, IndexDirError, BackendError, QueryError)
+ERRORS = (EmbeddingsError, IndexDirError, BackendError)
 BUILD_OPTIONS = {  # name: (type, help)
     "nlist": (int, "ivf/ivfpq: inverted lists (default: 4 x sqrt(rows))"),
     "m": (int, "ivfpq: sub-quantizers, must divide the dimension (default: about dim/8)"),
@@ -31,16 +31,16 @@ SEARCH_OPTIONS = {
 }
 
 
-def _add_options(p: argparse.ArgumentParser, options: dict, what: str) -> None:
+def add_options(p: argparse.ArgumentParser, options: dict, what: str) -> None:
     for name, (kind, text) in options.items():
         p.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=f"{text}{what}")
 
 
-def _knobs(args: argparse.Namespace) -> dict:
+def search_knobs(args: argparse.Namespace) -> dict:
     return {n: getattr(args, n) for n in SEARCH_OPTIONS if getattr(args, n, None) is not None}
 
 
-def _add_device(p: argparse.ArgumentParser) -> None:
+def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="auto: the GPU when Faiss (or torch, for exact search) sees one; gpu: fail without one "
                         "(default: auto)")
@@ -63,7 +63,7 @@ def cmd_build(args: argparse.Namespace) -> None:
     print(f"params: {json.dumps(index.params)}")
 
 
-def _load_queries(path: str, index: Index):
+def load_queries(path: str, index: Index):
     emb = read_embeddings(path)
     index.check_model(emb.model_fingerprint)
     return emb
@@ -75,8 +75,8 @@ def cmd_classify(args: argparse.Namespace) -> None:
     if args.k < 1 or args.temperature <= 0:
         raise IndexDirError("-k must be >= 1 and --temperature > 0")
     index = Index.load(args.index, mmap=args.mmap, device=args.device)
-    queries = _load_queries(args.queries, index)
-    scores, classes = classify(index, queries.vectors, k=args.k, temperature=args.temperature, **_knobs(args))
+    queries = load_queries(args.queries, index)
+    scores, classes = classify(index, queries.vectors, k=args.k, temperature=args.temperature, **search_knobs(args))
     if args.predictions:
         best = scores.argmax(1)
         with atomic_path(args.predictions) as tmp, open(tmp, "w", newline="") as f:
@@ -108,14 +108,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
                             f"built from (--embeddings)")
     index.check_model(ref.model_fingerprint)
     if args.queries:
-        q = _load_queries(args.queries, index)
+        q = load_queries(args.queries, index)
         vectors, labels, ids = q.vectors, q.labels, None
     else:
         live = np.setdiff1d(np.arange(index.ntotal), index.removed)
         ids = np.sort(np.random.default_rng(args.seed).choice(live, min(args.sample, len(live)), replace=False))
         vectors, labels = np.asarray(ref.vectors[ids]), [index.labels[i] for i in ids]
     result = evaluate_index(index, ref.vectors, vectors, k=args.k, query_ids=ids, query_labels=labels,
-                            **_knobs(args))
+                            **search_knobs(args))
     k = args.k
     print(f"{index.kind} {json.dumps(result['params'])}: {result['rows']:,} rows, {result['queries']:,} queries "
           f"({'rows of the index, each without itself' if ids is not None else args.queries})")
@@ -135,52 +135,14 @@ def cmd_eval(args: argparse.Namespace) -> None:
         print(f"written: {args.json}")
 
 
-def query_vectors_from_images(model: str, images: list[str], device: str) -> tuple[np.ndarray, str]:
-    """Embed query images with a model dir. The hook to point at export's Embedder when it lands."""
-    from retrieval.query import embed_images
-
-    return embed_images(model, images, device={"gpu": "cuda"}.get(device, device))
-
-
-def cmd_search(args: argparse.Namespace) -> None:
-    if bool(args.images) == bool(args.query_embeddings):
-        raise QueryError("give query IMAGEs with --model, or --query-embeddings, not both")
-    index = Index.load(args.index, mmap=args.mmap, device=args.device)
-    if args.images:
-        if not args.model:
-            raise QueryError("query images need --model RUN_DIR to embed them")
-        vectors, fingerprint = query_vectors_from_images(args.model, args.images, args.device)
-        index.check_model(fingerprint)
-        names, qpaths = list(args.images), [Path(p) for p in args.images]
-    else:
-        emb = _load_queries(args.query_embeddings, index)
-        rows = slice(0, args.limit)
-        vectors, names = np.asarray(emb.vectors[rows]), emb.paths[rows]
-        qroot = Path(emb.manifest.get("root", ""))
-        qpaths = [qroot / p for p in names]
-    _, _, metadata = index.search(vectors, args.k, **_knobs(args))
-    root = Path(index.info.get("root", ""))
-    for name, hits in zip(names, metadata):
-        print(f"query {name}")
-        for rank, hit in enumerate((h for h in hits if h is not None), 1):
-            print(f"  {rank:3d}. {hit['score']:.4f}  {hit['label'] or '-':<12} {hit['path']}")
-    if args.sheet:
-        from retrieval.sheet import contact_sheet
-
-        contact_sheet(args.sheet, [(p, n) for p, n in zip(qpaths, names)],
-                      [[(root / h["path"], h["label"] or "", h["score"]) for h in hits if h is not None]
-                       for hits in metadata])
-        print(f"contact sheet: {args.sheet}")
-
-
 def cmd_quickstart(args: argparse.Namespace) -> None:
     from retrieval.quickstart import quickstart
 
-    quickstart(run=args.run, out=args.out, progress=not args.quiet)
+    quickstart(run=args.run, embeddings=args.embeddings, out=args.out, progress=not args.quiet)
 
 
 def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:
-    """Add `index` (build, classify, eval) and `search`; return the exception types that mean bad input."""
+    """Add `index` (build, classify, eval, quickstart); return the exception types that mean bad input."""
     ix = sub.add_parser("index", help="build, evaluate and classify with Faiss indexes of embeddings",
                         description="Faiss indexes of an embeddings dir (cosine similarity on L2-normalised "
                                     "vectors): build one, classify with it (weighted kNN), evaluate it.")
@@ -196,10 +158,10 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
                    help="flat: exact; hnsw: graph; ivf: inverted lists; ivfpq: inverted lists with compressed "
                         "codes; auto: flat below 100,000 rows, hnsw while the float32 data is at most 8 GiB, "
                         "ivfpq above (default: auto)")
-    _add_options(p, BUILD_OPTIONS, "")
-    _add_options(p, SEARCH_OPTIONS, "; stored as the index's search default")
+    add_options(p, BUILD_OPTIONS, "")
+    add_options(p, SEARCH_OPTIONS, "; stored as the index's search default")
     p.add_argument("--seed", type=int, default=0, help="seed of the training sample (default: 0)")
-    _add_device(p)
+    add_device(p)
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=cmd_build)
 
@@ -213,8 +175,8 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
     p.add_argument("--temperature", type=float, default=0.1, help="vote weight temperature T (default: 0.1)")
     p.add_argument("--predictions", metavar="FILE.csv", help="also write path, label, predicted class, score")
     p.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it into RAM")
-    _add_options(p, SEARCH_OPTIONS, "; overrides the index's")
-    _add_device(p)
+    add_options(p, SEARCH_OPTIONS, "; overrides the index's")
+    add_device(p)
     p.set_defaults(func=cmd_classify)
 
     p = isub.add_parser("eval", help="recall@k vs exact search, queries/s, memory, precision@k and mAP",
@@ -230,32 +192,22 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
     p.add_argument("-k", "--k", type=int, default=10, help="results per query (default: 10)")
     p.add_argument("--seed", type=int, default=0, help="seed of the query sample (default: 0)")
     p.add_argument("--json", metavar="FILE.json", help="also write the figures as JSON")
-    _add_options(p, SEARCH_OPTIONS, "; overrides the index's")
-    _add_device(p)
+    add_options(p, SEARCH_OPTIONS, "; overrides the index's")
+    add_device(p)
     p.set_defaults(func=cmd_eval)
 
     p = isub.add_parser("quickstart", help="the `make run` retrieval demo on the bundled sample",
-                        description="Embed the bundled CIFAR-10 sample with the quick-start model, index the "
-                                    "train images, print a search and the kNN accuracy from the index.")
-    p.add_argument("--run", default="runs/quickstart", help="model dir (default: runs/quickstart)")
+                        description="Index the embeddings dir that `make run` wrote (the bundled sample's test "
+                                    "images), print a search and the kNN accuracy from the index, each image "
+                                    "searched without itself.")
+    p.add_argument("--run", default="runs/quickstart",
+                   help="model dir the embeddings come from, for the commands printed at the end "
+                        "(default: runs/quickstart)")
+    p.add_argument("--embeddings", default="emb/quickstart", metavar="EMB_DIR",
+                   help="embeddings dir to index (default: emb/quickstart, what `make run` embeds)")
     p.add_argument("--out", default="runs/quickstart-retrieval",
                    help="folder for the embeddings and the index (default: runs/quickstart-retrieval)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)
 
-    p = sub.add_parser("search", help="image search: nearest indexed images of query images or embeddings",
-                       description="Embed query images with --model (or read --query-embeddings), search the index "
-                                   "and print path, label and cosine score of each neighbour; optionally a PNG "
-                                   "contact sheet.")
-    p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files (need --model)")
-    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to search")
-    p.add_argument("--model", metavar="RUN_DIR", help="model dir that embeds the query images (the index's model)")
-    p.add_argument("--query-embeddings", metavar="EMB_DIR", help="search with these vectors instead of images")
-    p.add_argument("--limit", type=int, default=None, help="with --query-embeddings: only the first N rows")
-    p.add_argument("-k", "--k", type=int, default=10, help="neighbours per query (default: 10)")
-    p.add_argument("--sheet", metavar="FILE.png", help="write a contact sheet: query, then its neighbours")
-    p.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it into RAM")
-    _add_options(p, SEARCH_OPTIONS, "; overrides the index's")
-    _add_device(p)
-    p.set_defaults(func=cmd_search)
     return ERRORS

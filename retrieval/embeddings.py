@@ -1,12 +1,12 @@
-"""Reader (and a writer, for tests and benchmarks) of the embeddings dir that `sslforge embed` writes.
+"""Reader of the embeddings dir that `sslforge embed` writes (its format is declared in pretrain/embeddings.py).
 
     emb/NAME/manifest.json        format, schema_version, model_fingerprint, dim, dtype, count, shards, ...
     emb/NAME/vectors-00000.npy    float32 or float16 rows, [n_rows, dim]
     emb/NAME/ids-00000.jsonl      one {"path": ..., "label": ... | null} per row, same order
 
-Row ids are global row numbers in shard order. retrieval reads the format itself (it imports nothing
-from the stage that writes it); `write_embeddings` writes the same format so tests and benchmarks can
-make collections from generated vectors.
+Row ids are global row numbers in shard order. retrieval reads the format itself (nothing of export, the
+stage that writes it); `write_embeddings`, re-exported here from the ground, writes a whole dir from numpy vectors
+(tests, benchmarks).
 """
 from __future__ import annotations
 
@@ -16,12 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.atomic import save_npy, write_json, write_jsonl
+from pretrain.embeddings import FORMAT, MANIFEST, SCHEMA_VERSION, write_embeddings
 from retrieval.record import MAX_DIM, load_npy, need, read_record
 
-FORMAT = "sslforge-embeddings"
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
+__all__ = ["Embeddings", "EmbeddingsError", "read_embeddings", "read_id_rows", "write_embeddings"]
 
 
 class EmbeddingsError(ValueError):
@@ -126,30 +124,3 @@ def read_embeddings(path: str | Path) -> Embeddings:
     else:
         vectors = np.concatenate(blocks).astype(np.float32, copy=False) if blocks else np.zeros((0, dim), np.float32)
     return Embeddings(path, manifest, vectors, paths, labels)
-
-
-def write_embeddings(path: str | Path, vectors: np.ndarray, paths: list[str], labels: list[str | None] | None = None,
-                     *, model_fingerprint: str | None = None, model: str = "", backend: str = "numpy", root: str = "",
-                     shard_size: int = 100_000, dtype: str = "float32") -> Path:
-    """Write an embeddings dir in the shared format (shards first, manifest last; every file atomically)."""
-    path = Path(path)
-    vectors = np.asarray(vectors)
-    labels = [None] * len(paths) if labels is None else labels
-    if not (len(vectors) == len(paths) == len(labels)):
-        raise EmbeddingsError(f"{path}: {len(vectors)} vectors, {len(paths)} paths and {len(labels)} labels differ")
-    norms = np.linalg.norm(vectors, axis=1) if len(vectors) else np.ones(0)
-    shards = []
-    for i, start in enumerate(range(0, len(vectors), shard_size)):
-        end = min(start + shard_size, len(vectors))
-        shard = {"vectors": f"vectors-{i:05d}.npy", "ids": f"ids-{i:05d}.jsonl", "count": end - start}
-        save_npy(path / shard["vectors"], np.ascontiguousarray(vectors[start:end], dtype=dtype))
-        write_jsonl(path / shard["ids"], [{"path": p, "label": lab} for p, lab in zip(paths[start:end],
-                                                                                     labels[start:end])])
-        shards.append(shard)
-    write_json(path / MANIFEST, {
-        "format": FORMAT, "schema_version": SCHEMA_VERSION, "model_fingerprint": model_fingerprint, "model": model,
-        "backend": backend, "dim": int(vectors.shape[1]), "dtype": dtype,
-        "normalized": bool(np.allclose(norms, 1.0, atol=1e-3)), "root": root, "count": len(vectors), "failed": 0,
-        "complete": True, "shards": shards,
-    })
-    return path

@@ -10,7 +10,8 @@ from typing import Any
 
 import numpy as np
 
-from retrieval.index import Index, normalize
+from pretrain.knn import l2_normalize
+from retrieval.index import Index
 from retrieval.knn import label_codes
 from retrieval.metrics import mean_average_precision, precision_at_k, recall_at_k
 
@@ -47,7 +48,7 @@ def evaluate_index(index: Index, reference: np.ndarray, queries: np.ndarray, *, 
     `query_ids`: the queries are these rows of the index, so each one's own row is left out of its results.
     """
     exact = Index(kind="flat", dim=index.dim, params={}, paths=index.paths, labels=index.labels,
-                  vectors=normalize(reference), removed=index.removed, device=index.device)
+                  vectors=l2_normalize(reference), removed=index.removed, device=index.device)
     fetch = k + (query_ids is not None)
     a_scores, a_ids, a_time = timed_search(index, queries, fetch, **knobs)
     e_scores, e_ids, e_time = timed_search(exact, queries, fetch)

@@ -25,7 +25,8 @@ from typing import Any
 import numpy as np
 from tqdm.auto import tqdm
 
-from retrieval.atomic import atomic_path, save_npy, write_json, write_jsonl
+from pretrain.atomic import atomic_path, save_npy, write_json, write_jsonl
+from pretrain.knn import l2_normalize
 from retrieval.embeddings import read_id_rows
 from retrieval.exact import BackendError, exact_search, faiss_gpus, faiss_or_none
 from retrieval.indexfiles import check_meta, read_faiss, read_removed, read_vectors
@@ -51,14 +52,6 @@ class IndexDirError(ValueError):
 
 class ModelMismatchError(IndexDirError):
     """The query vectors come from another model than the indexed ones."""
-
-
-def normalize(vectors: np.ndarray) -> np.ndarray:
-    """A float32, C-contiguous, L2-normalised copy (all-zero rows stay zero)."""
-    x = np.array(vectors, dtype=np.float32, order="C", ndmin=2)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    np.divide(x, norms, out=x, where=norms > 0)
-    return x
 
 
 def choose_kind(count: int, dim: int) -> tuple[str, str]:
@@ -184,7 +177,7 @@ class Index:
               kind: str = "flat", model_fingerprint: str | None = None, device: str = "auto",
               progress: bool = True, seed: int = 0, **params: Any) -> Index:
         """Index `vectors` (normalised here). kind "auto" picks by size (see `choose_kind`)."""
-        x = normalize(vectors)
+        x = l2_normalize(vectors)
         labels = [None] * len(paths) if labels is None else list(labels)
         if not (len(x) == len(paths) == len(labels)):
             raise IndexDirError(f"{len(x)} vectors, {len(paths)} paths and {len(labels)} labels: one each per row")
@@ -263,7 +256,7 @@ class Index:
         if q.ndim != 2 or q.shape[1] != self.dim:
             raise IndexDirError(f"query vectors have shape {tuple(q.shape)}, {self.path or 'the index'} holds "
                                 f"dimension {self.dim}: embed the queries with the index's model")
-        q = normalize(q)
+        q = l2_normalize(q)
         fetch = min(k + len(self.removed), self.ntotal)
         if self.kind == "flat":
             scores, ids = exact_search(self.vectors, q, fetch, device=self.device)
@@ -322,7 +315,7 @@ class Index:
     def add(self, vectors: np.ndarray, paths: list[str], labels: list[str | None] | None = None) -> np.ndarray:
         """Append rows (normalised here); returns their new ids."""
         self._check_writable()
-        x = normalize(vectors)
+        x = l2_normalize(vectors)
         labels = [None] * len(paths) if labels is None else list(labels)
         if x.shape[1] != self.dim or not (len(x) == len(paths) == len(labels)):
             raise IndexDirError(f"add: got {len(x)} vectors of dimension {x.shape[1]}, {len(paths)} paths and "

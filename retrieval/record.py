@@ -1,12 +1,11 @@
 """Reading the files of an embeddings or index dir, which may come from someone else: the JSON record at
 its head (checked field by field, with bounds) and its .npy arrays (header checked before any allocation).
 
-Every failure is one line naming the file. retrieval imports nothing from the other stages, so it keeps
-this small copy of pretrain/schema.py's reading rule (as retrieval/atomic.py does for atomic writes).
+Every failure is one line naming the file. The JSON reading rule is pretrain/schema.py's `read_json` (the
+model dir's too); this module adds the record's format and version check, field bounds and the .npy checks.
 """
 from __future__ import annotations
 
-import json
 import math
 import re
 from pathlib import Path
@@ -14,44 +13,11 @@ from typing import Any
 
 import numpy as np
 
-MAX_BYTES = 64 << 20
-MAX_DEPTH = 32
+from pretrain.schema import read_json
+
 MAX_DIM = 65536
 MAX_ROWS = 1 << 40
 _MISSING = object()
-
-
-def _depth(value: Any) -> int:
-    deepest, stack = 0, [(value, 1)]
-    while stack:
-        v, d = stack.pop()
-        deepest = max(deepest, d)
-        if isinstance(v, (dict, list)):
-            stack.extend((x, d + 1) for x in (v.values() if isinstance(v, dict) else v))
-    return deepest
-
-
-def read_json(file: Path, error: type[Exception]) -> Any:
-    """Parse a JSON file: refused (one line) when over MAX_BYTES, not UTF-8, nested deeper than MAX_DEPTH,
-    or not JSON Python can read."""
-    try:
-        with open(file, "rb") as f:
-            data = f.read(MAX_BYTES + 1)
-    except OSError as e:
-        raise error(f"{file} cannot be read ({e.strerror or e})") from None
-    if len(data) > MAX_BYTES:
-        raise error(f"{file} is larger than {MAX_BYTES >> 20} MiB: not a record sslforge wrote")
-    try:
-        value = json.loads(data.decode("utf-8"))
-    except UnicodeDecodeError as e:
-        raise error(f"{file} is not UTF-8 text (bad byte at offset {e.start}): not a record sslforge wrote") from None
-    except RecursionError:
-        raise error(f"{file} nests deeper than {MAX_DEPTH} levels: not a record sslforge wrote") from None
-    except ValueError as e:
-        raise error(f"{file} is not valid JSON ({str(e).splitlines()[0]})") from None
-    if _depth(value) > MAX_DEPTH:
-        raise error(f"{file} nests deeper than {MAX_DEPTH} levels: not a record sslforge wrote")
-    return value
 
 
 def read_record(file: Path, *, fmt: str, version: int, fields: tuple[str, ...], error: type[Exception],

@@ -2,6 +2,7 @@
 
     sslforge serve --model RUN_DIR [--index INDEX_DIR] [--backend onnx] [--host H] [--port P] [--no-batching] ...
     sslforge demo  --model RUN_DIR --index INDEX_DIR [--backend onnx] [--host H] [--port P] [--k K]
+    sslforge search --index INDEX_DIR (--model RUN_DIR IMAGE... | --query-embeddings EMB_DIR) [-k K] [--sheet FILE.png]
 
 `serve` becomes `bentoml serve serve.service:SSLForge` (exec, same process id) with the options as SSLFORGE_*
 variables, so it is the same service that `bentoml serve` starts from the project root.
@@ -15,6 +16,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from serve.engine import BadInput
+from serve.search import add_search_command
 from serve.settings import Limits, Settings, SettingsError, from_env
 
 SERVICE = "serve.service:SSLForge"
@@ -95,4 +97,4 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--k", type=int, default=8, help="results shown at first; a slider changes it (default: 8)")
     p.set_defaults(func=cmd_demo)
-    return (SettingsError, BadInput)
+    return (SettingsError, BadInput, *add_search_command(sub))

@@ -20,8 +20,8 @@ from PIL import Image, UnidentifiedImageError
 
 from export.embedder import Embedder
 from export.errors import ExportError
-from export.parity import l2_normalize
-from pretrain.data import load_rgb
+from pretrain.data.images import load_rgb
+from pretrain.knn import l2_normalize
 from pretrain.modeldir import ModelDirError, load_model_dir
 from retrieval import Index, IndexDirError
 from serve.settings import Limits, Settings, SettingsError

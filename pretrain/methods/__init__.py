@@ -55,8 +55,10 @@ _LARS_SIMCLR = _paper("lars", 0.3, 1e-6, "Chen et al. 2020, sec. B.1", temperatu
 
 @dataclass(frozen=True)
 class MethodSpec:
+    """A registry row: the class, then only what differs from these defaults."""
+
     cls: type[Method]
-    transform: str
+    transform: str = "simclr"  # the default views
     default: Recipe = Recipe()  # one device, batches of 64-512
     paper: Recipe = Recipe(source="no large-batch recipe published: same as default")
 
@@ -68,24 +70,23 @@ class MethodSpec:
 
 # Adding a method is one line here (its default recipe: docs/benchmarks.md shows how each was chosen).
 METHODS: dict[str, MethodSpec] = {
-    "simclr": MethodSpec(SimCLR, "simclr", paper=_LARS_SIMCLR),
-    "simclr2": MethodSpec(SimCLRv2, "simclr", paper=_LARS_SIMCLR),
-    "moco": MethodSpec(MoCo, "simclr", paper=_paper("sgd", 0.03, 1e-4, "Chen et al. 2020 (MoCo v2)",
-                                                     momentum=0.999, queue_size=65536)),
-    "byol": MethodSpec(BYOL, "simclr", paper=_paper("lars", 0.2, 1.5e-6, "Grill et al. 2020, sec. 3.2",
-                                                     momentum_base=0.996)),
-    "simsiam": MethodSpec(SimSiam, "simclr", paper=_paper("sgd", 0.05, 1e-4, "Chen & He 2021, sec. 4")),
+    "simclr": MethodSpec(SimCLR, paper=_LARS_SIMCLR),
+    "simclr2": MethodSpec(SimCLRv2, paper=_LARS_SIMCLR),
+    "moco": MethodSpec(MoCo, paper=_paper("sgd", 0.03, 1e-4, "Chen et al. 2020 (MoCo v2)", momentum=0.999,
+                                          queue_size=65536)),
+    "byol": MethodSpec(BYOL, paper=_paper("lars", 0.2, 1.5e-6, "Grill et al. 2020, sec. 3.2", momentum_base=0.996)),
+    "simsiam": MethodSpec(SimSiam, paper=_paper("sgd", 0.05, 1e-4, "Chen & He 2021, sec. 4")),
     "swav": MethodSpec(SwAV, "multicrop", paper=_paper("lars", 0.3, 1e-6, "Caron et al. 2020, sec. A.1")),
-    "barlowtwins": MethodSpec(BarlowTwins, "simclr", default=_SMALL_PROJECTOR,
+    "barlowtwins": MethodSpec(BarlowTwins, default=_SMALL_PROJECTOR,
                               paper=_paper("lars", 0.2, 1.5e-6, "Zbontar et al. 2021, sec. 4")),
-    "vicreg": MethodSpec(VICReg, "simclr", default=_SMALL_PROJECTOR,
+    "vicreg": MethodSpec(VICReg, default=_SMALL_PROJECTOR,
                          paper=_paper("lars", 0.2, 1e-6, "Bardes et al. 2022, sec. 4.1")),
     "vicregl": MethodSpec(VICRegL, "vicregl", default=Recipe(method_args=_SMALL_PROJECTOR.method_args,
                                                              transform_args={"local_views": 0}),
                           paper=_paper("lars", 0.3, 1e-6, "Bardes et al. 2022 (VICRegL), sec. 4")),
     "dino": MethodSpec(DINO, "multicrop", paper=_paper("adamw", 5e-4, 0.04, "Caron et al. 2021, sec. 4 (ViT)")),
-    "drlim": MethodSpec(DrLIM, "simclr"),
-    "distill": MethodSpec(Distill, "simclr"),
+    "drlim": MethodSpec(DrLIM),
+    "distill": MethodSpec(Distill),
 }
 
 

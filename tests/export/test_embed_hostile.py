@@ -62,7 +62,7 @@ def test_file_names_that_are_not_utf8_round_trip(embedder: Embedder, image_folde
 def test_feature_cache_accepts_names_that_are_not_utf8(image_folder: Path, tmp_path: Path) -> None:
     from export_helpers import make_model_dir
 
-    from pretrain.data import scan_images
+    from pretrain.data.images import scan_images
     from pretrain.evaluate import cached_features
 
     os.rename(image_folder / "class_2" / "000.jpg", image_folder / "class_2" / os.fsdecode(b"\xe9t\xe9.jpg"))

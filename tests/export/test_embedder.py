@@ -10,7 +10,7 @@ from PIL import Image
 
 from export.embedder import Embedder
 from export.errors import BackendUnavailable, ExportError
-from pretrain.data import load_rgb
+from pretrain.data.images import load_rgb
 
 
 def reference_features(model, paths: list[Path]) -> np.ndarray:

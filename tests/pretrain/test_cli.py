@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.cli import DICT_OPTIONS, build_parser, main
+from pretrain.cli import build_parser, main
 from pretrain.config import PretrainConfig
 from pretrain.modeldir import load_model_dir
+from pretrain.options import DICT_OPTIONS
 
 TINY = ["--backbone", "test_resnet", "--image-size", "32", "--batch-size", "8", "--workers", "0",
         "--optimizer", "sgd", "--lr", "0.5", "--quiet"]

@@ -2,9 +2,10 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.cli import build_parser, config_from_args, main
+from pretrain.cli import build_parser, main
 from pretrain.config import ConfigError, PretrainConfig
 from pretrain.methods import method_hparams
+from pretrain.options import config_from_args
 
 
 @pytest.mark.parametrize("values, message", [

@@ -23,12 +23,13 @@ from shared_helpers import make_tiny_config, write_image_folder
 
 from pretrain import distributed
 from pretrain.backbones import build_backbone, resolve_spec
+from pretrain.checkpoint import CHECKPOINT
 from pretrain.cli import main
 from pretrain.config import PretrainConfig
-from pretrain.datasets import EpochSampler
+from pretrain.data.datasets import EpochSampler
 from pretrain.modeldir import write_model_dir
 from pretrain.preprocess import Preprocessing
-from pretrain.trainer import CHECKPOINT, Trainer
+from pretrain.trainer import Trainer
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from pretrain.data import scan_images
+from pretrain.data.images import scan_images
 from pretrain.evaluate import (
     Features,
     cached_features,
@@ -13,7 +13,6 @@ from pretrain.evaluate import (
     knn_evaluate,
     knn_scores,
     linear_probe,
-    topk_accuracy,
 )
 from pretrain.modeldir import load_model_dir
 from pretrain.preprocess import Preprocessing
@@ -47,11 +46,6 @@ def test_knn_on_a_toy_set_with_known_answer() -> None:
     assert result == {"top1": 1.0, "top5": 1.0}
     wrong = knn_evaluate(Features(bank, labels), Features(queries, torch.tensor([1, 0, 2])), 3, k=2)
     assert wrong["top1"] == 0.0
-
-
-def test_topk_accuracy() -> None:
-    scores = torch.tensor([[0.1, 0.9, 0.0], [0.5, 0.2, 0.3]])
-    assert topk_accuracy(scores, torch.tensor([1, 2]), ks=(1, 2)) == {"top1": 0.5, "top2": 1.0}
 
 
 @pytest.mark.parametrize("optimizer", ["sgd", "adamw", "lbfgs"])

@@ -12,12 +12,13 @@ import yaml
 from safetensors.torch import load_file
 from shared_helpers import make_tiny_config, make_tiny_finetune_config, write_image_folder
 
+from pretrain.checkpoint import CHECKPOINT
 from pretrain.config import ConfigError, FinetuneConfig
-from pretrain.data import scan_images
+from pretrain.data.images import scan_images
 from pretrain.finetune import RECORD, FinetuneTrainer, finetune
 from pretrain.labels import select_labels
 from pretrain.modeldir import load_model_dir
-from pretrain.trainer import CHECKPOINT, Trainer, TrainingDiverged
+from pretrain.trainer import Trainer, TrainingDiverged
 
 NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")  # batch norms update them in training
 

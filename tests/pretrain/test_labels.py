@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 from pretrain.config import ConfigError
-from pretrain.data import DataError, scan_images
+from pretrain.data.images import DataError, scan_images
 from pretrain.labels import class_counts, read_subset, select_labels, subset_record
 
 

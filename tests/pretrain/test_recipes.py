@@ -40,7 +40,7 @@ def test_printed_recipe_table_matches_the_registry(recipe: str) -> None:
 def test_recipe_fills_only_what_is_unset(tmp_path: Path) -> None:
     from shared_helpers import write_image_folder
 
-    from pretrain.data import scan_images
+    from pretrain.data.images import scan_images
 
     images = scan_images(write_image_folder(tmp_path / "data", classes=2, per_class=4))
     cfg = PretrainConfig(method="byol", data=str(images.root), out=str(tmp_path / "r"), recipe="paper",

@@ -8,9 +8,10 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
+from pretrain.checkpoint import CHECKPOINT
 from pretrain.config import ConfigError, PretrainConfig
 from pretrain.modeldir import ModelDirError, load_model_dir
-from pretrain.trainer import CHECKPOINT, Trainer, TrainingDiverged
+from pretrain.trainer import Trainer, TrainingDiverged
 
 
 def read_csv(path: Path) -> list[dict]:

@@ -1,26 +1,11 @@
-import math
 
 import numpy as np
 import pytest
 
-from retrieval import Index, knn_vote
+from retrieval import Index
 from retrieval.evaluate import drop_self
 from retrieval.knn import classify, topk_accuracy
 from retrieval.metrics import mean_average_precision, precision_at_k, recall_at_k
-
-
-def test_knn_vote_matches_a_plain_loop() -> None:
-    rng = np.random.default_rng(0)
-    sims = rng.uniform(-1, 1, (6, 5)).astype(np.float32)
-    labels = rng.integers(-1, 4, (6, 5))
-    expected = np.zeros((6, 4))
-    for q in range(6):
-        for j in range(5):
-            if labels[q, j] >= 0:
-                expected[q, labels[q, j]] += math.exp(sims[q, j] / 0.07)
-    np.testing.assert_allclose(knn_vote(sims, labels, 4, 0.07), expected, rtol=1e-5)
-    with pytest.raises(ValueError, match="temperature"):
-        knn_vote(sims, labels, 4, 0.0)
 
 
 def test_classify_toy_set_with_known_answer() -> None:

@@ -9,11 +9,11 @@ from PIL import Image
 from retrieval_helpers import collection
 from shared_helpers import make_tiny_config, write_image_folder
 
+from export.embedder import Embedder
 from pretrain.cli import main
 from pretrain.evaluate import knn_scores
 from retrieval import Index, write_embeddings
 from retrieval.knn import classify
-from retrieval.query import embed_images
 
 
 @pytest.fixture(scope="module")
@@ -33,7 +33,8 @@ def tiny_run(image_folder, tmp_path_factory):
 @pytest.fixture
 def embedded(tiny_run, image_folder, tmp_path):
     files = sorted(image_folder.rglob("*.jpg"))
-    vectors, fingerprint = embed_images(tiny_run, files, device="cpu")
+    embedder = Embedder.load(tiny_run, "torch", device="cpu")
+    vectors, fingerprint = embedder.embed(files), embedder.fingerprint
     rel = [str(f.relative_to(image_folder)) for f in files]
     emb = write_embeddings(tmp_path / "emb", vectors, rel, [f.parent.name for f in files],
                            model_fingerprint=fingerprint, root=str(image_folder))
@@ -105,15 +106,12 @@ def test_pretrain_knn_and_index_classify_agree() -> None:
     np.testing.assert_allclose(ours, theirs.numpy(), rtol=1e-4)
 
 
-def test_quickstart_on_a_tiny_sample(tiny_run, image_folder, tmp_path, capsys) -> None:
+def test_quickstart_on_a_tiny_sample(embedded, tiny_run, tmp_path, capsys) -> None:
     from retrieval.quickstart import quickstart
 
-    sample = tmp_path / "sample"
-    sample.mkdir()
-    (sample / "train").symlink_to(image_folder)
-    (sample / "test").symlink_to(image_folder)
-    result = quickstart(run=tiny_run, sample=sample, out=tmp_path / "qs", progress=False)
+    emb, _ = embedded
+    result = quickstart(run=tiny_run, embeddings=emb, out=tmp_path / "qs", progress=False)
     out = capsys.readouterr().out
-    assert "--kind auto: 24 vectors < 100,000" in out and "its 5 nearest train images" in out
+    assert "--kind auto: 24 vectors < 100,000" in out and "its 5 nearest other images" in out
     index = Index.load(tmp_path / "qs" / "index")
     assert index.kind == "flat" and len(index) == 24 and 0 <= result["top1"] <= 1

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from serve_helpers import SERVER_ENV, LiveServer, free_port, make_served
 
-from serve.process import start_bentoml, wait_ready
+from tools.process import start_bentoml, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 

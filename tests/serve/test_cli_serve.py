@@ -49,7 +49,7 @@ def test_serve_refuses_a_missing_folder(tmp_path):
 
 def test_sigterm_to_sslforge_serve_stops_the_whole_server(served, tmp_path):
     """What a process manager, `docker stop` or `kill PID` does: the server's processes end and the port is free."""
-    from serve.process import wait_ready
+    from tools.process import wait_ready
 
     model, index, _ = served
     port, log = free_port(), tmp_path / "serve.log"

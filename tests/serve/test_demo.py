@@ -14,10 +14,10 @@ from serve_helpers import free_port, make_model_dir, png_bytes
 
 from pretrain.cli import main
 from retrieval import Index
-from serve.browser import search_in_browser
 from serve.demo import answer, example_images, launch
 from serve.engine import Engine
 from serve.settings import Limits, Settings
+from tools.browser import search_in_browser
 
 
 @pytest.fixture(scope="module")

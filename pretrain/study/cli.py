@@ -8,7 +8,7 @@ from pretrain.config import ConfigError, parse_key_values
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
-    from pretrain.benchmark import Grid, dataset_name, load_grid_file, run_grid
+    from pretrain.study.grid import Grid, dataset_name, load_grid_file, run_grid
 
     values = load_grid_file(args.grid) if args.grid else {}
     if (args.data is None) != (args.test is None):
@@ -75,12 +75,12 @@ def add_benchmark_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_plot_tsne(args: argparse.Namespace) -> None:
-    from pretrain.data import scan_images
+    from pretrain.data.images import scan_images
+    from pretrain.device import select_device
     from pretrain.evaluate import cached_features
     from pretrain.modeldir import load_model_dir
-    from pretrain.plots import plot_embedding_2d
-    from pretrain.trainer import select_device
-    from pretrain.tsne import tsne_2d
+    from pretrain.study.plots import plot_embedding_2d
+    from pretrain.study.tsne import tsne_2d
 
     if args.max_images < 2 or args.perplexity <= 0:
         raise ConfigError("--max-images must be >= 2 and --perplexity > 0")
@@ -115,7 +115,7 @@ def add_tsne_command(plot_sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_data_download(args: argparse.Namespace) -> None:
-    from pretrain.downloads import prepare
+    from pretrain.data.downloads import prepare
 
     train, test = prepare(args.dataset, args.root, progress=not args.quiet, keep_archive=args.keep_archive)
     print(f"train: {train}\ntest:  {test}")
@@ -124,14 +124,14 @@ def cmd_data_download(args: argparse.Namespace) -> None:
 
 
 def cmd_data_nabirds(args: argparse.Namespace) -> None:
-    from pretrain.downloads import nabirds_to_folders
+    from pretrain.data.downloads import nabirds_to_folders
 
     train, test = nabirds_to_folders(args.source, args.out, copy=args.copy)
     print(f"train: {train}\ntest:  {test}")
 
 
 def add_data_commands(sub: argparse._SubParsersAction) -> None:
-    from pretrain.downloads import DATASETS
+    from pretrain.data.downloads import DATASETS
 
     data = sub.add_parser("data", help="get the seed's datasets as train/test class folders",
                           description="Download and prepare the benchmark datasets as train/ and test/ folders "

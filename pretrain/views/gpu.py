@@ -28,7 +28,8 @@ from torchvision.transforms.v2 import functional as F
 
 from pretrain.config import ConfigError
 from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, aspect_window
-from pretrain.transforms import Colour, View, build_transform, shift_hue, to_uint8
+from pretrain.views.ops import Colour, View, shift_hue, to_uint8
+from pretrain.views.recipes import build_transform
 
 SUPPORTED = ("baseline", "multicrop", "simclr", "vicregl")
 RATIO = (3 / 4, 4 / 3)

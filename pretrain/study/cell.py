@@ -1,4 +1,4 @@
-"""One benchmark cell, in its own process: `python -m pretrain.benchcell CELL_DIR [--quiet]`.
+"""One benchmark cell, in its own process: `python -m pretrain.study.cell CELL_DIR [--quiet]`.
 
 Reads CELL_DIR/cell.json (written by `run_grid`), trains the run (or resumes it from its checkpoint,
 or skips training when the model dir is complete), evaluates it and writes CELL_DIR/result.json
@@ -15,8 +15,8 @@ import time
 from pathlib import Path
 
 from pretrain.atomic import write_json
-from pretrain.benchmark import RESULT_FILE
 from pretrain.config import ConfigError, PretrainConfig
+from pretrain.study.report import RESULT_FILE
 
 
 def run_cell(folder: Path, progress: bool = True) -> dict:
@@ -40,10 +40,10 @@ def evaluate_cell(folder: Path, cfg: PretrainConfig, spec: dict, progress: bool)
     """kNN and linear probe on frozen features of the trained images (the kNN bank / probe training set) and
     the test folder, and fine-tuning on the train folder's labels when asked; plus the training record of
     model.json (time, throughput, peak memory)."""
-    from pretrain.data import scan_images
+    from pretrain.data.images import scan_images
+    from pretrain.device import select_device
     from pretrain.evaluate import cached_features, class_count, knn_evaluate, linear_probe
     from pretrain.modeldir import load_model_dir
-    from pretrain.trainer import select_device
 
     t0 = time.perf_counter()
     model = load_model_dir(folder)

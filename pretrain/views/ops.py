@@ -1,4 +1,5 @@
-"""Training view pipelines by name: a pipeline maps one PIL image to the list of its views.
+"""The operations view pipelines are made of (pretrain/views/recipes.py names the pipelines): crops, flips,
+colour jitter, blur, local rotation, region confusion, and `View` / `MultiView`, which chain them.
 
 A pipeline that also produces per-view information (crop boxes, rotation labels) returns
 `{"views": [...], name: tensor with one row per view}` and lists those names in its `provides`
@@ -11,7 +12,6 @@ All randomness comes from torch's global RNG, which `ViewsDataset` seeds per sam
 """
 from __future__ import annotations
 
-import inspect
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -20,7 +20,6 @@ from PIL import Image
 from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as F
 
-from pretrain.config import ConfigError
 from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL = 64  # inputs up to this size get the small-image defaults (no blur, local crops scaled down)
@@ -285,167 +284,4 @@ class MultiView:
 
     def __len__(self) -> int:
         return len(self.transforms)
-
-
-# -- pipelines -----------------------------------------------------------------------------------
-def _blur(blur_p: float | None, size: int, default: float = 0.5) -> float:
-    return (0.0 if size <= SMALL else default) if blur_p is None else blur_p
-
-
-def baseline(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, rotation_p: float = 0.5,
-             rotation_degrees: float = 15.0, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
-             blur_p: float | None = None) -> MultiView:
-    """The common default of SSL libraries (lightly's ImageCollateFunction): crop (scale >= 0.15), flip,
-    rotation by up to +-15 degrees, colour jitter (0.7, 0.7, 0.7, 0.2) with p=0.8, grayscale, blur
-    (none on inputs <= 64 px)."""
-    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
-    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, rotation_p=rotation_p,
-                           rotation_degrees=rotation_degrees) for _ in range(2)])
-
-
-def simclr(size: int, *, min_scale: float = 0.08, hflip_p: float = 0.5, strength: float | None = None,
-           jitter_p: float = 0.8, gray_p: float = 0.2, blur_p: float | None = None) -> MultiView:
-    """Two SimCLR views (Chen et al. 2020, appendix A): crop-and-resize, flip, colour distortion, blur.
-
-    Defaults follow the paper per input size: colour strength 0.5 and no blur on small (<= 64 px)
-    images as in its CIFAR-10 runs; strength 1.0 and a blur kernel of ~10% of the image otherwise.
-    """
-    strength = (0.5 if size <= SMALL else 1.0) if strength is None else strength
-    colour = Colour((0.8, 0.8, 0.8, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
-    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p) for _ in range(2)])
-
-
-def orthogonality(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, vflip_p: float = 0.5,
-                  turn_p: float = 0.5, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
-                  blur_p: float | None = None) -> MultiView:
-    """The baseline's crop and colour with the orthogonal group instead of a small rotation: horizontal
-    and vertical flips and a right-angle turn (1-3 quarter turns with p=turn_p)."""
-    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
-    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, vflip_p=vflip_p,
-                           turn_p=turn_p) for _ in range(2)])
-
-
-def lorot(size: int, *, region: float = 0.5, quadrant: bool = True, min_scale: float = 0.15,
-          hflip_p: float = 0.5, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
-          blur_p: float | None = None) -> MultiView:
-    """LoRot-I on the baseline's crop and colour: each view gets one region turned by k quarter turns
-    (k uniform in 0..3, returned per view as `rotations` for an auxiliary rotation head)."""
-    if not 0 < region <= 1:
-        raise ConfigError(f"transform lorot: region must be in (0, 1] (got {region})")
-    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
-    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p,
-                           lorot=LocalRotation(region, quadrant)) for _ in range(2)], provides=("rotations",))
-
-
-def dcl(size: int, *, grid: int | None = None, k: int = 1, confusion_p: float = 1.0, min_scale: float = 0.15,
-        hflip_p: float = 0.5, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
-        blur_p: float | None = None) -> MultiView:
-    """DCL's region confusion on the baseline's crop and colour: a grid x grid tiling (4 on inputs
-    <= 64 px, else 7 as in DCL) shuffled within a neighbourhood of k, with probability confusion_p."""
-    grid = (4 if size <= SMALL else 7) if grid is None else grid
-    if not 1 <= grid <= size or not 1 <= k < max(grid, 2):
-        raise ConfigError(f"transform dcl: need 1 <= grid <= image size and 1 <= k < grid (got grid={grid}, k={k})")
-    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
-    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p,
-                           confusion=RegionConfusion(grid, k), confusion_p=confusion_p) for _ in range(2)])
-
-
-def _global_local(size: int, colour: Colour, global_colours: tuple[Colour, Colour], *, local_views: int,
-                  local_size_: int | None, global_min_scale: float, local_min_scale: float, local_max_scale: float,
-                  hflip_p: float) -> list[View]:
-    if local_views < 0 or not 0 < local_min_scale <= local_max_scale <= 1 or not 0 < global_min_scale <= 1:
-        raise ConfigError("multi-crop: need local_views >= 0, 0 < local_min_scale <= local_max_scale <= 1 and "
-                          f"0 < global_min_scale <= 1 (got {local_views}, {local_min_scale}, {local_max_scale}, "
-                          f"{global_min_scale})")
-    small = local_size(size) if local_size_ is None else local_size_
-    globals_ = [View(size, c, scale=(global_min_scale, 1.0), hflip_p=hflip_p) for c in global_colours]
-    locals_ = [View(small, colour, scale=(local_min_scale, local_max_scale), hflip_p=hflip_p)
-               for _ in range(local_views)]
-    return globals_ + locals_
-
-
-def _dino_colours(size: int, strength: float, jitter_p: float, gray_p: float,
-                  blur_p: float | None) -> tuple[Colour, tuple[Colour, Colour]]:
-    """DINO's asymmetric views: global 1 always blurred, global 2 rarely blurred and sometimes
-    solarised, locals blurred half the time; no blur or solarisation on inputs <= 64 px by default."""
-    jitter = (0.4, 0.4, 0.2, 0.1)
-    if blur_p is not None:
-        blurs, solarize = (blur_p, blur_p, blur_p), 0.0
-    elif size <= SMALL:
-        blurs, solarize = (0.0, 0.0, 0.0), 0.0
-    else:
-        blurs, solarize = (1.0, 0.1, 0.5), 0.2
-    g1 = Colour(jitter, strength, jitter_p, gray_p, blurs[0])
-    g2 = Colour(jitter, strength, jitter_p, gray_p, blurs[1], solarize)
-    return Colour(jitter, strength, jitter_p, gray_p, blurs[2]), (g1, g2)
-
-
-def multicrop(size: int, *, local_views: int = 6, local_size: int | None = None, global_min_scale: float = 0.4,
-              local_min_scale: float = 0.05, local_max_scale: float = 0.4, hflip_p: float = 0.5,
-              strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
-              blur_p: float | None = None) -> MultiView:
-    """SwAV / DINO multi-crop: [global_1, global_2, local_1 ... local_V]; globals at `size` with scale
-    (0.4, 1), locals at 96 px for 224 (scaled with `size`, 16 px at 32) with scale (0.05, 0.4), DINO's
-    colour recipe. SwAV's scales: global_min_scale=0.14 local_max_scale=0.14."""
-    colour, globals_ = _dino_colours(size, strength, jitter_p, gray_p, blur_p)
-    return MultiView(_global_local(size, colour, globals_, local_views=local_views, local_size_=local_size,
-                                   global_min_scale=global_min_scale, local_min_scale=local_min_scale,
-                                   local_max_scale=local_max_scale, hflip_p=hflip_p))
-
-
-def vicregl(size: int, *, local_views: int = 6, local_size: int | None = None, global_min_scale: float = 0.2,
-            local_min_scale: float = 0.05, local_max_scale: float = 0.2, hflip_p: float = 0.5,
-            strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
-            blur_p: float | None = None) -> MultiView:
-    """VICRegL's views (Bardes et al. 2022): 2 global crops at `size` with scale (0.2, 1) and 6 local
-    crops (96 px for 224, 16 px for 32) with scale (0.05, 0.2), each with its crop box in the source
-    image, (x0, y0, x1, y1) normalised to [0, 1], x0 > x1 when the view was flipped: view column
-    u in [0, 1] is source x = x0 + u * (x1 - x0)."""
-    colour, globals_ = _dino_colours(size, strength, jitter_p, gray_p, blur_p)
-    return MultiView(_global_local(size, colour, globals_, local_views=local_views, local_size_=local_size,
-                                   global_min_scale=global_min_scale, local_min_scale=local_min_scale,
-                                   local_max_scale=local_max_scale, hflip_p=hflip_p), provides=("boxes",))
-
-
-TRANSFORMS: dict[str, Callable[..., MultiView]] = {
-    "baseline": baseline,
-    "simclr": simclr,
-    "orthogonality": orthogonality,
-    "lorot": lorot,
-    "dcl": dcl,
-    "multicrop": multicrop,
-    "vicregl": vicregl,
-}
-
-_PROBABILITIES = ("hflip_p", "vflip_p", "turn_p", "rotation_p", "jitter_p", "gray_p", "blur_p", "confusion_p")
-
-
-def options_of(name: str) -> dict[str, object]:
-    """The options of pipeline `name` with their defaults (None: chosen from the image size)."""
-    params = list(inspect.signature(TRANSFORMS[name]).parameters.values())[1:]
-    return {p.name: p.default for p in params}
-
-
-def build_transform(name: str, size: int, options: dict | None = None) -> MultiView:
-    """The pipeline `name` for `size`-pixel crops; unknown names and options are one-line errors."""
-    if name not in TRANSFORMS:
-        raise ConfigError(f"transform must be one of {', '.join(sorted(TRANSFORMS))} (got {name!r})")
-    options = dict(options or {})
-    known = options_of(name)
-    unknown = sorted(set(options) - set(known))
-    if unknown:
-        raise ConfigError(f"transform {name!r} has no option {', '.join(unknown)}; its options: {', '.join(known)}")
-    for key, value in options.items():
-        default = known[key]
-        kind = type(default) if default is not None else (int if key in ("grid", "local_size") else float)
-        if kind is float and isinstance(value, int) and not isinstance(value, bool):
-            value = float(value)
-        if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
-            raise ConfigError(f"transform {name!r}: option {key} must be a {kind.__name__} (got {value!r})")
-        if key in _PROBABILITIES and not 0 <= value <= 1:
-            raise ConfigError(f"transform {name!r}: option {key} is a probability in [0, 1] (got {value})")
-        if key.endswith("scale") and not 0 < value <= 1:
-            raise ConfigError(f"transform {name!r}: option {key} must be in (0, 1] (got {value})")
-        options[key] = value
-    return TRANSFORMS[name](size, **options)
 

@@ -11,10 +11,10 @@ from PIL import Image
 from safetensors.torch import load_file
 from torchvision.transforms.v2 import functional as F
 
-from pretrain import gpu_augment as ga
 from pretrain.cli import main
 from pretrain.config import ConfigError
 from pretrain.trainer import Trainer
+from pretrain.views import gpu as ga
 
 
 class Interrupt(Exception):

@@ -41,6 +41,7 @@ import yaml
 
 from pretrain.atomic import write_json
 from pretrain.config import ConfigError, PretrainConfig, load_yaml
+from pretrain.study.report import RESULT_FILE, read_results, write_results
 
 EVALS = ("linear", "knn", "finetune")
 DEFAULT_EVALS = ("linear", "knn")  # fine-tuning trains again: asked for by name
@@ -51,7 +52,6 @@ FINETUNE_OWNED = {"model", "from_scratch", "train", "test", "out", "backbone", "
 LINEAR_DEFAULTS = {"epochs": 100, "lr": 0.1, "weight_decay": 0.0, "optimizer": "sgd", "batch_size": 256}
 KNN_DEFAULTS = {"k": 200, "temperature": 0.1}
 CELL_FILE = "cell.json"
-RESULT_FILE = "result.json"
 # PretrainConfig fields the grid sets itself; `pretrain:` may not override them.
 GRID_OWNED = {"method", "method_args", "transform", "transform_args", "data", "out", "backbone", "epochs",
               "batch_size", "image_size", "seed"}
@@ -137,7 +137,7 @@ class Grid:
 
     def validate(self, source: str) -> None:
         from pretrain.methods import method_hparams
-        from pretrain.transforms import TRANSFORMS
+        from pretrain.views.recipes import TRANSFORMS
 
         for m in self.methods:
             method_hparams(m.name, m.args)
@@ -287,8 +287,6 @@ class GridRun:
 def run_grid(grid: Grid, *, progress: bool = True, log=print) -> GridRun:
     """Run every unfinished cell (one process each; one per GPU when several are visible), rewriting the
     results after each; then draw the plots. Failed cells are reported and retried on the next run."""
-    from pretrain.benchreport import write_results
-
     out = Path(grid.out)
     cells = grid.cells()
     for cell in cells:
@@ -337,7 +335,7 @@ def _start_cell(cell: Cell, slot: str | None, quiet: bool) -> subprocess.Popen:
     env = dict(os.environ)
     if slot is not None:
         env["CUDA_VISIBLE_DEVICES"] = slot
-    command = [sys.executable, "-m", "pretrain.benchcell", str(cell.out)] + (["--quiet"] if quiet else [])
+    command = [sys.executable, "-m", "pretrain.study.cell", str(cell.out)] + (["--quiet"] if quiet else [])
     return subprocess.Popen(command, env=env)
 
 
@@ -351,8 +349,7 @@ def _summary(cell: Cell) -> str:
 
 
 def _plot(grid: Grid) -> None:
-    from pretrain.benchreport import read_results
-    from pretrain.plots import plot_accuracy_vs_time, plot_loss_curves, plot_term_curves
+    from pretrain.study.plots import plot_accuracy_vs_time, plot_loss_curves, plot_term_curves
 
     rows = read_results(Path(grid.out) / "results.csv")
     for d in grid.datasets:

@@ -8,13 +8,13 @@ import pytest
 from PIL import Image
 from shared_helpers import write_image_folder
 
-from pretrain.benchcell import run_cell
-from pretrain.benchmark import Grid, Variant, prepare_cell, run_grid
-from pretrain.benchreport import FIELDS, parse_markdown, read_results, render_markdown
 from pretrain.config import ConfigError
-from pretrain.data import scan_images
+from pretrain.data.images import scan_images
 from pretrain.evaluate import cached_features, knn_evaluate
 from pretrain.modeldir import load_model_dir
+from pretrain.study.cell import run_cell
+from pretrain.study.grid import Grid, Variant, prepare_cell, run_grid
+from pretrain.study.report import FIELDS, parse_markdown, read_results, render_markdown
 from pretrain.trainer import Trainer
 
 
@@ -167,9 +167,9 @@ def test_variants_and_grid_errors(tmp_path: Path) -> None:
 
 
 def test_benchmark_command_merges_the_grid_file_and_options(tmp_path: Path, monkeypatch, capsys) -> None:
-    import pretrain.benchmark as benchmark
-    from pretrain.benchmark import GridRun
+    import pretrain.study.grid as benchmark
     from pretrain.cli import main
+    from pretrain.study.grid import GridRun
 
     train = write_image_folder(tmp_path / "d" / "train", per_class=2)
     test = write_image_folder(tmp_path / "d" / "test", per_class=2)
@@ -193,7 +193,7 @@ def test_benchmark_command_merges_the_grid_file_and_options(tmp_path: Path, monk
 def test_one_cell_per_gpu_when_several_are_visible(monkeypatch) -> None:
     import torch
 
-    from pretrain.benchmark import gpu_slots
+    from pretrain.study.grid import gpu_slots
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
     monkeypatch.setattr(torch.cuda, "device_count", lambda: 3)

@@ -9,17 +9,10 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
 from pretrain.config import ConfigError
-from pretrain.data import scan_images
-from pretrain.datasets import EpochSampler, ViewsDataset
-from pretrain.transforms import (
-    TRANSFORMS,
-    build_transform,
-    colour_jitter,
-    denormalize,
-    gaussian_blur,
-    local_size,
-    shift_hue,
-)
+from pretrain.data.datasets import EpochSampler, ViewsDataset
+from pretrain.data.images import scan_images
+from pretrain.views.ops import colour_jitter, denormalize, gaussian_blur, local_size, shift_hue
+from pretrain.views.recipes import TRANSFORMS, build_transform
 
 NO_COLOUR = {"jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0}
 EXTRAS = {"lorot": "rotations", "vicregl": "boxes"}

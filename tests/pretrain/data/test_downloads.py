@@ -11,8 +11,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pretrain.data import scan_images
-from pretrain.downloads import (
+from pretrain.data.downloads import (
     DATASETS,
     Archive,
     DownloadError,
@@ -22,6 +21,7 @@ from pretrain.downloads import (
     safe_extract,
     verify,
 )
+from pretrain.data.images import scan_images
 
 
 def _md5(path: Path, limit: int | None = None) -> str:

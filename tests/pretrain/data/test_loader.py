@@ -7,8 +7,8 @@ import pytest
 import torch
 from PIL import Image
 
-from pretrain.data import DECODE_ERRORS, ImageList, load_rgb
-from pretrain.datasets import EvalDataset
+from pretrain.data.datasets import EvalDataset
+from pretrain.data.images import DECODE_ERRORS, ImageList, load_rgb
 from pretrain.preprocess import Preprocessing
 
 
@@ -61,7 +61,7 @@ def test_corrupt_exif_keeps_the_pixels_as_stored(tmp_path: Path) -> None:
 def record_resizes(monkeypatch: pytest.MonkeyPatch, limit: int) -> list[tuple[int, int]]:
     """Record every PIL resize and the GPU-augment loader's torch resizes; fail at once (before allocating)
     when one would make more than `limit` pixels."""
-    from pretrain import gpu_augment
+    from pretrain.views import gpu as gpu_augment
 
     sizes: list[tuple[int, int]] = []
     pil_resize, functional = Image.Image.resize, gpu_augment.F
@@ -103,7 +103,7 @@ def test_thin_image_preprocessing_is_bounded_by_the_output_size(monkeypatch: pyt
 
 
 def test_gpu_augment_loader_bounds_thin_images(monkeypatch: pytest.MonkeyPatch) -> None:
-    from pretrain.gpu_augment import LoadSquare
+    from pretrain.views.gpu import LoadSquare
 
     sizes = record_resizes(monkeypatch, limit=4 * 64 ** 2)
     square = LoadSquare(64)(Image.new("RGB", (1, 30_000), (9, 9, 9)))

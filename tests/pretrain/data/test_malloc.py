@@ -16,7 +16,7 @@ PROBE = textwrap.dedent("""
     libc = ctypes.CDLL("libc.so.6")
     libc.mallinfo2.restype = MallInfo2
     if sys.argv[1] == "tuned":
-        from pretrain.malloc import keep_heap
+        from pretrain.data.heap import keep_heap
         assert keep_heap()
     before = libc.mallinfo2().hblks
     block = torch.empty(4 * 2**20)  # 16 MB, past glibc's default mmap threshold

@@ -6,10 +6,10 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader
 
-from pretrain.data import DataError, load_rgb, sample_dir, scan_images
-from pretrain.datasets import EpochSampler, EvalDataset, ViewsDataset
+from pretrain.data.datasets import EpochSampler, EvalDataset, ViewsDataset
+from pretrain.data.images import DataError, load_rgb, sample_dir, scan_images
 from pretrain.preprocess import Preprocessing
-from pretrain.transforms import build_transform
+from pretrain.views.recipes import build_transform
 
 
 def add_bad_files(folder: Path) -> Path:

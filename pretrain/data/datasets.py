@@ -12,7 +12,7 @@ from collections.abc import Callable, Iterator
 import torch
 from torch.utils.data import Dataset, Sampler
 
-from pretrain.data import DECODE_ERRORS, ImageList, load_rgb
+from pretrain.data.images import DECODE_ERRORS, ImageList, load_rgb
 from pretrain.preprocess import Preprocessing
 
 

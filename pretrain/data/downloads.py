@@ -23,7 +23,7 @@ import numpy as np
 from PIL import Image
 from tqdm.auto import tqdm
 
-from pretrain.data import DataError
+from pretrain.data.images import DataError
 
 
 class DownloadError(DataError):

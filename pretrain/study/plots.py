@@ -1,4 +1,5 @@
-"""PNG plots of training logs, benchmark grids and embeddings (matplotlib, no display needed)."""
+"""PNG plots of benchmark grids and embeddings (matplotlib, no display needed); a run's own loss plot is in
+pretrain/runlog.py."""
 from __future__ import annotations
 
 import csv
@@ -9,41 +10,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pretrain.atomic import write_with  # noqa: E402
-
-NOT_PLOTTED = {"step", "epoch", "elapsed_s"}
-
-
-def _smooth(values: list[float], window: int) -> list[float]:
-    out, total = [], 0.0
-    for i, v in enumerate(values):
-        total += v
-        if i >= window:
-            total -= values[i - window]
-        out.append(total / min(i + 1, window))
-    return out
-
-
-def plot_metrics(csv_path: str | Path, png_path: str | Path) -> None:
-    """One panel per logged quantity (loss, loss terms, lr, images/s) against the epoch; raw and smoothed."""
-    with open(csv_path, newline="") as f:
-        rows = list(csv.DictReader(f))
-    if not rows:
-        return
-    keys = sorted((k for k in rows[0] if k not in NOT_PLOTTED), key=lambda k: k != "loss")  # loss on top
-    epochs = [float(r["epoch"]) for r in rows]
-    fig, axes = plt.subplots(len(keys), 1, figsize=(7, 2.2 * len(keys)), sharex=True, squeeze=False)
-    window = max(1, len(rows) // 50)
-    for ax, key in zip(axes[:, 0], keys):
-        logged = [(e, float(r[key])) for e, r in zip(epochs, rows) if r[key] != ""]  # some are logged every N steps
-        x, values = [e for e, _ in logged], [v for _, v in logged]
-        ax.plot(x, values, color="tab:blue", alpha=0.3, linewidth=0.8)
-        ax.plot(x, _smooth(values, max(1, window * len(values) // len(rows))), color="tab:blue", linewidth=1.5)
-        ax.set_ylabel(key)
-        ax.grid(alpha=0.3)
-    axes[-1, 0].set_xlabel("epoch")
-    fig.tight_layout()
-    _save(fig, png_path)
+from pretrain.runlog import save_png, smooth  # noqa: E402
 
 
 def _read_curve(csv_path: Path, key: str) -> tuple[list[float], list[float]]:
@@ -55,14 +22,8 @@ def _read_curve(csv_path: Path, key: str) -> tuple[list[float], list[float]]:
     return [float(r["step"]) for r in rows], [float(r[key]) for r in rows]
 
 
-def _save(fig, png_path: str | Path) -> None:
-    Path(png_path).parent.mkdir(parents=True, exist_ok=True)
-    write_with(png_path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-    plt.close(fig)
-
-
 def _smoothed(values: list[float]) -> list[float]:
-    return _smooth(values, max(1, len(values) // 20))
+    return smooth(values, max(1, len(values) // 20))
 
 
 def plot_loss_curves(runs: list[tuple[str, str, Path]], png_path: str | Path, title: str = "") -> bool:
@@ -87,7 +48,7 @@ def plot_loss_curves(runs: list[tuple[str, str, Path]], png_path: str | Path, ti
         ax.axis("off")
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, png_path)
+    save_png(fig, png_path)
     return True
 
 
@@ -111,7 +72,7 @@ def plot_term_curves(runs: list[tuple[str, str, Path]], png_path: str | Path, ti
     axes[0, 0].legend(fontsize=7)
     fig.suptitle(title)
     fig.tight_layout()
-    _save(fig, png_path)
+    save_png(fig, png_path)
     return True
 
 
@@ -140,7 +101,7 @@ def plot_accuracy_vs_time(rows: list[dict], png_path: str | Path, title: str = "
     ax.grid(alpha=0.3)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
-    _save(fig, png_path)
+    save_png(fig, png_path)
     return True
 
 
@@ -158,4 +119,4 @@ def plot_embedding_2d(points, labels, classes: list[str] | None, png_path: str |
     if len(set(int(v) for v in labels)) <= 20:
         ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
-    _save(fig, png_path)
+    save_png(fig, png_path)

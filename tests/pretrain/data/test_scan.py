@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from pretrain.data import scan_images, walk_files
+from pretrain.data.images import scan_images, walk_files
 
 
 def images(folder: Path, n: int, prefix: str = "") -> list[Path]:

@@ -7,7 +7,7 @@ import torch
 from PIL import Image
 
 from pretrain.cli import main
-from pretrain.tsne import tsne_2d
+from pretrain.study.tsne import tsne_2d
 
 
 def test_tsne_keeps_separated_clusters_apart() -> None:

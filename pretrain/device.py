@@ -1,0 +1,48 @@
+"""The device a run uses and its autocast precision; torch.compile of a method's networks.
+
+Shared by the trainers, evaluation, the study wing and export's Embedder (which imports this small module,
+not the training stack).
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import torch
+
+from pretrain import distributed
+from pretrain.config import ConfigError
+
+
+def select_device(name: str) -> torch.device:
+    """The training device; under torchrun `auto` and `cuda` mean this process's GPU, cuda:LOCAL_RANK."""
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.launched():
+        name = f"cuda:{distributed.local_rank()}"
+    device = torch.device(name)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device {name} requested but CUDA is not available here: use --device cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError("device mps requested but MPS is not available here: use --device cpu")
+    return device
+
+
+def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    if precision == "fp32" or (precision == "auto" and device.type != "cuda"):
+        return None
+    if precision == "auto":
+        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+
+
+def compile_networks(method: torch.nn.Module, device: torch.device) -> None:
+    """torch.compile each network of `method` in place (backbone, heads, momentum copies; not the loss
+    code, which keeps its queues, gathers and logged floats in Python). Compiling in place keeps the
+    state_dict keys, so checkpoints and model dirs do not depend on the option."""
+    if device.type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
+        raise ConfigError("--compile on a CPU needs a C++ compiler (g++) for torch.compile: install one "
+                          "(apt-get install g++) or drop --compile")
+    for network in method.children():
+        if any(True for _ in network.parameters()):
+            network.compile()

@@ -1,0 +1,125 @@
+"""The floor plan's import rule, read from the source (every import statement, lazy ones inside functions too).
+
+- Imports between stages point down into pretrain's ground modules only (GROUND below); pretrain imports no
+  other stage.
+- export and retrieval never import each other; serve composes them (and may import both).
+- retrieval's ground is numpy-only (NUMPY_GROUND): `import retrieval` loads no torch.
+- No two project modules import each other.
+
+A new arrow that breaks the rule fails here with the file, line and import named; widening GROUND is a
+design change, to be made on purpose (docs: README "Development").
+"""
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+STAGES = ("pretrain", "export", "retrieval", "serve")
+# pretrain's ground: what the later stages may import. Everything else in pretrain is training, views or study.
+GROUND = {
+    "pretrain",  # __version__
+    "pretrain.atomic", "pretrain.schema", "pretrain.modeldir", "pretrain.preprocess", "pretrain.device",
+    "pretrain.knn", "pretrain.embeddings", "pretrain.distributed",
+    "pretrain.data.images", "pretrain.data.datasets", "pretrain.data.heap",
+}
+NUMPY_GROUND = {"pretrain", "pretrain.atomic", "pretrain.schema", "pretrain.knn", "pretrain.embeddings"}
+MAY_IMPORT = {  # stage -> the other stages it may import
+    "pretrain": set(),
+    "export": {"pretrain"},
+    "retrieval": {"pretrain"},
+    "serve": {"pretrain", "export", "retrieval"},
+}
+
+
+def module_name(path: Path) -> str:
+    parts = path.relative_to(ROOT).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def imports(path: Path) -> list[tuple[int, str]]:
+    """(line, imported module) of every import in `path`; `from a import b` names a.b when that is a module."""
+    found = []
+    for node in ast.walk(ast.parse(path.read_text(), str(path))):
+        if isinstance(node, ast.Import):
+            found += [(node.lineno, alias.name) for alias in node.names]
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            for alias in node.names:
+                sub = f"{node.module}.{alias.name}"
+                is_module = (ROOT / Path(*sub.split("."))).with_suffix(".py").is_file() or \
+                    (ROOT / Path(*sub.split(".")) / "__init__.py").is_file()
+                found.append((node.lineno, sub if is_module else node.module))
+    return found
+
+
+def project_files() -> list[Path]:
+    return sorted(p for stage in STAGES for p in (ROOT / stage).rglob("*.py"))
+
+
+def broken_rules(files: list[Path], root: Path = ROOT) -> list[str]:
+    errors = []
+    for path in files:
+        stage = path.relative_to(root).parts[0]
+        for line, target in imports(path):
+            other = target.split(".")[0]
+            if other not in STAGES or other == stage:
+                continue
+            where = f"{path.relative_to(root)}:{line}: imports {target}"
+            if other not in MAY_IMPORT[stage]:
+                errors.append(f"{where}: {stage} may not import {other}")
+            elif other == "pretrain" and target not in GROUND:
+                errors.append(f"{where}: not one of pretrain's ground modules ({', '.join(sorted(GROUND))})")
+            elif stage == "retrieval" and target not in NUMPY_GROUND:
+                errors.append(f"{where}: retrieval imports only numpy-only ground modules "
+                              f"({', '.join(sorted(NUMPY_GROUND))})")
+    return errors
+
+
+def test_imports_between_stages_point_down_into_the_ground() -> None:
+    errors = broken_rules(project_files())
+    assert not errors, "imports that break the rule:\n" + "\n".join(errors)
+
+
+def test_no_two_modules_import_each_other() -> None:
+    edges = {module_name(p): {t for _, t in imports(p)} for p in project_files()}
+    pairs = sorted({tuple(sorted((a, b))) for a, targets in edges.items() for b in targets
+                    if b != a and a in edges.get(b, ())})
+    assert not pairs, "modules that import each other: " + "; ".join(f"{a} <-> {b}" for a, b in pairs)
+
+
+def test_import_retrieval_loads_no_torch() -> None:
+    code = ("import sys, retrieval, retrieval.cli, retrieval.knn, retrieval.metrics, retrieval.evaluate; "
+            "print(sorted(m for m in sys.modules if m.split('.')[0] in ('torch', 'torchvision', 'export', 'serve')))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"
+
+
+def test_the_rule_catches_a_forbidden_arrow(tmp_path: Path) -> None:
+    """The scan itself: each kind of forbidden import, written into a stage, is reported."""
+    cases = {"export": "from retrieval.index import Index", "retrieval": "from pretrain.trainer import Trainer",
+             "pretrain": "import serve.engine"}
+    for stage, line in cases.items():
+        probe = tmp_path / stage / "probe.py"
+        probe.parent.mkdir()
+        probe.write_text(f"def f():\n    {line}\n")
+        expected = {"export": "imports retrieval.index: export may not import retrieval",
+                    "retrieval": "imports pretrain.trainer: not one of pretrain's ground modules "
+                                 f"({', '.join(sorted(GROUND))})",
+                    "pretrain": "imports serve.engine: pretrain may not import serve"}[stage]
+        assert broken_rules([probe], tmp_path) == [f"{stage}/probe.py:2: {expected}"]
+
+
+def test_the_import_paths_readme_showed_before_the_floor_plan_still_work() -> None:
+    from pretrain.benchreport import parse_markdown
+    from pretrain.data import load_rgb
+    from pretrain.data.images import load_rgb as moved_load_rgb
+    from pretrain.embeddings import write_embeddings as ground_writer
+    from pretrain.knn import knn_vote as ground_vote
+    from pretrain.study.report import parse_markdown as moved_parse_markdown
+    from retrieval import write_embeddings
+    from retrieval.knn import knn_vote
+
+    assert (load_rgb, parse_markdown, write_embeddings, knn_vote) == (moved_load_rgb, moved_parse_markdown,
+                                                                        ground_writer, ground_vote)
