@@ -118,7 +118,7 @@ class Check:
 
 def sample_folders(out: Path, count: int) -> tuple[str, str]:
     """The bundled CIFAR-10 sample's train folder, and a test folder of `count` of its test images."""
-    from pretrain.data import sample_dir
+    from pretrain.data.images import sample_dir
 
     root = sample_dir()
     images = out / "work" / "embed-images"

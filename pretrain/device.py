@@ -36,6 +36,13 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
 
 
+def describe_device(device: torch.device, amp_dtype: torch.dtype | None, processes: int = 1) -> str:
+    """Where and how a run trains, in words (the first thing to check on a GPU machine)."""
+    precision = str(amp_dtype).replace("torch.", "") + " autocast" if amp_dtype else "fp32"
+    gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
+    return f"{device}{gpu}, {precision}" + (f", {processes} processes" if processes > 1 else "")
+
+
 def compile_networks(method: torch.nn.Module, device: torch.device) -> None:
     """torch.compile each network of `method` in place (backbone, heads, momentum copies; not the loss
     code, which keeps its queues, gathers and logged floats in Python). Compiling in place keeps the

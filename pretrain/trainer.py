@@ -46,7 +46,7 @@ from pretrain.config import ConfigError, PretrainConfig, save_yaml
 from pretrain.data.datasets import EpochSampler, ViewsDataset
 from pretrain.data.heap import keep_heap
 from pretrain.data.images import sample_dir, scan_images
-from pretrain.device import autocast_dtype, compile_networks, select_device
+from pretrain.device import autocast_dtype, compile_networks, describe_device, select_device
 from pretrain.evaluate import class_count, extract_features, knn_evaluate
 from pretrain.methods import build_method, method_spec
 from pretrain.methods.base import Progress
@@ -235,7 +235,7 @@ class Trainer:
             log = MetricsLog(self.out, state.step)
             if self.progress:  # say how the folder was read (class folders or flat), see data.scan_images
                 tqdm.write(f"data: {self.images.root} read as {self.images.layout}")
-                tqdm.write(f"device: {self.device_line()}")
+                tqdm.write(f"device: {describe_device(self.device, self.amp_dtype, self.world)}")
         bar = tqdm(total=self.total_steps * cfg.batch_size, initial=state.step * cfg.batch_size, unit="img",
                    desc=self.title(), disable=not (self.progress and self.main),
                    dynamic_ncols=True, smoothing=0.1)
@@ -352,13 +352,6 @@ class Trainer:
         append_eval_row(self.out, result, log, "knn")
         tqdm.write(f"epoch {epoch}: kNN top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
         return result
-
-    def device_line(self) -> str:
-        """Where and how the run trains, in words (the first thing to check on a GPU machine)."""
-        precision = str(self.amp_dtype).replace("torch.", "") + " autocast" if self.amp_dtype else "fp32"
-        gpu = f" ({torch.cuda.get_device_name(self.device)})" if self.device.type == "cuda" else ""
-        world = f", {self.world} processes" if self.world > 1 else ""
-        return f"{self.device}{gpu}, {precision}{world}"
 
     def training_summary(self, state: RunState) -> dict:
         """model.json's `training` record: what ran, on what, how fast and in how much memory."""

@@ -23,9 +23,11 @@ GROUND = {
     "pretrain",  # __version__
     "pretrain.atomic", "pretrain.schema", "pretrain.modeldir", "pretrain.preprocess", "pretrain.device",
     "pretrain.knn", "pretrain.embeddings", "pretrain.distributed",
+    "pretrain.doctor",  # the helpers of each stage's `sslforge doctor` lines (standard library only)
     "pretrain.data.images", "pretrain.data.datasets", "pretrain.data.heap",
 }
-NUMPY_GROUND = {"pretrain", "pretrain.atomic", "pretrain.schema", "pretrain.knn", "pretrain.embeddings"}
+NUMPY_GROUND = {"pretrain", "pretrain.atomic", "pretrain.schema", "pretrain.knn", "pretrain.embeddings",
+                "pretrain.doctor"}
 MAY_IMPORT = {  # stage -> the other stages it may import
     "pretrain": set(),
     "export": {"pretrain"},
