@@ -12,7 +12,9 @@ from __future__ import annotations
 import contextlib
 import io
 import json
-from dataclasses import dataclass
+import shutil
+import tempfile
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -20,6 +22,7 @@ from torch import nn
 
 from export.errors import ExportError
 from export.parity import ParityReport, check_parity, parity_batches
+from export.quantize import Int8Check, check_int8, gate, quantize, split_images
 from export.runtimes import OnnxRunner, TorchRunner
 from pretrain.atomic import atomic_path
 from pretrain.modeldir import ModelDir
@@ -130,17 +133,38 @@ def _torch_export(module: ExportModule, size: int, *, opset: int | None, dynamic
 class ExportResult:
     path: Path
     info: OnnxInfo
-    reports: dict[str, ParityReport]  # output name -> parity against PyTorch
+    reports: dict[str, ParityReport]  # output name -> parity against PyTorch (of the fp32 or fp16 graph)
+    int8: Int8Check | None = None  # with int8: the gate's figures
+
+
+def _int8_images(model: ModelDir, calibration: str | Path | None, count: int, check: int):
+    """(calibration paths, check paths, check labels) from `calibration` or the model's training folder."""
+    from export.embed import find_images, label_of
+
+    folder = calibration or (model.info.get("training") or {}).get("data")
+    if not folder or not Path(folder).is_dir():
+        raise ExportError(f"--int8 calibrates on the model's training images, but {folder or 'no folder'} is not "
+                          f"there: pass --calibration DIR (images like the ones you will embed)")
+    source = find_images(folder)
+    calib, held_out = split_images(source.paths, count, check)
+    return calib, held_out, [label_of(source.relative(p)) for p in held_out]
 
 
 def export_onnx(model: ModelDir, out: str | Path | None = None, *, opset: int | None = None, fp16: bool = False,
                 dynamic_batch: bool = True, batch_size: int = 1, with_head: bool = False,
-                parity_images: list[Path] | tuple = ()) -> ExportResult:
-    """Export, check with onnx.checker, verify parity on random and `parity_images`; then write `out`."""
+                parity_images: list[Path] | tuple = (), int8: bool = False, calibration: str | Path | None = None,
+                calibration_images: int = 256, check_images: int = 1000) -> ExportResult:
+    """Export, check with onnx.checker, verify parity on random and `parity_images`; then write `out`.
+
+    With `int8`, the checked fp32 graph is quantized (export/quantize.py) and written only if it passes its gate."""
     import onnx
 
     if not dynamic_batch and batch_size < 1:
         raise ExportError("--batch-size must be >= 1 for a fixed-batch export")
+    if int8 and fp16:
+        raise ExportError("--int8 and --fp16 exclude each other: int8 is quantized from the fp32 graph")
+    if int8 and (calibration_images < 1 or check_images < 2):
+        raise ExportError("--calibration-images must be >= 1 and --check-images >= 2")
     path = Path(out) if out else model.path / ONNX_FILE
     head = model.load_head() if with_head else None
     module = ExportModule(model.load_backbone(), head).eval()
@@ -168,5 +192,20 @@ def export_onnx(model: ModelDir, out: str | Path | None = None, *, opset: int | 
             reports[name] = check_parity(TorchRunner(references[name], channels_last=False),
                                          OnnxRunner(tmp, ["CPUExecutionProvider"], output=name), batches,
                                          precision=precision, name=f"ONNX output {name!r}")
-    return ExportResult(path, info, reports)
+        if not int8:
+            return ExportResult(path, info, reports)
+        calib, held_out, labels = _int8_images(model, calibration, calibration_images, check_images)
+        with tempfile.TemporaryDirectory() as work:
+            fp32 = Path(work) / "fp32.onnx"
+            shutil.copyfile(tmp, fp32)
+            quantize(fp32, tmp, preprocessing, calib, INPUT)
+            quantized = onnx.load(str(tmp))
+            info = replace(info, precision="int8")
+            onnx.helper.set_model_props(quantized, info.to_metadata())
+            onnx.save(quantized, str(tmp))
+            check = check_int8(TorchRunner(module.backbone, channels_last=False),
+                               OnnxRunner(fp32, ["CPUExecutionProvider"]), OnnxRunner(tmp, ["CPUExecutionProvider"]),
+                               preprocessing, held_out, labels, len(calib))
+        gate(check)
+    return ExportResult(path, info, reports, check)
 
