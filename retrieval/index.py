@@ -13,7 +13,6 @@ killed build leaves the previous index readable.
 """
 from __future__ import annotations
 
-import math
 import os
 import shutil
 import tempfile
@@ -23,135 +22,30 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from pretrain.atomic import atomic_path, save_npy, write_json, write_jsonl
 from pretrain.knn import l2_normalize
 from retrieval.embeddings import read_id_rows
-from retrieval.exact import BackendError, exact_search, faiss_gpus, faiss_or_none
+from retrieval.exact import BackendError, exact_search, faiss_gpus
 from retrieval.indexfiles import check_meta, read_faiss, read_removed, read_vectors
+from retrieval.kinds import (
+    ADD_BATCH,
+    KINDS,
+    SEARCH_KNOBS,
+    IndexDirError,
+    ModelMismatchError,
+    build_faiss,
+    choose_kind,
+    gpu_cloner_options,
+    require_faiss,
+    resolve_params,
+)
 from retrieval.record import read_record
 
 FORMAT = "sslforge-index"
 SCHEMA_VERSION = 1
 INDEX_JSON, IDS_FILE, REMOVED_FILE = "index.json", "ids.jsonl", "removed.npy"
 FAISS_FILE, FLAT_FILE = "index.faiss", "vectors.npy"
-KINDS = ("flat", "hnsw", "ivf", "ivfpq")
-AUTO_EXACT_BELOW = 100_000  # below this, exact search answers a query in milliseconds on a CPU
-AUTO_HNSW_MAX_BYTES = 8 << 30  # above this much float32 data, compress with IVF-PQ instead of HNSW
-BUILD_PARAMS = {"flat": (), "hnsw": ("hnsw_m", "ef_construction", "ef_search"),
-                "ivf": ("nlist", "nprobe", "train_size"),
-                "ivfpq": ("nlist", "m", "nbits", "nprobe", "refine", "train_size")}
-SEARCH_KNOBS = {"flat": (), "hnsw": ("ef_search",), "ivf": ("nprobe",), "ivfpq": ("nprobe", "refine")}
-ADD_BATCH = 65536
-
-
-class IndexDirError(ValueError):
-    """An index dir is missing, of another format or schema version, inconsistent, or used wrongly."""
-
-
-class ModelMismatchError(IndexDirError):
-    """The query vectors come from another model than the indexed ones."""
-
-
-def choose_kind(count: int, dim: int) -> tuple[str, str]:
-    """The kind `--kind auto` picks for `count` vectors of `dim`, and why."""
-    if count < AUTO_EXACT_BELOW:
-        return "flat", f"{count:,} vectors < {AUTO_EXACT_BELOW:,}: exact search is fast enough and has recall 1"
-    size = count * dim * 4
-    if size <= AUTO_HNSW_MAX_BYTES:
-        return "hnsw", (f"{count:,} vectors ({size / 2**30:.1f} GiB as float32) fit in memory: HNSW gives the "
-                        f"best recall per query time")
-    return "ivfpq", (f"{count:,} vectors ({size / 2**30:.1f} GiB as float32) > {AUTO_HNSW_MAX_BYTES / 2**30:.0f} "
-                     f"GiB: IVF-PQ compresses them to m bytes each")
-
-
-def resolve_params(kind: str, count: int, dim: int, given: dict[str, Any]) -> dict[str, Any]:
-    """Fill in the defaults of `kind` for `count` vectors of `dim` and check the given values."""
-    if kind not in KINDS:
-        raise IndexDirError(f"--kind must be one of {', '.join(KINDS)} or auto (got {kind!r})")
-    given = {k: v for k, v in given.items() if v is not None}
-    unknown = set(given) - set(BUILD_PARAMS[kind])
-    if unknown:
-        raise IndexDirError(f"--{sorted(unknown)[0].replace('_', '-')} does not apply to a {kind} index "
-                            f"(its options: {', '.join(BUILD_PARAMS[kind]) or 'none'})")
-    nlist = max(1, min(int(4 * math.sqrt(max(count, 1))), count // 39 or 1))  # faiss wants >= 39 points per list
-    m = max(d for d in range(1, max(1, dim // 8) + 1) if dim % d == 0)  # about 8 dimensions per sub-quantizer
-    defaults = {"flat": {}, "hnsw": {"hnsw_m": 32, "ef_construction": 200, "ef_search": 128},
-                "ivf": {"nlist": nlist, "nprobe": 16, "train_size": 100_000},
-                "ivfpq": {"nlist": nlist, "m": m, "nbits": 8, "nprobe": 16, "refine": 0, "train_size": 100_000}}
-    params = {**defaults[kind], **given}
-    for name, value in params.items():
-        if not isinstance(value, int) or value < (0 if name == "refine" else 1):
-            raise IndexDirError(f"--{name.replace('_', '-')} must be an integer >= {0 if name == 'refine' else 1} "
-                                f"(got {value!r})")
-    if kind == "ivfpq":
-        if dim % params["m"]:
-            raise IndexDirError(f"--m {params['m']} must divide the vector dimension {dim}")
-        if not 1 <= params["nbits"] <= 16:
-            raise IndexDirError(f"--nbits must be between 1 and 16 (got {params['nbits']})")
-    if kind in ("ivf", "ivfpq") and params["nlist"] > count:
-        raise IndexDirError(f"--nlist {params['nlist']} exceeds the {count} vectors to index: use fewer lists")
-    return params
-
-
-def _require_faiss(kind: str):
-    faiss = faiss_or_none()
-    if faiss is None:
-        raise BackendError(f"a {kind} index needs Faiss: pip install 'sslforge[retrieval]' (faiss-cpu), or use "
-                           f"--kind flat, which the torch fallback searches")
-    return faiss
-
-
-def _new_faiss_index(faiss, kind: str, dim: int, p: dict):
-    ip = faiss.METRIC_INNER_PRODUCT
-    if kind == "hnsw":
-        index = faiss.IndexHNSWFlat(dim, p["hnsw_m"], ip)
-        index.hnsw.efConstruction = p["ef_construction"]
-        return index
-    quantizer = faiss.IndexFlatIP(dim)
-    if kind == "ivf":
-        index = faiss.IndexIVFFlat(quantizer, dim, p["nlist"], ip)
-    else:
-        index = faiss.IndexIVFPQ(quantizer, dim, p["nlist"], p["m"], p["nbits"], ip)
-    index.own_fields = True
-    quantizer.this.disown()  # the IVF index now frees its quantizer
-    return index
-
-
-def _gpu_cloner_options(faiss, kind: str):
-    co = faiss.GpuMultipleClonerOptions()
-    co.useFloat16 = kind == "ivfpq"  # float16 lookup tables: needed by GPU IVF-PQ for m > 48 sub-quantizers
-    return co
-
-
-def _build_faiss(kind: str, x: np.ndarray, p: dict, device: str, progress: bool, seed: int) -> tuple[Any, str]:
-    """Train (IVF kinds, on a random sample) and fill a Faiss index; on the GPU when Faiss sees one."""
-    faiss = _require_faiss(kind)
-    index = _new_faiss_index(faiss, kind, x.shape[1], p)
-    use_gpu = device != "cpu" and kind != "hnsw" and faiss_gpus() > 0
-    if device == "gpu" and not use_gpu:
-        raise BackendError("Faiss builds HNSW on the CPU only: use --device auto or cpu" if kind == "hnsw" else
-                           "Faiss sees no GPU (faiss-cpu installed, or no CUDA device): use --device auto or cpu")
-    work = faiss.index_cpu_to_all_gpus(index, co=_gpu_cloner_options(faiss, kind)) if use_gpu else index
-    if not work.is_trained:
-        rng = np.random.default_rng(seed)
-        n = min(len(x), p["train_size"])
-        sample = x[np.sort(rng.choice(len(x), n, replace=False))]
-        if progress:
-            print(f"training {kind} on {n:,} sampled vectors ({p['nlist']} lists)", flush=True)
-        work.train(sample)
-    bar = tqdm(total=len(x), desc=f"adding to {kind}", unit="vec", disable=not progress, leave=False)
-    for start in range(0, len(x), ADD_BATCH):
-        work.add(x[start:start + ADD_BATCH])
-        bar.update(min(ADD_BATCH, len(x) - start))
-    bar.close()
-    index = faiss.index_gpu_to_cpu(work) if use_gpu else work
-    if kind == "ivfpq" and p["refine"]:
-        index = faiss.IndexRefineFlat(index, faiss.swig_ptr(x))  # re-rank PQ candidates with the exact vectors
-    return index, "gpu" if use_gpu else "cpu"
-
-
 class Index:
     """Cosine-similarity search over L2-normalised vectors, with row ids mapped to (path, label).
 
@@ -192,7 +86,7 @@ class Index:
             index, built_on = cls(kind=kind, dim=x.shape[1], params=params, paths=list(paths), labels=labels,
                                   vectors=x), "cpu"
         else:
-            faiss_index, built_on = _build_faiss(kind, x, params, device, progress, seed)
+            faiss_index, built_on = build_faiss(kind, x, params, device, progress, seed)
             index = cls(kind=kind, dim=x.shape[1], params=params, paths=list(paths), labels=labels,
                         faiss_index=faiss_index)
         index.model_fingerprint, index.device = model_fingerprint, device
@@ -275,7 +169,7 @@ class Index:
         return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
     def _faiss_search(self, q: np.ndarray, k: int, knobs: dict) -> tuple[np.ndarray, np.ndarray]:
-        faiss = _require_faiss(self.kind)
+        faiss = require_faiss(self.kind)
         unknown = {n for n, v in knobs.items() if v is not None} - set(SEARCH_KNOBS[self.kind])
         if unknown:
             raise IndexDirError(f"search option {sorted(unknown)[0]!r} does not apply to a {self.kind} index")
@@ -303,7 +197,7 @@ class Index:
                 raise BackendError("Faiss sees no GPU (faiss-cpu installed, or no CUDA device): use device auto/cpu")
             return None
         if self._gpu_index is None:
-            self._gpu_index = faiss.index_cpu_to_all_gpus(self.faiss_index, co=_gpu_cloner_options(faiss, self.kind))
+            self._gpu_index = faiss.index_cpu_to_all_gpus(self.faiss_index, co=gpu_cloner_options(faiss, self.kind))
         return self._gpu_index
 
     # ---- changes ------------------------------------------------------------------------------------
@@ -353,7 +247,7 @@ class Index:
             if self.kind == "flat":
                 save_npy(tmp / FLAT_FILE, self.vectors)
             else:
-                faiss = _require_faiss(self.kind)
+                faiss = require_faiss(self.kind)
                 with atomic_path(tmp / FAISS_FILE) as f:
                     faiss.write_index(self.faiss_index, str(f))
             write_jsonl(tmp / IDS_FILE, [{"path": p, "label": lab} for p, lab in zip(self.paths, self.labels)])
@@ -404,7 +298,7 @@ class Index:
             vectors = read_vectors(path / FLAT_FILE, dim, mmap, IndexDirError)
             stored = len(vectors)
         else:
-            faiss_index = read_faiss(_require_faiss(kind), path / FAISS_FILE, kind, dim, mmap, IndexDirError)
+            faiss_index = read_faiss(require_faiss(kind), path / FAISS_FILE, kind, dim, mmap, IndexDirError)
             stored = faiss_index.ntotal
         if not (stored == len(paths) == count):
             raise IndexDirError(f"{path}: {meta['file']} holds {stored} rows, {IDS_FILE} {len(paths)}, {INDEX_JSON} "

@@ -39,7 +39,7 @@ def test_torch_fallback_equals_faiss_flat(monkeypatch) -> None:
     q = clustered(40, seed=5)[0]
     with_faiss = Index.build(x, paths, labels, kind="flat").search_ids(q, 7)
     monkeypatch.setattr(exact, "faiss_or_none", lambda: None)
-    monkeypatch.setattr("retrieval.index.faiss_or_none", lambda: None)
+    monkeypatch.setattr("retrieval.kinds.faiss_or_none", lambda: None)
     assert exact.exact_backend("cpu") == "torch-cpu"
     without = Index.build(x, paths, labels, kind="flat").search_ids(q, 7)
     np.testing.assert_array_equal(with_faiss[1], without[1])
