@@ -4,16 +4,25 @@ A filter is `field=value` conditions (all must hold; `label`, or a field given w
 and an optional path prefix. It becomes a boolean mask over the index's rows (removed rows are never
 allowed), which each index kind applies in its own way (retrieval/index.py):
 - flat: exact search over the allowed rows only, so the result is the true top-k among them;
-- hnsw, ivf, ivfpq without refine: Faiss's ID selector in the search parameters (the graph or the lists are
-  walked as usual and only allowed ids are kept), on the CPU index (Faiss's GPU indexes take no selector);
-- ivfpq with refine (no selector through IndexRefine): over-fetch and keep the allowed rows.
-A filter never returns a row that does not match it.
+- hnsw, ivf, ivfpq (with or without refine): Faiss's ID selector (a bitmap of the allowed rows) in the search
+  parameters: the graph or the lists are walked as usual and only allowed ids are kept (HNSW's candidate list
+  widened by the share of rows the filter leaves out, so a selective filter keeps its recall). It runs on the
+  CPU index: Faiss's GPU indexes take no
+  selector, so a filtered search of a GPU-searched IVF index falls back to its CPU copy.
+A filter never returns a row that does not match it (the ids are checked against the mask once more).
 """
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import numpy as np
+
+from retrieval.exact import exact_search
+from retrieval.kinds import require_faiss
+
+MAX_FIELDS, MAX_KEY, MAX_VALUE = 32, 64, 1024  # per row: user fields, characters of a name, of a value
 
 
 class FilterError(ValueError):
@@ -59,3 +68,62 @@ class Filter:
         if self.path_prefix:
             parts.append(f"path starts with {self.path_prefix!r}")
         return " and ".join(parts) or "none"
+
+
+def check_row_meta(meta: list[dict] | None, rows: int, error: type[Exception]) -> list[dict]:
+    """Per-row user fields: `rows` dicts of str -> str within the bounds (names not `id`, `path`, `label`, `score`)."""
+    if meta is None:
+        return [{} for _ in range(rows)]
+    if len(meta) != rows:
+        raise error(f"{len(meta)} metadata rows for {rows} vectors: one per row")
+    for i, row in enumerate(meta):
+        if not isinstance(row, dict) or len(row) > MAX_FIELDS:
+            raise error(f"metadata row {i}: expected an object of at most {MAX_FIELDS} fields")
+        for key, value in row.items():
+            if not (isinstance(key, str) and isinstance(value, str)) or not 0 < len(key) <= MAX_KEY \
+                    or len(value) > MAX_VALUE or key in ("id", "path", "label", "score"):
+                raise error(f"metadata row {i}: field {str(key)[:40]!r} must be a name of 1-{MAX_KEY} characters "
+                            f"(not id, path, label or score) with a text value of at most {MAX_VALUE}")
+    return [dict(row) for row in meta]
+
+
+def read_meta_rows(file: Path, rows: int, error: type[Exception]) -> list[dict]:
+    """meta.jsonl of an index dir: one object per row, checked like `check_row_meta`."""
+    meta = []
+    with open(file, "rb") as f:
+        for n, line in enumerate(f, 1):
+            try:
+                meta.append(json.loads(line.decode("utf-8")))
+            except (ValueError, RecursionError):
+                raise error(f"{file}:{n}: not a JSON object; rebuild the index") from None
+    try:
+        return check_row_meta(meta, rows, error)
+    except error as e:
+        raise error(f"{file}: {e}; rebuild the index") from None
+
+
+def search_allowed(index, q: np.ndarray, k: int, allowed: np.ndarray, knobs: dict) -> tuple[np.ndarray, np.ndarray]:
+    """Top-k of each (normalised) query among the rows where `allowed` is true: (scores, ids), padded with -inf/-1."""
+    rows = np.flatnonzero(allowed)
+    scores = np.full((len(q), k), -np.inf, np.float32)
+    ids = np.full((len(q), k), -1, np.int64)
+    if len(rows) == 0:
+        return scores, ids
+    kk = min(k, len(rows))
+    if index.kind == "flat":
+        s, local = exact_search(index.vectors[rows], q, kk, device=index.device)
+        found = np.where(local >= 0, rows[np.maximum(local, 0)], -1)
+    else:
+        faiss = require_faiss(index.kind)
+        if index.kind == "hnsw":  # the walk keeps only allowed nodes: widen it by the share the filter leaves out
+            ef = knobs.get("ef_search") or index.params["ef_search"]
+            knobs = {**knobs, "ef_search": int(min(len(allowed), max(ef, kk, ef * len(allowed) / len(rows))))}
+        bits = np.packbits(allowed, bitorder="little")
+        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
+        s, found = index._faiss_search(q, kk, knobs, sel=selector)
+        del selector, bits  # the selector points into bits: both live until the search returned
+    found = np.where((found >= 0) & allowed[np.maximum(found, 0)], found, -1)
+    s = np.where(found >= 0, s, -np.inf)
+    order = np.argsort(found < 0, axis=1, kind="stable")  # misses (none expected) to the end
+    scores[:, :kk], ids[:, :kk] = np.take_along_axis(s, order, 1), np.take_along_axis(found, order, 1)
+    return scores, ids

@@ -6,6 +6,7 @@
                            memory-mappable and searchable by Faiss or by the torch fallback)
     idx/NAME/ids.jsonl     row id -> {"path": ..., "label": ...}
     idx/NAME/removed.npy   ids removed since the build; never returned (rebuild to reclaim their space)
+    idx/NAME/meta.jsonl    row id -> {user field: value} (only when rows carry fields; filtered search)
 
 Similarity is cosine: every vector, stored or query, is L2-normalised and compared by inner product.
 A saved index dir is replaced as a whole (written to a sibling temporary folder, then renamed), so a
@@ -27,6 +28,7 @@ from pretrain.atomic import atomic_path, save_npy, write_json, write_jsonl
 from pretrain.knn import l2_normalize
 from retrieval.embeddings import read_id_rows
 from retrieval.exact import BackendError, exact_search, faiss_gpus
+from retrieval.filters import Filter, check_row_meta, read_meta_rows, search_allowed
 from retrieval.indexfiles import check_meta, read_faiss, read_removed, read_vectors
 from retrieval.kinds import (
     ADD_BATCH,
@@ -44,7 +46,7 @@ from retrieval.record import read_record
 
 FORMAT = "sslforge-index"
 SCHEMA_VERSION = 1
-INDEX_JSON, IDS_FILE, REMOVED_FILE = "index.json", "ids.jsonl", "removed.npy"
+INDEX_JSON, IDS_FILE, REMOVED_FILE, META_FILE = "index.json", "ids.jsonl", "removed.npy", "meta.jsonl"
 FAISS_FILE, FLAT_FILE = "index.faiss", "vectors.npy"
 class Index:
     """Cosine-similarity search over L2-normalised vectors, with row ids mapped to (path, label).
@@ -56,9 +58,10 @@ class Index:
     def __init__(self, *, kind: str, dim: int, params: dict, paths: list[str], labels: list[str | None],
                  vectors: np.ndarray | None = None, faiss_index: Any = None, removed: np.ndarray | None = None,
                  model_fingerprint: str | None = None, info: dict | None = None, path: Path | None = None,
-                 device: str = "auto", read_only: bool = False) -> None:
+                 device: str = "auto", read_only: bool = False, meta: list[dict] | None = None) -> None:
         self.kind, self.dim, self.params = kind, dim, params
         self.paths, self.labels = paths, labels
+        self.meta = meta if meta is not None else [{} for _ in paths]  # per row: user fields (str -> str)
         self.vectors, self.faiss_index = vectors, faiss_index
         self.removed = np.unique(np.asarray(removed if removed is not None else [], dtype=np.int64))
         self.model_fingerprint, self.info = model_fingerprint, dict(info or {})
@@ -69,10 +72,12 @@ class Index:
     @classmethod
     def build(cls, vectors: np.ndarray, paths: list[str], labels: list[str | None] | None = None, *,
               kind: str = "flat", model_fingerprint: str | None = None, device: str = "auto",
-              progress: bool = True, seed: int = 0, **params: Any) -> Index:
-        """Index `vectors` (normalised here). kind "auto" picks by size (see `choose_kind`)."""
+              progress: bool = True, seed: int = 0, meta: list[dict] | None = None, **params: Any) -> Index:
+        """Index `vectors` (normalised here). kind "auto" picks by size (see `choose_kind`). `meta`: per row, the
+        user fields filtered search can match (str -> str)."""
         x = l2_normalize(vectors)
         labels = [None] * len(paths) if labels is None else list(labels)
+        meta = check_row_meta(meta, len(paths), IndexDirError)
         if not (len(x) == len(paths) == len(labels)):
             raise IndexDirError(f"{len(x)} vectors, {len(paths)} paths and {len(labels)} labels: one each per row")
         if len(x) == 0:
@@ -89,7 +94,7 @@ class Index:
             faiss_index, built_on = build_faiss(kind, x, params, device, progress, seed)
             index = cls(kind=kind, dim=x.shape[1], params=params, paths=list(paths), labels=labels,
                         faiss_index=faiss_index)
-        index.model_fingerprint, index.device = model_fingerprint, device
+        index.model_fingerprint, index.device, index.meta = model_fingerprint, device, meta
         index.info = {**info, "build_seconds": round(time.perf_counter() - start, 3), "built_on": built_on,
                       "built_at": datetime.now(UTC).isoformat(timespec="seconds")}
         return index
@@ -130,19 +135,21 @@ class Index:
                                      f"the index")
 
     # ---- search -------------------------------------------------------------------------------------
-    def search(self, queries: np.ndarray, k: int = 10, **knobs: Any) -> tuple[np.ndarray, np.ndarray, list]:
-        """The k most cosine-similar live rows of each query: (scores, ids, metadata).
+    def search(self, queries: np.ndarray, k: int = 10, where: Filter | None = None,
+               **knobs: Any) -> tuple[np.ndarray, np.ndarray, list]:
+        """The k most cosine-similar live rows of each query (among those matching `where`): (scores, ids, metadata).
 
-        metadata[q][j] is {"id", "path", "label", "score"} or None where fewer than k rows exist.
+        metadata[q][j] is {"id", "path", "label", "score", **user fields} or None where fewer than k rows exist.
         Knobs override the stored search parameters: ef_search (hnsw), nprobe and refine (ivf, ivfpq).
         """
-        scores, ids = self.search_ids(queries, k, **knobs)
-        metadata = [[None if i < 0 else {"id": int(i), "path": self.paths[i], "label": self.labels[i],
-                                         "score": float(s)} for s, i in zip(srow, irow)]
+        scores, ids = self.search_ids(queries, k, where, **knobs)
+        metadata = [[None if i < 0 else {**self.meta[i], "id": int(i), "path": self.paths[i],
+                                         "label": self.labels[i], "score": float(s)} for s, i in zip(srow, irow)]
                     for srow, irow in zip(scores, ids)]
         return scores, ids, metadata
 
-    def search_ids(self, queries: np.ndarray, k: int = 10, **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
+    def search_ids(self, queries: np.ndarray, k: int = 10, where: Filter | None = None,
+                   **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
         """`search` without the metadata (what benchmarks time)."""
         if k < 1:
             raise IndexDirError(f"k must be >= 1 (got {k})")
@@ -151,6 +158,9 @@ class Index:
             raise IndexDirError(f"query vectors have shape {tuple(q.shape)}, {self.path or 'the index'} holds "
                                 f"dimension {self.dim}: embed the queries with the index's model")
         q = l2_normalize(q)
+        if where:
+            allowed = where.mask(self.paths, self.labels, self.meta, self.removed)
+            return search_allowed(self, q, k, allowed, knobs)
         fetch = min(k + len(self.removed), self.ntotal)
         if self.kind == "flat":
             scores, ids = exact_search(self.vectors, q, fetch, device=self.device)
@@ -168,7 +178,9 @@ class Index:
             ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
         return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
-    def _faiss_search(self, q: np.ndarray, k: int, knobs: dict) -> tuple[np.ndarray, np.ndarray]:
+    def _faiss_search(self, q: np.ndarray, k: int, knobs: dict, sel=None) -> tuple[np.ndarray, np.ndarray]:
+        """Faiss search with the stored parameters and `knobs`; `sel` (a Faiss ID selector) keeps only the ids it
+        selects, on the CPU index (Faiss's GPU indexes take no selector)."""
         faiss = require_faiss(self.kind)
         unknown = {n for n, v in knobs.items() if v is not None} - set(SEARCH_KNOBS[self.kind])
         if unknown:
@@ -176,13 +188,14 @@ class Index:
         p = {**self.params, **{n: v for n, v in knobs.items() if v is not None}}
         if knobs.get("refine") and not self.params.get("refine"):
             raise IndexDirError(f"{self.path or 'the index'} was built without --refine: rebuild it with one")
-        gpu = self._on_gpu(faiss)
+        gpu = self._on_gpu(faiss) if sel is None else None
         if gpu is not None:
             faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", p["nprobe"])
             return gpu.search(q, k)
+        extra = {"sel": sel} if sel is not None else {}
         if self.kind == "hnsw":
-            return self.faiss_index.search(q, k, params=faiss.SearchParametersHNSW(efSearch=p["ef_search"]))
-        ivf = faiss.SearchParametersIVF(nprobe=p["nprobe"])
+            return self.faiss_index.search(q, k, params=faiss.SearchParametersHNSW(efSearch=p["ef_search"], **extra))
+        ivf = faiss.SearchParametersIVF(nprobe=p["nprobe"], **extra)
         if self.kind == "ivfpq" and self.params["refine"]:
             return self.faiss_index.search(q, k, params=faiss.IndexRefineSearchParameters(
                 k_factor=float(p["refine"]), base_index_params=ivf))
@@ -206,11 +219,13 @@ class Index:
             raise IndexDirError(f"{self.path} was loaded memory-mapped (read-only): load it with mmap=False "
                                 f"to add, remove or save")
 
-    def add(self, vectors: np.ndarray, paths: list[str], labels: list[str | None] | None = None) -> np.ndarray:
-        """Append rows (normalised here); returns their new ids."""
+    def add(self, vectors: np.ndarray, paths: list[str], labels: list[str | None] | None = None,
+            meta: list[dict] | None = None) -> np.ndarray:
+        """Append rows (normalised here), with their user fields; returns their new ids."""
         self._check_writable()
         x = l2_normalize(vectors)
         labels = [None] * len(paths) if labels is None else list(labels)
+        meta = check_row_meta(meta, len(paths), IndexDirError)
         if x.shape[1] != self.dim or not (len(x) == len(paths) == len(labels)):
             raise IndexDirError(f"add: got {len(x)} vectors of dimension {x.shape[1]}, {len(paths)} paths and "
                                 f"{len(labels)} labels; the index needs dimension {self.dim} and one of each per row")
@@ -223,6 +238,7 @@ class Index:
             self._gpu_index = None
         self.paths += list(paths)
         self.labels += labels
+        self.meta += meta
         return ids
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
@@ -252,6 +268,8 @@ class Index:
                     faiss.write_index(self.faiss_index, str(f))
             write_jsonl(tmp / IDS_FILE, [{"path": p, "label": lab} for p, lab in zip(self.paths, self.labels)])
             save_npy(tmp / REMOVED_FILE, self.removed)
+            if any(self.meta):
+                write_jsonl(tmp / META_FILE, self.meta)
             if source is not None:
                 self.info["source"] = source
             write_json(tmp / INDEX_JSON, {
@@ -309,6 +327,8 @@ class Index:
                     faiss_index=faiss_index, removed=read_removed(path / REMOVED_FILE, count, IndexDirError),
                     model_fingerprint=meta.get("model_fingerprint"),
                     info={k: v for k, v in meta.items() if k not in keys}, path=path, device=device, read_only=mmap)
+        if (path / META_FILE).is_file():
+            index.meta = read_meta_rows(path / META_FILE, count, IndexDirError)
         if model_fingerprint is not None:
             index.check_model(model_fingerprint)
         return index
