@@ -13,6 +13,7 @@ import numpy as np
 
 from pretrain.data.images import DECODE_ERRORS, load_rgb
 from retrieval.cli import SEARCH_OPTIONS, add_device, add_options, load_queries, search_knobs
+from retrieval.filters import Filter, FilterError
 from retrieval.index import Index
 
 
@@ -56,7 +57,10 @@ def cmd_search(args: argparse.Namespace) -> None:
         vectors, names = np.asarray(emb.vectors[rows]), emb.paths[rows]
         qroot = Path(emb.manifest.get("root", ""))
         qpaths = [qroot / p for p in names]
-    _, _, metadata = index.search(vectors, args.k, **search_knobs(args))
+    where = Filter.parse(args.where, args.path_prefix)
+    _, _, metadata = index.search(vectors, args.k, where=where, **search_knobs(args))
+    if where:
+        print(f"filter: {where.describe()}")
     root = Path(index.info.get("root", ""))
     for name, hits in zip(names, metadata):
         print(f"query {name}")
@@ -83,9 +87,13 @@ def add_search_command(sub: argparse._SubParsersAction) -> tuple[type[Exception]
     p.add_argument("--query-embeddings", metavar="EMB_DIR", help="search with these vectors instead of images")
     p.add_argument("--limit", type=int, default=None, help="with --query-embeddings: only the first N rows")
     p.add_argument("-k", "--k", type=int, default=10, help="neighbours per query (default: 10)")
+    p.add_argument("--where", action="append", metavar="FIELD=VALUE",
+                   help="only rows whose FIELD is VALUE (label, or a field given when the rows were added); "
+                        "repeat for several (all must hold)")
+    p.add_argument("--path-prefix", metavar="PREFIX", help="only rows whose indexed path starts with PREFIX")
     p.add_argument("--sheet", metavar="FILE.png", help="write a contact sheet: query, then its neighbours")
     p.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it into RAM")
     add_options(p, SEARCH_OPTIONS, "; overrides the index's")
     add_device(p)
     p.set_defaults(func=cmd_search)
-    return (QueryError,)
+    return (QueryError, FilterError)

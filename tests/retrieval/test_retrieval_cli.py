@@ -62,6 +62,15 @@ def test_build_search_classify_eval(embedded, tiny_run, tmp_path, capsys) -> Non
     assert main(["search", "--index", str(idx), "--query-embeddings", str(emb), "--limit", "2", "-k", "2"]) == 0
     assert capsys.readouterr().out.count("query ") == 2
 
+    assert main(["search", "--index", str(idx), "--model", str(tiny_run), str(files[3]), "-k", "30",
+                 "--where", "label=class_2", "--path-prefix", "class_2/00"]) == 0
+    out = capsys.readouterr().out
+    hits = [ln.split()[-1] for ln in out.splitlines() if ln.strip()[:1].isdigit()]
+    assert "filter: label=class_2 and path starts with 'class_2/00'" in out
+    assert hits and all(h.startswith("class_2/00") for h in hits) and len(hits) == 8  # 000..007, no others
+    assert main(["search", "--index", str(idx), "--model", str(tiny_run), str(files[3]), "--where", "colour=red"]) == 2
+    assert "no field 'colour' in this index (fields: label)" in capsys.readouterr().err
+
     preds = tmp_path / "preds.csv"
     assert main(["index", "classify", "--index", str(idx), "--queries", str(emb), "-k", "5",
                  "--predictions", str(preds)]) == 0
