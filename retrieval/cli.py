@@ -141,6 +141,22 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     quickstart(run=args.run, embeddings=args.embeddings, out=args.out, progress=not args.quiet)
 
 
+def cmd_dedup(args: argparse.Namespace) -> None:
+    from retrieval.dedup import find_groups, index_vectors, sheet, write_groups
+
+    index = Index.load(args.index, device=args.device)
+    groups = find_groups(index, args.threshold, args.max_neighbours)
+    x = index_vectors(index)
+    write_groups(args.out, index, groups, x)
+    images = sum(len(g) for g in groups.rows)
+    how = "all pairs compared" if groups.exact else f"each row's {args.max_neighbours} nearest rows compared"
+    print(f"{len(index):,} rows, {groups.pairs:,} pairs with cosine >= {args.threshold} ({how}): "
+          f"{len(groups.rows):,} groups holding {images:,} images"
+          + (f", the largest {len(groups.rows[0])}" if groups.rows else "") + f"; written: {args.out}")
+    if args.sheet:
+        print(f"contact sheet of the largest groups: {sheet(args.sheet, index, groups, x)}")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:
     """Add `index` (build, classify, eval, quickstart); return the exception types that mean bad input."""
     ix = sub.add_parser("index", help="build, evaluate and classify with Faiss indexes of embeddings",
@@ -209,5 +225,19 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
                    help="folder for the embeddings and the index (default: runs/quickstart-retrieval)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)
+
+    p = sub.add_parser("dedup", help="near-duplicate groups of an index (cosine >= a threshold), as CSV and a sheet",
+                       description="Find every pair of live rows of the index whose cosine similarity is at least "
+                                   "--threshold (all pairs exactly up to 200,000 rows; above, each row's "
+                                   "--max-neighbours nearest), join them into groups (connected components) and "
+                                   "write group, size, id, path, label and similarity to the group's first row.")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to search for near-duplicates")
+    p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of a pair (default: 0.95)")
+    p.add_argument("--out", required=True, metavar="FILE.csv", help="the groups, largest first")
+    p.add_argument("--sheet", metavar="FILE.png", help="also a contact sheet of the 8 largest groups")
+    p.add_argument("--max-neighbours", type=int, default=64,
+                   help="above 200,000 rows: neighbours compared per row (default: 64)")
+    add_device(p)
+    p.set_defaults(func=cmd_dedup)
 
     return ERRORS

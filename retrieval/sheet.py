@@ -24,13 +24,13 @@ def _tile(path: Path | None, lines: list[str]) -> Image.Image:
 
 
 def contact_sheet(out: str | Path, queries: list[tuple[Path | None, str]],
-                  results: list[list[tuple[Path | None, str, float]]]) -> Path:
-    """One row per query: the query tile (caption), then (path, label, score) tiles of its results."""
+                  results: list[list[tuple[Path | None, str, float]]], first: str = "query") -> Path:
+    """One row per query: the query tile (`first`, caption), then (path, label, score) tiles of its results."""
     cols = 1 + max((len(r) for r in results), default=0)
     sheet = Image.new("RGB", (cols * (TILE + 4), len(queries) * (TILE + CAPTION + 4)), (220, 220, 220))
     for row, ((qpath, qcaption), hits) in enumerate(zip(queries, results)):
         y = row * (TILE + CAPTION + 4)
-        sheet.paste(_tile(qpath, ["query", qcaption]), (0, y))
+        sheet.paste(_tile(qpath, [first, qcaption]), (0, y))
         for col, (path, label, score) in enumerate(hits, 1):
             sheet.paste(_tile(path, [f"{col}. {label}", f"{score:.3f}"]), (col * (TILE + 4), y))
     out = Path(out)
