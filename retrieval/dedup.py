@@ -23,6 +23,7 @@ from retrieval.kinds import IndexDirError
 
 EXACT_MAX = 200_000
 BLOCK_FLOATS = 1 << 25  # similarities computed at a time (128 MB of float32)
+MAX_PAIRS_PER_ROW = 20  # more pairs than this per row: the threshold is too low to mean duplicates
 
 
 @dataclass
@@ -45,8 +46,10 @@ def index_vectors(index) -> np.ndarray:
     return faiss_index.reconstruct_n(0, index.ntotal)
 
 
-def similar_pairs(x: np.ndarray, live: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """(i, j) with i < j, both live, x[i] . x[j] >= threshold: every pair, in blocks of rows."""
+def similar_pairs(x: np.ndarray, live: np.ndarray, threshold: float,
+                  max_pairs: int | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """(i, j) with i < j, both live, x[i] . x[j] >= threshold: every pair, in blocks of rows; IndexDirError past
+    `max_pairs` (a threshold so low that most images pair up says nothing about duplicates)."""
     rows = np.flatnonzero(live)
     sub = x[rows]
     block = max(1, BLOCK_FLOATS // max(1, len(rows)))
@@ -58,8 +61,19 @@ def similar_pairs(x: np.ndarray, live: np.ndarray, threshold: float) -> tuple[np
         keep = b > a
         found_i.append(rows[a[keep]])
         found_j.append(rows[b[keep]])
+        total = sum(len(f) for f in found_i)
+        if max_pairs is not None and total > max_pairs:
+            raise IndexDirError(too_many_pairs(sub, threshold, max_pairs))
     return (np.concatenate(found_i) if found_i else np.zeros(0, np.int64),
             np.concatenate(found_j) if found_j else np.zeros(0, np.int64))
+
+
+def too_many_pairs(x: np.ndarray, threshold: float, max_pairs: int) -> str:
+    sample = x[np.random.default_rng(0).choice(len(x), min(len(x), 1000), replace=False)]
+    sims = (sample @ sample.T)[np.triu_indices(len(sample), 1)]
+    p999 = float(np.percentile(sims, 99.9)) if len(sims) else float("nan")
+    return (f"over {max_pairs:,} pairs have cosine >= {threshold}: at this threshold unrelated images pair up (in a "
+            f"sample, 1 pair in 1,000 is above {p999:.4f}); raise --threshold above that")
 
 
 def neighbour_pairs(index, x: np.ndarray, live: np.ndarray, threshold: float,
@@ -81,27 +95,29 @@ def neighbour_pairs(index, x: np.ndarray, live: np.ndarray, threshold: float,
 
 
 def components(n: int, i: np.ndarray, j: np.ndarray) -> list[np.ndarray]:
-    """Connected components (size >= 2) of the graph with edges (i, j) over n nodes, largest first."""
-    parent = np.arange(n)
+    """Connected components (size >= 2) of the graph with edges (i, j) over n nodes, largest first.
 
-    def find(a: int) -> int:
-        root = a
-        while parent[root] != root:
-            root = parent[root]
-        while parent[a] != root:  # path compression
-            parent[a], a = root, parent[a]
-        return root
-
-    for a, b in zip(i.tolist(), j.tolist()):
-        ra, rb = find(a), find(b)
-        if ra != rb:
-            parent[max(ra, rb)] = min(ra, rb)
-    roots = np.array([find(a) for a in range(n)])
+    Vectorised min-label propagation with pointer jumping: each round every edge pulls both ends to the smaller
+    label, then labels jump to their label's label; it ends when nothing changes (rounds grow with log of the
+    longest chain, each round is a few numpy passes over the edges)."""
+    label = np.arange(n)
+    i, j = np.asarray(i, np.int64), np.asarray(j, np.int64)
+    while True:
+        low = np.minimum(label[i], label[j])
+        new = label.copy()
+        np.minimum.at(new, i, low)
+        np.minimum.at(new, j, low)
+        new = new[new]  # pointer jumping
+        if np.array_equal(new, label):
+            break
+        label = new
     members = np.unique(np.concatenate([i, j])) if len(i) else np.zeros(0, np.int64)
-    groups: dict[int, list[int]] = {}
-    for m in members.tolist():
-        groups.setdefault(int(roots[m]), []).append(m)
-    return sorted((np.array(sorted(g)) for g in groups.values()), key=lambda g: (-len(g), g[0]))
+    if not len(members):
+        return []
+    order = np.argsort(label[members], kind="stable")
+    sorted_members, roots = members[order], label[members][order]
+    cuts = np.flatnonzero(np.diff(roots)) + 1
+    return sorted((np.sort(g) for g in np.split(sorted_members, cuts)), key=lambda g: (-len(g), g[0]))
 
 
 def find_groups(index, threshold: float, max_neighbours: int = 64) -> Groups:
@@ -113,7 +129,9 @@ def find_groups(index, threshold: float, max_neighbours: int = 64) -> Groups:
     live[index.removed] = False
     x = index_vectors(index)
     exact = int(live.sum()) <= EXACT_MAX
-    i, j = similar_pairs(x, live, threshold) if exact else neighbour_pairs(index, x, live, threshold, max_neighbours)
+    max_pairs = MAX_PAIRS_PER_ROW * max(1, int(live.sum()))
+    i, j = similar_pairs(x, live, threshold, max_pairs) if exact else \
+        neighbour_pairs(index, x, live, threshold, max_neighbours)
     return Groups(components(index.ntotal, i, j), len(i), exact)
 
 

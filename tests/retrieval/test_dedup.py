@@ -102,3 +102,19 @@ def test_above_the_exact_limit_the_nearest_neighbours_find_the_same_groups(monke
     approx = find_groups(index, 0.95, max_neighbours=8)
     assert not approx.exact and approx.pairs == exact.pairs
     assert [g.tolist() for g in approx.rows] == [g.tolist() for g in exact.rows]
+
+
+def test_a_threshold_that_pairs_everything_is_refused_with_advice():
+    x, _ = planted(n=200, copies=5)
+    index = Index.build(x, [str(i) for i in range(len(x))], kind="flat")
+    with pytest.raises(IndexDirError, match=r"over 4,300 pairs have cosine >= -1.0.*raise --threshold above"):
+        find_groups(index, -1.0)
+
+
+def test_components_of_a_long_chain_and_a_star():
+    n = 1000
+    chain = np.arange(n - 1)
+    groups = components(n, chain, chain + 1)
+    assert len(groups) == 1 and groups[0].tolist() == list(range(n))
+    groups = components(10, np.array([9, 9, 9]), np.array([1, 4, 7]))
+    assert [g.tolist() for g in groups] == [[1, 4, 7, 9]]
