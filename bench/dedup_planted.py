@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import shutil
-from itertools import combinations
 from pathlib import Path
 
 from PIL import Image, ImageOps
@@ -41,13 +40,14 @@ def main() -> None:
     p.add_argument("--test", type=Path, required=True, help="CIFAR-10 test folder (class sub-folders)")
     p.add_argument("--out", type=Path, default=Path("/tmp/dedup-planted"))
     p.add_argument("--copies", type=int, default=500)
-    p.add_argument("--thresholds", default="0.9,0.95,0.97,0.98,0.99")
+    p.add_argument("--thresholds", default="0.98,0.99,0.995,0.998")
+    p.add_argument("--reuse", action="store_true", help="keep OUT/emb when it is complete (same model and images)")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args()
 
     from export.embed import embed_images
     from export.embedder import Embedder
-    from retrieval import Index, read_embeddings
+    from retrieval import Index, IndexDirError, read_embeddings
     from retrieval.dedup import find_groups
 
     images = args.out / "images"
@@ -64,28 +64,41 @@ def main() -> None:
             alter(im.convert("RGB"), kind, images / copy)
         planted[copy.as_posix()] = (rel.as_posix(), kind)
     emb = args.out / "emb"
-    shutil.rmtree(emb, ignore_errors=True)
-    embed_images(Embedder.load(args.model, "torch", device="cpu"), images, emb, workers=args.workers, progress=True)
+    if not (args.reuse and (emb / "manifest.json").is_file()):
+        shutil.rmtree(emb, ignore_errors=True)
+        embed_images(Embedder.load(args.model, "torch", device="cpu"), images, emb, workers=args.workers,
+                     progress=True)
     e = read_embeddings(emb)
     index = Index.build(e.vectors, e.paths, e.labels, kind="flat")
     row = {p: i for i, p in enumerate(index.paths)}
     truth = {frozenset((row[o], row[c])): kind for c, (o, kind) in planted.items()}
     results = []
     for t in (float(v) for v in args.thresholds.split(",")):
-        groups = find_groups(index, t)
-        predicted = {frozenset(pair) for g in groups.rows for pair in combinations(g.tolist(), 2)}
-        right = predicted & truth.keys()
-        per_kind = {k: sum(1 for pair, kind in truth.items() if kind == k and pair in predicted) /
-                    sum(1 for kind in truth.values() if kind == k) for k in KINDS}
-        results.append({"threshold": t, "groups": len(groups.rows), "predicted_pairs": len(predicted),
-                        "precision": len(right) / len(predicted) if predicted else 1.0,
-                        "recall": len(right) / len(truth), **{f"recall_{k}": v for k, v in per_kind.items()}})
+        try:
+            groups = find_groups(index, t)
+        except IndexDirError as e:
+            print(f"threshold {t}: {e}")
+            continue
+        group_of = {r: n for n, g in enumerate(groups.rows) for r in g.tolist()}
+        predicted = sum(len(g) * (len(g) - 1) // 2 for g in groups.rows)  # pairs inside groups
+        found = {pair: kind for pair, kind in truth.items()
+                 if len({group_of.get(r, -1 - r) for r in pair}) == 1}  # both in one group
+        right = len(found)
+        per_kind = {k: sum(1 for kind in found.values() if kind == k) / sum(1 for kind in truth.values() if kind == k)
+                    for k in KINDS}
+        largest = len(groups.rows[0]) if groups.rows else 0
+        results.append({"threshold": t, "groups": len(groups.rows), "largest": largest,
+                        "predicted_pairs": predicted, "direct_pairs": groups.pairs,
+                        "precision": right / predicted if predicted else 1.0,
+                        "recall": right / len(truth), **{f"recall_{k}": v for k, v in per_kind.items()}})
         print(json.dumps(results[-1]))
     (args.out / "results.json").write_text(json.dumps(results, indent=2))
-    print("\n| threshold | groups | predicted pairs | precision | recall | " + " | ".join(KINDS) + " |")
-    print("|---|---|---|---|---|" + "---|" * len(KINDS))
+    print("\n| threshold | groups | largest | pairs >= threshold | pairs inside groups | precision | recall | "
+          + " | ".join(KINDS) + " |")
+    print("|---|---|---|---|---|---|---|" + "---|" * len(KINDS))
     for r in results:
-        print(f"| {r['threshold']} | {r['groups']} | {r['predicted_pairs']} | {r['precision']:.3f} | "
+        print(f"| {r['threshold']} | {r['groups']} | {r['largest']} | {r['direct_pairs']} | {r['predicted_pairs']} | "
+              f"{r['precision']:.3f} | "
               f"{r['recall']:.3f} | " + " | ".join(f"{r[f'recall_{k}']:.3f}" for k in KINDS) + " |")
 
 
