@@ -111,6 +111,17 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temper
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
+def nnclr_loss(neighbours: torch.Tensor, predictions: torch.Tensor, temperature: float) -> torch.Tensor:
+    """NNCLR's contrastive term (Dwibedi et al. 2021, eq. 3): the support-set neighbour NN(z_i) of view one is
+    the anchor, the prediction p_i of view two its positive, the other images' predictions its negatives:
+    -log exp(nn_i . p_i / t) / sum_k exp(nn_i . p_k / t) over L2-normalised vectors, averaged over i.
+    The neighbours come from the queue and get no gradient."""
+    a = F.normalize(neighbours.detach().float(), dim=1)
+    b = F.normalize(predictions.float(), dim=1)
+    logits = a @ b.T / temperature
+    return F.cross_entropy(logits, torch.arange(a.shape[0], device=a.device))
+
+
 def drlim_loss(z1: torch.Tensor, z2: torch.Tensor, margin: float = 1.0) -> torch.Tensor:
     """DrLIM's contrastive loss (Hadsell, Chopra & LeCun 2006) on L2-normalised embeddings of two views.
 

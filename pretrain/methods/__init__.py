@@ -17,6 +17,7 @@ from pretrain.methods.dino import DINO
 from pretrain.methods.distill import Distill
 from pretrain.methods.drlim import DrLIM
 from pretrain.methods.moco import MoCo
+from pretrain.methods.nnclr import NNCLR
 from pretrain.methods.simclr import SimCLR
 from pretrain.methods.simclr2 import SimCLRv2
 from pretrain.methods.simsiam import SimSiam
@@ -85,6 +86,9 @@ METHODS: dict[str, MethodSpec] = {
                                                              transform_args={"local_views": 0}),
                           paper=_paper("lars", 0.3, 1e-6, "Bardes et al. 2022 (VICRegL), sec. 4")),
     "dino": MethodSpec(DINO, "multicrop", paper=_paper("adamw", 5e-4, 0.04, "Caron et al. 2021, sec. 4 (ViT)")),
+    "nnclr": MethodSpec(NNCLR, default=Recipe(method_args={"queue_size": 4096},
+                                              source="interim, not yet swept: SimCLR's, a 4096-row support set"),
+                        paper=_paper("lars", 0.3, 1e-6, "Dwibedi et al. 2021, sec. 4 (batch 4096)")),
     "drlim": MethodSpec(DrLIM),
     "distill": MethodSpec(Distill),
 }

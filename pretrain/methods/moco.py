@@ -1,8 +1,7 @@
 """MoCo v2 (He et al. 2020; Chen et al. 2020): a momentum key encoder and a FIFO queue of negative keys.
 
-The queue decouples the number of negatives from the batch size, which is what makes MoCo work with
-the small batches of one device. Both views serve as query once (the symmetric loss). The queue and
-its write pointer are buffers, so a checkpoint holds them and a resumed run continues exactly.
+The queue (pretrain/queues.py) decouples the number of negatives from the batch size, which is what makes
+MoCo work with the small batches of one device. Both views serve as query once (the symmetric loss).
 """
 from __future__ import annotations
 
@@ -15,6 +14,14 @@ from pretrain.ema import ema_update, frozen_copy
 from pretrain.heads import ProjectionHead
 from pretrain.losses import info_nce
 from pretrain.methods.base import Method
+from pretrain.queues import FeatureQueue
+
+
+def _old_queue_keys(module, state_dict, prefix, *args) -> None:
+    """Checkpoints written before the queue was a FeatureQueue name its buffers queue and queue_ptr."""
+    for old, new in (("queue", "keys.vectors"), ("queue_ptr", "keys.ptr")):
+        if prefix + old in state_dict:
+            state_dict[prefix + new] = state_dict.pop(prefix + old)
 
 
 class MoCo(Method):
@@ -27,8 +34,8 @@ class MoCo(Method):
         self.key_backbone = frozen_copy(backbone)
         self.key_projector = frozen_copy(self.projector)
         self.temperature, self.momentum = temperature, momentum
-        self.register_buffer("queue", F.normalize(torch.randn(queue_size, proj_dim), dim=1))
-        self.register_buffer("queue_ptr", torch.zeros((), dtype=torch.long))
+        self.keys = FeatureQueue(queue_size, proj_dim)
+        self.register_load_state_dict_pre_hook(_old_queue_keys)
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         x = torch.cat(views[:2])
@@ -37,19 +44,11 @@ class MoCo(Method):
             # under torchrun the key encoder sees a shuffle of the global batch (MoCo's shuffled BN)
             keys = shuffled(lambda v: self.key_projector(self.key_backbone(v)), x)
             k1, k2 = F.normalize(keys.float(), dim=1).chunk(2)
-        loss = (info_nce(q1, k2, self.queue, self.temperature) + info_nce(q2, k1, self.queue, self.temperature)) / 2
+        queue = self.keys.vectors
+        loss = (info_nce(q1, k2, queue, self.temperature) + info_nce(q2, k1, queue, self.temperature)) / 2
         if self.training:  # keys from every process, so the queue is the same everywhere
-            self.enqueue(torch.cat([gather(k1), gather(k2)]))
+            self.keys.enqueue(torch.cat([gather(k1), gather(k2)]))
         return loss, {}
-
-    @torch.no_grad()
-    def enqueue(self, keys: torch.Tensor) -> None:
-        """Overwrite the oldest entries with `keys` (first in, first out), wrapping around the end."""
-        size, ptr = self.queue.shape[0], int(self.queue_ptr)
-        keys = keys[-size:]
-        idx = (ptr + torch.arange(keys.shape[0], device=keys.device)) % size
-        self.queue[idx] = keys.to(self.queue.dtype)
-        self.queue_ptr.fill_((ptr + keys.shape[0]) % size)
 
     def after_step(self, step: int, total_steps: int) -> None:
         ema_update(self.key_backbone, self.backbone, self.momentum)

@@ -76,6 +76,7 @@ SMALL = {"simclr": {"out_dim": 16}, "byol": {"proj_hidden_dim": 32, "proj_dim": 
                                              "queue_start_epoch": 0.2},
          "dino": {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "freeze_last_layer_epochs": 0.3},
          "vicregl": {"proj_dim": 32, "local_proj_dim": 16}, "simclr2": {"out_dim": 16, "hidden_dim": 24},
+         "nnclr": {"queue_size": 24, "proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32},
          "distill": {"temperature": 2.0}}  # + a teacher, made by `teacher_with_head`
 
 
