@@ -40,12 +40,12 @@ def test_moco_queue_is_fifo_with_fixed_size() -> None:
     moco = MoCo(torch.nn.Flatten(), 12, queue_size=5, proj_hidden_dim=8, proj_dim=3)
     batches = [torch.full((2, 3), float(i)) for i in range(1, 5)]  # keys 1,1 2,2 3,3 4,4
     for b in batches:
-        moco.enqueue(b)
-    assert moco.queue.shape == (5, 3)
+        moco.keys.enqueue(b)
+    assert moco.keys.vectors.shape == (5, 3)
     # 8 keys through 5 slots in order 0 1 2 3 4 0 1 2: the 5 newest stay, the pointer is at 8 % 5.
-    assert moco.queue[:, 0].tolist() == [3.0, 4.0, 4.0, 2.0, 3.0] and int(moco.queue_ptr) == 3
-    moco.enqueue(torch.arange(12.0).reshape(4, 3))  # keys 0, 3, 6, 9 wrap round: slots 3, 4, 0, 1
-    assert moco.queue[:, 0].tolist() == [6.0, 9.0, 4.0, 0.0, 3.0] and int(moco.queue_ptr) == 2
+    assert moco.keys.vectors[:, 0].tolist() == [3.0, 4.0, 4.0, 2.0, 3.0] and int(moco.keys.ptr) == 3
+    moco.keys.enqueue(torch.arange(12.0).reshape(4, 3))  # keys 0, 3, 6, 9 wrap round: slots 3, 4, 0, 1
+    assert moco.keys.vectors[:, 0].tolist() == [6.0, 9.0, 4.0, 0.0, 3.0] and int(moco.keys.ptr) == 2
 
 
 def test_drlim_matches_pairwise_loop() -> None:
