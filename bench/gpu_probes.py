@@ -81,6 +81,11 @@ def train_probe(method: str, data: str, out: Path, *, size: int, batch: int, ste
 def lightly_probe(method: str, data: str, *, size: int, batch: int, steps: int, device: str, workers: int = 8,
                   warmup: int = 5, small_stem: bool | None = None) -> dict:
     """lightly 1.6.0's recipe for `method` (bench/lightly_recipes.py), bf16 autocast on CUDA: images/s."""
+    try:
+        import lightly  # noqa: F401
+    except ImportError:
+        raise Unavailable("lightly is not installed here (pip install -c constraints.txt -e '.[bench]'; on the "
+                          "GPU machine it travels as bench/wheels)") from None
     sys.path.insert(0, str(ROOT / "bench"))
     import lightly_recipes
 
