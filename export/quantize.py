@@ -2,9 +2,9 @@
 
 `sslforge export onnx RUN_DIR --int8` exports the fp32 graph as usual (with its own parity check), then:
 1. prepares it for quantization (onnxruntime's pre-processing: shape inference, batch norms folded into convs);
-2. quantizes it statically (onnxruntime.quantization: QDQ format, int8 weights per output channel, uint8
-   activations) with activation ranges calibrated (min-max) on `calibration` images of the model's
-   training folder;
+2. quantizes it statically (onnxruntime.quantization: QDQ format, int8 weights per output channel in 7 bits so
+   that CPUs without VNNI do not saturate, uint8 activations) with activation ranges calibrated (min-max) on
+   `calibration` images of the model's training folder;
 3. checks it on `check` other images of that folder (none of them seen by the calibration): every
    embedding's cosine with PyTorch's >= 0.99, and, when the folder has class sub-folders, the kNN top-1
    (half of those images as the bank, half as queries, k=20, T=0.1) within 0.01 of the fp32 graph's.
@@ -93,7 +93,9 @@ def quantize(fp32: Path, out: Path, preprocessing: Preprocessing, calibration: l
     with tempfile.TemporaryDirectory() as tmp:
         prepared = Path(tmp) / "prepared.onnx"
         quant_pre_process(str(fp32), str(prepared), skip_symbolic_shape=True)
-        quantize_static(prepared, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+        # reduce_range: 7-bit weights, so CPUs without VNNI (whose u8 x s8 products can saturate 16 bits) compute the
+        # same graph correctly; the file runs on whatever CPU serves it, not the one that exported it
+        quantize_static(prepared, out, Reader(), quant_format=QuantFormat.QDQ, per_channel=True, reduce_range=True,
                         activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
                         calibrate_method=CalibrationMethod.MinMax,
                         extra_options={"ActivationSymmetric": False, "WeightSymmetric": True})
