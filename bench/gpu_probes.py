@@ -182,6 +182,13 @@ def sync_probe(method: str, data: str, out: Path, *, size: int, batch: int, step
             "gpu_util_samples": len(util)}
 
 
+def _images(folder: str, count: int) -> list[Path]:
+    """The first `count` image files of `folder`, as `sslforge embed` finds them."""
+    from export.embed import find_images
+
+    return find_images(folder).paths[:count]
+
+
 def embed_probe(run: Path, images: str, out: Path, *, device: str, batch: int = 256) -> dict:
     """`sslforge embed` with the torch backend on `device`, and its embeddings against the CPU's."""
     from export.embed import embed_images
@@ -194,7 +201,7 @@ def embed_probe(run: Path, images: str, out: Path, *, device: str, batch: int = 
                             progress=False)
     vectors = read_embeddings(out).vectors
     cpu = Embedder.load(run, "torch", device="cpu")
-    files = sorted(Path(images).rglob("*.png"))[:64] or sorted(Path(images).rglob("*.jpg"))[:64]
+    files = _images(images, 64)
     parity = compare(cpu.embed(files), embedder.embed(files))
     return {"images": manifest["count"], "images_per_s": round(manifest["throughput"]["images_per_s"], 1),
             "dim": int(vectors.shape[1]), "cpu_parity_min_cosine": round(parity.min_cosine, 6),
@@ -208,7 +215,7 @@ def onnx_probe(run: Path, images: str, *, device: str) -> dict:
     from export.parity import compare
     from pretrain.modeldir import load_model_dir
 
-    files = sorted(Path(images).rglob("*.png"))[:64] or sorted(Path(images).rglob("*.jpg"))[:64]
+    files = _images(images, 64)
     start = time.perf_counter()
     export_onnx(load_model_dir(run), parity_images=files[:8])
     export_s = time.perf_counter() - start
@@ -278,7 +285,7 @@ def tensorrt_probe(run: Path, images: str, *, device: str) -> dict:
     start = time.perf_counter()
     path, info = build_engine(model, fp16=True, max_batch=64)
     build_s = time.perf_counter() - start
-    files = sorted(Path(images).rglob("*.png"))[:16] or sorted(Path(images).rglob("*.jpg"))[:16]
+    files = _images(images, 16)
     report = check_parity(TorchRunner(model.load_backbone("cuda"), "cuda", channels_last=False),
                           TensorRTRunner(model, path), parity_batches(model.preprocessing, files),
                           precision=info.precision, name="TensorRT")
