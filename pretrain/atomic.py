@@ -1,11 +1,15 @@
 """Atomic file writes: write to a temporary file in the same folder, fsync, rename.
 
-A process killed at any moment leaves either the previous file or the new one, never half of one.
+A process killed at any moment leaves either the previous file or the new one, never half of one. Folders
+written as a whole (an index dir) are swapped in with `replace_dir`.
 """
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import shutil
+import sys
 import tempfile
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -80,3 +84,41 @@ def save_npy(path: str | Path, array: Any) -> None:
             np.save(f, array, allow_pickle=False)
 
     write_with(path, write)
+
+
+RENAME_EXCHANGE, AT_FDCWD = 2, -100  # linux/fs.h, fcntl.h
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two existing paths in one step (Linux renameat2 RENAME_EXCHANGE); False where the system cannot."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    renameat2.argtypes = (ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint)
+    return renameat2(AT_FDCWD, os.fsencode(a), AT_FDCWD, os.fsencode(b), RENAME_EXCHANGE) == 0
+
+
+def replace_dir(new: str | Path, path: str | Path) -> None:
+    """Put the complete folder `new` (a sibling of `path`) at `path`, dropping what was there.
+
+    Where `path` exists, the two are exchanged in one atomic step, so a reader or a crash sees the old folder or
+    the new one and never no folder; where the system has no exchange, the old one is renamed aside first (a
+    crash between the two renames leaves it at `.NAME.old-PID`).
+    """
+    new, path = Path(new), Path(path)
+    if path.exists() and _exchange(new, path):
+        _fsync_dir(path.parent)
+        shutil.rmtree(new, ignore_errors=True)  # now the old folder
+        return
+    old = None
+    if path.exists():
+        old = path.with_name(f".{path.name}.old-{os.getpid()}")
+        os.replace(path, old)
+    os.replace(new, path)
+    _fsync_dir(path.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -1,6 +1,8 @@
-"""`sslforge index build|classify|eval|quickstart`, added to the sslforge CLI through the `sslforge.commands` entry
-point (pretrain never imports this module). `sslforge search`, which embeds query images, is serve's (serve/search.py):
-it composes export's Embedder with the index; its options for the index come from here."""
+"""`sslforge index build|classify|eval|quickstart|remove|compact` and `sslforge dedup`, added to the sslforge CLI
+through the `sslforge.commands` entry point (pretrain never imports this module). `sslforge search` and
+`sslforge index add`, which embed images, are serve's (serve/search.py, serve/ingest.py): they compose export's
+Embedder with the index; their options for the index come from here, and `index add` joins the `index` group
+through INDEX_ACTIONS."""
 from __future__ import annotations
 
 import argparse
@@ -13,9 +15,11 @@ import numpy as np
 from pretrain.atomic import atomic_path, write_json
 from retrieval.embeddings import EmbeddingsError, read_embeddings
 from retrieval.exact import BackendError
+from retrieval.filters import Filter, FilterError
 from retrieval.index import KINDS, Index, IndexDirError, choose_kind
 
-ERRORS = (EmbeddingsError, IndexDirError, BackendError)
+ERRORS = (EmbeddingsError, IndexDirError, BackendError, FilterError)
+INDEX_ACTIONS = "index_actions"  # attribute of the `index` parser: its sub-commands, which later stages may add to
 BUILD_OPTIONS = {  # name: (type, help)
     "nlist": (int, "ivf/ivfpq: inverted lists (default: 4 x sqrt(rows))"),
     "m": (int, "ivfpq: sub-quantizers, must divide the dimension (default: about dim/8)"),
@@ -157,13 +161,44 @@ def cmd_dedup(args: argparse.Namespace) -> None:
         print(f"contact sheet of the largest groups: {sheet(args.sheet, index, groups, x)}")
 
 
+def cmd_remove(args: argparse.Namespace) -> None:
+    from retrieval.collection import Collection
+
+    col = Collection.open(args.index)
+    ids = [int(v) for v in args.ids.split(",") if v.strip()] if args.ids else []
+    where = Filter.parse(args.where, args.path_prefix)
+    if where:
+        ids += np.flatnonzero(where.mask(col.index.paths, col.index.labels, col.index.meta, col.index.removed)).tolist()
+    if not ids:
+        raise IndexDirError("nothing to remove: give --ids, or --where / --path-prefix that match live rows")
+    removed = col.remove(ids)
+    print(f"removed {removed:,} rows ({len(ids) - removed:,} were already removed); {len(col.index):,} live rows "
+          f"remain in {args.index}")
+
+
+def cmd_compact(args: argparse.Namespace) -> None:
+    from retrieval.collection import Collection
+
+    col = Collection.open(args.index)
+    pending = col.pending()
+    if not pending:
+        print(f"{args.index} has no changes to fold in ({col.index.ntotal:,} rows, {len(col.index):,} live)")
+        return
+    col.compact()
+    print(f"folded {pending / 2**20:.1f} MiB of changes into a new snapshot of {args.index}: "
+          f"{col.index.ntotal:,} rows, {len(col.index):,} live, ids unchanged")
+
+
 def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:
     """Add `index` (build, classify, eval, quickstart); return the exception types that mean bad input."""
     ix = sub.add_parser("index", help="build, evaluate and classify with Faiss indexes of embeddings",
                         description="Faiss indexes of an embeddings dir (cosine similarity on L2-normalised "
-                                    "vectors): build one, classify with it (weighted kNN), evaluate it.")
+                                    "vectors): build one, classify with it (weighted kNN), evaluate it, and add or "
+                                    "remove rows while it is served.")
     isub = ix.add_subparsers(dest="index_command", required=True, metavar="ACTION",
-                             help="build, classify or eval; `sslforge index ACTION --help` for its options")
+                             help="build, add, remove, compact, classify, eval or quickstart; "
+                                  "`sslforge index ACTION --help` for its options")
+    setattr(ix, INDEX_ACTIONS, isub)
 
     p = isub.add_parser("build", help="build an index dir from an embeddings dir",
                         description="Build a flat (exact), HNSW, IVF or IVF-PQ index of an embeddings dir and save "
@@ -225,6 +260,25 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
                    help="folder for the embeddings and the index (default: runs/quickstart-retrieval)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
     p.set_defaults(func=cmd_quickstart)
+
+    p = isub.add_parser("remove", help="stop returning rows of a live index (by id or by filter), durably",
+                        description="Append a removal to the index's change log (the running service and other "
+                                    "readers see it at their next search); ids stay as they are. Rows to remove: "
+                                    "--ids, and/or every live row matching --where / --path-prefix.")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to change")
+    p.add_argument("--ids", metavar="ID,ID,...", help="row ids, comma-separated (as search and /add print them)")
+    p.add_argument("--where", action="append", metavar="FIELD=VALUE",
+                   help="also every live row whose FIELD is VALUE (label or a user field); repeat: all must hold")
+    p.add_argument("--path-prefix", metavar="PREFIX", help="also every live row whose path starts with PREFIX")
+    p.set_defaults(func=cmd_remove)
+
+    p = isub.add_parser("compact", help="fold the change log of a live index into a new snapshot",
+                        description="Load the snapshot with its change log (adds and removes since the build) and "
+                                    "write it as a new snapshot, swapped in as a whole, under the index's lock; "
+                                    "readers reload it at their next search. Ids are unchanged; removed rows keep "
+                                    "their space until the index is rebuilt.")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to compact")
+    p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("dedup", help="near-duplicate groups of an index (cosine >= a threshold), as CSV and a sheet",
                        description="Find every pair of live rows of the index whose cosine similarity is at least "

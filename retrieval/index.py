@@ -7,29 +7,32 @@
     idx/NAME/ids.jsonl     row id -> {"path": ..., "label": ...}
     idx/NAME/removed.npy   ids removed since the build; never returned (rebuild to reclaim their space)
     idx/NAME/meta.jsonl    row id -> {user field: value} (only when rows carry fields; filtered search)
+    idx/NAME/changes.log   adds and removes since this snapshot (retrieval/journal.py), replayed by `load`
 
 Similarity is cosine: every vector, stored or query, is L2-normalised and compared by inner product.
-A saved index dir is replaced as a whole (written to a sibling temporary folder, then renamed), so a
-killed build leaves the previous index readable.
+A saved index dir is replaced as a whole (written to a sibling temporary folder, then swapped in), so a
+killed build leaves the previous index readable. Processes that change a live index share it through
+retrieval/collection.py (a lock, the change log, `refresh`).
 """
 from __future__ import annotations
 
-import os
 import shutil
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from pretrain.atomic import atomic_path, save_npy, write_json, write_jsonl
+from pretrain.atomic import atomic_path, replace_dir, save_npy, write_json, write_jsonl
 from pretrain.knn import l2_normalize
 from retrieval.embeddings import read_id_rows
 from retrieval.exact import BackendError, exact_search, faiss_gpus
 from retrieval.filters import Filter, check_row_meta, read_meta_rows, search_allowed
 from retrieval.indexfiles import check_meta, read_faiss, read_removed, read_vectors
+from retrieval.journal import LOG_FILE, apply, read_changes
 from retrieval.kinds import (
     ADD_BATCH,
     KINDS,
@@ -67,6 +70,8 @@ class Index:
         self.model_fingerprint, self.info = model_fingerprint, dict(info or {})
         self.path, self.device, self.read_only = path, device, read_only
         self._gpu_index = None
+        self.saved_count = 0  # rows of the snapshot on disk, which the change log extends
+        self.log_end = 0  # bytes of the change log replayed (see retrieval/collection.py)
 
     # ---- construction -------------------------------------------------------------------------------
     @classmethod
@@ -223,6 +228,11 @@ class Index:
             meta: list[dict] | None = None) -> np.ndarray:
         """Append rows (normalised here), with their user fields; returns their new ids."""
         self._check_writable()
+        return self.append_rows(vectors, paths, labels, meta)
+
+    def append_rows(self, vectors: np.ndarray, paths: list[str], labels: list[str | None] | None = None,
+                    meta: list[dict] | None = None) -> np.ndarray:
+        """`add` without the read-only check (replaying the change log onto a memory-mapped flat index)."""
         x = l2_normalize(vectors)
         labels = [None] * len(paths) if labels is None else list(labels)
         meta = check_row_meta(meta, len(paths), IndexDirError)
@@ -231,7 +241,7 @@ class Index:
                                 f"{len(labels)} labels; the index needs dimension {self.dim} and one of each per row")
         ids = np.arange(self.ntotal, self.ntotal + len(x), dtype=np.int64)
         if self.kind == "flat":
-            self.vectors = np.concatenate([self.vectors, x])
+            self._grow_flat(x)
         else:
             for start in range(0, len(x), ADD_BATCH):
                 self.faiss_index.add(x[start:start + ADD_BATCH])
@@ -241,9 +251,23 @@ class Index:
         self.meta += meta
         return ids
 
-    def remove(self, ids: np.ndarray | list[int]) -> int:
-        """Stop returning these ids; returns how many were live. Their space is reclaimed by a rebuild."""
-        self._check_writable()
+    def _grow_flat(self, x: np.ndarray) -> None:
+        """Append to a flat index's matrix in amortised constant time (a buffer that doubles), so that many small
+        adds cost as much as one big one."""
+        n = len(self.vectors)
+        store = getattr(self, "_store", None)
+        if store is None or store.shape[0] < n + len(x) or not np.shares_memory(store, self.vectors):
+            store = np.empty((max(2 * n, n + len(x), 1024), self.dim), np.float32)
+            store[:n] = self.vectors
+            self._store = store
+        store[n:n + len(x)] = x
+        self.vectors = store[:n + len(x)]
+
+    def remove(self, ids: np.ndarray | list[int], *, force: bool = False) -> int:
+        """Stop returning these ids; returns how many were live. Their space is reclaimed by a rebuild.
+        `force`: also on a memory-mapped index (the removed set lives in memory)."""
+        if not force:
+            self._check_writable()
         ids = np.unique(np.asarray(ids, dtype=np.int64))
         bad = ids[(ids < 0) | (ids >= self.ntotal)]
         if len(bad):
@@ -253,6 +277,21 @@ class Index:
         return len(self.removed) - before
 
     # ---- disk ---------------------------------------------------------------------------------------
+    @property
+    def snapshot(self) -> str:
+        """The id of the saved state this index was loaded from (a change log names it); "" before the first save."""
+        return str(self.info.get("snapshot") or "")
+
+    def replay(self, read: tuple[list, int]) -> None:
+        """Apply changes read from this dir's change log (`journal.read_changes`) and advance `log_end`."""
+        changes, end = read
+        if self.read_only and self.kind != "flat" and any(c.removed is None for c in changes):
+            raise IndexDirError(f"{self.path / LOG_FILE} holds added rows, which a memory-mapped {self.kind} index "
+                                f"cannot take: run `sslforge index compact --index {self.path}` or load without --mmap")
+        for change in changes:
+            apply(self, change, self.path / LOG_FILE)
+        self.log_end = end
+
     def save(self, path: str | Path, *, source: str | None = None) -> Path:
         """Write the index dir as a whole: into a sibling temporary folder, then renamed over `path`."""
         self._check_writable()
@@ -272,21 +311,16 @@ class Index:
                 write_jsonl(tmp / META_FILE, self.meta)
             if source is not None:
                 self.info["source"] = source
+            self.info["snapshot"] = uuid.uuid4().hex  # what a change log names as the snapshot it extends
             write_json(tmp / INDEX_JSON, {
                 "format": FORMAT, "schema_version": SCHEMA_VERSION, "kind": self.kind, "metric": "ip",
                 "dim": self.dim, "count": self.ntotal, "live": len(self), "params": self.params,
                 "model_fingerprint": self.model_fingerprint, "file": FLAT_FILE if self.kind == "flat" else FAISS_FILE,
                 **self.info})
-            old = None
-            if path.exists():
-                old = path.with_name(f".{path.name}.old-{os.getpid()}")
-                os.replace(path, old)
-            os.replace(tmp, path)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
+            replace_dir(tmp, path)
         finally:
             shutil.rmtree(tmp, ignore_errors=True)
-        self.path = path
+        self.path, self.saved_count, self.log_end = path, self.ntotal, 0
         return path
 
     @classmethod
@@ -329,6 +363,9 @@ class Index:
                     info={k: v for k, v in meta.items() if k not in keys}, path=path, device=device, read_only=mmap)
         if (path / META_FILE).is_file():
             index.meta = read_meta_rows(path / META_FILE, count, IndexDirError)
+        index.saved_count = count
+        if (path / LOG_FILE).is_file():
+            index.replay(read_changes(path / LOG_FILE, dim, index.snapshot, count))
         if model_fingerprint is not None:
             index.check_model(model_fingerprint)
         return index

@@ -16,7 +16,7 @@ INT_MAX = 2**31 - 1  # Faiss stores its parameters as C ints
 FINGERPRINT = r"[A-Za-z0-9:_.\-]{1,128}"
 FAISS_TYPES = {"hnsw": ("IndexHNSWFlat",), "ivf": ("IndexIVFFlat",), "ivfpq": ("IndexIVFPQ", "IndexRefineFlat")}
 OPTIONAL_INFO = {"root": "str", "source": "str", "auto_reason": "str", "built_at": "str", "build_seconds": "number",
-                 "built_on": "str"}
+                 "built_on": "str", "snapshot": "str"}
 
 
 def check_meta(meta: dict, file: Path, kinds: tuple[str, ...], files: tuple[str, str], error: type[Exception]) -> None:

@@ -3,6 +3,7 @@
     sslforge serve --model RUN_DIR [--index INDEX_DIR] [--backend onnx] [--host H] [--port P] [--no-batching] ...
     sslforge demo  --model RUN_DIR --index INDEX_DIR [--backend onnx] [--host H] [--port P] [--k K]
     sslforge search --index INDEX_DIR (--model RUN_DIR IMAGE... | --query-embeddings EMB_DIR) [-k K] [--sheet FILE.png]
+    sslforge index add --index INDEX_DIR (--images DIR --model RUN_DIR | --embeddings EMB_DIR) [--field NAME=VALUE]
 
 `serve` becomes `bentoml serve serve.service:SSLForge` (exec, same process id) with the options as SSLFORGE_*
 variables, so it is the same service that `bentoml serve` starts from the project root.
@@ -16,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from serve.engine import BadInput
+from serve.ingest import add_index_add
 from serve.search import add_search_command
 from serve.settings import Limits, Settings, SettingsError, from_env
 
@@ -28,13 +30,15 @@ def settings_from_args(args: argparse.Namespace) -> Settings:
         if path is not None and not Path(path).is_dir():
             raise SettingsError(f"{name} {path} is not a folder")
     index = str(Path(args.index).resolve()) if args.index else None
-    limits = from_env(require_model=False).limits
+    env = from_env(require_model=False)
+    limits = env.limits
     if args.max_k is not None:
         limits = replace(limits, max_k=args.max_k)
     return Settings(model=str(Path(args.model).resolve()), index=index, backend=args.backend, device=args.device,
                     batching=getattr(args, "batching", True),
                     max_batch_size=getattr(args, "max_batch_size", 32),
-                    max_latency_ms=getattr(args, "max_latency_ms", 10_000), limits=limits)
+                    max_latency_ms=getattr(args, "max_latency_ms", 10_000), limits=limits,
+                    write_token=env.write_token)
 
 
 def server_command(host: str, port: int, workers: int | None = None) -> list[str]:
@@ -46,7 +50,8 @@ def cmd_serve(args: argparse.Namespace) -> None:
     settings = settings_from_args(args)
     cmd = server_command(args.host, args.port)
     print(f"sslforge serve: {' '.join(cmd[1:])} (model {settings.model}, index {settings.index or 'none'}, "
-          f"batching {'on' if settings.batching else 'off'})", flush=True)
+          f"batching {'on' if settings.batching else 'off'}, "
+          f"{'/add and /remove need the write token' if settings.writable else 'read-only'})", flush=True)
     # exec, not a child process: `bentoml serve` takes over this process id, so the signals a process manager,
     # `docker stop` or `kill PID` sends reach the server itself, which stops its workers and frees the port
     os.execve(cmd[0], cmd, {**os.environ, **settings.env()})
@@ -97,4 +102,5 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
     p.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
     p.add_argument("--k", type=int, default=8, help="results shown at first; a slider changes it (default: 8)")
     p.set_defaults(func=cmd_demo)
+    add_index_add(sub)
     return (SettingsError, BadInput, *add_search_command(sub))

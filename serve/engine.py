@@ -1,12 +1,14 @@
-"""The serving core, free of any web framework: check uploads, embed, classify, search.
+"""The serving core, free of any web framework: check uploads, embed, classify, search, change the collection.
 
     engine = Engine.load(settings)            # fails fast: missing model/index, index of another model
     batch = engine.prepare([path, ...])       # decoded and preprocessed; BadInput for a bad upload
     feats = engine.features(batch)            # raw backbone features (what adaptive batching batches)
-    engine.embeddings(feats) / engine.classify(feats, k) / engine.search(feats, k)
+    engine.embeddings(feats) / engine.classify(feats, k) / engine.search(feats, k, where)
+    engine.add(feats, uploads, meta) / engine.remove(ids) / engine.duplicates(feats, threshold)
 
-Decoding, preprocessing and the backbone are export's Embedder; the index and its id table are
-retrieval's Index. The service and the demo both call this, so they answer alike.
+Decoding, preprocessing and the backbone are export's Embedder; the index is retrieval's Collection (a live
+index dir that other processes may change too: every search first catches up with them). The service and the
+demo both call this, so they answer alike.
 """
 from __future__ import annotations
 
@@ -24,6 +26,9 @@ from pretrain.data.images import load_rgb
 from pretrain.knn import l2_normalize
 from pretrain.modeldir import ModelDirError, load_model_dir
 from retrieval import Index, IndexDirError
+from retrieval.collection import Collection
+from retrieval.filters import Filter, FilterError
+from serve.fields import FieldError, parse_ids, parse_meta, parse_where
 from serve.settings import Limits, Settings, SettingsError
 
 
@@ -69,10 +74,14 @@ def read_image(path: str | os.PathLike, limits: Limits, name: str = "image") -> 
 
 
 class Engine:
-    """An Embedder and, optionally, an Index of vectors from the same model."""
+    """An Embedder and, optionally, a Collection (a live Index) of vectors from the same model."""
 
-    def __init__(self, embedder: Embedder, index: Index | None, limits: Limits):
-        self.embedder, self.index, self.limits = embedder, index, limits
+    def __init__(self, embedder: Embedder, collection: Collection | None, limits: Limits):
+        self.embedder, self.collection, self.limits = embedder, collection, limits
+
+    @property
+    def index(self) -> Index | None:
+        return self.collection.index if self.collection is not None else None
 
     @classmethod
     def load(cls, settings: Settings, *, backbone: bool = True) -> Engine:
@@ -88,17 +97,17 @@ class Engine:
                 embedder = Embedder(load_model_dir(settings.model), None, settings.backend)
         except (ModelDirError, ExportError, FileNotFoundError) as e:
             raise SettingsError(f"model dir {settings.model}: {e}") from None
-        index = None
+        collection = None
         if settings.index:
             try:
-                index = Index.load(settings.index)
-                index.check_model(embedder.fingerprint)
+                collection = Collection.open(settings.index)
+                collection.index.check_model(embedder.fingerprint)
             except IndexDirError as e:
                 raise SettingsError(f"index {settings.index}: {e}") from None
-            if index.dim != embedder.dim:
-                raise SettingsError(f"index {settings.index} holds dimension {index.dim}, model {settings.model} "
-                                    f"embeds to {embedder.dim}: rebuild the index with this model")
-        return cls(embedder, index, settings.limits)
+            if collection.index.dim != embedder.dim:
+                raise SettingsError(f"index {settings.index} holds dimension {collection.index.dim}, model "
+                                    f"{settings.model} embeds to {embedder.dim}: rebuild the index with this model")
+        return cls(embedder, collection, settings.limits)
 
     # ---- requests ---------------------------------------------------------------------------------------
     def prepare(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
@@ -124,10 +133,23 @@ class Engine:
         return self.embedder.classes
 
     def require_index(self) -> Index:
-        if self.index is None:
+        if self.collection is None:
             raise BadInput("no index was given at startup: restart with --index (SSLFORGE_INDEX) to search",
                            status=404)
-        return self.index
+        self.collection.refresh()
+        return self.collection.index
+
+    def check_threshold(self, threshold: float) -> float:
+        if not 0.0 < threshold <= 1.0:
+            raise BadInput(f"threshold must be a cosine similarity in (0, 1] (got {threshold})", status=422)
+        return threshold
+
+    @staticmethod
+    def parse_where(where: str = "", path_prefix: str = "") -> Filter:
+        try:
+            return parse_where(where, path_prefix)
+        except FieldError as e:
+            raise BadInput(str(e)) from None
 
     def features(self, batch: np.ndarray) -> np.ndarray:
         """Raw backbone features (n, D) float32 of a preprocessed batch: the one model call."""
@@ -145,11 +167,41 @@ class Engine:
         top = np.argsort(-probs, axis=1, kind="stable")[:, :k]
         return [[{"label": classes[j], "probability": float(row[j])} for j in idx] for row, idx in zip(probs, top)]
 
-    def search(self, features: np.ndarray, k: int = 10) -> list[list[dict]]:
-        """The k nearest indexed images (id, path, label, cosine score), per image."""
-        k = self.check_k(k, len(self.require_index()))
-        _, _, hits = self.index.search(self.embeddings(features), k)
+    def search(self, features: np.ndarray, k: int = 10, where: Filter | None = None) -> list[list[dict]]:
+        """The k nearest indexed images (id, path, label, cosine score, user fields) among those `where` allows,
+        per image."""
+        k = self.check_k(k, max(1, len(self.require_index())))
+        try:
+            _, _, hits = self.collection.search(self.embeddings(features), k, where=where)
+        except FilterError as e:
+            raise BadInput(str(e)) from None
         return [[h for h in row if h is not None] for row in hits]
+
+    def duplicates(self, features: np.ndarray, threshold: float, where: Filter | None = None) -> list[list[dict]]:
+        """The indexed rows at cosine >= threshold of each image, most similar first (at most max_k of them)."""
+        self.check_threshold(threshold)
+        hits = self.search(features, self.limits.max_k, where)
+        return [[h for h in row if h["score"] >= threshold] for row in hits]
+
+    def add(self, features: np.ndarray, uploads: Sequence[str | os.PathLike], meta: str = "") -> list[int]:
+        """Append the uploaded images' embeddings to the collection (durable when this returns); their new ids."""
+        self.require_index()
+        try:
+            paths, labels, fields = parse_meta(meta, [Path(u) for u in uploads])
+            return self.collection.add(self.embeddings(features), paths, labels, fields).tolist()
+        except (FieldError, IndexDirError) as e:
+            raise BadInput(str(e)) from None
+
+    def remove(self, ids: str) -> dict:
+        """Stop returning these rows (durable when this returns): {"removed": live rows removed, "count": live rows}."""
+        self.require_index()
+        try:
+            removed = self.collection.remove(parse_ids(ids))
+        except FieldError as e:
+            raise BadInput(str(e)) from None
+        except IndexDirError as e:
+            raise BadInput(str(e), status=404) from None
+        return {"removed": removed, "count": len(self.collection.index)}
 
     @property
     def image_root(self) -> Path | None:

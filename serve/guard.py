@@ -4,13 +4,16 @@ BentoML answers a malformed form with a 500 (starlette's form errors are not its
 as text in a file field (or in a form-urlencoded body). So every endpoint request is read here first, through
 python-multipart (the parser starlette uses), into a spooled file (1 MB in memory, then disk), and refused with a
 4xx and {"error": "<one line>"} unless it is a multipart form holding exactly the endpoint's fields: its file
-fields as file uploads within the byte and image limits, its integer fields as short integers. Only then is the
-body replayed to BentoML, which can no longer fail on it or be made to fetch anything.
+fields as file uploads within the byte and image limits, its integer and number fields as short numbers, its text
+fields as UTF-8 within TEXT_LIMIT. Only then is the body replayed to BentoML, which can no longer fail on it or be
+made to fetch anything. Routes that change the index (WRITE_ROUTES) also need `Authorization: Bearer <token>` with
+the service's write token, checked before the body is read; with no token configured they answer 403 (read-only).
 
     SSLForge.add_asgi_middleware(RequestGuard, forms=forms_of(SSLForge), limits=limits)
 """
 from __future__ import annotations
 
+import hmac
 import json
 import re
 import typing
@@ -22,13 +25,16 @@ from python_multipart.multipart import MultipartParser, parse_options_header
 
 from serve.settings import Limits
 
-TEXT_BYTES = 100  # an integer field's longest value
+TEXT_BYTES = 100  # an integer or number field's longest value
+TEXT_LIMIT = 256 * 1024  # a text field's longest value (the user fields of up to max_images rows, as JSON)
+WRITE_ROUTES = ("/add", "/remove")
 FILENAME_BYTES = 200  # BentoML names its temporary copy of an upload after the file name
 PART_OVERHEAD = 4096  # bytes of boundary and part headers allowed per part on top of its data
 DRAIN_BYTES = 64 * 2**20  # a refused body is read to its end up to this much, so the client gets the answer
 CHUNK = 64 * 1024
 CONTROL = re.compile(rb"[\x00-\x08\x0a-\x1f\x7f]")
 INTEGER = re.compile(rb"[+-]?[0-9]+")
+NUMBER = re.compile(rb"[+-]?([0-9]+\.?[0-9]*|\.[0-9]+)([eE][+-]?[0-9]+)?")
 
 
 class Refusal(Exception):
@@ -45,31 +51,45 @@ class Disconnected(Exception):
 
 @dataclass(frozen=True)
 class Form:
-    """What an endpoint takes: file fields (True: several files) and integer fields."""
+    """What an endpoint takes: file fields (True: several files), integer, number and text fields."""
 
     route: str
     files: dict[str, bool]
     integers: tuple[str, ...]
+    numbers: tuple[str, ...] = ()
+    texts: tuple[str, ...] = ()
+    required: tuple[str, ...] = ()  # fields without a default (file fields always)
+
+    @property
+    def values(self) -> tuple[str, ...]:
+        return self.integers + self.numbers + self.texts
 
     def usage(self) -> str:
         files = [f"'{n}' ({'image files' if many else 'an image file'})" for n, many in self.files.items()]
-        return f"{self.route} takes " + " and ".join(files + [f"'{n}' (an integer)" for n in self.integers])
+        kinds = [(self.integers, "an integer"), (self.numbers, "a number"), (self.texts, "text")]
+        return f"{self.route} takes " + " and ".join(files + [f"'{n}' ({what})" for names, what in kinds
+                                                              for n in names])
 
     def example(self) -> str:
-        return f"curl -F {next(iter(self.files))}=@photo.jpg http://HOST:PORT{self.route}"
+        if self.files:
+            return f"curl -F {next(iter(self.files))}=@photo.jpg http://HOST:PORT{self.route}"
+        return f"curl -F {self.values[0]}=... http://HOST:PORT{self.route}"
 
 
 def forms_of(service: typing.Any) -> dict[str, Form]:
     """The Form of each API of a BentoML service, from its input models (file fields are BentoML's multipart
-    fields; the others must be integers), by route."""
+    fields; the others must be int, float or str), by route."""
     forms = {}
     for api in service.apis.values():
         spec = api.input_spec
-        files = {name: typing.get_origin(spec.model_fields[name].annotation) is list for name in spec.multipart_fields}
-        others = tuple(n for n in spec.model_fields if n not in files)
-        if any(spec.model_fields[n].annotation is not int for n in others):
-            raise TypeError(f"{api.route}: the request guard checks file and integer fields only")
-        forms[api.route] = Form(api.route, files, others)
+        fields = spec.model_fields
+        files = {name: typing.get_origin(fields[name].annotation) is list for name in spec.multipart_fields}
+        others = [n for n in fields if n not in files]
+        by_type = {t: tuple(n for n in others if fields[n].annotation is t) for t in (int, float, str)}
+        if sum(map(len, by_type.values())) != len(others):
+            raise TypeError(f"{api.route}: the request guard checks file, int, float and str fields only")
+        required = tuple(n for n in fields if n in files or fields[n].is_required())
+        forms[api.route] = Form(api.route, files, by_type[int], by_type[float], by_type[str], required)
     return forms
 
 
@@ -114,7 +134,7 @@ class FormChecker:
             field = options[b"name"].decode()
         except UnicodeDecodeError:
             raise Refusal(400, f"a field name that is not UTF-8: {form.usage()}") from None
-        if field not in form.files and field not in form.integers:
+        if field not in form.files and field not in form.values:
             raise Refusal(400, f"unknown field {field!r}: {form.usage()}")
         count = self.counts[field] = self.counts.get(field, 0) + 1
         filename = options.get(b"filename")
@@ -143,15 +163,29 @@ class FormChecker:
             if self.size > self.limits.max_bytes:
                 raise Refusal(413, f"{self.field}: more than {self.limits.max_bytes:,} bytes in one upload; the "
                                    f"limit is {self.limits.max_bytes:,}")
+        elif self.field in self.form.texts:
+            if self.size > TEXT_LIMIT:
+                raise Refusal(413, f"field {self.field!r}: more than {TEXT_LIMIT:,} bytes of text")
+            self.value += data[start:end]
         elif self.size > TEXT_BYTES:
-            raise Refusal(413, f"field {self.field!r}: more than {TEXT_BYTES} bytes; it takes an integer")
+            what = "an integer" if self.field in self.form.integers else "a number"
+            raise Refusal(413, f"field {self.field!r}: more than {TEXT_BYTES} bytes; it takes {what}")
         else:
             self.value += data[start:end]
 
     def part_end(self) -> None:
+        got = self.value[:20].decode(errors="replace")
         if self.field in self.form.integers and not INTEGER.fullmatch(self.value.strip()):
-            got = self.value[:20].decode(errors="replace")
             raise Refusal(400, f"field {self.field!r} must be an integer (got {got!r}): {self.form.usage()}")
+        if self.field in self.form.numbers and not NUMBER.fullmatch(self.value.strip()):
+            raise Refusal(400, f"field {self.field!r} must be a number (got {got!r}): {self.form.usage()}")
+        if self.field in self.form.texts:
+            try:
+                text = self.value.decode("utf-8")
+            except UnicodeDecodeError:
+                raise Refusal(400, f"field {self.field!r} must be UTF-8 text") from None
+            if CONTROL.search(text.replace("\r\n", " ").replace("\n", " ").encode()):
+                raise Refusal(400, f"field {self.field!r}: a control character in the text")
 
     def end(self) -> None:
         self.ended = True
@@ -163,13 +197,16 @@ class FormChecker:
             if field not in self.counts:
                 raise Refusal(400, f"no image in the request: upload it as a file in field {field!r} "
                                    f"({self.form.example()})")
+        for field in self.form.required:
+            if field not in self.counts:
+                raise Refusal(400, f"field {field!r} is missing: {self.form.usage()}")
 
 
 class RequestGuard:
     """ASGI middleware: checks POSTs to the routes in `forms`; everything else passes untouched."""
 
-    def __init__(self, app, forms: dict[str, Form], limits: Limits):
-        self.app, self.forms, self.limits = app, forms, limits
+    def __init__(self, app, forms: dict[str, Form], limits: Limits, write_token: str | None = None):
+        self.app, self.forms, self.limits, self.write_token = app, forms, limits, write_token
 
     async def __call__(self, scope, receive, send):
         form = self.forms.get(scope["path"]) if scope["type"] == "http" and scope["method"] == "POST" else None
@@ -178,6 +215,8 @@ class RequestGuard:
         body, incoming = SpooledTemporaryFile(max_size=2**20), Body(receive)
         try:
             try:
+                if form.route in WRITE_ROUTES:
+                    self.authorise(scope)
                 await self.read(scope, incoming, form, body)
             except Refusal as e:
                 return await self.refuse(incoming, send, e)
@@ -188,9 +227,19 @@ class RequestGuard:
         finally:
             body.close()
 
+    def authorise(self, scope) -> None:
+        """A write route: Refusal 403 unless the request carries the write token (none configured: read-only)."""
+        if not self.write_token:
+            raise Refusal(403, f"this service is read-only: {', '.join(WRITE_ROUTES)} need it started with "
+                               f"SSLFORGE_WRITE_TOKEN set (and the token sent as Authorization: Bearer TOKEN)")
+        scheme, _, given = dict(scope["headers"]).get(b"authorization", b"").decode("latin-1").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(given.strip().encode(), self.write_token.encode()):
+            raise Refusal(403, "this route changes the index: send the write token as Authorization: Bearer TOKEN")
+
     def max_body(self, form: Form) -> int:
         files = sum(self.limits.max_images if many else 1 for many in form.files.values())
-        return files * (self.limits.max_bytes + PART_OVERHEAD) + len(form.integers) * (TEXT_BYTES + PART_OVERHEAD)
+        values = (len(form.integers) + len(form.numbers)) * (TEXT_BYTES + PART_OVERHEAD)
+        return files * (self.limits.max_bytes + PART_OVERHEAD) + values + len(form.texts) * (TEXT_LIMIT + PART_OVERHEAD)
 
     async def read(self, scope, incoming: Body, form: Form, body) -> None:
         """The whole body into `body`, checked on the way; Refusal at the first problem."""

@@ -1,4 +1,5 @@
-"""The BentoML service: /embed, /classify, /search on uploaded images, plus BentoML's /livez, /readyz, /metrics.
+"""The BentoML service: /embed, /classify, /search, /duplicates on uploaded images; /add and /remove change the
+index (with the write token); plus BentoML's /livez, /readyz, /metrics.
 
     SSLFORGE_MODEL=runs/NAME SSLFORGE_INDEX=idx/NAME bentoml serve        # from the project root (bentofile.yaml)
     sslforge serve --model runs/NAME --index idx/NAME                    # the same, with options
@@ -134,16 +135,56 @@ class SSLForge:
             return refusal(e)
 
     @bentoml.api
-    async def search(self, image: Path, k: int = 10) -> dict:
-        """The k nearest indexed images: id, path (relative to the index's root), label, cosine score."""
+    async def search(self, image: Path, k: int = 10, where: str = "", path_prefix: str = "") -> dict:
+        """The k nearest indexed images: id, path (relative to the index's root), label, cosine score, user fields.
+
+        `where`: a JSON object of field values the rows must have ({"label": "cat"}); `path_prefix`: only rows whose
+        path starts with it."""
         try:
             self.engine.check_k(k, len(self.engine.require_index()))
+            where_ = self.engine.parse_where(where, path_prefix)
             feats = await self._features([image])
-            return {"results": (await asyncio.to_thread(self.engine.search, feats, k))[0]}
+            return {"results": (await asyncio.to_thread(self.engine.search, feats, k, where_))[0]}
+        except BadInput as e:
+            return refusal(e)
+
+    @bentoml.api
+    async def duplicates(self, image: Path, threshold: float = 0.95, where: str = "", path_prefix: str = "") -> dict:
+        """The indexed rows whose cosine similarity to the image is at least `threshold`, most similar first."""
+        try:
+            self.engine.require_index()
+            self.engine.check_threshold(threshold)
+            where_ = self.engine.parse_where(where, path_prefix)
+            feats = await self._features([image])
+            hits = (await asyncio.to_thread(self.engine.duplicates, feats, threshold, where_))[0]
+            return {"duplicates": hits, "threshold": threshold}
+        except BadInput as e:
+            return refusal(e)
+
+    @bentoml.api
+    async def add(self, images: list[Path], meta: str = "") -> dict:
+        """Embed the uploaded images and append them to the index; answers their new ids once they are on disk.
+
+        Needs the write token. `meta`: a JSON object of fields for every image, or a list of objects, one per
+        image ("label" and "path" set the row's label and path; other fields can be filtered on)."""
+        try:
+            self.engine.require_index()
+            feats = await self._features(images)
+            ids = await asyncio.to_thread(self.engine.add, feats, images, meta)
+            return {"ids": ids, "count": len(self.engine.index)}
+        except BadInput as e:
+            return refusal(e)
+
+    @bentoml.api
+    async def remove(self, ids: str) -> dict:
+        """Stop returning these row ids (`ids`: 3,5,8 or [3, 5, 8]); needs the write token."""
+        try:
+            return await asyncio.to_thread(self.engine.remove, ids)
         except BadInput as e:
             return refusal(e)
 
 
 # every request to an endpoint is checked before BentoML parses it (serve/guard.py): malformed or oversized forms
 # get a 4xx, and BentoML never sees text where a file belongs (it would fetch a URL given there)
-SSLForge.add_asgi_middleware(RequestGuard, forms=forms_of(SSLForge), limits=SETTINGS.limits)
+SSLForge.add_asgi_middleware(RequestGuard, forms=forms_of(SSLForge), limits=SETTINGS.limits,
+                              write_token=SETTINGS.write_token)

@@ -7,6 +7,7 @@
     SSLFORGE_MAX_BYTES        bytes per upload (20 MB)           SSLFORGE_MAX_PIXELS       pixels per image (40 M)
     SSLFORGE_MAX_K            largest k (100)                    SSLFORGE_MAX_PENDING      slow connections (64)
     SSLFORGE_HEADER_TIMEOUT   seconds for a request's headers (10)   SSLFORGE_BODY_TIMEOUT  ... for its body (60)
+    SSLFORGE_WRITE_TOKEN      the secret /add and /remove need (unset: a read-only service); at least 16 characters
 
 The batching values are read when serve.service is imported: BentoML fixes them in the API decorator.
 """
@@ -14,7 +15,9 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, field, fields
+
+MIN_TOKEN = 16
 
 
 class SettingsError(ValueError):
@@ -45,6 +48,11 @@ class Settings:
     max_batch_size: int = 32
     max_latency_ms: int = 10_000
     limits: Limits = Limits()
+    write_token: str | None = field(default=None, repr=False)  # never printed
+
+    @property
+    def writable(self) -> bool:
+        return bool(self.write_token) and bool(self.index)
 
     def env(self) -> dict[str, str]:
         """The environment variables that reproduce these settings in a `bentoml serve` process."""
@@ -56,6 +64,8 @@ class Settings:
             env["SSLFORGE_INDEX"] = self.index
         for f in fields(Limits):
             env[f"SSLFORGE_{f.name.upper()}"] = str(getattr(self.limits, f.name))
+        if self.write_token:
+            env["SSLFORGE_WRITE_TOKEN"] = self.write_token
         return env
 
 
@@ -83,8 +93,12 @@ def from_env(env: Mapping[str, str] | None = None, *, require_model: bool = True
     if batching not in ("1", "0", "true", "false", "on", "off"):
         raise SettingsError(f"SSLFORGE_BATCHING={batching!r}: use 1 or 0")
     limits = Limits(**{f.name: _int(env, f"SSLFORGE_{f.name.upper()}", f.default, 1) for f in fields(Limits)})
+    token = env.get("SSLFORGE_WRITE_TOKEN") or None
+    if token is not None and (len(token) < MIN_TOKEN or not token.isprintable() or " " in token):
+        raise SettingsError(f"SSLFORGE_WRITE_TOKEN must be at least {MIN_TOKEN} printable characters without spaces "
+                            f"(for example: python -c 'import secrets; print(secrets.token_urlsafe(32))')")
     return Settings(model=model, index=env.get("SSLFORGE_INDEX") or None,
                     backend=env.get("SSLFORGE_BACKEND", "torch"), device=env.get("SSLFORGE_DEVICE", "auto"),
                     batching=batching in ("1", "true", "on"),
                     max_batch_size=_int(env, "SSLFORGE_MAX_BATCH_SIZE", 32, 2),
-                    max_latency_ms=_int(env, "SSLFORGE_MAX_LATENCY_MS", 10_000, 1), limits=limits)
+                    max_latency_ms=_int(env, "SSLFORGE_MAX_LATENCY_MS", 10_000, 1), limits=limits, write_token=token)

@@ -1,0 +1,99 @@
+"""`sslforge index add`: append images (embedded with the index's model) or an embeddings dir to a live index.
+
+It joins retrieval's `index` group (retrieval.cli.INDEX_ACTIONS) because it composes export's Embedder with the
+index, as `sslforge search` does. The rows are appended through retrieval's Collection: durable when the command
+returns, visible to a running service at its next search, folded in by `sslforge index compact`.
+"""
+from __future__ import annotations
+
+import argparse
+import tempfile
+from pathlib import Path
+
+from retrieval.cli import INDEX_ACTIONS
+from retrieval.collection import Collection
+from retrieval.embeddings import read_embeddings
+from retrieval.filters import FilterError
+from retrieval.index import IndexDirError
+
+
+def field_values(texts: list[str] | None) -> dict[str, str]:
+    fields = {}
+    for text in texts or []:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            raise FilterError(f"--field takes NAME=VALUE (got {text!r})")
+        fields[name.strip()] = value
+    return fields
+
+
+def stored_path(root: str, folder: Path, relative: str) -> str:
+    """A row's path: relative to the index's image root when the file lies under it (so the demo can show it),
+    else the file's absolute path."""
+    file = (folder / relative).resolve()
+    if root:
+        try:
+            return file.relative_to(Path(root).resolve()).as_posix()
+        except ValueError:
+            pass
+    return file.as_posix()
+
+
+def cmd_add(args: argparse.Namespace) -> None:
+    if bool(args.images) == bool(args.embeddings):
+        raise IndexDirError("give --images DIR (with --model) or --embeddings EMB_DIR, not both")
+    col = Collection.open(args.index)
+    with tempfile.TemporaryDirectory(prefix=".sslforge-add-", dir=Path(args.index).resolve().parent) as tmp:
+        if args.images:
+            if not args.model:
+                raise IndexDirError("--images needs --model RUN_DIR (the model the index was built with)")
+            from export.embed import embed_images
+            from export.embedder import Embedder
+
+            embedder = Embedder.load(args.model, args.backend, device=args.device)
+            col.index.check_model(embedder.fingerprint)
+            manifest = embed_images(embedder, args.images, Path(tmp) / "emb", batch_size=args.batch_size,
+                                    workers=args.workers, progress=not args.quiet)
+            if manifest["failed"]:
+                print(f"{manifest['failed']:,} images could not be decoded and were skipped (listed in the "
+                      f"embeddings dir's failed.jsonl)")
+            emb = read_embeddings(Path(tmp) / "emb")
+        else:
+            emb = read_embeddings(args.embeddings)
+            col.index.check_model(emb.model_fingerprint)
+        if not len(emb):
+            raise IndexDirError("no image to add")
+        folder = Path(emb.manifest.get("root", ""))
+        root = col.index.info.get("root", "")
+        paths = [stored_path(root, folder, p) for p in emb.paths]
+        labels = [args.label] * len(emb) if args.label is not None else emb.labels
+        fields = field_values(args.field)
+        ids = col.add(emb.vectors, paths, labels, [dict(fields) for _ in paths])
+    outside = sum(p.startswith("/") for p in paths)
+    print(f"added {len(ids):,} rows (ids {ids[0]}..{ids[-1]}) to {args.index}: {len(col.index):,} live rows")
+    if outside:
+        print(f"{outside:,} of them lie outside the index's image root {root or '(none recorded)'}: they are stored "
+              f"with absolute paths, which search prints and the demo does not show")
+
+
+def add_index_add(sub: argparse._SubParsersAction) -> None:
+    actions = getattr(sub.choices["index"], INDEX_ACTIONS)
+    p = actions.add_parser("add", help="append images (or an embeddings dir) to a live index, durably",
+                           description="Embed the images of --images with --model (the index's model), or read "
+                                       "--embeddings, and append them to the index's change log: durable when the "
+                                       "command returns, seen by a running service at its next search. Labels "
+                                       "are the class folders (or --label); --field adds a user field to filter on.")
+    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to add to")
+    p.add_argument("--images", metavar="DIR", help="image folder (searched recursively) or a text file of paths")
+    p.add_argument("--model", metavar="RUN_DIR", help="with --images: the model dir the index was built with")
+    p.add_argument("--embeddings", metavar="EMB_DIR", help="instead of --images: rows of `sslforge embed`")
+    p.add_argument("--label", help="the label of every added row (default: its class folder)")
+    p.add_argument("--field", action="append", metavar="NAME=VALUE",
+                   help="a user field of every added row, for filtered search (repeatable)")
+    p.add_argument("--backend", choices=("torch", "onnx", "tensorrt"), default="torch",
+                   help="embedding runtime (default: torch)")
+    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")
+    p.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
+    p.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.set_defaults(func=cmd_add)
