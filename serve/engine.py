@@ -183,11 +183,12 @@ class Engine:
         hits = self.search(features, self.limits.max_k, where)
         return [[h for h in row if h["score"] >= threshold] for row in hits]
 
-    def add(self, features: np.ndarray, uploads: Sequence[str | os.PathLike], meta: str = "") -> list[int]:
-        """Append the uploaded images' embeddings to the collection (durable when this returns); their new ids."""
+    def add(self, features: np.ndarray, names: Sequence[str], meta: str = "") -> list[int]:
+        """Append the uploaded images' embeddings to the collection (durable when this returns); their new ids.
+        `names`: the uploads' file names (a row's path unless `meta` gives one)."""
         self.require_index()
         try:
-            paths, labels, fields = parse_meta(meta, [Path(u) for u in uploads])
+            paths, labels, fields = parse_meta(meta, list(names))
             return self.collection.add(self.embeddings(features), paths, labels, fields).tolist()
         except (FieldError, IndexDirError) as e:
             raise BadInput(str(e)) from None

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import json
 import re
-from pathlib import Path
+from pathlib import PurePosixPath
 
 from retrieval.filters import Filter
 
@@ -45,21 +45,26 @@ def _text(value) -> str:
     return str(value)
 
 
-def parse_meta(meta: str, uploads: list[Path]) -> tuple[list[str], list[str | None], list[dict]]:
+def upload_name(name: str, i: int) -> str:
+    """A client's file name as a row path: its last component ("upload-I" when it has none)."""
+    return PurePosixPath(name.replace("\\", "/")).name or f"upload-{i}"
+
+
+def parse_meta(meta: str, names: list[str]) -> tuple[list[str], list[str | None], list[dict]]:
     """(paths, labels, user fields) of the uploaded rows. A row's path defaults to the upload's file name."""
-    n = len(uploads)
+    n = len(names)
     obj = _json(meta, "meta") if meta.strip() else {}
     rows = [obj] * n if isinstance(obj, dict) else obj
     if not isinstance(rows, list) or len(rows) != n or not all(isinstance(r, dict) for r in rows):
         raise FieldError(f"field 'meta' takes a JSON object (for every image) or a list of {n} objects (one per "
                          f"image, in upload order)")
     paths, labels, fields = [], [], []
-    for i, (row, upload) in enumerate(zip(rows, uploads)):
+    for i, (row, name) in enumerate(zip(rows, names)):
         if not all(isinstance(v, SCALARS) or v is None for v in row.values()):
             raise FieldError(f"meta of image {i}: values must be text, numbers or true/false")
         row = {str(k): _text(v) for k, v in row.items() if v is not None}
-        path = row.pop("path", None) or Path(upload).name
-        if path.startswith("/") or ".." in Path(path).parts:
+        path = row.pop("path", None) or upload_name(name, i)
+        if path.startswith("/") or ".." in PurePosixPath(path).parts:
             raise FieldError(f"meta of image {i}: path {path[:60]!r} must be relative, without '..'")
         paths.append(path)
         labels.append(row.pop("label", None))

@@ -6,7 +6,9 @@ python-multipart (the parser starlette uses), into a spooled file (1 MB in memor
 4xx and {"error": "<one line>"} unless it is a multipart form holding exactly the endpoint's fields: its file
 fields as file uploads within the byte and image limits, its integer and number fields as short numbers, its text
 fields as UTF-8 within TEXT_LIMIT. Only then is the body replayed to BentoML, which can no longer fail on it or be
-made to fetch anything. Routes that change the index (WRITE_ROUTES) also need `Authorization: Bearer <token>` with
+made to fetch anything. BentoML decodes a text value that happens to be JSON ("12" becomes 12) and renames uploads,
+so the exact text of each text field and the client's file names are also handed to the endpoint in the request's
+scope (`texts_of`, `filenames_of`). Routes that change the index (WRITE_ROUTES) also need `Authorization: Bearer <token>` with
 the service's write token, checked before the body is read; with no token configured they answer 403 (read-only).
 
     SSLForge.add_asgi_middleware(RequestGuard, forms=forms_of(SSLForge), limits=limits)
@@ -28,6 +30,7 @@ from serve.settings import Limits
 TEXT_BYTES = 100  # an integer or number field's longest value
 TEXT_LIMIT = 256 * 1024  # a text field's longest value (the user fields of up to max_images rows, as JSON)
 WRITE_ROUTES = ("/add", "/remove")
+TEXTS, FILENAMES = "sslforge.texts", "sslforge.filenames"  # scope keys: text fields as sent; upload file names
 FILENAME_BYTES = 200  # BentoML names its temporary copy of an upload after the file name
 PART_OVERHEAD = 4096  # bytes of boundary and part headers allowed per part on top of its data
 DRAIN_BYTES = 64 * 2**20  # a refused body is read to its end up to this much, so the client gets the answer
@@ -85,12 +88,23 @@ def forms_of(service: typing.Any) -> dict[str, Form]:
         fields = spec.model_fields
         files = {name: typing.get_origin(fields[name].annotation) is list for name in spec.multipart_fields}
         others = [n for n in fields if n not in files]
-        by_type = {t: tuple(n for n in others if fields[n].annotation is t) for t in (int, float, str)}
+        by_type = {t: tuple(n for n in others if fields[n].annotation is t) for t in (int, float, typing.Any)}
         if sum(map(len, by_type.values())) != len(others):
-            raise TypeError(f"{api.route}: the request guard checks file, int, float and str fields only")
+            raise TypeError(f"{api.route}: the request guard checks file, int, float and text (typing.Any, read "
+                            f"with texts_of) fields only")
         required = tuple(n for n in fields if n in files or fields[n].is_required())
-        forms[api.route] = Form(api.route, files, by_type[int], by_type[float], by_type[str], required)
+        forms[api.route] = Form(api.route, files, by_type[int], by_type[float], by_type[typing.Any], required)
     return forms
+
+
+def texts_of(request: typing.Any) -> dict[str, str]:
+    """The text fields of a request the guard checked, exactly as the client sent them (a starlette Request)."""
+    return request.scope.get(TEXTS, {})
+
+
+def filenames_of(request: typing.Any, field: str) -> list[str]:
+    """The file names the client gave the uploads of `field`, in order."""
+    return request.scope.get(FILENAMES, {}).get(field, [])
 
 
 class FormChecker:
@@ -102,6 +116,8 @@ class FormChecker:
         self.headers: list[tuple[bytes, bytes]] = []
         self.field, self.name, self.header, self.value = None, b"", b"", b""
         self.size, self.ended = 0, False
+        self.texts: dict[str, str] = {}
+        self.filenames: dict[str, list[str]] = {}
 
     def callbacks(self) -> dict:
         return {"on_part_begin": self.begin, "on_header_field": self.header_field, "on_header_value": self.header_value,
@@ -147,6 +163,7 @@ class FormChecker:
                                    f"{FILENAME_BYTES}")
             if not form.files[field] and count > 1:
                 raise Refusal(400, f"field {field!r} takes one file per request: {form.usage()}")
+            self.filenames.setdefault(field, []).append(filename.decode("utf-8", errors="replace"))
             if count > self.limits.max_images:
                 raise Refusal(413, f"more than {self.limits.max_images} images in one request; the limit is "
                                    f"{self.limits.max_images}")
@@ -186,6 +203,7 @@ class FormChecker:
                 raise Refusal(400, f"field {self.field!r} must be UTF-8 text") from None
             if CONTROL.search(text.replace("\r\n", " ").replace("\n", " ").encode()):
                 raise Refusal(400, f"field {self.field!r}: a control character in the text")
+            self.texts[self.field] = text
 
     def end(self) -> None:
         self.ended = True
@@ -217,7 +235,8 @@ class RequestGuard:
             try:
                 if form.route in WRITE_ROUTES:
                     self.authorise(scope)
-                await self.read(scope, incoming, form, body)
+                checker = await self.read(scope, incoming, form, body)
+                scope[TEXTS], scope[FILENAMES] = checker.texts, checker.filenames
             except Refusal as e:
                 return await self.refuse(incoming, send, e)
             except Disconnected:
@@ -241,7 +260,7 @@ class RequestGuard:
         values = (len(form.integers) + len(form.numbers)) * (TEXT_BYTES + PART_OVERHEAD)
         return files * (self.limits.max_bytes + PART_OVERHEAD) + values + len(form.texts) * (TEXT_LIMIT + PART_OVERHEAD)
 
-    async def read(self, scope, incoming: Body, form: Form, body) -> None:
+    async def read(self, scope, incoming: Body, form: Form, body) -> FormChecker:
         """The whole body into `body`, checked on the way; Refusal at the first problem."""
         headers = dict(scope["headers"])
         kind, options = parse_options_header(headers.get(b"content-type", b"").decode("latin-1"))
@@ -272,6 +291,7 @@ class RequestGuard:
                 raise Refusal(413, f"the body is over the limit of {limit:,} bytes for {form.route}")
             body.write(chunk)
         checker.finish()
+        return checker
 
     async def refuse(self, incoming: Body, send, refusal: Refusal) -> None:
         """Answer {"error": ...}; first read the rest of the body (up to DRAIN_BYTES), so that the client, still

@@ -17,6 +17,7 @@ import math
 import sys
 from dataclasses import replace
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import bentoml
@@ -25,7 +26,7 @@ from starlette.responses import JSONResponse
 
 from serve import connections
 from serve.engine import BadInput, Engine
-from serve.guard import RequestGuard, forms_of
+from serve.guard import RequestGuard, filenames_of, forms_of, texts_of
 from serve.settings import Settings, SettingsError, from_env
 
 
@@ -71,9 +72,18 @@ def _load(backbone: bool) -> Engine:
         raise SystemExit(f"sslforge service: {e}") from None
 
 
-def refusal(e: BadInput) -> JSONResponse:
+def _texts(ctx: bentoml.Context, *names: str) -> dict[str, str]:
+    """The named text fields exactly as sent ("" when absent): BentoML's own values may have been JSON-decoded."""
+    texts = texts_of(ctx.request)
+    return {name: texts.get(name, "") for name in names}
+
+
+def refusal(e: BadInput, ctx: bentoml.Context | None = None) -> JSONResponse:
     """The public endpoints' 4xx: {"error": "<one line>"}, returned rather than raised, so a client's mistake
-    is one access-log line and not a server error with a traceback."""
+    is one access-log line and not a server error with a traceback. (An endpoint with a `ctx` answers with
+    ctx's status, whatever the response says: it is set too.)"""
+    if ctx is not None:
+        ctx.response.status_code = e.status
     return JSONResponse({"error": str(e)}, status_code=e.status)
 
 
@@ -135,34 +145,37 @@ class SSLForge:
             return refusal(e)
 
     @bentoml.api
-    async def search(self, image: Path, k: int = 10, where: str = "", path_prefix: str = "") -> dict:
+    async def search(self, image: Path, ctx: bentoml.Context, k: int = 10, where: Any = "",
+                     path_prefix: Any = "") -> dict:
         """The k nearest indexed images: id, path (relative to the index's root), label, cosine score, user fields.
 
         `where`: a JSON object of field values the rows must have ({"label": "cat"}); `path_prefix`: only rows whose
-        path starts with it."""
+        path starts with it. (Text fields are read as sent, through the guard: see texts_of.)"""
         try:
             self.engine.check_k(k, len(self.engine.require_index()))
-            where_ = self.engine.parse_where(where, path_prefix)
+            where_ = self.engine.parse_where(**_texts(ctx, "where", "path_prefix"))
             feats = await self._features([image])
             return {"results": (await asyncio.to_thread(self.engine.search, feats, k, where_))[0]}
         except BadInput as e:
-            return refusal(e)
+            return refusal(e, ctx)
 
     @bentoml.api
-    async def duplicates(self, image: Path, threshold: float = 0.95, where: str = "", path_prefix: str = "") -> dict:
-        """The indexed rows whose cosine similarity to the image is at least `threshold`, most similar first."""
+    async def duplicates(self, image: Path, ctx: bentoml.Context, threshold: float = 0.95, where: Any = "",
+                         path_prefix: Any = "") -> dict:
+        """The indexed rows whose cosine similarity to the image is at least `threshold`, most similar first
+        (at most SSLFORGE_MAX_K of them); `where` and `path_prefix` as for /search."""
         try:
             self.engine.require_index()
             self.engine.check_threshold(threshold)
-            where_ = self.engine.parse_where(where, path_prefix)
+            where_ = self.engine.parse_where(**_texts(ctx, "where", "path_prefix"))
             feats = await self._features([image])
             hits = (await asyncio.to_thread(self.engine.duplicates, feats, threshold, where_))[0]
             return {"duplicates": hits, "threshold": threshold}
         except BadInput as e:
-            return refusal(e)
+            return refusal(e, ctx)
 
     @bentoml.api
-    async def add(self, images: list[Path], meta: str = "") -> dict:
+    async def add(self, images: list[Path], ctx: bentoml.Context, meta: Any = "") -> dict:
         """Embed the uploaded images and append them to the index; answers their new ids once they are on disk.
 
         Needs the write token. `meta`: a JSON object of fields for every image, or a list of objects, one per
@@ -170,18 +183,19 @@ class SSLForge:
         try:
             self.engine.require_index()
             feats = await self._features(images)
-            ids = await asyncio.to_thread(self.engine.add, feats, images, meta)
+            names = filenames_of(ctx.request, "images")
+            ids = await asyncio.to_thread(self.engine.add, feats, names, **_texts(ctx, "meta"))
             return {"ids": ids, "count": len(self.engine.index)}
         except BadInput as e:
-            return refusal(e)
+            return refusal(e, ctx)
 
     @bentoml.api
-    async def remove(self, ids: str) -> dict:
+    async def remove(self, ids: Any, ctx: bentoml.Context) -> dict:
         """Stop returning these row ids (`ids`: 3,5,8 or [3, 5, 8]); needs the write token."""
         try:
-            return await asyncio.to_thread(self.engine.remove, ids)
+            return await asyncio.to_thread(self.engine.remove, **_texts(ctx, "ids"))
         except BadInput as e:
-            return refusal(e)
+            return refusal(e, ctx)
 
 
 # every request to an endpoint is checked before BentoML parses it (serve/guard.py): malformed or oversized forms
