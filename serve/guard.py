@@ -8,8 +8,9 @@ fields as file uploads within the byte and image limits, its integer and number 
 fields as UTF-8 within TEXT_LIMIT. Only then is the body replayed to BentoML, which can no longer fail on it or be
 made to fetch anything. BentoML decodes a text value that happens to be JSON ("12" becomes 12) and renames uploads,
 so the exact text of each text field and the client's file names are also handed to the endpoint in the request's
-scope (`texts_of`, `filenames_of`). Routes that change the index (WRITE_ROUTES) also need `Authorization: Bearer <token>` with
-the service's write token, checked before the body is read; with no token configured they answer 403 (read-only).
+scope (`texts_of`, `filenames_of`). Routes that change the index (WRITE_ROUTES) also need
+`Authorization: Bearer <token>` with the service's write token, checked before the body is read; with no token
+configured they answer 403 (read-only).
 
     SSLForge.add_asgi_middleware(RequestGuard, forms=forms_of(SSLForge), limits=limits)
 """
