@@ -10,12 +10,15 @@ from pathlib import Path
 import httpx
 
 
-def start_bentoml(env: dict[str, str], port: int, cwd: Path, log: Path) -> subprocess.Popen:
+def start_bentoml(env: dict[str, str], port: int, cwd: Path, log: Path, *,
+                  own_group: bool = False) -> subprocess.Popen:
     """`bentoml serve` from `cwd` (the project root: its bentofile.yaml), as a user runs it, on loopback; output
-    to `log` (a pipe nobody reads would fill up and stall the server)."""
-    with open(log, "w") as out:
+    to `log` (appended: a pipe nobody reads would fill up and stall the server). `own_group`: in a process group of
+    its own, so that `os.killpg(proc.pid, SIGKILL)` stops the server and its workers at once, as a crash would."""
+    with open(log, "a") as out:
         return subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+                                cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
+                                start_new_session=own_group)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
