@@ -1,7 +1,8 @@
-"""Start `bentoml serve` as a child process and wait until it answers: shared by the tests and bench/serve_load.py."""
+"""Start `bentoml serve` as a child process, wait until it answers, crash it: shared by the tests and bench/."""
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -10,15 +11,12 @@ from pathlib import Path
 import httpx
 
 
-def start_bentoml(env: dict[str, str], port: int, cwd: Path, log: Path, *,
-                  own_group: bool = False) -> subprocess.Popen:
+def start_bentoml(env: dict[str, str], port: int, cwd: Path, log: Path) -> subprocess.Popen:
     """`bentoml serve` from `cwd` (the project root: its bentofile.yaml), as a user runs it, on loopback; output
-    to `log` (appended: a pipe nobody reads would fill up and stall the server). `own_group`: in a process group of
-    its own, so that `os.killpg(proc.pid, SIGKILL)` stops the server and its workers at once, as a crash would."""
+    to `log` (appended: a pipe nobody reads would fill up and stall the server)."""
     with open(log, "a") as out:
         return subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT,
-                                start_new_session=own_group)
+                                cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
@@ -34,3 +32,33 @@ def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180
             pass
         time.sleep(0.5)
     raise TimeoutError(f"{url} not ready after {timeout} s:\n{log.read_text()[-3000:]}")
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc): bentoml's workers run in sessions of their own, so a process group
+    does not hold them."""
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                stat = Path(f"/proc/{entry}/stat").read_text()
+            except OSError:
+                continue
+            ppid = int(stat.rsplit(")", 1)[1].split()[1])
+            children.setdefault(ppid, []).append(int(entry))
+    found, todo = [], [pid]
+    while todo:
+        for child in children.get(todo.pop(), []):
+            found.append(child)
+            todo.append(child)
+    return found
+
+
+def crash(proc: subprocess.Popen) -> None:
+    """kill -9 a server and every process below it at once, as a power cut or the OOM killer would."""
+    for pid in [proc.pid, *descendants(proc.pid)]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+    proc.wait()

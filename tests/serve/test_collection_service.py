@@ -3,9 +3,7 @@
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
 import subprocess
 import threading
 from pathlib import Path
@@ -18,7 +16,7 @@ from serve_helpers import SERVER_ENV, free_port, png_bytes
 from export.embedder import Embedder
 from retrieval import Index
 from retrieval.filters import Filter
-from tools.process import start_bentoml, wait_ready
+from tools.process import crash, start_bentoml, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
 TOKEN = "test-token-0123456789"
@@ -30,22 +28,18 @@ def start(model: Path, index: Path, log: Path, token: str | None = TOKEN) -> tup
     env = {"SSLFORGE_MODEL": str(model), "SSLFORGE_INDEX": str(index), **SERVER_ENV}
     if token:
         env["SSLFORGE_WRITE_TOKEN"] = token
-    proc = start_bentoml(env, port, ROOT, log, own_group=True)
+    proc = start_bentoml(env, port, ROOT, log)
     url = f"http://127.0.0.1:{port}"
     wait_ready(url, proc, log)
     return proc, url
 
 
-def stop(proc: subprocess.Popen, hard: bool = False) -> None:
-    try:
-        os.killpg(proc.pid, signal.SIGKILL if hard else signal.SIGTERM)
-    except ProcessLookupError:
-        return
+def stop(proc: subprocess.Popen) -> None:
+    proc.terminate()
     try:
         proc.wait(timeout=30)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
+        crash(proc)
 
 
 @pytest.fixture(scope="module")
@@ -179,7 +173,7 @@ def test_kill_9_in_the_middle_of_the_adds(served, tmp_path):
     try:
         while len(acked) < 8 and adder.is_alive():
             threading.Event().wait(0.05)
-        stop(proc, hard=True)  # kill -9 the server and its workers, mid-request
+        crash(proc)  # kill -9 the server and its workers, mid-request
     finally:
         stop_adding.set()
         adder.join(60)
