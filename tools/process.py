@@ -13,10 +13,17 @@ import httpx
 
 def start_bentoml(env: dict[str, str], port: int, cwd: Path, log: Path) -> subprocess.Popen:
     """`bentoml serve` from `cwd` (the project root: its bentofile.yaml), as a user runs it, on loopback; output
-    to `log` (appended: a pipe nobody reads would fill up and stall the server)."""
+    to `log` (appended: a pipe nobody reads would fill up and stall the server).
+
+    Each server gets a BENTOML_HOME of its own (beside the log) unless `env` gives one: every `bentoml serve`
+    empties $BENTOML_HOME/prometheus_multiproc_dir when it starts, which would wipe the /metrics of a server
+    already running."""
+    home = log.parent / f".bentoml-home-{port}"
+    home.mkdir(parents=True, exist_ok=True)
     with open(log, "a") as out:
         return subprocess.Popen([sys.executable, "-m", "bentoml", "serve", "--host", "127.0.0.1", "--port", str(port)],
-                                cwd=cwd, env={**os.environ, **env}, stdout=out, stderr=subprocess.STDOUT)
+                                cwd=cwd, env={**os.environ, "BENTOML_HOME": str(home), **env}, stdout=out,
+                                stderr=subprocess.STDOUT)
 
 
 def wait_ready(url: str, proc: subprocess.Popen, log: Path, timeout: float = 180) -> None:
