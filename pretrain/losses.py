@@ -111,6 +111,29 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, queue: torch.Tensor, temper
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
+def pirl_loss(image: torch.Tensor, jigsaw: torch.Tensor, memory: torch.Tensor, negatives: torch.Tensor,
+              temperature: float, lam: float = 0.5) -> torch.Tensor:
+    """PIRL's objective (Misra & van der Maaten 2020, eq. 5), with the softmax form of its NCE:
+    lam * h(g(jigsaw), m) + (1 - lam) * h(f(image), m), where h is `info_nce` of the query against its
+    memory-bank entry m as the positive and the sampled bank entries as negatives."""
+    return lam * info_nce(jigsaw, memory, negatives, temperature) + \
+        (1 - lam) * info_nce(image, memory, negatives, temperature)
+
+
+def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None
+                      ) -> torch.Tensor:
+    """DeepCluster's and SeLA's objective: cross-entropy with pseudo-labels (label -1: no label, no loss),
+    optionally weighted per class and normalised by the weights of the labelled rows."""
+    keep = labels >= 0
+    if not keep.any():
+        return logits.sum() * 0.0
+    logits, labels = logits[keep].float(), labels[keep]
+    if class_weights is None:
+        return F.cross_entropy(logits, labels)
+    w = class_weights.float()[labels]
+    return (F.cross_entropy(logits, labels, reduction="none") * w).sum() / w.sum().clamp(min=1e-12)
+
+
 def nnclr_loss(neighbours: torch.Tensor, predictions: torch.Tensor, temperature: float) -> torch.Tensor:
     """NNCLR's contrastive term (Dwibedi et al. 2021, eq. 3): the support-set neighbour NN(z_i) of view one is
     the anchor, the prediction p_i of view two its positive, the other images' predictions its negatives:

@@ -46,6 +46,7 @@ from pretrain.config import ConfigError, PretrainConfig, save_yaml
 from pretrain.data.datasets import EpochSampler, ViewsDataset
 from pretrain.data.heap import keep_heap
 from pretrain.data.images import sample_dir, scan_images
+from pretrain.datapass import DataPass
 from pretrain.device import autocast_dtype, compile_networks, describe_device, select_device
 from pretrain.evaluate import class_count, extract_features, knn_evaluate
 from pretrain.methods import build_method, method_spec
@@ -129,7 +130,7 @@ class Trainer:
         self.spec = resolve_spec(cfg.backbone, cfg.small_stem, cfg.image_size, cfg.backbone_args)
         self.preprocessing = Preprocessing.for_size(cfg.image_size)
         backbone, self.feature_dim = build_backbone(self.spec, cfg.image_size)
-        return build_method(cfg.method, backbone, self.feature_dim, cfg.method_args)
+        return build_method(cfg.method, backbone, self.feature_dim, cfg.method_args, num_images=len(self.images))
 
     def build_dataset(self) -> torch.utils.data.Dataset:
         """The training samples (views of `self.images`); sets `self.device_views` (None: views made by the loader)."""
@@ -137,11 +138,15 @@ class Trainer:
         self.device_views = build_device_views(cfg.transform, cfg.image_size, cfg.transform_args,
                                                cfg.gpu_load_size) if cfg.gpu_augment else None
         transform = self.device_views or build_transform(cfg.transform, cfg.image_size, cfg.transform_args)
-        missing = [k for k in self.model.needs if k not in getattr(transform, "provides", ())]
+        indices = "index" in self.model.needs
+        if indices and self.device_views:
+            raise ConfigError(f"method {cfg.method} keeps per-image state, which --gpu-augment's batches do not "
+                              f"carry yet: train it without --gpu-augment")
+        missing = [k for k in self.model.needs if k not in (*getattr(transform, "provides", ()), "index")]
         if missing:
             raise ConfigError(f"method {cfg.method} needs per-view {', '.join(missing)}, which transform "
                               f"{cfg.transform!r} does not provide; use its default (`sslforge methods`)")
-        return ViewsDataset(self.images, self.device_views.load if self.device_views else transform)
+        return ViewsDataset(self.images, self.device_views.load if self.device_views else transform, indices=indices)
 
     def title(self) -> str:
         """What the progress bar calls the run."""
@@ -181,6 +186,8 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.peak_lr = scaled_lr(cfg.lr, cfg.batch_size)
+        self.data_pass = DataPass(self.images, Preprocessing.for_size(cfg.image_size), self.device, cfg.workers,
+                                  progress=self.progress)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, state: RunState) -> None:
@@ -245,6 +252,9 @@ class Trainer:
             while state.step < self.total_steps:
                 epoch, start_batch = divmod(state.step, self.steps_per_epoch)
                 self.sampler.set_epoch(epoch, start_batch)
+                found = self.model.start_epoch(epoch, self.data_pass)  # a pass over the data, if the method needs one
+                if found and self.progress and self.main:
+                    tqdm.write(f"epoch {epoch + 1}: " + ", ".join(f"{k} {v:g}" for k, v in found.items()))
                 self._train_epoch(epoch, state, log, bar, autocast)
                 if self.eval_due(epoch + 1):
                     if self.main:  # the other processes wait at the barrier

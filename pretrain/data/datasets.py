@@ -22,15 +22,17 @@ class ViewsDataset(Dataset):
     An image that fails to decode is replaced by the next one in the list; `failures` counts how
     many were replaced so the trainer can report it (counts survive worker processes via collate).
     With `labels=True` (fine-tuning) the views come as `{"views": [...], "labels": class index}`, the
-    label of the image that was actually decoded.
+    label of the image that was actually decoded; with `indices=True` (methods with per-image state: a memory
+    bank, cluster assignments) they carry `"index"`, the position of that image in the list.
     """
 
-    def __init__(self, images: ImageList, transform: Callable, labels: bool = False):
+    def __init__(self, images: ImageList, transform: Callable, labels: bool = False, indices: bool = False):
         if labels and not images.labelled:
             raise ValueError(f"{images.root} has no class sub-folders: labelled training needs them")
         self.images = images
         self.transform = transform
         self.labels = labels
+        self.indices = indices
 
     def __len__(self) -> int:
         return len(self.images)
@@ -58,8 +60,12 @@ class ViewsDataset(Dataset):
                 views = self.transform(image)
             finally:
                 random.setstate(state)
-        if self.labels:
-            views = {"views": views, "labels": torch.tensor(self.images.labels[used])}
+        if self.labels or self.indices:
+            views = dict(views) if isinstance(views, dict) else {"views": views}
+            if self.labels:
+                views["labels"] = torch.tensor(self.images.labels[used])
+            if self.indices:
+                views["index"] = torch.tensor(used)
         return views, len(failed), failed[0] if failed else ""
 
 

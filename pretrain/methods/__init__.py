@@ -13,11 +13,15 @@ from pretrain.config import RECIPES, ConfigError
 from pretrain.methods.barlowtwins import BarlowTwins
 from pretrain.methods.base import Method
 from pretrain.methods.byol import BYOL
+from pretrain.methods.deepcluster import DeepCluster
 from pretrain.methods.dino import DINO
 from pretrain.methods.distill import Distill
 from pretrain.methods.drlim import DrLIM
 from pretrain.methods.moco import MoCo
 from pretrain.methods.nnclr import NNCLR
+from pretrain.methods.npid import NPID
+from pretrain.methods.pirl import PIRL
+from pretrain.methods.sela import SeLA
 from pretrain.methods.simclr import SimCLR
 from pretrain.methods.simclr2 import SimCLRv2
 from pretrain.methods.simsiam import SimSiam
@@ -89,6 +93,21 @@ METHODS: dict[str, MethodSpec] = {
     "nnclr": MethodSpec(NNCLR, default=Recipe(method_args={"queue_size": 4096},
                                               source="interim, not yet swept: SimCLR's, a 4096-row support set"),
                         paper=_paper("lars", 0.3, 1e-6, "Dwibedi et al. 2021, sec. 4 (batch 4096)")),
+    "npid": MethodSpec(NPID, default=Recipe(transform_args={"views": 1},
+                                            source="interim, not yet swept: SimCLR's optimiser, one view"),
+                       paper=Recipe("sgd", 0.03, 5e-4, transform_args={"views": 1}, source="Wu et al. 2018, sec. 4")),
+    "pirl": MethodSpec(PIRL, "jigsaw", default=Recipe(source="interim, not yet swept: SimCLR's optimiser"),
+                       paper=_paper("sgd", 0.12, 1e-4, "Misra & van der Maaten 2020, sec. 4.1", negatives=32000)),
+    "deepcluster": MethodSpec(DeepCluster, default=Recipe(method_args={"clusters": 100}, transform_args={"views": 1},
+                                                          source="interim, not yet swept: SimCLR's optimiser, "
+                                                                 "100 clusters, one view"),
+                              paper=Recipe("sgd", 0.05, 1e-5, transform_args={"views": 1},
+                                           source="Caron et al. 2018, sec. 4 (k = 10000)")),
+    "sela": MethodSpec(SeLA, default=Recipe(method_args={"clusters": 128}, transform_args={"views": 1},
+                                            source="interim, not yet swept: SimCLR's optimiser, 128 clusters, "
+                                                   "one view"),
+                       paper=Recipe("sgd", 0.05, 1e-5, transform_args={"views": 1},
+                                    source="Asano et al. 2020, sec. 4 (K = 3000, one head)")),
     "drlim": MethodSpec(DrLIM),
     "distill": MethodSpec(Distill),
 }
@@ -100,19 +119,29 @@ def method_spec(name: str) -> MethodSpec:
     return METHODS[name]
 
 
+# constructor arguments the trainer fills in from the data (not hyper-parameters: not in configs or tables)
+DATA_ARGS = ("num_images",)
+
+
 def method_hparams(name: str, overrides: dict | None = None, recipe: str = "default") -> dict:
     """The method's hyper-parameters: its constructor defaults, then the recipe's, then `overrides` (checked)."""
     params = inspect.signature(method_spec(name).cls.__init__).parameters
-    defaults = {k: p.default for k, p in params.items() if k not in ("self", "backbone", "feature_dim")}
+    defaults = {k: p.default for k, p in params.items() if k not in ("self", "backbone", "feature_dim", *DATA_ARGS)}
     for key in overrides or {}:
         if key not in defaults:
             raise ConfigError(f"method {name} has no option {key!r}; its options are {', '.join(defaults)}")
     return {**defaults, **method_spec(name).recipe(recipe).method_args, **(overrides or {})}
 
 
-def build_method(name: str, backbone: nn.Module, feature_dim: int, hparams: dict) -> Method:
+def build_method(name: str, backbone: nn.Module, feature_dim: int, hparams: dict,
+                 num_images: int | None = None) -> Method:
+    """The method; `num_images` (the training set's size) goes to methods with per-image state (a memory bank)."""
+    cls = method_spec(name).cls
+    data = {"num_images": num_images} if "num_images" in inspect.signature(cls.__init__).parameters else {}
+    if data and num_images is None:
+        raise ConfigError(f"method {name} keeps per-image state: build it with the training set's num_images")
     try:
-        return method_spec(name).cls(backbone, feature_dim, **hparams)
+        return cls(backbone, feature_dim, **hparams, **data)
     except (TypeError, ValueError) as e:
         raise ConfigError(f"method {name}: {e}") from None
 

@@ -29,7 +29,12 @@ class Method(nn.Module):
 
     A transform may return a dict `{"views": [...], name: tensor with one row per view, ...}` instead of
     a list of views; a method that uses such per-view extras (crop boxes, rotation labels) names them
-    in `needs`, and the trainer passes them as keyword arguments to `forward`.
+    in `needs`, and the trainer passes them as keyword arguments to `forward`. `"index"` in `needs` asks
+    for each image's position in the training set (per-image state: a memory bank, pseudo-labels).
+
+    `start_epoch(epoch, data_pass)` runs before each epoch (also the one a resumed run continues in); a
+    method whose targets come from the whole dataset (k-means, self-labelling) calls `data_pass(fn)` there
+    (pretrain/datapass.py) and keeps what it derives in buffers, so a checkpoint holds it.
 
     Under torchrun `views` are this process's slice of the global batch; a method makes its loss that
     of the global batch with the helpers of pretrain/distributed.py (identities in one process).
@@ -50,6 +55,10 @@ class Method(nn.Module):
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError
+
+    def start_epoch(self, epoch: int, data_pass) -> dict[str, float]:
+        """Before epoch `epoch` (0-based); returns figures worth logging. Nothing to do by default."""
+        return {}
 
     def after_step(self, step: int, total_steps: int) -> None:
         """Called after optimizer step `step` (0-based) of `total_steps`; nothing to do by default."""

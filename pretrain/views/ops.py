@@ -211,6 +211,40 @@ class RegionConfusion:
 
 
 # -- one view ------------------------------------------------------------------------------------
+class Jigsaw:
+    """PIRL's jigsaw (Misra & van der Maaten 2020) on a float view of side grid x cell: the view is cut into
+    grid x grid cells, each cell is cropped at a random place to `keep` of its side and resized back (so the
+    network cannot match patches by their borders), and the cells are put back in a random order. The result
+    keeps the view's shape, so it batches like any view; the method cuts it into its patches again."""
+
+    def __init__(self, grid: int = 3, keep: float = 0.85):
+        if grid < 2 or not 0 < keep <= 1:
+            raise ValueError(f"jigsaw: grid must be >= 2 and keep in (0, 1] (got {grid}, {keep})")
+        self.grid, self.keep = grid, keep
+
+    def __call__(self, view: torch.Tensor) -> torch.Tensor:
+        g = self.grid
+        cell = view.shape[-1] // g
+        side = max(1, round(cell * self.keep))
+        patches = []
+        for r in range(g):
+            for c in range(g):
+                i = r * cell + int(torch.randint(0, cell - side + 1, ()))
+                j = c * cell + int(torch.randint(0, cell - side + 1, ()))
+                patches.append(F.resize(view[:, i:i + side, j:j + side], [cell, cell], antialias=True))
+        order = torch.randperm(g * g).tolist()
+        rows = [torch.cat([patches[order[r * g + c]] for c in range(g)], dim=2) for r in range(g)]
+        return torch.cat(rows, dim=1)
+
+
+def patches_of(views: torch.Tensor, grid: int) -> torch.Tensor:
+    """(B, C, g*p, g*p) -> (B * g * g, C, p, p): the cells of each view, row by row."""
+    b, ch, side, _ = views.shape
+    p = side // grid
+    x = views[:, :, :grid * p, :grid * p].reshape(b, ch, grid, p, grid, p)
+    return x.permute(0, 2, 4, 1, 3, 5).reshape(b * grid * grid, ch, p, p)
+
+
 @dataclass
 class ViewSample:
     view: torch.Tensor
@@ -224,7 +258,7 @@ class View:
     def __init__(self, size: int, colour: Colour, *, scale: tuple[float, float] = (0.08, 1.0),
                  hflip_p: float = 0.5, vflip_p: float = 0.0, turn_p: float = 0.0, rotation_p: float = 0.0,
                  rotation_degrees: float = 0.0, lorot: LocalRotation | None = None,
-                 confusion: RegionConfusion | None = None, confusion_p: float = 1.0):
+                 confusion: RegionConfusion | Jigsaw | None = None, confusion_p: float = 1.0):
         self.size, self.scale = size, scale
         self.hflip_p, self.vflip_p, self.turn_p = hflip_p, vflip_p, turn_p
         self.rotation_p, self.rotation_degrees = rotation_p, rotation_degrees

@@ -9,7 +9,7 @@ import inspect
 from collections.abc import Callable
 
 from pretrain.config import ConfigError
-from pretrain.views.ops import SMALL, Colour, LocalRotation, MultiView, RegionConfusion, View, local_size
+from pretrain.views.ops import SMALL, Colour, Jigsaw, LocalRotation, MultiView, RegionConfusion, View, local_size
 
 
 def _blur(blur_p: float | None, size: int, default: float = 0.5) -> float:
@@ -28,15 +28,35 @@ def baseline(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, rotati
 
 
 def simclr(size: int, *, min_scale: float = 0.08, hflip_p: float = 0.5, strength: float | None = None,
-           jitter_p: float = 0.8, gray_p: float = 0.2, blur_p: float | None = None) -> MultiView:
+           jitter_p: float = 0.8, gray_p: float = 0.2, blur_p: float | None = None, views: int = 2) -> MultiView:
     """Two SimCLR views (Chen et al. 2020, appendix A): crop-and-resize, flip, colour distortion, blur.
 
     Defaults follow the paper per input size: colour strength 0.5 and no blur on small (<= 64 px)
     images as in its CIFAR-10 runs; strength 1.0 and a blur kernel of ~10% of the image otherwise.
+    `views`: how many (1 for methods that compare one view with a memory or a label: NPID, DeepCluster, SeLA).
     """
+    if views < 1:
+        raise ConfigError(f"transform simclr: views must be >= 1 (got {views})")
     strength = (0.5 if size <= SMALL else 1.0) if strength is None else strength
     colour = Colour((0.8, 0.8, 0.8, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
-    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p) for _ in range(2)])
+    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p) for _ in range(views)])
+
+
+def jigsaw(size: int, *, grid: int = 3, keep: float = 0.85, min_scale: float = 0.08, hflip_p: float = 0.5,
+           strength: float | None = None, jitter_p: float = 0.8, gray_p: float = 0.2,
+           blur_p: float | None = None) -> MultiView:
+    """PIRL's pair (Misra & van der Maaten 2020): a SimCLR view of the image, and its jigsaw: another crop of
+    side grid x (size // grid) cut into grid x grid cells, each re-cropped to `keep` of its side and the cells
+    shuffled (pretrain/views/ops.py: Jigsaw)."""
+    if grid < 2 or size // grid < 4:
+        raise ConfigError(f"transform jigsaw: grid must be >= 2 with cells of >= 4 px (got grid {grid} at {size} px)")
+    if not 0 < keep <= 1:
+        raise ConfigError(f"transform jigsaw: keep must be in (0, 1] (got {keep})")
+    strength = (0.5 if size <= SMALL else 1.0) if strength is None else strength
+    colour = Colour((0.8, 0.8, 0.8, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    cells = grid * (size // grid)
+    return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p),
+                      View(cells, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, confusion=Jigsaw(grid, keep))])
 
 
 def orthogonality(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, vflip_p: float = 0.5,
@@ -139,6 +159,7 @@ TRANSFORMS: dict[str, Callable[..., MultiView]] = {
     "dcl": dcl,
     "multicrop": multicrop,
     "vicregl": vicregl,
+    "jigsaw": jigsaw,
 }
 
 _PROBABILITIES = ("hflip_p", "vflip_p", "turn_p", "rotation_p", "jitter_p", "gray_p", "blur_p", "confusion_p")
