@@ -77,6 +77,9 @@ SMALL = {"simclr": {"out_dim": 16}, "byol": {"proj_hidden_dim": 32, "proj_dim": 
          "dino": {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "freeze_last_layer_epochs": 0.3},
          "vicregl": {"proj_dim": 32, "local_proj_dim": 16}, "simclr2": {"out_dim": 16, "hidden_dim": 24},
          "nnclr": {"queue_size": 24, "proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32},
+         "npid": {"proj_dim": 16, "negatives": 16}, "pirl": {"proj_dim": 16, "negatives": 16, "grid": 2},
+         "deepcluster": {"clusters": 4, "pca_dim": 8, "hidden_dim": 16, "kmeans_iterations": 3},
+         "sela": {"clusters": 4, "hidden_dim": 16, "sinkhorn_iterations": 10},
          "distill": {"temperature": 2.0}}  # + a teacher, made by `teacher_with_head`
 
 

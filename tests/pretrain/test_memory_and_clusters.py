@@ -1,0 +1,165 @@
+"""The memory bank, PIRL's loss, k-means with DeepCluster's fixes, SeLA's equal-size labels and the data pass,
+each against a plain computation."""
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from pretrain.clustering import balance_weights, balanced_argmax, fix_empty, kmeans, sela_assign
+from pretrain.losses import info_nce, pirl_loss, pseudo_label_loss
+from pretrain.memorybank import MemoryBank
+
+
+def test_memory_bank_update_is_a_normalised_moving_average() -> None:
+    torch.manual_seed(0)
+    bank = MemoryBank(10, 4, momentum=0.7)
+    before = bank.vectors.clone()
+    new = torch.randn(3, 4)
+    idx = torch.tensor([2, 5, 9])
+    bank.update(idx, new)
+    for row, i in enumerate(idx.tolist()):
+        mixed = [0.7 * float(before[i, d]) + 0.3 * float(F.normalize(new, dim=1)[row, d]) for d in range(4)]
+        norm = math.sqrt(sum(v * v for v in mixed))
+        assert bank.vectors[i].tolist() == pytest.approx([v / norm for v in mixed], abs=1e-6)
+    untouched = [i for i in range(10) if i not in idx.tolist()]
+    torch.testing.assert_close(bank.vectors[untouched], before[untouched])
+
+
+def test_memory_bank_samples_only_other_images() -> None:
+    torch.manual_seed(0)
+    bank = MemoryBank(6, 3)
+    bank.vectors.copy_(torch.arange(6).float().unsqueeze(1).repeat(1, 3))  # row i holds i, to read back which
+    drawn = bank.sample(500, exclude=torch.tensor([0, 3]))
+    assert set(drawn[:, 0].long().tolist()) == {1, 2, 4, 5}
+    with pytest.raises(ValueError, match="excluded"):
+        bank.sample(2, exclude=torch.arange(6))
+
+
+def test_pirl_loss_matches_its_formula() -> None:
+    g = torch.Generator().manual_seed(1)
+    f, j, m = (torch.randn(4, 5, generator=g) for _ in range(3))
+    neg = torch.randn(7, 5, generator=g)
+
+    def h(q, pos):  # -log softmax of the positive among positive and negatives, by hand
+        q, pos, n = F.normalize(q, dim=1), F.normalize(pos, dim=1), F.normalize(neg, dim=1)
+        total = 0.0
+        for b in range(q.shape[0]):
+            logits = [float(q[b] @ pos[b]) / 0.1] + [float(q[b] @ n[k]) / 0.1 for k in range(n.shape[0])]
+            total += -logits[0] + math.log(sum(math.exp(x) for x in logits))
+        return total / q.shape[0]
+
+    assert float(info_nce(f, m, neg, 0.1)) == pytest.approx(h(f, m), rel=1e-5)
+    assert float(pirl_loss(f, j, m, neg, 0.1, lam=0.3)) == pytest.approx(0.3 * h(j, m) + 0.7 * h(f, m), rel=1e-5)
+
+
+def test_kmeans_labels_are_nearest_centroids_and_no_cluster_is_empty() -> None:
+    g = torch.Generator().manual_seed(0)
+    centres = torch.tensor([[0.0, 0.0], [10.0, 0.0], [0.0, 10.0]])
+    x = torch.cat([c + 0.3 * torch.randn(30, 2, generator=g) for c in centres])
+    cent, labels, _ = kmeans(x, 3, 10, torch.Generator().manual_seed(1))
+    for i in range(len(x)):  # every point's label is its nearest centroid, by a plain loop
+        d = [sum((float(x[i, k]) - float(cent[c, k])) ** 2 for k in range(2)) for c in range(3)]
+        assert int(labels[i]) == d.index(min(d))
+    assert sorted(torch.bincount(labels).tolist()) == [30, 30, 30]  # the three blobs
+
+
+def test_empty_cluster_fix_splits_a_donor() -> None:
+    x = torch.tensor([[0.0], [0.1], [1.0], [1.1]])
+    centroids = torch.tensor([[0.55], [100.0]])  # cluster 1 gets no point
+    labels = torch.zeros(4, dtype=torch.long)
+    new, fixed = fix_empty(x, centroids, labels, torch.Generator().manual_seed(0), noise=0.01)
+    assert fixed == 1 and set(labels.tolist()) == {0, 1}
+    a, b = float(new[0, 0]), float(new[1, 0])
+    assert (a + b) / 2 == pytest.approx(0.55, abs=1e-6) and 0 < abs(a - b) < 0.1  # the donor +- a small shift
+    for i in range(4):  # the donor's points went to the nearer of the two
+        assert int(labels[i]) == int((x[i] - new).abs().squeeze(1).argmin())
+
+
+def test_balance_weights_and_pseudo_label_loss() -> None:
+    labels = torch.tensor([0, 0, 0, 1])
+    w = balance_weights(labels, 3)
+    assert w.tolist() == pytest.approx([4 / (3 * 3), 4 / 3, 0.0])
+    logits = torch.randn(4, 3)
+    ce = [float(-F.log_softmax(logits[i], 0)[labels[i]]) for i in range(4)]
+    expected = sum(ce[i] * float(w[labels[i]]) for i in range(4)) / sum(float(w[labels[i]]) for i in range(4))
+    assert float(pseudo_label_loss(logits, labels, w)) == pytest.approx(expected, rel=1e-5)
+    only = float(-F.log_softmax(logits[1], 0)[2])  # row 1 labelled 2, the others unlabelled (-1)
+    assert float(pseudo_label_loss(logits, torch.tensor([-1, 2, -1, -1]))) == pytest.approx(only, rel=1e-5)
+
+
+def test_balanced_argmax_respects_capacity_and_keeps_the_best() -> None:
+    scores = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.9]])
+    assert balanced_argmax(scores, 2).tolist() == [0, 0, 1, 1]  # row 2 is column 0's third best: it moves
+    g = torch.Generator().manual_seed(0)
+    labels = balanced_argmax(torch.randn(103, 7, generator=g), 15)
+    assert torch.bincount(labels, minlength=7).max() <= 15 and (labels >= 0).all()
+
+
+def plain_sinkhorn(logits: torch.Tensor, lam: float, iterations: int) -> torch.Tensor:
+    """SeLA's Sinkhorn-Knopp on P^lam with rows summing to 1/N and columns to 1/K, in float64, by loops."""
+    n, k = logits.shape
+    p = torch.softmax(logits.double(), dim=1) ** lam
+    q = [[float(p[i, j]) for j in range(k)] for i in range(n)]
+    for _ in range(iterations):
+        for j in range(k):
+            col = sum(q[i][j] for i in range(n))
+            for i in range(n):
+                q[i][j] /= col * k
+        for i in range(n):
+            row = sum(q[i])
+            q[i] = [v / (row * n) for v in q[i]]
+    return torch.tensor(q)
+
+
+def test_sela_labels_are_equal_sized_and_follow_a_plain_sinkhorn() -> None:
+    g = torch.Generator().manual_seed(0)
+    logits = torch.randn(40, 4, generator=g) * 3
+    labels = sela_assign(logits, lam=5.0, iterations=50)
+    assert torch.bincount(labels, minlength=4).tolist() == [10, 10, 10, 10]
+    q = plain_sinkhorn(logits, 5.0, 50)
+    assert q.sum(0).tolist() == pytest.approx([0.25] * 4, rel=1e-3)
+    agree = (q.argmax(1) == labels).float().mean()
+    assert agree >= 0.9  # the equal-size rounding moves only the points on a border
+    free = [int(q[i].argmax()) for i in range(40)]
+    assert all(labels[i] == free[i] for i in range(40) if q[i].max() > 0.9 * q[i].sum())
+
+
+def test_data_pass_rows_follow_image_order(image_folder: Path) -> None:
+    from pretrain.data.images import scan_images
+    from pretrain.datapass import DataPass
+    from pretrain.preprocess import Preprocessing
+
+    images = scan_images(image_folder)
+    pre = Preprocessing.for_size(16)
+    out, ok = DataPass(images, pre, torch.device("cpu"), workers=0, batch_size=5, progress=False)(
+        lambda x: x.mean(dim=(2, 3)))
+    assert ok.all() and out.shape == (len(images), 3)
+    from pretrain.data.images import load_rgb
+    for i in (0, len(images) // 2, len(images) - 1):
+        torch.testing.assert_close(out[i], pre(load_rgb(images.paths[i])).mean(dim=(1, 2)), rtol=1e-5, atol=1e-5)
+
+
+def test_views_carry_the_decoded_images_index(image_folder: Path) -> None:
+    from pretrain.data.datasets import ViewsDataset
+    from pretrain.data.images import scan_images
+    from pretrain.views.recipes import build_transform
+
+    images = scan_images(image_folder)
+    sample, _, _ = ViewsDataset(images, build_transform("simclr", 16, {"views": 1}), indices=True)[(3, 0)]
+    assert int(sample["index"]) == 3 and len(sample["views"]) == 1
+
+
+def test_jigsaw_cells_are_the_shuffled_view() -> None:
+    from pretrain.views.ops import Jigsaw, patches_of
+
+    torch.manual_seed(0)
+    view = torch.arange(3 * 12 * 12, dtype=torch.float32).reshape(3, 12, 12)
+    out = Jigsaw(grid=3, keep=1.0)(view)  # keep 1: cells are only shuffled
+    cells, original = patches_of(out.unsqueeze(0), 3), patches_of(view.unsqueeze(0), 3)
+    assert out.shape == view.shape
+    matched = sorted(int(torch.nonzero((original == c).all(dim=(1, 2, 3)))[0]) for c in cells)
+    assert matched == list(range(9))
