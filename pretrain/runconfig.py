@@ -56,9 +56,10 @@ def same_setting(key: str, saved: object, now: object, path_settings: set[str]) 
 
 
 def with_saved_settings(cfg: Config) -> Config:
-    """On --resume, settings left unset take the run's own values (its config.yaml), not fresh defaults."""
+    """On --resume, settings left unset take the run's own values (its config.yaml), not fresh defaults. An empty
+    `transform_args` / `method_args` counts as unset: the saved ones hold what the recipe filled in."""
     saved = load_run_config(cfg.out)
-    return cfg.replace(**{k: saved[k] for k, v in cfg.to_dict().items() if v is None and k in saved})
+    return cfg.replace(**{k: saved[k] for k, v in cfg.to_dict().items() if (v is None or v == {}) and k in saved})
 
 
 def load_run_config(out: str | os.PathLike) -> dict:

@@ -73,6 +73,8 @@ def test_default_recipe_loss_falls_on_a_tiny_fixed_set(method: str, tmp_path: Pa
     # MoCo's queue starts as random vectors (easy negatives) and fills with real keys as it trains, which raises
     # its loss at first: a queue this set fills within two steps keeps the check about learning
     args = {"method_args": {"queue_size": 32}} if method == "moco" else {}
+    if method in ("deepcluster", "sela"):  # the default cluster counts exceed the 32 images
+        args = {"method_args": {"clusters": 4}}
     cfg = PretrainConfig(method=method, data=str(data), out=str(tmp_path / "run"), backbone="test_resnet",
                          image_size=32, epochs=24, batch_size=16, workers=0, seed=0, checkpoint_every=24, **views,
                          **args)
