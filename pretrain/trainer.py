@@ -186,8 +186,6 @@ class Trainer:
         self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.peak_lr = scaled_lr(cfg.lr, cfg.batch_size)
-        self.data_pass = DataPass(self.images, Preprocessing.for_size(cfg.image_size), self.device, cfg.workers,
-                                  progress=self.progress)
 
     # -- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, state: RunState) -> None:
@@ -341,6 +339,11 @@ class Trainer:
         layout = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
         views = [v.to(self.device, non_blocking=True).contiguous(memory_format=layout) for v in views]
         return views, {k: extras[k].to(self.device, non_blocking=True) for k in self.model.needs}
+
+    def data_pass(self, fn, **kwargs):
+        """The pass over the training set that a method's `start_epoch` may ask for (pretrain/datapass.py)."""
+        return DataPass(self.images, self.preprocessing, self.device, self.cfg.workers, progress=self.progress)(
+            fn, **kwargs)
 
     def eval_due(self, epoch: int) -> bool:
         """Whether the online evaluation runs after `epoch` (1-based)."""
