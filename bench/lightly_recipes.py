@@ -1,12 +1,12 @@
 """lightly 1.6.0's own documented recipe for each method it shares with sslforge, for side-by-side runs.
 
 Sources (lightly-ai/lightly on GitHub, read, not copied):
-- simclr, moco, byol, simsiam, swav, barlowtwins, dino: the CIFAR-10 benchmark,
+- simclr, moco, byol, simsiam, swav, barlowtwins, dino, nnclr: the CIFAR-10 benchmark,
   docs/source/getting_started/benchmarks/cifar10_benchmark.py: SimCLR views at 32 px without blur for every
   two-view method, SwaV 2 crops of 32 px (min scale 0.14), DINO 2 global crops of 32 px and no local crops;
   its heads and losses; SGD lr 0.06 x batch/128, momentum 0.9, weight decay 5e-4 (SwaV: Adam 1e-3 x batch/128,
   weight decay 1e-6; SimSiam: lr 0.06 unscaled), cosine annealing; momentum 0.99 for the MoCo, BYOL and DINO
-  target networks.
+  target networks; NNCLR's 512-128 projector and 128-512-128 predictor, a 4096-row support set, NT-Xent.
 - vicreg, vicregl: the Imagenette benchmark, benchmarks/imagenette (the CIFAR-10 file has no VICReg): its
   heads (Barlow Twins 3-layer 2048 projector; VICRegL local head 128-128, num_matches (16, 4), no local crops)
   and LARS lr 0.3 x batch/256, weight decay 1e-4, warm-up 10 of 200 epochs then cosine ("training diverges
@@ -80,6 +80,13 @@ def build(method: str, size: int, data: str, batch_size: int, workers: int, cifa
         transform, loss_fn = two_views, BarlowTwinsLoss()
         m["head"] = heads.ProjectionHead([(512, 2048, nn.BatchNorm1d(2048), nn.ReLU(inplace=True)),
                                           (2048, 2048, None, None)])
+    elif method == "nnclr":
+        from lightly.models.modules import NNMemoryBankModule
+
+        transform, loss_fn = two_views, NTXentLoss()
+        m["head"] = heads.NNCLRProjectionHead(512, 512, 128)
+        m["predictor"] = heads.NNCLRPredictionHead(128, 512, 128)
+        m["support"] = NNMemoryBankModule(size=(4096, 128))  # moved to the device with the rest
     elif method == "swav":
         transform = SwaVTransform(crop_sizes=(size,), crop_counts=(2,), crop_min_scales=(0.14,),
                                   crop_max_scales=(1.0,), gaussian_blur=0.0)
@@ -150,6 +157,11 @@ def build(method: str, size: int, data: str, batch_size: int, workers: int, cifa
             with torch.no_grad():
                 t0, t1 = (m["head_m"](m["backbone_m"](x)) for x in views)
             loss = 0.5 * (loss_fn(p0, t1) + loss_fn(p1, t0))
+        elif method == "nnclr":
+            z0, z1 = (embed(x) for x in views)
+            p0, p1 = m["predictor"](z0), m["predictor"](z1)
+            n0, n1 = m["support"](z0.detach(), update=False), m["support"](z1.detach(), update=True)
+            loss = 0.5 * (loss_fn(n0, p1) + loss_fn(n1, p0))
         elif method == "simsiam":
             z0, z1 = (embed(x) for x in views)
             p0, p1 = m["predictor"](z0), m["predictor"](z1)
