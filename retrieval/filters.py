@@ -40,13 +40,7 @@ class Filter:
     @classmethod
     def parse(cls, conditions: list[str] | None = None, path_prefix: str | None = None) -> Filter:
         """From `--where FIELD=VALUE` options (repeatable) and `--path-prefix`."""
-        equals = {}
-        for text in conditions or []:
-            name, sep, value = text.partition("=")
-            if not sep or not name.strip():
-                raise FilterError(f"--where takes FIELD=VALUE (got {text!r})")
-            equals[name.strip()] = value
-        return cls(equals, path_prefix or None)
+        return cls(name_values(conditions, "--where", "FIELD=VALUE"), path_prefix or None)
 
     def mask(self, paths: list[str], labels: list[str | None], meta: list[dict], removed: np.ndarray) -> np.ndarray:
         """Boolean (N,): the live rows that match every condition."""
@@ -68,6 +62,17 @@ class Filter:
         if self.path_prefix:
             parts.append(f"path starts with {self.path_prefix!r}")
         return " and ".join(parts) or "none"
+
+
+def name_values(texts: list[str] | None, option: str, form: str = "NAME=VALUE") -> dict[str, str]:
+    """Repeated `NAME=VALUE` options (`--where`, `index add --field`) as a dict; FilterError on a malformed one."""
+    pairs = {}
+    for text in texts or []:
+        name, sep, value = text.partition("=")
+        if not sep or not name.strip():
+            raise FilterError(f"{option} takes {form} (got {text!r})")
+        pairs[name.strip()] = value
+    return pairs
 
 
 def check_row_meta(meta: list[dict] | None, rows: int, error: type[Exception]) -> list[dict]:

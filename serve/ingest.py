@@ -13,18 +13,8 @@ from pathlib import Path
 from retrieval.cli import INDEX_ACTIONS
 from retrieval.collection import Collection
 from retrieval.embeddings import read_embeddings
-from retrieval.filters import FilterError
+from retrieval.filters import name_values
 from retrieval.index import IndexDirError
-
-
-def field_values(texts: list[str] | None) -> dict[str, str]:
-    fields = {}
-    for text in texts or []:
-        name, sep, value = text.partition("=")
-        if not sep or not name.strip():
-            raise FilterError(f"--field takes NAME=VALUE (got {text!r})")
-        fields[name.strip()] = value
-    return fields
 
 
 def stored_path(root: str, folder: Path, relative: str) -> str:
@@ -67,7 +57,7 @@ def cmd_add(args: argparse.Namespace) -> None:
         root = col.index.info.get("root", "")
         paths = [stored_path(root, folder, p) for p in emb.paths]
         labels = [args.label] * len(emb) if args.label is not None else emb.labels
-        fields = field_values(args.field)
+        fields = name_values(args.field, "--field")
         ids = col.add(emb.vectors, paths, labels, [dict(fields) for _ in paths])
     outside = sum(p.startswith("/") for p in paths)
     print(f"added {len(ids):,} rows (ids {ids[0]}..{ids[-1]}) to {args.index}: {len(col.index):,} live rows")
