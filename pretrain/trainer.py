@@ -58,7 +58,7 @@ from pretrain.preprocess import Preprocessing
 from pretrain.runconfig import resolve_config, with_saved_settings
 from pretrain.runlog import MetricsLog, append_eval_row, plot_metrics
 from pretrain.views.gpu import build_device_views, step_generator
-from pretrain.views.recipes import build_transform
+from pretrain.views.recipes import build_transform, options_of
 
 
 class TrainingDiverged(RuntimeError):
@@ -146,6 +146,12 @@ class Trainer:
         if missing:
             raise ConfigError(f"method {cfg.method} needs per-view {', '.join(missing)}, which transform "
                               f"{cfg.transform!r} does not provide; use its default (`sslforge methods`)")
+        for key in getattr(self.model, "view_options", ()):  # a setting the method and its views must share
+            view_value = {**options_of(cfg.transform), **cfg.transform_args}.get(key)
+            if view_value != getattr(self.model, key):
+                raise ConfigError(f"method {cfg.method} has {key}={getattr(self.model, key)}, its views "
+                                  f"({cfg.transform}) {key}={view_value}: set both (--method-arg {key}=N "
+                                  f"--transform-arg {key}=N)")
         return ViewsDataset(self.images, self.device_views.load if self.device_views else transform, indices=indices)
 
     def title(self) -> str:

@@ -21,6 +21,7 @@ from pretrain.views.ops import patches_of
 
 class PIRL(Method):
     needs = ("index",)
+    view_options = ("grid",)  # must equal the jigsaw views' own (the trainer checks)
 
     def __init__(self, backbone: nn.Module, feature_dim: int, *, num_images: int, temperature: float = 0.07,
                  negatives: int = 4096, bank_momentum: float = 0.5, lam: float = 0.5, grid: int = 3,

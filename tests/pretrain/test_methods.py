@@ -77,7 +77,7 @@ SMALL = {"simclr": {"out_dim": 16}, "byol": {"proj_hidden_dim": 32, "proj_dim": 
          "dino": {"out_dim": 32, "hidden_dim": 32, "bottleneck_dim": 16, "freeze_last_layer_epochs": 0.3},
          "vicregl": {"proj_dim": 32, "local_proj_dim": 16}, "simclr2": {"out_dim": 16, "hidden_dim": 24},
          "nnclr": {"queue_size": 24, "proj_hidden_dim": 32, "proj_dim": 16, "pred_hidden_dim": 32},
-         "npid": {"proj_dim": 16, "negatives": 16}, "pirl": {"proj_dim": 16, "negatives": 16, "grid": 2},
+         "npid": {"proj_dim": 16, "negatives": 16}, "pirl": {"proj_dim": 16, "negatives": 16},
          "deepcluster": {"clusters": 4, "pca_dim": 8, "hidden_dim": 16, "kmeans_iterations": 3},
          "sela": {"clusters": 4, "hidden_dim": 16, "sinkhorn_iterations": 10},
          "distill": {"temperature": 2.0}}  # + a teacher, made by `teacher_with_head`
@@ -216,3 +216,11 @@ def test_simsiam_projector_ends_in_batch_norm_without_scale_and_shift() -> None:
     assert isinstance(last, nn.BatchNorm1d) and not last.affine
     out = SimSiam(nn.Flatten(), 12, proj_dim=8, pred_hidden_dim=4).projector(torch.randn(16, 12))
     torch.testing.assert_close(out.mean(0), torch.zeros(8), atol=1e-5, rtol=0)  # plain standardisation
+
+
+def test_pirl_refuses_a_grid_its_views_do_not_have(image_folder: Path, tmp_path: Path, tiny_config) -> None:
+    from pretrain.config import ConfigError
+
+    cfg = tiny_config(image_folder, tmp_path / "run", method="pirl", method_args={**SMALL["pirl"], "grid": 2})
+    with pytest.raises(ConfigError, match="grid=2, its views .jigsaw. grid=3"):
+        Trainer(cfg, progress=False).fit()
