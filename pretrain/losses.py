@@ -120,6 +120,24 @@ def pirl_loss(image: torch.Tensor, jigsaw: torch.Tensor, memory: torch.Tensor, n
         (1 - lam) * info_nce(image, memory, negatives, temperature)
 
 
+def cpc_loss(targets: torch.Tensor, predictions: list[torch.Tensor]) -> torch.Tensor:
+    """CPC's InfoNCE (van den Oord et al. 2018, eq. 4) over a grid of patch codes.
+
+    targets: (B, G, G, D) the patches' codes z; predictions[k - 1]: (B, G - k, G, D), the context at row i
+    predicting the code at row i + k (same column). Each prediction is scored by dot product against every
+    code of the batch (all positions of all images); the true patch is the positive. Mean over the predictions
+    of each k, then over k.
+    """
+    b, g, _, d = targets.shape
+    candidates = targets.reshape(-1, d).float()
+    ids = torch.arange(b * g * g, device=targets.device).reshape(b, g, g)
+    losses = []
+    for k, pred in enumerate(predictions, start=1):
+        logits = pred.reshape(-1, d).float() @ candidates.T
+        losses.append(F.cross_entropy(logits, ids[:, k:, :].reshape(-1)))
+    return torch.stack(losses).mean()
+
+
 def pseudo_label_loss(logits: torch.Tensor, labels: torch.Tensor, class_weights: torch.Tensor | None = None
                       ) -> torch.Tensor:
     """DeepCluster's and SeLA's objective: cross-entropy with pseudo-labels (label -1: no label, no loss),

@@ -13,6 +13,7 @@ from pretrain.config import RECIPES, ConfigError
 from pretrain.methods.barlowtwins import BarlowTwins
 from pretrain.methods.base import Method
 from pretrain.methods.byol import BYOL
+from pretrain.methods.cpc import CPC
 from pretrain.methods.deepcluster import DeepCluster
 from pretrain.methods.dino import DINO
 from pretrain.methods.distill import Distill
@@ -108,6 +109,8 @@ METHODS: dict[str, MethodSpec] = {
                                                    "one view"),
                        paper=Recipe("sgd", 0.05, 1e-5, transform_args={"views": 1},
                                     source="Asano et al. 2020, sec. 4 (K = 3000, one head)")),
+    "cpc": MethodSpec(CPC, "patchgrid", default=Recipe(source="interim, not yet swept: SimCLR's optimiser"),
+                      paper=Recipe("adamw", 2e-4, 0.0, source="van den Oord et al. 2018, sec. 3.2 (Adam, 7 x 7 grid)")),
     "drlim": MethodSpec(DrLIM),
     "distill": MethodSpec(Distill),
 }

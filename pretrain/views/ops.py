@@ -225,16 +225,42 @@ class Jigsaw:
     def __call__(self, view: torch.Tensor) -> torch.Tensor:
         g = self.grid
         cell = view.shape[-1] // g
-        side = max(1, round(cell * self.keep))
-        patches = []
-        for r in range(g):
-            for c in range(g):
-                i = r * cell + int(torch.randint(0, cell - side + 1, ()))
-                j = c * cell + int(torch.randint(0, cell - side + 1, ()))
-                patches.append(F.resize(view[:, i:i + side, j:j + side], [cell, cell], antialias=True))
+        patches = [_recrop(view, r * cell, c * cell, cell, self.keep) for r in range(g) for c in range(g)]
         order = torch.randperm(g * g).tolist()
-        rows = [torch.cat([patches[order[r * g + c]] for c in range(g)], dim=2) for r in range(g)]
-        return torch.cat(rows, dim=1)
+        return _tile([patches[i] for i in order], g)
+
+
+class PatchGrid:
+    """CPC's input (van den Oord et al. 2018; Henaff et al. 2019): a view of side (grid + 1) x stride cut into
+    grid x grid patches of side 2 x stride at that stride (each overlaps its neighbours by half), each
+    re-cropped at a random place to `keep` of its side and resized back (CPC v2's per-patch crop: no
+    matching by shared pixels). The patches are tiled row by row without overlap into one image of side
+    grid x patch, which batches like any view; `patches_of(view, grid)` cuts it into the patches again."""
+
+    def __init__(self, grid: int = 3, keep: float = 0.85):
+        if grid < 2 or not 0 < keep <= 1:
+            raise ValueError(f"patch grid: grid must be >= 2 and keep in (0, 1] (got {grid}, {keep})")
+        self.grid, self.keep = grid, keep
+
+    def __call__(self, view: torch.Tensor) -> torch.Tensor:
+        g = self.grid
+        stride = view.shape[-1] // (g + 1)
+        patches = [_recrop(view, r * stride, c * stride, 2 * stride, self.keep) for r in range(g) for c in range(g)]
+        return _tile(patches, g)
+
+
+def _recrop(view: torch.Tensor, top: int, left: int, cell: int, keep: float) -> torch.Tensor:
+    """The cell x cell square at (top, left), cropped at a random place to `keep` of its side and resized back."""
+    side = max(1, round(cell * keep))
+    i = top + int(torch.randint(0, cell - side + 1, ()))
+    j = left + int(torch.randint(0, cell - side + 1, ()))
+    return F.resize(view[:, i:i + side, j:j + side], [cell, cell], antialias=True)
+
+
+def _tile(patches: list[torch.Tensor], grid: int) -> torch.Tensor:
+    """grid * grid equal patches, row by row, as one image."""
+    rows = [torch.cat(patches[r * grid:(r + 1) * grid], dim=2) for r in range(grid)]
+    return torch.cat(rows, dim=1)
 
 
 def patches_of(views: torch.Tensor, grid: int) -> torch.Tensor:
@@ -258,7 +284,7 @@ class View:
     def __init__(self, size: int, colour: Colour, *, scale: tuple[float, float] = (0.08, 1.0),
                  hflip_p: float = 0.5, vflip_p: float = 0.0, turn_p: float = 0.0, rotation_p: float = 0.0,
                  rotation_degrees: float = 0.0, lorot: LocalRotation | None = None,
-                 confusion: RegionConfusion | Jigsaw | None = None, confusion_p: float = 1.0):
+                 confusion: RegionConfusion | Jigsaw | PatchGrid | None = None, confusion_p: float = 1.0):
         self.size, self.scale = size, scale
         self.hflip_p, self.vflip_p, self.turn_p = hflip_p, vflip_p, turn_p
         self.rotation_p, self.rotation_degrees = rotation_p, rotation_degrees

@@ -9,7 +9,17 @@ import inspect
 from collections.abc import Callable
 
 from pretrain.config import ConfigError
-from pretrain.views.ops import SMALL, Colour, Jigsaw, LocalRotation, MultiView, RegionConfusion, View, local_size
+from pretrain.views.ops import (
+    SMALL,
+    Colour,
+    Jigsaw,
+    LocalRotation,
+    MultiView,
+    PatchGrid,
+    RegionConfusion,
+    View,
+    local_size,
+)
 
 
 def _blur(blur_p: float | None, size: int, default: float = 0.5) -> float:
@@ -57,6 +67,24 @@ def jigsaw(size: int, *, grid: int = 3, keep: float = 0.85, min_scale: float = 0
     cells = grid * (size // grid)
     return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p),
                       View(cells, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, confusion=Jigsaw(grid, keep))])
+
+
+def patchgrid(size: int, *, grid: int = 3, keep: float = 0.85, min_scale: float = 0.25, hflip_p: float = 0.5,
+              strength: float | None = None, jitter_p: float = 0.8, gray_p: float = 0.2,
+              blur_p: float | None = None) -> MultiView:
+    """CPC's view (CPC v2, Henaff et al. 2019): one crop of side (grid + 1) x (size // (grid + 1)) with SimCLR's
+    flip and colour, cut into grid x grid half-overlapping patches of twice that stride, each re-cropped to `keep`
+    (pretrain/views/ops.py: PatchGrid); the view is the patches tiled row by row. CPC's 7 x 7 grid of 64 px
+    patches on 256 px images is grid=7 at size 256; 3 x 3 patches of 16 px at 32 px by default."""
+    if grid < 2 or size // (grid + 1) < 2:
+        raise ConfigError(f"transform patchgrid: grid must be >= 2 with a stride of >= 2 px (got grid {grid} "
+                          f"at {size} px)")
+    if not 0 < keep <= 1:
+        raise ConfigError(f"transform patchgrid: keep must be in (0, 1] (got {keep})")
+    strength = (0.5 if size <= SMALL else 1.0) if strength is None else strength
+    colour = Colour((0.8, 0.8, 0.8, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    side = (grid + 1) * (size // (grid + 1))
+    return MultiView([View(side, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, confusion=PatchGrid(grid, keep))])
 
 
 def orthogonality(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, vflip_p: float = 0.5,
@@ -160,6 +188,7 @@ TRANSFORMS: dict[str, Callable[..., MultiView]] = {
     "multicrop": multicrop,
     "vicregl": vicregl,
     "jigsaw": jigsaw,
+    "patchgrid": patchgrid,
 }
 
 _PROBABILITIES = ("hflip_p", "vflip_p", "turn_p", "rotation_p", "jitter_p", "gray_p", "blur_p", "confusion_p")

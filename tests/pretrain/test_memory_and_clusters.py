@@ -1,5 +1,5 @@
-"""The memory bank, PIRL's loss, k-means with DeepCluster's fixes, SeLA's equal-size labels and the data pass,
-each against a plain computation."""
+"""The memory bank, PIRL's and CPC's losses and views, k-means with DeepCluster's fixes, SeLA's equal-size labels
+and the data pass, each against a plain computation."""
 from __future__ import annotations
 
 import math
@@ -8,9 +8,10 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from PIL import Image
 
 from pretrain.clustering import balance_weights, balanced_argmax, fix_empty, kmeans, sela_assign
-from pretrain.losses import info_nce, pirl_loss, pseudo_label_loss
+from pretrain.losses import cpc_loss, info_nce, pirl_loss, pseudo_label_loss
 from pretrain.memorybank import MemoryBank
 
 
@@ -163,3 +164,37 @@ def test_jigsaw_cells_are_the_shuffled_view() -> None:
     assert out.shape == view.shape
     matched = sorted(int(torch.nonzero((original == c).all(dim=(1, 2, 3)))[0]) for c in cells)
     assert matched == list(range(9))
+
+
+def test_cpc_loss_matches_explicit_loops() -> None:
+    torch.manual_seed(0)
+    b, g, d = 2, 3, 4
+    z = torch.randn(b, g, g, d, dtype=torch.float64)
+    preds = [torch.randn(b, g - k, g, d, dtype=torch.float64) for k in (1, 2)]
+    per_k = []
+    for k, pred in enumerate(preds, start=1):
+        terms = []
+        for i in range(b):
+            for r in range(g - k):
+                for c in range(g):
+                    scores = [float(pred[i, r, c] @ z[j, rr, cc])
+                              for j in range(b) for rr in range(g) for cc in range(g)]
+                    positive = float(pred[i, r, c] @ z[i, r + k, c])
+                    terms.append(-positive + math.log(sum(math.exp(s) for s in scores)))
+        per_k.append(sum(terms) / len(terms))
+    assert float(cpc_loss(z, preds)) == pytest.approx(sum(per_k) / 2, rel=1e-5)
+
+
+def test_patch_grid_tiles_half_overlapping_patches_row_by_row() -> None:
+    from pretrain.views.ops import PatchGrid, patches_of
+    from pretrain.views.recipes import build_transform
+
+    view = torch.arange(3 * 16 * 16, dtype=torch.float32).reshape(3, 16, 16)
+    out = PatchGrid(grid=3, keep=1.0)(view)  # stride 4, patches of 8, no re-crop
+    assert out.shape == (3, 24, 24)
+    patches = patches_of(out.unsqueeze(0), 3)
+    for r in range(3):
+        for c in range(3):
+            torch.testing.assert_close(patches[r * 3 + c], view[:, 4 * r:4 * r + 8, 4 * c:4 * c + 8])
+    views = build_transform("patchgrid", 32)(Image.new("RGB", (40, 40), (120, 30, 200)))
+    assert len(views) == 1 and views[0].shape == (3, 48, 48)  # 3 x 3 patches of 16 px from a 32 px crop

@@ -80,6 +80,7 @@ SMALL = {"simclr": {"out_dim": 16}, "byol": {"proj_hidden_dim": 32, "proj_dim": 
          "npid": {"proj_dim": 16, "negatives": 16}, "pirl": {"proj_dim": 16, "negatives": 16},
          "deepcluster": {"clusters": 4, "pca_dim": 8, "hidden_dim": 16, "kmeans_iterations": 3},
          "sela": {"clusters": 4, "hidden_dim": 16, "sinkhorn_iterations": 10},
+         "cpc": {"code_dim": 16, "hidden_dim": 16, "context_layers": 1},
          "distill": {"temperature": 2.0}}  # + a teacher, made by `teacher_with_head`
 
 
