@@ -97,7 +97,8 @@ METHODS: dict[str, MethodSpec] = {
     "npid": MethodSpec(NPID, default=Recipe(transform_args={"views": 1},
                                             source="interim, not yet swept: SimCLR's optimiser, one view"),
                        paper=Recipe("sgd", 0.03, 5e-4, transform_args={"views": 1}, source="Wu et al. 2018, sec. 4")),
-    "pirl": MethodSpec(PIRL, "jigsaw", default=Recipe(source="interim, not yet swept: SimCLR's optimiser"),
+    "pirl": MethodSpec(PIRL, "jigsaw", default=Recipe(method_args={"grid": 2}, transform_args={"grid": 2},
+                                                      source="SimCLR's optimiser, a 2 x 2 jigsaw (docs/benchmarks.md)"),
                        paper=_paper("sgd", 0.12, 1e-4, "Misra & van der Maaten 2020, sec. 4.1", negatives=32000)),
     "deepcluster": MethodSpec(DeepCluster, default=Recipe(method_args={"clusters": 100}, transform_args={"views": 1},
                                                           source="interim, not yet swept: SimCLR's optimiser, "

@@ -1,11 +1,13 @@
 """DeepCluster (Caron et al. 2018): k-means on the whole dataset's features each epoch; the cluster ids are the
 labels a classifier head learns from, which trains the backbone.
 
-Before every epoch (`start_epoch`, through the trainer's data pass: centre crops, eval mode) the backbone's
-features of every training image are PCA-whitened to `pca_dim`, L2-normalised and clustered by k-means
-(pretrain/clustering.py, with the paper's empty-cluster fix); the classifier is re-initialised, since cluster
-ids mean nothing from one epoch to the next. Training: one augmented view per image, a `hidden_dim` MLP then
-the classifier over `clusters`, cross-entropy with the image's cluster weighted by 1 / cluster size (the
+Before epochs 0, `recluster_every`, 2 x `recluster_every`, ... (`start_epoch`, through the trainer's data pass:
+centre crops, eval mode) the backbone's features of every training image are PCA-whitened to `pca_dim`,
+L2-normalised and clustered by k-means (pretrain/clustering.py, with the paper's empty-cluster fix); the
+classifier is re-initialised, since cluster ids mean nothing from one clustering to the next. The paper
+clusters every epoch of ImageNet (thousands of steps); on a small dataset `recluster_every` gives the
+classifier as many steps to learn each clustering. Training: one augmented view per image, a `hidden_dim` MLP
+then the classifier over `clusters`, cross-entropy with the image's cluster weighted by 1 / cluster size (the
 paper samples uniformly over clusters; weights do the same in expectation without a special sampler).
 The labels, their weights and the epoch they were made for are buffers: a resumed run continues with
 them. Under torchrun every process clusters the same gathered features with the same seed (replicated).
@@ -26,19 +28,22 @@ class DeepCluster(Method):
     needs = ("index",)
 
     def __init__(self, backbone: nn.Module, feature_dim: int, *, num_images: int, clusters: int = 10000,
-                 pca_dim: int = 256, kmeans_iterations: int = 20, hidden_dim: int = 2048, seed: int = 0):
+                 pca_dim: int = 256, kmeans_iterations: int = 20, hidden_dim: int = 2048, recluster_every: int = 1,
+                 seed: int = 0):
         super().__init__(backbone, feature_dim)
-        if not 2 <= clusters <= num_images:
-            raise ValueError(f"clusters must be between 2 and the {num_images} training images (got {clusters})")
+        if not 2 <= clusters <= num_images or recluster_every < 1:
+            raise ValueError(f"clusters must be between 2 and the {num_images} training images and recluster_every "
+                             f">= 1 (got {clusters}, {recluster_every})")
         self.head = ProjectionHead(feature_dim, hidden_dim, hidden_dim, layers=2)
         self.classifier = nn.Linear(hidden_dim, clusters)
         self.clusters, self.pca_dim, self.iterations, self.seed = clusters, pca_dim, kmeans_iterations, seed
+        self.recluster_every = recluster_every
         self.register_buffer("labels", torch.zeros(num_images, dtype=torch.long))
         self.register_buffer("weights", torch.ones(clusters))
         self.register_buffer("labelled_epoch", torch.tensor(-1))
 
     def start_epoch(self, epoch: int, data_pass) -> dict[str, float]:
-        if int(self.labelled_epoch) == epoch:  # a resumed epoch keeps its labels
+        if epoch % self.recluster_every or int(self.labelled_epoch) == epoch:  # a resumed epoch keeps its labels
             return {}
         feats, ok = data_pass(self.backbone, desc=f"k-means, epoch {epoch + 1}", modules=(self.backbone,))
         x = pca_whiten(feats[ok], self.pca_dim)

@@ -222,6 +222,6 @@ def test_simsiam_projector_ends_in_batch_norm_without_scale_and_shift() -> None:
 def test_pirl_refuses_a_grid_its_views_do_not_have(image_folder: Path, tmp_path: Path, tiny_config) -> None:
     from pretrain.config import ConfigError
 
-    cfg = tiny_config(image_folder, tmp_path / "run", method="pirl", method_args={**SMALL["pirl"], "grid": 2})
-    with pytest.raises(ConfigError, match="grid=2, its views .jigsaw. grid=3"):
+    cfg = tiny_config(image_folder, tmp_path / "run", method="pirl", method_args={**SMALL["pirl"], "grid": 3})
+    with pytest.raises(ConfigError, match="grid=3, its views .jigsaw. grid=2"):
         Trainer(cfg, progress=False).fit()
