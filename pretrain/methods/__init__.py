@@ -91,8 +91,9 @@ METHODS: dict[str, MethodSpec] = {
                                                              transform_args={"local_views": 0}),
                           paper=_paper("lars", 0.3, 1e-6, "Bardes et al. 2022 (VICRegL), sec. 4")),
     "dino": MethodSpec(DINO, "multicrop", paper=_paper("adamw", 5e-4, 0.04, "Caron et al. 2021, sec. 4 (ViT)")),
-    "nnclr": MethodSpec(NNCLR, default=Recipe(method_args={"queue_size": 4096},
-                                              source="interim, not yet swept: SimCLR's, a 4096-row support set"),
+    "nnclr": MethodSpec(NNCLR, default=Recipe(method_args={"queue_size": 4096, "temperature": 0.2},
+                                              source="SimCLR's optimiser and temperature, a 4096-row support set "
+                                                     "(docs/benchmarks.md)"),
                         paper=_paper("lars", 0.3, 1e-6, "Dwibedi et al. 2021, sec. 4 (batch 4096)")),
     "npid": MethodSpec(NPID, default=Recipe(transform_args={"views": 1},
                                             source="interim, not yet swept: SimCLR's optimiser, one view"),
@@ -100,14 +101,16 @@ METHODS: dict[str, MethodSpec] = {
     "pirl": MethodSpec(PIRL, "jigsaw", default=Recipe(method_args={"grid": 2}, transform_args={"grid": 2},
                                                       source="SimCLR's optimiser, a 2 x 2 jigsaw (docs/benchmarks.md)"),
                        paper=_paper("sgd", 0.12, 1e-4, "Misra & van der Maaten 2020, sec. 4.1", negatives=32000)),
-    "deepcluster": MethodSpec(DeepCluster, default=Recipe(method_args={"clusters": 100}, transform_args={"views": 1},
-                                                          source="interim, not yet swept: SimCLR's optimiser, "
-                                                                 "100 clusters, one view"),
+    "deepcluster": MethodSpec(DeepCluster, default=Recipe(method_args={"clusters": 100, "recluster_every": 5},
+                                                          transform_args={"views": 1},
+                                                          source="SimCLR's optimiser, 100 clusters, k-means every "
+                                                                 "5 epochs, one view (docs/benchmarks.md)"),
                               paper=Recipe("sgd", 0.05, 1e-5, transform_args={"views": 1},
                                            source="Caron et al. 2018, sec. 4 (k = 10000)")),
-    "sela": MethodSpec(SeLA, default=Recipe(method_args={"clusters": 128}, transform_args={"views": 1},
-                                            source="interim, not yet swept: SimCLR's optimiser, 128 clusters, "
-                                                   "one view"),
+    "sela": MethodSpec(SeLA, default=Recipe(method_args={"clusters": 128, "label_every": 5},
+                                            transform_args={"views": 1},
+                                            source="SimCLR's optimiser, 128 clusters, labels every 5 epochs, one view "
+                                                   "(docs/benchmarks.md)"),
                        paper=Recipe("sgd", 0.05, 1e-5, transform_args={"views": 1},
                                     source="Asano et al. 2020, sec. 4 (K = 3000, one head)")),
     "cpc": MethodSpec(CPC, "patchgrid", default=Recipe(source="interim, not yet swept: SimCLR's optimiser"),
