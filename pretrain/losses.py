@@ -14,7 +14,8 @@ class NTXentLoss(nn.Module):
     For 2N embeddings of N images (two views each), the positive of each embedding is the other
     view of its image and the 2N-2 embeddings of other images are its negatives:
     l(i, j) = -log exp(s_ij / t) / sum_{k != i} exp(s_ik / t), with s the cosine similarity,
-    averaged over all 2N anchors. Symmetric in the two views.
+    averaged over all 2N anchors. Symmetric in the two views. `negatives` (M, D), e.g. memory-bank entries
+    (pretrain/memorybank.py: BankNegatives), join every anchor's denominator as M more terms.
     """
 
     def __init__(self, temperature: float = 0.5):
@@ -23,12 +24,14 @@ class NTXentLoss(nn.Module):
             raise ValueError(f"temperature must be positive (got {temperature})")
         self.temperature = temperature
 
-    def forward(self, z1: torch.Tensor, z2: torch.Tensor) -> torch.Tensor:
+    def forward(self, z1: torch.Tensor, z2: torch.Tensor, negatives: torch.Tensor | None = None) -> torch.Tensor:
         n = z1.shape[0]
         z = F.normalize(torch.cat([z1, z2]).float(), dim=1)
         logits = z @ z.T / self.temperature
         self_mask = torch.eye(2 * n, dtype=torch.bool, device=z.device)
         logits = logits.masked_fill(self_mask, float("-inf"))
+        if negatives is not None:
+            logits = torch.cat([logits, z @ F.normalize(negatives.float(), dim=1).T / self.temperature], dim=1)
         targets = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(z.device)
         return F.cross_entropy(logits, targets)
 

@@ -144,8 +144,9 @@ def build_method(name: str, backbone: nn.Module, feature_dim: int, hparams: dict
                  num_images: int | None = None) -> Method:
     """The method; `num_images` (the training set's size) goes to methods with per-image state (a memory bank)."""
     cls = method_spec(name).cls
-    data = {"num_images": num_images} if "num_images" in inspect.signature(cls.__init__).parameters else {}
-    if data and num_images is None:
+    param = inspect.signature(cls.__init__).parameters.get("num_images")
+    data = {"num_images": num_images} if param is not None else {}
+    if param is not None and param.default is inspect.Parameter.empty and num_images is None:
         raise ConfigError(f"method {name} keeps per-image state: build it with the training set's num_images")
     try:
         return cls(backbone, feature_dim, **hparams, **data)

@@ -2,7 +2,7 @@
 
 Probing or fine-tuning from the middle of the head beats using the backbone output, so the model dir
 stores backbone + first head layer (a "neck") as the embedding network. Distillation into a student
-is `sslforge distill` (methods/distill.py).
+is `sslforge distill` (methods/distill.py). `bank_negatives=N` adds memory-bank negatives as in simclr.
 """
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from torch import nn
 from pretrain.distributed import gather
 from pretrain.heads import Neck, ProjectionHead, WithNeck
 from pretrain.losses import NTXentLoss
+from pretrain.memorybank import BankNegatives
 from pretrain.methods.base import Method
 
 
@@ -19,8 +20,12 @@ class SimCLRv2(Method):
     couples_batch = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, temperature: float = 0.2,
-                 hidden_dim: int | None = None, out_dim: int = 128, head_layers: int = 3, keep_layers: int = 1):
+                 hidden_dim: int | None = None, out_dim: int = 128, head_layers: int = 3, keep_layers: int = 1,
+                 bank_negatives: int = 0, bank_momentum: float = 0.5, num_images: int | None = None):
         super().__init__(backbone, feature_dim)
+        # bank_negatives > 0: that many memory-bank entries join the batch's negatives (pretrain/memorybank.py)
+        self.bank = BankNegatives(num_images, out_dim, bank_negatives, bank_momentum) if bank_negatives else None
+        self.needs = ("index",) if bank_negatives else ()
         if not 0 <= keep_layers < head_layers:
             raise ValueError(f"keep_layers must be in [0, head_layers) (got {keep_layers} of {head_layers})")
         hidden = hidden_dim or feature_dim
@@ -29,9 +34,12 @@ class SimCLRv2(Method):
                                         layers=head_layers - keep_layers)
         self.criterion = NTXentLoss(temperature)
 
-    def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
+    def forward(self, views: list[torch.Tensor], index: torch.Tensor | None = None
+                ) -> tuple[torch.Tensor, dict[str, float]]:
         z1, z2 = self.projector(self.neck(self.backbone(torch.cat(views[:2])))).chunk(2)
-        return self.criterion(gather(z1), gather(z2)), {}
+        z1, z2 = gather(z1), gather(z2)
+        banked = self.bank.negatives(gather(index), z1, z2) if self.bank is not None else None
+        return self.criterion(z1, z2, banked), {}
 
     def deployable(self) -> tuple[nn.Module, list[int]]:
         widths = [m.out_features for m in self.neck if isinstance(m, nn.Linear)]

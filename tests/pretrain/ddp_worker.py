@@ -28,22 +28,31 @@ HPARAMS = {
     "dino": {"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8},
     "moco": {"queue_size": 24, "proj_hidden_dim": 16, "proj_dim": 8},
     "byol": {"proj_hidden_dim": 16, "proj_dim": 8}, "simsiam": {"proj_dim": 16, "pred_hidden_dim": 8},
+    "nnclr": {"queue_size": 24, "proj_hidden_dim": 16, "proj_dim": 8, "pred_hidden_dim": 16},
+    "npid": {"proj_dim": 8, "negatives": 6}, "pirl": {"proj_dim": 8, "negatives": 6, "grid": 2},
+    "deepcluster": {"clusters": 4, "hidden_dim": 16}, "sela": {"clusters": 4, "hidden_dim": 16},
+    "cpc": {"code_dim": 8, "hidden_dim": 16, "context_layers": 1},
 }
 MULTI_CROP = ("swav", "dino", "vicregl")
+VIEW_SIZES = {"cpc": [48]}  # one view: its 3 x 3 patches of 16 px
 BATCH = 8  # the combined batch; each of the 2 processes takes 4
+NUM_IMAGES = 16  # the training set of the methods with per-image state (a memory bank, pseudo-labels)
+# the buffers a step changes (queues, support sets, memory banks, DINO's center), compared across processes
+STATE = ("vectors", "ptr", "center")
 
 
 def build(name: str) -> Method:
     torch.manual_seed(0)
     spec = resolve_spec("test_resnet", None, 32, {})
     backbone, dim = build_backbone(spec, 32)
-    return build_method(name, backbone, dim, method_hparams(name, HPARAMS[name]))
+    return build_method(name, backbone, dim, method_hparams(name, HPARAMS[name]), num_images=NUM_IMAGES)
 
 
 def make_inputs(name: str) -> dict:
     g = torch.Generator().manual_seed(1)
-    sizes = [32, 32, 16, 16] if name in MULTI_CROP else [32, 32]
-    inputs = {"views": [torch.randn(BATCH, 3, s, s, generator=g) for s in sizes]}
+    sizes = VIEW_SIZES.get(name, [32, 32, 16, 16] if name in MULTI_CROP else [32, 32])
+    inputs = {"views": [torch.randn(BATCH, 3, s, s, generator=g) for s in sizes],
+              "index": torch.randperm(NUM_IMAGES, generator=g)[:BATCH]}
     if name == "vicregl":
         lo = torch.rand(BATCH, len(sizes), 2, generator=g) * 0.5
         inputs["boxes"] = torch.cat([lo, lo + 0.5], dim=2)
@@ -70,13 +79,13 @@ def one_step(model: Method, net: torch.nn.Module, inputs: dict) -> dict:
     loss.backward()
     return {"loss": distributed.mean_over_ranks(loss.detach()),
             "grads": {k: p.grad.clone() for k, p in model.named_parameters() if p.grad is not None},
-            "buffers": {k: b.clone() for k, b in model.named_buffers() if k.endswith(("queue", "center"))}}
+            "buffers": {k: b.clone() for k, b in model.named_buffers() if k.endswith(STATE)}}
 
 
 def local_slice(inputs: dict) -> dict:
     n, r = BATCH // dist.get_world_size(), dist.get_rank()
-    return {"views": [v[r * n:(r + 1) * n] for v in inputs["views"]],
-            **({"boxes": inputs["boxes"][r * n:(r + 1) * n]} if "boxes" in inputs else {})}
+    return {key: [v[r * n:(r + 1) * n] for v in value] if key == "views" else value[r * n:(r + 1) * n]
+            for key, value in inputs.items()}
 
 
 def parity(folder: Path) -> None:

@@ -40,6 +40,73 @@ def test_memory_bank_samples_only_other_images() -> None:
         bank.sample(2, exclude=torch.arange(6))
 
 
+def test_nt_xent_with_bank_negatives_matches_a_loop() -> None:
+    from pretrain.losses import NTXentLoss
+
+    torch.manual_seed(0)
+    z1, z2, bank = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64), torch.randn(5, 4)
+    z = F.normalize(torch.cat([z1, z2]), dim=1)
+    neg = F.normalize(bank.double(), dim=1)
+    t, terms = 0.3, []
+    for i in range(6):
+        positive = float(z[i] @ z[(i + 3) % 6]) / t
+        others = [float(z[i] @ z[k]) / t for k in range(6) if k != i] + [float(z[i] @ m) / t for m in neg]
+        terms.append(-positive + math.log(sum(math.exp(o) for o in others)))
+    assert float(NTXentLoss(t)(z1, z2, bank)) == pytest.approx(sum(terms) / 6, rel=1e-5)
+
+
+def test_bank_negatives_exclude_the_batch_then_move_to_the_views_mean() -> None:
+    from pretrain.memorybank import BankNegatives
+
+    torch.manual_seed(0)
+    switch = BankNegatives(6, 2, count=300, momentum=0.25)
+    switch.bank.vectors.copy_(F.normalize(torch.arange(1, 13).float().reshape(6, 2), dim=1))
+    before = switch.bank.vectors.clone()
+    index, v1, v2 = torch.tensor([1, 4]), torch.randn(2, 2), torch.randn(2, 2)
+    drawn = switch.negatives(index, v1, v2)
+    assert drawn.shape == (300, 2)
+    assert {int((before - d).norm(dim=1).argmin()) for d in drawn} == {0, 2, 3, 5}  # drawn before the update
+    mean = F.normalize(v1, dim=1) + F.normalize(v2, dim=1)
+    want = F.normalize(0.25 * before[index] + 0.75 * F.normalize(mean, dim=1), dim=1)
+    torch.testing.assert_close(switch.bank.vectors[index], want)
+    torch.testing.assert_close(switch.bank.vectors[[0, 2, 3, 5]], before[[0, 2, 3, 5]])
+    switch.eval()
+    switch.negatives(index, v1, v2)  # evaluation: the bank stays
+    torch.testing.assert_close(switch.bank.vectors[index], want)
+
+
+def test_simclr_with_bank_negatives_trains_and_resumes_exactly(image_folder: Path, tmp_path: Path,
+                                                                       tiny_config) -> None:
+    from safetensors.torch import load_file
+
+    from pretrain.config import ConfigError
+    from pretrain.methods import build_method
+    from pretrain.trainer import Trainer
+
+    args = {"out_dim": 16, "bank_negatives": 8}
+
+    def config(name: str):
+        return tiny_config(image_folder, tmp_path / name, method_args=args, checkpoint_every_steps=2, lr=0.05)
+
+    full = Trainer(config("full"), progress=False).fit()
+
+    def interrupt(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(config("cut"), on_step=interrupt, progress=False).fit()
+    resumed = Trainer(config("cut"), resume=True, progress=False).fit()
+    a, b = torch.load(full / "checkpoint.pt", weights_only=True)["model"], \
+        torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)
+    assert a["bank.bank.vectors"].shape == (len(list(image_folder.rglob("*.jpg"))), 16)
+    assert load_file(full / "backbone.safetensors")
+    with pytest.raises(ConfigError, match="num_images"):
+        build_method("simclr", torch.nn.Flatten(), 12, args)
+
+
 def test_pirl_loss_matches_its_formula() -> None:
     g = torch.Generator().manual_seed(1)
     f, j, m = (torch.randn(4, 5, generator=g) for _ in range(3))
