@@ -123,16 +123,19 @@ def pirl_loss(image: torch.Tensor, jigsaw: torch.Tensor, memory: torch.Tensor, n
         (1 - lam) * info_nce(image, memory, negatives, temperature)
 
 
-def cpc_loss(targets: torch.Tensor, predictions: list[torch.Tensor]) -> torch.Tensor:
+def cpc_loss(targets: torch.Tensor, predictions: list[torch.Tensor], temperature: float = 0.0) -> torch.Tensor:
     """CPC's InfoNCE (van den Oord et al. 2018, eq. 4) over a grid of patch codes.
 
     targets: (B, G, G, D) the patches' codes z; predictions[k - 1]: (B, G - k, G, D), the context at row i
     predicting the code at row i + k (same column). Each prediction is scored by dot product against every
     code of the batch (all positions of all images); the true patch is the positive. Mean over the predictions
-    of each k, then over k.
+    of each k, then over k. `temperature` > 0 scores by cosine / temperature instead (SimCLR's form).
     """
     b, g, _, d = targets.shape
     candidates = targets.reshape(-1, d).float()
+    if temperature > 0:
+        candidates = F.normalize(candidates, dim=1) / temperature
+        predictions = [F.normalize(p.float(), dim=-1) for p in predictions]
     ids = torch.arange(b * g * g, device=targets.device).reshape(b, g, g)
     losses = []
     for k, pred in enumerate(predictions, start=1):

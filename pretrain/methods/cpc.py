@@ -7,7 +7,8 @@ makes the dot products trainable at a sane scale). A context network that sees o
 row i (masked convolutions: a `rows` x 3 kernel padded at the top only, `context_layers` residual blocks of
 width `hidden_dim`) summarises them into c_i; for k = 1..`steps` a linear map W_k of c_i predicts the code
 k rows below in the same column, scored by InfoNCE against every other code of the (global) batch
-(`cpc_loss`). Downstream, the backbone encodes whole images as usual.
+(`cpc_loss`; the paper's dot product, or cosine / `temperature` when it is > 0). Downstream, the backbone
+encodes whole images as usual.
 
 CPC v2 replaces the encoder's batch norm with layer norm, because batch statistics over patches of the same
 batch can leak which patches belong together; the backbone here is any timm/torchvision network and keeps
@@ -42,13 +43,13 @@ class CPC(Method):
     couples_batch = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, *, grid: int = 3, steps: int = 2, code_dim: int = 256,
-                 hidden_dim: int = 256, context_layers: int = 2, rows: int = 2):
+                 hidden_dim: int = 256, context_layers: int = 2, rows: int = 2, temperature: float = 0.0):
         super().__init__(backbone, feature_dim)
         if not 1 <= steps < grid:
             raise ValueError(f"steps (rows predicted ahead) must be in 1..grid-1 (got {steps} with grid {grid})")
         if context_layers < 1 or rows < 1:
             raise ValueError(f"context_layers and rows must be >= 1 (got {context_layers}, {rows})")
-        self.grid, self.steps = grid, steps
+        self.grid, self.steps, self.temperature = grid, steps, temperature
         self.code = nn.Linear(feature_dim, code_dim)
         self.context_in = nn.Conv2d(code_dim, hidden_dim, 1)
         self.context = nn.ModuleList(RowCausalConv(hidden_dim, rows) for _ in range(context_layers))
@@ -62,4 +63,4 @@ class CPC(Method):
             c = c + layer(F.relu(c))
         c = F.relu(c)
         predictions = [gather(head(c[:, :, :g - k]).permute(0, 2, 3, 1)) for k, head in enumerate(self.predict, 1)]
-        return cpc_loss(gather(z), predictions), {}
+        return cpc_loss(gather(z), predictions, self.temperature), {}

@@ -250,6 +250,10 @@ def test_cpc_loss_matches_explicit_loops() -> None:
                     terms.append(-positive + math.log(sum(math.exp(s) for s in scores)))
         per_k.append(sum(terms) / len(terms))
     assert float(cpc_loss(z, preds)) == pytest.approx(sum(per_k) / 2, rel=1e-5)
+    # cosine / temperature: the same as dot products of unit vectors scaled by 1 / t
+    unit = [F.normalize(p, dim=-1) / 0.5 for p in preds]
+    assert float(cpc_loss(z, preds, temperature=0.5)) == pytest.approx(float(cpc_loss(F.normalize(z, dim=-1), unit)),
+                                                                       rel=1e-6)
 
 
 def test_patch_grid_tiles_half_overlapping_patches_row_by_row() -> None:
