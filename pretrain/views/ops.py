@@ -233,28 +233,33 @@ class Jigsaw:
 class PatchGrid:
     """CPC's input (van den Oord et al. 2018; Henaff et al. 2019): a view of side (grid + 1) x stride cut into
     grid x grid patches of side 2 x stride at that stride (each overlaps its neighbours by half), each
-    re-cropped at a random place to `keep` of its side and resized back (CPC v2's per-patch crop: no
-    matching by shared pixels). The patches are tiled row by row without overlap into one image of side
-    grid x patch, which batches like any view; `patches_of(view, grid)` cuts it into the patches again."""
+    re-cropped at a random place to `keep` of its side and resized back, or to `patch_size` px when it is > 0
+    (CPC v2's per-patch crop: no matching by shared pixels). The patches are tiled row by row without overlap
+    into one image of side grid x patch, which batches like any view; `patches_of(view, grid)` cuts it into
+    the patches again."""
 
-    def __init__(self, grid: int = 3, keep: float = 0.85):
-        if grid < 2 or not 0 < keep <= 1:
-            raise ValueError(f"patch grid: grid must be >= 2 and keep in (0, 1] (got {grid}, {keep})")
-        self.grid, self.keep = grid, keep
+    def __init__(self, grid: int = 3, keep: float = 0.85, patch_size: int = 0):
+        if grid < 2 or not 0 < keep <= 1 or patch_size < 0:
+            raise ValueError(f"patch grid: grid must be >= 2, keep in (0, 1] and patch_size >= 0 "
+                             f"(got {grid}, {keep}, {patch_size})")
+        self.grid, self.keep, self.patch_size = grid, keep, patch_size
 
     def __call__(self, view: torch.Tensor) -> torch.Tensor:
         g = self.grid
         stride = view.shape[-1] // (g + 1)
-        patches = [_recrop(view, r * stride, c * stride, 2 * stride, self.keep) for r in range(g) for c in range(g)]
+        out = self.patch_size or 2 * stride  # 0: each patch at its own resolution
+        patches = [_recrop(view, r * stride, c * stride, 2 * stride, self.keep, out)
+                   for r in range(g) for c in range(g)]
         return _tile(patches, g)
 
 
-def _recrop(view: torch.Tensor, top: int, left: int, cell: int, keep: float) -> torch.Tensor:
-    """The cell x cell square at (top, left), cropped at a random place to `keep` of its side and resized back."""
+def _recrop(view: torch.Tensor, top: int, left: int, cell: int, keep: float, out: int = 0) -> torch.Tensor:
+    """The cell x cell square at (top, left), cropped at a random place to `keep` of its side and resized to
+    out x out (0: back to cell x cell)."""
     side = max(1, round(cell * keep))
     i = top + int(torch.randint(0, cell - side + 1, ()))
     j = left + int(torch.randint(0, cell - side + 1, ()))
-    return F.resize(view[:, i:i + side, j:j + side], [cell, cell], antialias=True)
+    return F.resize(view[:, i:i + side, j:j + side], [out or cell] * 2, antialias=True)
 
 
 def _tile(patches: list[torch.Tensor], grid: int) -> torch.Tensor:

@@ -107,6 +107,31 @@ def disagreement(folder: Path) -> None:
         (folder / f"disagree-{distributed.rank()}.txt").write_text(str(e))
 
 
+def whole_data_labels(images_root: Path) -> dict[str, torch.Tensor]:
+    """The trainer's data pass over a folder (every world-th image per process, gathered) and what DeepCluster's
+    k-means and SeLA's Sinkhorn make of it: under torchrun, the same on every process as in one process."""
+    from pretrain.data.images import scan_images
+    from pretrain.datapass import DataPass
+    from pretrain.preprocess import Preprocessing
+
+    images = scan_images(images_root, warn=False)
+    data_pass = DataPass(images, Preprocessing.for_size(32), torch.device("cpu"), workers=0, batch_size=5,
+                         progress=False)
+    out = {}
+    for name in ("deepcluster", "sela"):
+        torch.manual_seed(0)
+        backbone, dim = build_backbone(resolve_spec("test_resnet", None, 32, {}), 32)
+        model = build_method(name, backbone, dim, method_hparams(name, HPARAMS[name]), num_images=len(images))
+        out[f"{name}/features"], out[f"{name}/ok"] = data_pass(model.backbone, modules=(model.backbone,))
+        model.start_epoch(0, data_pass)
+        out[f"{name}/labels"] = model.labels.clone()
+    return out
+
+
+def clustering(folder: Path) -> None:
+    torch.save(whole_data_labels(folder / "images-odd"), folder / f"clusters-{distributed.rank()}.pt")
+
+
 class Interrupt(Exception):
     pass
 
@@ -140,6 +165,7 @@ def run(folder: Path) -> None:
     try:
         parity(folder)
         disagreement(folder)
+        clustering(folder)
         interrupted_run(folder)
         embed(folder)
     finally:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from ddp_worker import HPARAMS, build, make_inputs, one_step, prepare
+from ddp_worker import HPARAMS, build, make_inputs, one_step, prepare, whole_data_labels
 from safetensors.torch import load_file
 from shared_helpers import make_tiny_config, write_image_folder
 
@@ -47,6 +47,7 @@ def job(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """Prepare the inputs, run the two-process job once, return its folder."""
     folder = tmp_path_factory.mktemp("ddp")
     images = write_image_folder(folder / "images")
+    write_image_folder(folder / "images-odd", classes=1, per_class=23)  # 12 + 11 images: a padded share
     cfg = run_config(images, folder / "run2")
     (folder / "trainer.json").write_text(json.dumps({"config": cfg.to_dict(), "stop_at": STOP_AT}))
     spec = resolve_spec("test_resnet", None, 32, {})
@@ -115,6 +116,22 @@ def test_two_process_run_resumes_on_one_process_as_one_process_run(job: Path, tm
         torch.testing.assert_close(wb[key], wa[key], rtol=1e-4, atol=1e-4, msg=key)
     info = json.loads((resumed / "model.json").read_text())["training"]
     assert info["processes"] == 1 and info["steps"] == 6 and info["sync_bn"] is True
+
+
+def test_data_pass_and_its_clusterings_on_two_processes_equal_one_process(job: Path) -> None:
+    ranks = [torch.load(job / f"clusters-{r}.pt") for r in (0, 1)]
+    want = whole_data_labels(job / "images-odd")
+    assert ranks[0].keys() == ranks[1].keys() == want.keys()
+    for key, value in want.items():
+        if key.endswith("/features"):
+            assert value.shape[0] == 23
+            for got in ranks:
+                torch.testing.assert_close(got[key], value, rtol=1e-5, atol=1e-6)
+        else:  # ok flags and labels: exactly
+            assert value.shape == (23,)
+            for got in ranks:
+                assert torch.equal(got[key], value), key
+    assert want["sela/ok"].all() and len(set(want["sela/labels"].tolist())) > 1
 
 
 def read_embeddings(folder: Path) -> tuple[np.ndarray, list[dict]]:

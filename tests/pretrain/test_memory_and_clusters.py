@@ -257,6 +257,8 @@ def test_cpc_loss_matches_explicit_loops() -> None:
 
 
 def test_patch_grid_tiles_half_overlapping_patches_row_by_row() -> None:
+    from torchvision.transforms.v2 import functional as TF
+
     from pretrain.views.ops import PatchGrid, patches_of
     from pretrain.views.recipes import build_transform
 
@@ -269,3 +271,11 @@ def test_patch_grid_tiles_half_overlapping_patches_row_by_row() -> None:
             torch.testing.assert_close(patches[r * 3 + c], view[:, 4 * r:4 * r + 8, 4 * c:4 * c + 8])
     views = build_transform("patchgrid", 32)(Image.new("RGB", (40, 40), (120, 30, 200)))
     assert len(views) == 1 and views[0].shape == (3, 48, 48)  # 3 x 3 patches of 16 px from a 32 px crop
+    upsampled = PatchGrid(grid=2, keep=1.0, patch_size=12)(view[:, :15, :15])  # stride 5, patches of 10 -> 12 px
+    assert upsampled.shape == (3, 24, 24)
+    for r in range(2):
+        for c in range(2):
+            want = TF.resize(view[:, 5 * r:5 * r + 10, 5 * c:5 * c + 10], [12, 12], antialias=True)
+            torch.testing.assert_close(patches_of(upsampled.unsqueeze(0), 2)[r * 2 + c], want)
+    views = build_transform("patchgrid", 32, {"grid": 2, "patch_size": 32})(Image.new("RGB", (40, 40), (1, 2, 3)))
+    assert views[0].shape == (3, 64, 64)

@@ -41,6 +41,8 @@ def test_number_and_sizes_of_views(name: str, size: int) -> None:
     expected = [size, size] + ([local] * 6 if name in ("multicrop", "vicregl") else [])
     if name == "jigsaw":  # the image, then its 3 x 3 cells of size // 3
         expected = [size, 3 * (size // 3)]
+    if name == "patchgrid":  # one view: 3 x 3 patches of 2 x (size // 4) px, tiled without overlap
+        expected = [3 * 2 * (size // 4)]
     assert [tuple(v.shape) for v in views] == [(3, s, s) for s in expected]
     assert all(v.dtype == torch.float32 for v in views)
     if name in EXTRAS:
@@ -66,8 +68,9 @@ def test_views_are_normalised_like_inference() -> None:
     for name in TRANSFORMS:
         opts = {**NO_COLOUR, **({"local_views": 0} if name in ("multicrop", "vicregl") else {})}
         for view in views_of(seeded(build_transform(name, 32, opts), grey, 1)):
-            side = view.shape[-1]  # a jigsaw's cells cover 3 x (32 // 3) px
-            torch.testing.assert_close(view, expected[:, :side, :side], atol=1e-5, rtol=0)
+            side = view.shape[-1]  # a jigsaw's cells cover 3 x (32 // 3) px, a patch grid's tiles 48 px
+            grey_view = expected[:, :side, :side] if side <= 32 else expected[:, :1, :1].expand(-1, side, side)
+            torch.testing.assert_close(view, grey_view, atol=1e-5, rtol=0)
 
 
 def gradient_image(width: int = 256, height: int = 200) -> Image.Image:
