@@ -113,8 +113,13 @@ METHODS: dict[str, MethodSpec] = {
                                                    "(docs/benchmarks.md)"),
                        paper=Recipe("sgd", 0.05, 1e-5, transform_args={"views": 1},
                                     source="Asano et al. 2020, sec. 4 (K = 3000, one head)")),
-    "cpc": MethodSpec(CPC, "patchgrid", default=Recipe(source="interim, not yet swept: SimCLR's optimiser"),
-                      paper=Recipe("adamw", 2e-4, 0.0, source="van den Oord et al. 2018, sec. 3.2 (Adam, 7 x 7 grid)")),
+    "cpc": MethodSpec(CPC, "patchgrid",
+                      default=Recipe(method_args={"grid": 2, "steps": 1},
+                                     transform_args={"grid": 2, "patch_size": -1, "patch_colour": True},
+                                     source="SimCLR's optimiser, 2 x 2 patches at the image size, a colour per patch "
+                                            "(docs/benchmarks.md)"),
+                      paper=Recipe("adamw", 2e-4, 0.0, source="van den Oord et al. 2018, sec. 3.2 (Adam; its 7 x 7 "
+                                                              "grid of 64 px patches: transform_args grid=7 at 256 px)")),
     "drlim": MethodSpec(DrLIM),
     "distill": MethodSpec(Distill),
 }

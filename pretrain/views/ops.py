@@ -234,15 +234,16 @@ class PatchGrid:
     """CPC's input (van den Oord et al. 2018; Henaff et al. 2019): a view of side (grid + 1) x stride cut into
     grid x grid patches of side 2 x stride at that stride (each overlaps its neighbours by half), each
     re-cropped at a random place to `keep` of its side and resized back, or to `patch_size` px when it is > 0
-    (CPC v2's per-patch crop: no matching by shared pixels). The patches are tiled row by row without overlap
-    into one image of side grid x patch, which batches like any view; `patches_of(view, grid)` cuts it into
-    the patches again."""
+    (CPC v2's per-patch crop: no matching by shared pixels). `colour`, when given, is drawn anew for every
+    patch (CPC v2's per-patch colour: no matching by a shared colour cast). The patches are tiled row by row
+    without overlap into one image of side grid x patch, which batches like any view; `patches_of(view, grid)`
+    cuts it into the patches again."""
 
-    def __init__(self, grid: int = 3, keep: float = 0.85, patch_size: int = 0):
+    def __init__(self, grid: int = 3, keep: float = 0.85, patch_size: int = 0, colour: Colour | None = None):
         if grid < 2 or not 0 < keep <= 1 or patch_size < 0:
             raise ValueError(f"patch grid: grid must be >= 2, keep in (0, 1] and patch_size >= 0 "
                              f"(got {grid}, {keep}, {patch_size})")
-        self.grid, self.keep, self.patch_size = grid, keep, patch_size
+        self.grid, self.keep, self.patch_size, self.colour = grid, keep, patch_size, colour
 
     def __call__(self, view: torch.Tensor) -> torch.Tensor:
         g = self.grid
@@ -250,6 +251,8 @@ class PatchGrid:
         out = self.patch_size or 2 * stride  # 0: each patch at its own resolution
         patches = [_recrop(view, r * stride, c * stride, 2 * stride, self.keep, out)
                    for r in range(g) for c in range(g)]
+        if self.colour is not None:
+            patches = [self.colour(patch) for patch in patches]
         return _tile(patches, g)
 
 

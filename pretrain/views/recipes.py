@@ -69,25 +69,27 @@ def jigsaw(size: int, *, grid: int = 3, keep: float = 0.85, min_scale: float = 0
                       View(cells, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, confusion=Jigsaw(grid, keep))])
 
 
-def patchgrid(size: int, *, grid: int = 3, keep: float = 0.85, patch_size: int = 0, min_scale: float = 0.25,
-              hflip_p: float = 0.5, strength: float | None = None, jitter_p: float = 0.8, gray_p: float = 0.2,
-              blur_p: float | None = None) -> MultiView:
+def patchgrid(size: int, *, grid: int = 3, keep: float = 0.85, patch_size: int = 0, patch_colour: bool = False,
+              min_scale: float = 0.25, hflip_p: float = 0.5, strength: float | None = None, jitter_p: float = 0.8,
+              gray_p: float = 0.2, blur_p: float | None = None) -> MultiView:
     """CPC's view (CPC v2, Henaff et al. 2019): one crop of side (grid + 1) x (size // (grid + 1)) with SimCLR's
     flip and colour, cut into grid x grid half-overlapping patches of twice that stride, each re-cropped to `keep`
     (pretrain/views/ops.py: PatchGrid); the view is the patches tiled row by row. CPC's 7 x 7 grid of 64 px
     patches on 256 px images is grid=7 at size 256; 3 x 3 patches of 16 px at 32 px by default. `patch_size` > 0
-    resizes every patch to that side (e.g. the image size, so the backbone trains at the resolution it embeds at)."""
+    resizes every patch to that side (e.g. the image size, so the backbone trains at the resolution it embeds at);
+    `patch_colour` draws the colour of every patch on its own instead of once for the crop (CPC v2)."""
     if grid < 2 or size // (grid + 1) < 2:
         raise ConfigError(f"transform patchgrid: grid must be >= 2 with a stride of >= 2 px (got grid {grid} "
                           f"at {size} px)")
-    if not 0 < keep <= 1 or patch_size < 0:
-        raise ConfigError(f"transform patchgrid: keep must be in (0, 1] and patch_size >= 0 (got {keep}, "
-                          f"{patch_size})")
+    if not 0 < keep <= 1 or patch_size < -1:
+        raise ConfigError(f"transform patchgrid: keep must be in (0, 1] and patch_size >= 0 or -1 (the image size) "
+                          f"(got {keep}, {patch_size})")
     strength = (0.5 if size <= SMALL else 1.0) if strength is None else strength
     colour = Colour((0.8, 0.8, 0.8, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
     side = (grid + 1) * (size // (grid + 1))
-    grid_op = PatchGrid(grid, keep, patch_size)
-    return MultiView([View(side, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, confusion=grid_op)])
+    grid_op = PatchGrid(grid, keep, size if patch_size == -1 else patch_size, colour if patch_colour else None)
+    view_colour = Colour(colour.jitter, 0.0, 0.0, 0.0) if patch_colour else colour
+    return MultiView([View(side, view_colour, scale=(min_scale, 1.0), hflip_p=hflip_p, confusion=grid_op)])
 
 
 def orthogonality(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, vflip_p: float = 0.5,

@@ -34,7 +34,7 @@ HPARAMS = {
     "cpc": {"code_dim": 8, "hidden_dim": 16, "context_layers": 1},
 }
 MULTI_CROP = ("swav", "dino", "vicregl")
-VIEW_SIZES = {"cpc": [48]}  # one view: its 3 x 3 patches of 16 px
+VIEW_SIZES = {"cpc": [64]}  # one view: its default 2 x 2 patches of 32 px
 BATCH = 8  # the combined batch; each of the 2 processes takes 4
 NUM_IMAGES = 16  # the training set of the methods with per-image state (a memory bank, pseudo-labels)
 # the buffers a step changes (queues, support sets, memory banks, DINO's center), compared across processes

@@ -279,3 +279,29 @@ def test_patch_grid_tiles_half_overlapping_patches_row_by_row() -> None:
             torch.testing.assert_close(patches_of(upsampled.unsqueeze(0), 2)[r * 2 + c], want)
     views = build_transform("patchgrid", 32, {"grid": 2, "patch_size": 32})(Image.new("RGB", (40, 40), (1, 2, 3)))
     assert views[0].shape == (3, 64, 64)
+
+
+def test_patch_grid_draws_each_patch_colour_on_its_own_when_asked() -> None:
+    from pretrain.views.ops import PatchGrid, patches_of
+    from pretrain.views.recipes import build_transform
+
+    view = torch.arange(3 * 16 * 16, dtype=torch.float32).reshape(3, 16, 16)
+    calls = []
+
+    def colour(patch: torch.Tensor) -> torch.Tensor:
+        calls.append(patch.shape)
+        return patch + 1000.0 * len(calls)
+
+    patches = patches_of(PatchGrid(grid=3, keep=1.0, colour=colour)(view).unsqueeze(0), 3)
+    assert calls == [(3, 8, 8)] * 9  # once per patch, on the patch
+    for k in range(9):
+        r, c = divmod(k, 3)
+        torch.testing.assert_close(patches[k], view[:, 4 * r:4 * r + 8, 4 * c:4 * c + 8] + 1000.0 * (k + 1))
+    flat = Image.new("RGB", (40, 40), (120, 90, 60))
+    args = {"grid": 2, "patch_size": 32, "jitter_p": 1.0, "gray_p": 0.0, "blur_p": 0.0}
+    torch.manual_seed(0)
+    shared = patches_of(build_transform("patchgrid", 32, args)(flat)[0].unsqueeze(0), 2).mean((1, 2, 3))
+    own = patches_of(build_transform("patchgrid", 32, {**args, "patch_colour": True})(flat)[0].unsqueeze(0),
+                     2).mean((1, 2, 3))
+    torch.testing.assert_close(shared, shared[:1].expand(4), atol=1e-5, rtol=0)  # one colour for the crop
+    assert (own.max() - own.min()) > 0.05  # a colour per patch
