@@ -118,7 +118,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--workers", type=int, default=2)
     p.add_argument("--device", default="auto")
     p.add_argument("--seed", type=int, default=0)
-    return p.parse_args(argv)
+    p.add_argument("--label-seeds", default=None,
+                   help="seeds for the supervised, linear and fine-tuned rows, e.g. 0,1,2: each seed picks its own "
+                        "labelled images, initial classifier and augmentation, and each cell is the mean +- standard "
+                        "deviation over them (default: --seed alone); the distilled rows learn from --seed's teacher")
+    args = p.parse_args(argv)
+    args.label_seeds = [int(x) for x in args.label_seeds.split(",")] if args.label_seeds else [args.seed]
+    if args.seed not in args.label_seeds:
+        p.error(f"--label-seeds must include --seed ({args.seed}): the distilled rows' teacher is trained with it")
+    return args
 
 
 def scored_test_folder(args: argparse.Namespace, out: Path) -> str:
@@ -168,8 +176,8 @@ class Pipeline:
         else:
             path.write_text(json.dumps(mine, indent=2) + "\n")
 
-    def row(self, name: str, fraction: float | None, produce) -> dict:
-        path = self.results / (f"{name}-{fraction:g}.json" if fraction is not None else f"{name}.json")
+    def row(self, name: str, fraction: float | None, produce, seed: int | None = None) -> dict:
+        path = self.results / (f"{self.tag(name, fraction, seed)}.json" if fraction is not None else f"{name}.json")
         if path.is_file():
             saved = json.loads(path.read_text())
             print(f"\n[{path.name}] done earlier: top-1 {saved.get('top1', saved.get('knn_top1'))}")
@@ -198,27 +206,32 @@ class Pipeline:
                 "random_init_knn_top1": random_init_knn(a, self.ssl, self.test), "steps": training["steps"],
                 "train_minutes": round(training["wall_time_s"] / 60, 2)}
 
-    def labels(self, fraction: float) -> list[str]:
-        return ["--train", self.args.train, "--test", self.test, "--label-fraction", f"{fraction:g}"]
+    def labels(self, fraction: float, seed: int) -> list[str]:
+        return ["--train", self.args.train, "--test", self.test, "--label-fraction", f"{fraction:g}", "--seed",
+                str(seed)]
 
-    def folder(self, name: str, fraction: float) -> Path:
-        return self.out / f"{name}-{fraction:g}"
+    def tag(self, name: str, fraction: float, seed: int | None = None) -> str:
+        """ROW-FRACTION for --seed (the names of a single-seed table), ROW-FRACTION-seedS for the other seeds."""
+        return f"{name}-{fraction:g}" + ("" if seed in (None, self.args.seed) else f"-seed{seed}")
 
-    def finetune(self, name: str, fraction: float, epochs: int, *start: str) -> dict:
-        out = self.folder(name, fraction)
-        printed = self.run(["finetune", *resumable(out), *start, *self.labels(fraction), "--epochs", str(epochs),
+    def folder(self, name: str, fraction: float, seed: int | None = None) -> Path:
+        return self.out / self.tag(name, fraction, seed)
+
+    def finetune(self, name: str, fraction: float, seed: int, epochs: int, *start: str) -> dict:
+        out = self.folder(name, fraction, seed)
+        printed = self.run(["finetune", *resumable(out), *start, *self.labels(fraction, seed), "--epochs", str(epochs),
                             *(["--batch-size", str(self.args.finetune_batch_size)] if self.args.finetune_batch_size
                               else []),
                             *(["--backbone-lr-scale", f"{self.args.backbone_lr_scale:g}"]
                               if self.args.backbone_lr_scale is not None and "--from-scratch" not in start else []),
-                            "--out", str(out), "--quiet",
-                            *self.common])
+                            "--out", str(out), "--quiet", "--workers", str(self.args.workers), "--device",
+                            self.args.device])
         top1, top5 = accuracy(printed)
         return {"top1": top1, "top5": top5, "model_dir": str(out)}
 
-    def linear(self, fraction: float) -> dict:
-        return self.evaluate(["eval", "linear", "--model", str(self.ssl), *self.labels(fraction), "--epochs",
-                              str(self.args.probe_epochs), "--no-save", "--seed", str(self.args.seed)])
+    def linear(self, fraction: float, seed: int) -> dict:
+        return self.evaluate(["eval", "linear", "--model", str(self.ssl), *self.labels(fraction, seed), "--epochs",
+                              str(self.args.probe_epochs), "--no-save"])
 
     def distill(self, name: str, fraction: float, backbone: str) -> dict:
         a, student = self.args, self.folder(name, fraction)
@@ -239,21 +252,22 @@ def main(argv: list[str] | None = None) -> None:
         raise SystemExit("--finetune-epochs needs one value per fraction")
     p = Pipeline(args)
     pre = p.row("pretrain", None, p.pretrain)
-    table: dict[tuple[str, float], dict] = {}
+    table: dict[tuple[str, float], list[dict]] = {}
     for f in fractions:
-        stages = {
-            "supervised": lambda f=f: p.finetune("supervised", f, epochs[f], "--from-scratch", "--backbone",
-                                                 "resnet18", *p.size),
-            "linear": lambda f=f: p.linear(f),
-            "ft-backbone": lambda f=f: p.finetune("ft-backbone", f, epochs[f], "--model", str(p.ssl),
-                                                  "--from-head-layer", "0"),
-            "ft-head1": lambda f=f: p.finetune("ft-head1", f, epochs[f], "--model", str(p.ssl),
-                                               "--from-head-layer", "1"),
-            "distill-same": lambda f=f: p.distill("distill-same", f, "resnet18"),
-            "distill-small": lambda f=f: p.distill("distill-small", f, args.small_student),
+        labelled = {  # one run per label seed
+            "supervised": lambda f, s: p.finetune("supervised", f, s, epochs[f], "--from-scratch", "--backbone",
+                                                  "resnet18", *p.size),
+            "linear": lambda f, s: p.linear(f, s),
+            "ft-backbone": lambda f, s: p.finetune("ft-backbone", f, s, epochs[f], "--model", str(p.ssl),
+                                                   "--from-head-layer", "0"),
+            "ft-head1": lambda f, s: p.finetune("ft-head1", f, s, epochs[f], "--model", str(p.ssl),
+                                                "--from-head-layer", "1"),
         }
-        for name, produce in stages.items():
-            table[name, f] = p.row(name, f, produce)
+        for name, produce in labelled.items():
+            table[name, f] = [p.row(name, f, lambda f=f, s=s, go=produce: go(f, s), s) for s in args.label_seeds]
+        table["distill-same", f] = [p.row("distill-same", f, lambda f=f: p.distill("distill-same", f, "resnet18"))]
+        table["distill-small", f] = [p.row("distill-small", f,
+                                           lambda f=f: p.distill("distill-small", f, args.small_student))]
     text = render(args, pre, table, fractions, epochs, p.commands, p.test)
     (p.out / "table.md").write_text(text)
     print("\n" + text)
@@ -277,6 +291,16 @@ def random_init_knn(args: argparse.Namespace, ssl: Path, test: str) -> float:
                         class_count(train, queries))["top1"]
 
 
+def cell(runs: list[dict]) -> str:
+    """One run: top-1 / top-5; several: top-1 mean +- sample standard deviation / top-5 mean."""
+    top1, top5 = [r["top1"] for r in runs], [r["top5"] for r in runs]
+    if len(runs) == 1:
+        return f"{top1[0]:.4f} / {top5[0]:.4f}"
+    mean = sum(top1) / len(top1)
+    sd = (sum((x - mean) ** 2 for x in top1) / (len(top1) - 1)) ** 0.5
+    return f"{mean:.4f} +- {sd:.4f} / {sum(top5) / len(top5):.4f}"
+
+
 def plural(n: int, word: str) -> str:
     return f"{n} {word}{'' if n == 1 else 's'}"
 
@@ -284,11 +308,13 @@ def plural(n: int, word: str) -> str:
 def render(args, pre: dict, table: dict, fractions: list[float], epochs: dict, commands: list[str],
            test: str) -> str:
     head = " | ".join(f"{f:.0%} labels" for f in fractions)
-    lines = [f"| method ({Path(test).name}, top-1 / top-5) | {head} |", "|---|" + "---|" * len(fractions)]
+    seeds = len(args.label_seeds)
+    what = "top-1 / top-5" if seeds == 1 else f"top-1 mean +- sd over {seeds} label seeds / top-5 mean"
+    lines = [f"| method ({Path(test).name}, {what}) | {head} |", "|---|" + "---|" * len(fractions)]
     for name, title in ROWS.items():
-        cells = [f"{table[name, f]['top1']:.4f} / {table[name, f]['top5']:.4f}" for f in fractions]
+        cells = [cell(table[name, f]) for f in fractions]
         lines.append(f"| {title.format(small=args.small_student)} | " + " | ".join(cells) + " |")
-    minutes = sum(r["minutes"] for r in table.values()) + pre["minutes"]
+    minutes = sum(r["minutes"] for runs in table.values() for r in runs) + pre["minutes"]
     tuning = ", ".join(f"{plural(epochs[f], 'epoch')} at {f:.0%}" for f in fractions)
     settings = " ".join([
         f"simclr2 pretraining: ResNet-18 (standard stem) at {args.image_size} px,",
