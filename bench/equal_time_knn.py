@@ -14,10 +14,10 @@ one loader worker, so whatever else the machine does slows both alike. Each trai
 with its learning-rate schedule sized to the budget from a 10-step timing before the clock starts (a user
 sizes `--epochs` the same way). Every `--curve-every` minutes of training the clock stops and the backbone is
 scored by the kNN (k=200, T=0.1, the training images as the bank) on a fixed random `--curve-test` of the test
-images; at the end on all of them. Both use ResNet-18 with the standard stem at 32 px (the CIFAR stem costs 16x more per
-image), batch 128. A randomly initialised ResNet-18 is the floor. Results go to OUT/<contender>.json (a rerun
-skips a contender whose result is there with the same settings, so a long series resumes), the table to stdout
-and OUT/results.md, the learning curves to OUT/curves.png.
+images; at the end on all of them. Both use ResNet-18 with the standard stem at 32 px (the CIFAR stem costs 16x
+more per image), batch 128 unless `--batch` says otherwise. A randomly initialised ResNet-18 is the floor. Results
+go to OUT/<contender>.json (a rerun skips a contender whose result is there with the same settings, so a long
+series resumes), the table to stdout and OUT/results.md, the learning curves to OUT/curves.png.
 """
 from __future__ import annotations
 
@@ -37,7 +37,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-BATCH = 128
+DEFAULT_BATCH = 128
 SIZE = 32
 CALIBRATION_STEPS = 10
 
@@ -129,7 +129,7 @@ def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
 
     def config(out: str, epochs: int, max_images: int | None = None) -> PretrainConfig:
         base = dict(method=args.method, data=args.data, out=out, backbone="resnet18", small_stem=False,
-                    image_size=SIZE, epochs=epochs, batch_size=BATCH, workers=1, device=args.device,
+                    image_size=SIZE, epochs=epochs, batch_size=args.batch, workers=1, device=args.device,
                     max_images=max_images, seed=args.seed)
         return PretrainConfig.from_dict({**base, **overrides})
 
@@ -142,12 +142,12 @@ def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
             if step == CALIBRATION_STEPS:
                 raise _OutOfTime
 
-        calibration = Trainer(config(f"{runs}/calibration", 100, BATCH * (CALIBRATION_STEPS + 1)), progress=False,
-                              on_step=tick)
+        calibration = Trainer(config(f"{runs}/calibration", 100, args.batch * (CALIBRATION_STEPS + 1)),
+                              progress=False, on_step=tick)
         with contextlib.suppress(_OutOfTime):
             calibration.fit()
         seconds_per_step = (ticks[-1] - ticks[1]) / (len(ticks) - 2)
-        steps_per_epoch = len(scan_images(args.data)) // BATCH  # full batches only
+        steps_per_epoch = len(scan_images(args.data)) // args.batch  # full batches only
         epochs = max(1, round(args.minutes * 60 / seconds_per_step / steps_per_epoch))
         del calibration
 
@@ -165,7 +165,7 @@ def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
         recipe = trainer.cfg
         return {"steps": done["steps"], "log": _log_summary(Path(runs) / "run" / "metrics.csv"),
                 "scheduled_steps": epochs * trainer.steps_per_epoch, "train_s": train_s,
-                "images_per_s": done["steps"] * BATCH / train_s, "curve": clock.curve,
+                "images_per_s": done["steps"] * args.batch / train_s, "curve": clock.curve,
                 "recipe": {k: recipe.to_dict()[k] for k in ("optimizer", "lr", "weight_decay", "transform",
                                                             "transform_args", "method_args")},
                 **scorer.score(trainer.model.backbone)}
@@ -189,7 +189,7 @@ def lightly_run(args, scorer: Scorer) -> dict:
     import lightly_recipes
 
     def parts(total_steps: int):
-        return lightly_recipes.build(args.method, SIZE, args.data, BATCH, workers=1, total_steps=total_steps,
+        return lightly_recipes.build(args.method, SIZE, args.data, args.batch, workers=1, total_steps=total_steps,
                                      seed=args.seed, device=args.device)
 
     backbone, loader, step = parts(10**6)
@@ -210,7 +210,8 @@ def lightly_run(args, scorer: Scorer) -> dict:
                 steps += 1
                 clock.tick(steps, backbone)
     train_s = clock.train_s()
-    return {"steps": steps, "scheduled_steps": total, "train_s": train_s, "images_per_s": steps * BATCH / train_s,
+    return {"steps": steps, "scheduled_steps": total, "train_s": train_s,
+            "images_per_s": steps * args.batch / train_s,
             "curve": clock.curve, "recipe": "lightly_recipes.py", **scorer.score(backbone)}
 
 
@@ -250,7 +251,7 @@ def slug(spec: str) -> str:
 
 def settings(args) -> dict:
     return {k: getattr(args, k) for k in ("method", "data", "test", "minutes", "seed", "curve_every", "curve_test",
-                                          "device")}
+                                          "device", "batch")}
 
 
 def plot(rows: list[dict], floor: float, args, path: Path) -> None:
@@ -266,7 +267,7 @@ def plot(rows: list[dict], floor: float, args, path: Path) -> None:
     ax.axhline(floor, color="grey", linestyle="--", label=f"random init ({floor:.3f})")
     ax.set_xlabel("training wall clock (minutes, evaluations excluded)")
     ax.set_ylabel(f"kNN top-1 ({args.curve_test} of the test images)")
-    ax.set_title(f"{args.method}: ResNet-18, {SIZE} px, batch {BATCH}, one core each")
+    ax.set_title(f"{args.method}: ResNet-18, {SIZE} px, batch {args.batch}, one core each")
     ax.grid(alpha=0.3)
     ax.legend(fontsize=8)
     fig.tight_layout()
@@ -289,6 +290,8 @@ def main() -> None:
                                                                 "at each curve point (default: 2000; the final score "
                                                                 "uses all)")
     p.add_argument("--device", default="cpu", help="cpu (one core per contender) or cuda (both share the GPU)")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="batch size of both contenders, 64-512 (default: "
+                                                                   f"{DEFAULT_BATCH}); lr scales with it")
     p.add_argument("--seed", type=int, default=0, help="random seed of both contenders (default: 0)")
     p.add_argument("--out", required=True, help="folder for the per-contender results, results.md and curves.png")
     p.add_argument("--child", help=argparse.SUPPRESS)
@@ -305,7 +308,8 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     cores = sorted(os.sched_getaffinity(0))[:2]
     common = [sys.executable, __file__, "--method", args.method, "--data", args.data, "--test", args.test,
-              "--minutes", str(args.minutes), "--seed", str(args.seed), "--curve-every", str(args.curve_every),
+              "--minutes", str(args.minutes), "--seed", str(args.seed), "--batch", str(args.batch),
+              "--curve-every", str(args.curve_every),
               "--curve-test", str(args.curve_test), "--device", args.device, "--out", args.out]
     pending = {}
     for spec, core in zip(args.contenders, cores):
@@ -339,7 +343,7 @@ def report(rows: list[dict], floor: dict, args, out: Path) -> None:
     from pretrain import __version__
 
     lines = [f"sslforge {__version__} vs lightly {lightly.__version__}, torch {torch.__version__}; {args.method}, "
-             f"ResNet-18 (standard stem), {SIZE} px, batch {BATCH}, {args.minutes:g} min each "
+             f"ResNet-18 (standard stem), {SIZE} px, batch {args.batch}, {args.minutes:g} min each "
              f"({'one core each' if args.device == 'cpu' else args.device}); kNN k=200 T=0.1 on {args.test}, "
              f"bank {args.data}", "",
              "| contender | steps | images/s | kNN top-1 | kNN top-5 | curve (minutes: top-1 on a fixed "
