@@ -290,8 +290,9 @@ def main() -> None:
                                                                 "at each curve point (default: 2000; the final score "
                                                                 "uses all)")
     p.add_argument("--device", default="cpu", help="cpu (one core per contender) or cuda (both share the GPU)")
-    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="batch size of both contenders, 64-512 (default: "
-                                                                   f"{DEFAULT_BATCH}); lr scales with it")
+    p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="batch size of both contenders (default: "
+                                                                   f"{DEFAULT_BATCH}; the recipes are for 64-512); "
+                                                                   "each toolkit scales its lr with it")
     p.add_argument("--seed", type=int, default=0, help="random seed of both contenders (default: 0)")
     p.add_argument("--out", required=True, help="folder for the per-contender results, results.md and curves.png")
     p.add_argument("--child", help=argparse.SUPPRESS)
