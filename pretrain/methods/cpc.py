@@ -2,7 +2,8 @@
 
 Views (transform `patchgrid`): one crop cut into grid x grid half-overlapping patches (pretrain/views/ops.py:
 PatchGrid). The one-device default is 2 x 2 patches resized to the image size, each with its own colour
-(CPC v2's per-patch augmentation; with one colour for the crop, rows can be matched by their colour cast). Every patch goes through the backbone on its own, giving a grid of codes z; a projection to
+(CPC v2's per-patch augmentation; with one colour for the crop, rows can be matched by their colour cast).
+Every patch goes through the backbone on its own, giving a grid of codes z; a projection to
 `code_dim` (CPC v2 scores the encoder's own output; with a ResNet's 512-d pooled features a linear map
 makes the dot products trainable at a sane scale). A context network that sees only the rows above and at
 row i (masked convolutions: a `rows` x 3 kernel padded at the top only, `context_layers` residual blocks of
