@@ -132,7 +132,7 @@ METHODS: dict[str, MethodSpec] = {
                                    source="van den Oord et al. 2018, sec. 3.2 (Adam; its 7 x 7 grid of 64 px patches: "
                                           "transform_args grid=7 at 256 px)")),
     "drlim": MethodSpec(DrLIM),
-    "distill": MethodSpec(Distill, default=Recipe(source="SimCLR's optimiser; its learning check is pending "
+    "distill": MethodSpec(Distill, default=Recipe(source="SimCLR's optimiser: +0.145 over random init in 10 min "
                                                         "(docs/benchmarks.md)")),
 }
 
