@@ -303,6 +303,8 @@ def main() -> None:
         return
     for spec in args.contenders:
         parse_contender(spec)
+    if args.batch < 2:
+        p.error(f"--batch must be at least 2 (batch norm needs two images; got {args.batch})")
     if args.device == "cpu" and len(os.sched_getaffinity(0)) < 2:
         p.error("needs 2 CPU cores: one per contender")
     out = Path(args.out)
