@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import hashlib
 import json
 import os
 import re
@@ -246,7 +247,10 @@ def child(args) -> None:
 
 
 def slug(spec: str) -> str:
-    return re.sub(r"[^A-Za-z0-9_.=-]+", "_", spec).strip("_")[:120]
+    """The contender's file name: readable, short, and its own (a hash of the whole spec, as specs that differ
+    only past the cut or in punctuation would otherwise share a file and overwrite each other's results)."""
+    digest = hashlib.sha1(spec.encode()).hexdigest()[:8]
+    return f"{re.sub(r'[^A-Za-z0-9_.=-]+', '_', spec).strip('_')[:100]}-{digest}"
 
 
 def settings(args) -> dict:
@@ -303,6 +307,8 @@ def main() -> None:
         return
     for spec in args.contenders:
         parse_contender(spec)
+    if args.contenders[0] == args.contenders[1]:
+        p.error("--contenders: the two specs are the same; give two different ones")
     if args.batch < 2:
         p.error(f"--batch must be at least 2 (batch norm needs two images; got {args.batch})")
     if args.device == "cpu" and len(os.sched_getaffinity(0)) < 2:
@@ -317,7 +323,8 @@ def main() -> None:
     pending = {}
     for spec, core in zip(args.contenders, cores):
         path = out / f"{slug(spec)}.json"
-        if path.is_file() and json.loads(path.read_text()).get("settings") == settings(args):
+        done = json.loads(path.read_text()) if path.is_file() else {}
+        if done.get("settings") == settings(args) and done.get("contender") == spec:
             continue
         pending[spec] = subprocess.Popen(common + ["--child", spec, "--core", str(core)], stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True)

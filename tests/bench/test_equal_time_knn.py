@@ -1,0 +1,33 @@
+"""The equal-time script's contender files: one per spec, so two contenders never overwrite each other's results."""
+from __future__ import annotations
+
+import importlib.util
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "bench" / "equal_time_knn.py"
+spec = importlib.util.spec_from_file_location("equal_time_knn", SCRIPT)
+bench = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(bench)
+
+LONG = "sslforge;optimizer=lars;lr=0.6;weight_decay=1.0e-6;transform=simclr;method_args={prototypes: 512, " \
+       "proj_hidden_dim: 512, queue_length: 1920, queue_start_epoch: 1.0"
+
+
+def test_specs_that_differ_only_past_the_cut_or_in_punctuation_get_their_own_files() -> None:
+    a, b = LONG + "}", LONG + ", epsilon: 0.03}"
+    assert bench.slug(a)[:100] == bench.slug(b)[:100]  # the readable part is the same ...
+    assert bench.slug(a) != bench.slug(b)  # ... the names are not
+    assert bench.slug("sslforge;lr=1") != bench.slug("sslforge lr=1")
+    assert bench.slug(a) == bench.slug(a) and len(bench.slug(a)) <= 109
+    assert "/" not in bench.slug("sslforge;transform=../x")
+
+
+def test_the_same_spec_twice_is_a_one_line_error(tmp_path) -> None:
+    proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path), "--test", str(tmp_path),
+                           "--out", str(tmp_path / "o"), "--contenders", "sslforge", "sslforge"],
+                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 2 and "the two specs are the same" in proc.stderr
+    assert not (tmp_path / "o").exists()
