@@ -311,6 +311,13 @@ def main() -> None:
         p.error("--contenders: the two specs are the same; give two different ones")
     if args.batch < 2:
         p.error(f"--batch must be at least 2 (batch norm needs two images; got {args.batch})")
+    from pretrain.data.images import DataError, scan_images
+    try:
+        images = len(scan_images(args.data, warn=False))
+    except DataError as e:
+        p.error(f"--data: {e}")
+    if args.batch > images:
+        p.error(f"--batch {args.batch} is larger than the {images} images of --data: no full batch to train on")
     if args.device == "cpu" and len(os.sched_getaffinity(0)) < 2:
         p.error("needs 2 CPU cores: one per contender")
     out = Path(args.out)
