@@ -28,7 +28,7 @@ def test_specs_that_differ_only_past_the_cut_or_in_punctuation_get_their_own_fil
 def test_the_same_spec_twice_is_a_one_line_error(tmp_path) -> None:
     proc = subprocess.run([sys.executable, str(SCRIPT), "--data", str(tmp_path), "--test", str(tmp_path),
                            "--out", str(tmp_path / "o"), "--contenders", "sslforge", "sslforge"],
-                          capture_output=True, text=True, timeout=120, cwd=ROOT)
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 2 and "the two specs are the same" in proc.stderr
     assert not (tmp_path / "o").exists()
 
@@ -42,9 +42,9 @@ def test_a_batch_larger_than_the_images_is_a_one_line_error(tmp_path) -> None:
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "d" / cls / f"{i}.png")
     run = [sys.executable, str(SCRIPT), "--data", str(tmp_path / "d"), "--test", str(tmp_path / "d"),
            "--out", str(tmp_path / "o")]
-    proc = subprocess.run(run + ["--batch", "8"], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    proc = subprocess.run(run + ["--batch", "8"], capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 2 and "--batch 8 is larger than the 6 images of --data" in proc.stderr
     proc = subprocess.run(run[:3] + [str(tmp_path / "missing")] + run[4:], capture_output=True, text=True,
-                          timeout=120, cwd=ROOT)
+                          timeout=600, cwd=ROOT)
     assert proc.returncode == 2 and "--data:" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "o").exists()
