@@ -40,11 +40,14 @@ def test_a_batch_larger_than_the_images_is_a_one_line_error(tmp_path) -> None:
         (tmp_path / "d" / cls).mkdir(parents=True)
         for i in range(3):
             Image.new("RGB", (8, 8), (i * 40, 0, 0)).save(tmp_path / "d" / cls / f"{i}.png")
-    run = [sys.executable, str(SCRIPT), "--data", str(tmp_path / "d"), "--test", str(tmp_path / "d"),
-           "--out", str(tmp_path / "o")]
-    proc = subprocess.run(run + ["--batch", "8"], capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+    def script(data: Path, *extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--test", str(tmp_path / "d"),
+                               "--out", str(tmp_path / "o"), *extra], capture_output=True, text=True, timeout=600,
+                              cwd=ROOT)
+
+    proc = script(tmp_path / "d", "--batch", "8")
     assert proc.returncode == 2 and "--batch 8 is larger than the 6 images of --data" in proc.stderr
-    proc = subprocess.run(run[:3] + [str(tmp_path / "missing")] + run[4:], capture_output=True, text=True,
-                          timeout=600, cwd=ROOT)
+    proc = script(tmp_path / "missing")
     assert proc.returncode == 2 and "--data:" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "o").exists()
