@@ -26,17 +26,22 @@ class ProjectionHead(nn.Sequential):
 
 
 class DINOHead(nn.Module):
-    """DINO's head (Caron et al. 2021): a 3-layer GELU MLP to a bottleneck, L2-normalised, then a linear
-    layer onto `out_dim` prototypes whose weight rows are normalised (weight norm with the gain fixed at 1)."""
+    """DINO's head (Caron et al. 2021): a GELU MLP of `mlp_layers` linear layers (3 in the paper) to a
+    bottleneck, L2-normalised, then a linear layer onto `out_dim` prototypes whose weight rows are normalised
+    (weight norm with the gain fixed at 1)."""
 
     def __init__(self, in_dim: int, out_dim: int = 65536, hidden_dim: int = 2048, bottleneck_dim: int = 256,
-                 batch_norm: bool = False):
+                 batch_norm: bool = False, mlp_layers: int = 3):
         super().__init__()
+        if mlp_layers < 1:
+            raise ValueError(f"DINO head: mlp_layers must be >= 1 (got {mlp_layers})")
 
         def hidden(d_in: int) -> list[nn.Module]:  # DINO's ResNet-50 runs put BatchNorm in the MLP
             return [nn.Linear(d_in, hidden_dim)] + ([nn.BatchNorm1d(hidden_dim)] if batch_norm else []) + [nn.GELU()]
 
-        self.mlp = nn.Sequential(*hidden(in_dim), *hidden(hidden_dim), nn.Linear(hidden_dim, bottleneck_dim))
+        widths = [in_dim] + [hidden_dim] * (mlp_layers - 1)
+        blocks = [m for d_in in widths[:-1] for m in hidden(d_in)]
+        self.mlp = nn.Sequential(*blocks, nn.Linear(widths[-1], bottleneck_dim))
         self.last = nn.Linear(bottleneck_dim, out_dim, bias=False)
 
     def forward(self, x: torch.Tensor, freeze_last: bool = False) -> torch.Tensor:

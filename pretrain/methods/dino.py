@@ -25,9 +25,9 @@ class DINO(Method):
                  bottleneck_dim: int = 256, student_temp: float = 0.1, teacher_temp: float = 0.07,
                  warmup_teacher_temp: float = 0.04, warmup_teacher_temp_epochs: float = 30.0,
                  center_momentum: float = 0.9, momentum_base: float = 0.996, freeze_last_layer_epochs: float = 1.0,
-                 head_bn: bool = False):
+                 head_bn: bool = False, head_layers: int = 3):
         super().__init__(backbone, feature_dim)
-        self.head = DINOHead(feature_dim, out_dim, hidden_dim, bottleneck_dim, batch_norm=head_bn)
+        self.head = DINOHead(feature_dim, out_dim, hidden_dim, bottleneck_dim, batch_norm=head_bn, mlp_layers=head_layers)
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.criterion = DINOLoss(out_dim, student_temp, center_momentum)

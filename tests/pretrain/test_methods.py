@@ -156,6 +156,23 @@ def test_dino_teacher_temperature_warms_up_linearly() -> None:
     assert temps == pytest.approx([0.04, 0.055, 0.07, 0.07])
 
 
+def test_dino_head_depth_is_an_option() -> None:
+    from pretrain.heads import DINOHead
+    from pretrain.methods.dino import DINO
+
+    def linears(head: nn.Module) -> list[tuple[int, int]]:
+        return [(m.in_features, m.out_features) for m in head.mlp if isinstance(m, nn.Linear)]
+
+    assert linears(DINOHead(12, 8, 16, 4)) == [(12, 16), (16, 16), (16, 4)]  # the paper's 3 layers
+    assert linears(DINO(nn.Flatten(), 12, out_dim=8, hidden_dim=16, bottleneck_dim=4, head_layers=2).head) == \
+        [(12, 16), (16, 4)]
+    assert linears(DINOHead(12, 8, 16, 4, mlp_layers=1)) == [(12, 4)]
+    out = DINOHead(12, 8, 16, 4, batch_norm=True, mlp_layers=2)(torch.randn(5, 12))
+    assert out.shape == (5, 8) and out.abs().max() <= 1 + 1e-6  # cosine to unit-norm prototypes
+    with pytest.raises(ValueError, match="mlp_layers"):
+        DINOHead(12, 8, mlp_layers=0)
+
+
 def test_a_method_that_needs_crop_boxes_rejects_views_without_them(image_folder: Path, tmp_path: Path,
                                                                    tiny_config) -> None:
     from pretrain.config import ConfigError
