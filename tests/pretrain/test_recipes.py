@@ -57,19 +57,15 @@ def test_recipe_fills_only_what_is_unset(tmp_path: Path) -> None:
         PretrainConfig(recipe="huge")
 
 
-SLOW = pytest.mark.xfail(strict=True, reason="DINO's default recipe does not leave its log(out_dim) start within "
-                                             "a few dozen steps yet (docs/benchmarks.md, learning per method)")
-
-
-@pytest.mark.parametrize("method", [pytest.param(m, marks=SLOW) if m == "dino" else m
-                                    for m in sorted(METHODS) if m != "distill"])
+@pytest.mark.parametrize("method", [m for m in sorted(METHODS) if m != "distill"])
 def test_default_recipe_loss_falls_on_a_tiny_fixed_set(method: str, tmp_path: Path) -> None:
-    """A smoke check, not an accuracy test: 32 images seen 24 times with the method's default recipe."""
+    """A smoke check, not an accuracy test: 32 images seen 24 times (DINO: 30) with the method's default recipe."""
     from shared_helpers import write_image_folder
 
     data = write_image_folder(tmp_path / "data", classes=4, per_class=8, size=32)
     spec = METHODS[method]
-    views = {"transform_args": {"local_views": 2}} if spec.transform in ("multicrop", "vicregl") else {}
+    local = spec.transform in ("multicrop", "vicregl") and "local_views" not in spec.default.transform_args
+    views = {"transform_args": {"local_views": 2}} if local else {}  # 2 of the 6 local crops: a quicker check
     # MoCo's queue starts as random vectors (easy negatives) and fills with real keys as it trains, which raises
     # its loss at first: a queue this set fills within two steps keeps the check about learning
     args = {"method_args": {"queue_size": 32}} if method == "moco" else {}
@@ -77,12 +73,15 @@ def test_default_recipe_loss_falls_on_a_tiny_fixed_set(method: str, tmp_path: Pa
         args = {"method_args": {"clusters": 4}}
     if method == "deepcluster":  # its loss is against the labels of the last k-means, so only comparable within one
         args["method_args"]["recluster_every"] = 24
+    # DINO's loss rises for its first ~20 steps while the teacher's centre settles, then falls (so does the
+    # 30-minute run's: 7.62 at step 1, 7.75 at step 41, 6.49 at step 321): it gets 60 steps instead of 48
+    epochs = 30 if method == "dino" else 24
     cfg = PretrainConfig(method=method, data=str(data), out=str(tmp_path / "run"), backbone="test_resnet",
-                         image_size=32, epochs=24, batch_size=16, workers=0, seed=0, checkpoint_every=24, **views,
-                         **args)
+                         image_size=32, epochs=epochs, batch_size=16, workers=0, seed=0, checkpoint_every=epochs,
+                         **views, **args)
     run = Trainer(cfg, progress=False).fit()
     with open(run / "metrics.csv") as f:
         losses = [float(r["loss"]) for r in csv.DictReader(f)]
-    assert len(losses) == 48
+    assert len(losses) == 2 * epochs
     first, last = sum(losses[:6]) / 6, sum(losses[-6:]) / 6
     assert last < first, f"{method}: loss {first:.4f} over the first 6 steps, {last:.4f} over the last 6"
