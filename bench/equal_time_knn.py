@@ -31,6 +31,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import textwrap
 import time
 from pathlib import Path
 
@@ -265,17 +266,17 @@ def plot(rows: list[dict], floor: float, args, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in rows:
+    for r in rows:  # a long contender spec wraps in the legend below the plot instead of running off the figure
         points = [(0.0, floor)] + [(c["minutes"], c["top1"]) for c in r["curve"]]
-        ax.plot(*zip(*points), marker="o", label=f"{r['contender']} (all test images at the end: {r['top1']:.3f})")
+        label = textwrap.fill(f"{r['contender']} (all test images at the end: {r['top1']:.3f})", 90)
+        ax.plot(*zip(*points), marker="o", label=label)
     ax.axhline(floor, color="grey", linestyle="--", label=f"random init ({floor:.3f})")
     ax.set_xlabel("training wall clock (minutes, evaluations excluded)")
     ax.set_ylabel(f"kNN top-1 ({args.curve_test} of the test images)")
     ax.set_title(f"{args.method}: ResNet-18, {SIZE} px, batch {args.batch}, one core each")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
+    fig.savefig(path, dpi=120, bbox_inches="tight")
     plt.close(fig)
 
 

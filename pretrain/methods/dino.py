@@ -1,7 +1,7 @@
 """DINO (Caron et al. 2021): self-distillation with no labels.
 
 A student (backbone + DINO head) matches an EMA teacher's centred and sharpened outputs: the teacher
-sees the 2 global crops, the student every crop. The teacher temperature warms up linearly, the
+sees the 2 global crops, the student every crop (the one-device default recipe: the 2 global crops only). The teacher temperature warms up linearly, the
 teacher momentum rises to 1 on a cosine schedule, and the head's last layer is frozen for the first
 epoch; all three read the training progress, so none needs code in the trainer.
 """
@@ -27,7 +27,8 @@ class DINO(Method):
                  center_momentum: float = 0.9, momentum_base: float = 0.996, freeze_last_layer_epochs: float = 1.0,
                  head_bn: bool = False, head_layers: int = 3):
         super().__init__(backbone, feature_dim)
-        self.head = DINOHead(feature_dim, out_dim, hidden_dim, bottleneck_dim, batch_norm=head_bn, mlp_layers=head_layers)
+        self.head = DINOHead(feature_dim, out_dim, hidden_dim, bottleneck_dim, batch_norm=head_bn,
+                             mlp_layers=head_layers)
         self.teacher_backbone = frozen_copy(backbone)
         self.teacher_head = frozen_copy(self.head)
         self.criterion = DINOLoss(out_dim, student_temp, center_momentum)
