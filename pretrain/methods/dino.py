@@ -1,9 +1,10 @@
 """DINO (Caron et al. 2021): self-distillation with no labels.
 
 A student (backbone + DINO head) matches an EMA teacher's centred and sharpened outputs: the teacher
-sees the 2 global crops, the student every crop (the one-device default recipe: the 2 global crops only). The teacher temperature warms up linearly, the
-teacher momentum rises to 1 on a cosine schedule, and the head's last layer is frozen for the first
-epoch; all three read the training progress, so none needs code in the trainer.
+sees the 2 global crops, the student every crop (the one-device default recipe has no local crops). The
+teacher temperature warms up linearly, the teacher momentum rises to 1 on a cosine schedule, and the head's
+last layer is frozen for the first epochs; all three read the training progress, so none needs code in the
+trainer.
 """
 from __future__ import annotations
 
