@@ -205,12 +205,13 @@ def test_helpers_are_identities_in_one_process() -> None:
 
 
 def test_accumulation_equals_the_large_batch_for_a_per_image_loss(image_folder: Path, tmp_path: Path) -> None:
-    """DINO on a ViT (layer norm; no batch norm anywhere) with a fixed center: each image's loss is its own."""
+    """DINO on a ViT (layer norm; no batch norm anywhere: the default recipe's head batch norm is turned off) with a
+    fixed center: each image's loss is its own."""
     def config(out: str, accumulate: int) -> PretrainConfig:
         return make_tiny_config(image_folder, tmp_path / out, method="dino", backbone="test_vit", epochs=1,
                                 backbone_args={"img_size": 32}, accumulate=accumulate, transform="simclr",
                                 method_args={"out_dim": 32, "hidden_dim": 16, "bottleneck_dim": 8,
-                                             "center_momentum": 1.0})
+                                             "center_momentum": 1.0, "head_bn": False})
     whole = Trainer(config("whole", 1), progress=False).fit()
     split = Trainer(config("split", 4), progress=False).fit()
     for a, b in zip(read_rows(whole), read_rows(split)):
