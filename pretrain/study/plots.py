@@ -3,6 +3,7 @@ pretrain/runlog.py."""
 from __future__ import annotations
 
 import csv
+import textwrap
 from pathlib import Path
 
 import matplotlib
@@ -115,7 +116,7 @@ def plot_embedding_2d(points, labels, classes: list[str] | None, png_path: str |
         ax.scatter(points[mask, 0], points[mask, 1], s=6, color=colours(c % colours.N), label=name, alpha=0.8)
     ax.set_xticks([])
     ax.set_yticks([])
-    ax.set_title(title)
+    ax.set_title("\n".join(textwrap.wrap(title, 70)), fontsize=10)  # a long folder path ran off the figure
     if len(set(int(v) for v in labels)) <= 20:
         ax.legend(fontsize=7, markerscale=2, loc="center left", bbox_to_anchor=(1, 0.5))
     fig.tight_layout()
