@@ -208,8 +208,9 @@ class FinetuneConfig(Config):
     lr: float = _opt(0.1, "learning rate of the new classifier for a batch of 256 (scaled by batch/256), "
                           "warm-up then cosine decay")
     backbone_lr_scale: float | None = _opt(None, "the backbone (and kept head layers) train at this multiple of "
-                                                 "--lr; default: 0.1 with --model (the pretrained features move "
-                                                 "slowly), 1 from scratch; 0 keeps their weights fixed")
+                                                 "--lr; default: 0.3 with --model (the pretrained features move "
+                                                 "more slowly than the new classifier), 1 from scratch; 0 keeps "
+                                                 "their weights fixed")
     weight_decay: float = _opt(5e-4, "weight decay (never on biases and norm layers)")
     momentum: float = _opt(0.9, "momentum of SGD and LARS")
     warmup_epochs: float = _opt(0.0, "linear warm-up before the cosine decay (SimCLRv2 fine-tunes without one)")

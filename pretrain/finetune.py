@@ -38,6 +38,9 @@ from pretrain.views.ops import Colour, MultiView, View
 
 RECORD = "finetune.json"
 DEFAULT_BATCH = 64
+# The pretrained network learns at this multiple of the classifier's rate by default: best of 0.1 / 0.3 / 1 on
+# average over 1% and 10% of CIFAR-10's labels (docs/benchmarks.md, "Fine-tuning and semi-supervised learning").
+PRETRAINED_LR_SCALE = 0.3
 # Settings that may change when a fine-tuning run is resumed (`model` is checked by its weights' fingerprint).
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "checkpoint_every", "checkpoint_every_steps", "eval_every", "test",
                      "accumulate", "sync_bn", "compile", "out", "model"}
@@ -114,7 +117,7 @@ def resolve_finetune(cfg: FinetuneConfig, source: ModelDir | None, train: ImageL
                               f"more")
         changes.update(model=str(source.path.resolve()), from_head_layer=layers,
                        out=cfg.out or f"runs/finetune-{source.path.resolve().name}",
-                       backbone_lr_scale=0.1 if cfg.backbone_lr_scale is None else cfg.backbone_lr_scale)
+                       backbone_lr_scale=PRETRAINED_LR_SCALE if cfg.backbone_lr_scale is None else cfg.backbone_lr_scale)
     else:
         image_size = cfg.image_size or min(224, typical_size(train))
         if image_size > MAX_CROP:

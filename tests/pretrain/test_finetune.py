@@ -71,7 +71,7 @@ def test_the_run_trains_on_its_saved_class_balanced_subset_and_is_a_model_dir_wi
     assert model.preprocessing == load_model_dir(simclr2).preprocessing
     assert "train_top1" in rows(out)[0] and "emb_std" in rows(out)[0] and any((out / "tb").iterdir())
     saved = FinetuneConfig.from_dict(yaml.safe_load((out / "config.yaml").read_text()))
-    assert saved.from_head_layer == 1 and saved.backbone_lr_scale == 0.1 and saved.batch_size == 4
+    assert saved.from_head_layer == 1 and saved.backbone_lr_scale == 0.3 and saved.batch_size == 4
 
 
 def test_an_interrupted_and_resumed_run_equals_an_uninterrupted_one(data, simclr2, tmp_path: Path) -> None:
@@ -121,7 +121,7 @@ def test_from_head_layer_1_starts_from_the_kept_head_layer_and_0_from_the_backbo
     for key in src:
         torch.testing.assert_close(now[key], src[key], rtol=0, atol=0, msg=key)
     moved = finetune(make_tiny_finetune_config(simclr2, train, tmp_path / "moved", from_head_layer=1), progress=False)
-    assert not torch.equal(weights(moved)["neck.0.weight"], src["neck.0.weight"])  # 0.1 x lr: it does train
+    assert not torch.equal(weights(moved)["neck.0.weight"], src["neck.0.weight"])  # 0.3 x lr: it does train
 
     bare = finetune(make_tiny_finetune_config(simclr2, train, tmp_path / "h0", from_head_layer=0), progress=False)
     model = load_model_dir(bare)
