@@ -15,8 +15,10 @@ spec.loader.exec_module(table)
 BASE = ["--train", "T", "--test", "V"]
 
 
-def test_label_seeds_default_to_the_seed_and_must_include_it() -> None:
-    assert table.parse_args(BASE).label_seeds == [0]
+def test_label_seeds_default_to_the_seed_and_the_next_two_and_must_include_it() -> None:
+    assert table.parse_args(BASE).label_seeds == [0, 1, 2]
+    assert table.parse_args([*BASE, "--seed", "3"]).label_seeds == [3, 4, 5]
+    assert table.parse_args([*BASE, "--label-seeds", "0"]).label_seeds == [0]
     assert table.parse_args([*BASE, "--seed", "3", "--label-seeds", "3,4,5"]).label_seeds == [3, 4, 5]
     with pytest.raises(SystemExit):
         table.parse_args([*BASE, "--seed", "1", "--label-seeds", "2,3"])
