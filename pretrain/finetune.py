@@ -117,7 +117,8 @@ def resolve_finetune(cfg: FinetuneConfig, source: ModelDir | None, train: ImageL
                               f"more")
         changes.update(model=str(source.path.resolve()), from_head_layer=layers,
                        out=cfg.out or f"runs/finetune-{source.path.resolve().name}",
-                       backbone_lr_scale=PRETRAINED_LR_SCALE if cfg.backbone_lr_scale is None else cfg.backbone_lr_scale)
+                       backbone_lr_scale=(PRETRAINED_LR_SCALE if cfg.backbone_lr_scale is None
+                                          else cfg.backbone_lr_scale))
     else:
         image_size = cfg.image_size or min(224, typical_size(train))
         if image_size > MAX_CROP:
