@@ -93,10 +93,11 @@ def patchgrid(size: int, *, grid: int = 3, keep: float = 0.85, patch_size: int =
 
 
 def orthogonality(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, vflip_p: float = 0.5,
-                  turn_p: float = 0.5, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
+                  turn_p: float = 0.0, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
                   blur_p: float | None = None) -> MultiView:
-    """The baseline's crop and colour with the orthogonal group instead of a small rotation: horizontal
-    and vertical flips and a right-angle turn (1-3 quarter turns with p=turn_p)."""
+    """The seed's orthogonality pipeline: the baseline's crop and colour with horizontal and vertical flips
+    instead of a small rotation. `turn_p` > 0 adds 1-3 quarter turns with that probability (with the flips,
+    the whole symmetry group of the square)."""
     colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
     return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, vflip_p=vflip_p,
                            turn_p=turn_p) for _ in range(2)])

@@ -167,21 +167,29 @@ def test_dcl_permutes_tiles_within_the_neighbourhood(grid: int, k: int) -> None:
     assert largest == 2 * k - 1  # tiles do move, up to the bound
 
 
-def test_orthogonality_views_are_flips_and_right_angle_turns() -> None:
+def _orthogonal_views_seen(transform_args: dict) -> set[tuple[int, bool]]:
+    """Which (quarter turns, horizontal flip) of the square's symmetry group the views are; each view must be one."""
     source = F.pil_to_tensor(noise_image(32))
-    group = {}
-    for turns in range(4):
-        for flip in (False, True):
-            image = torch.rot90(F.horizontal_flip(source) if flip else source, turns, (1, 2))
-            group[(turns, flip)] = image
-    transform = build_transform("orthogonality", 32, {**NO_COLOUR, "min_scale": 1.0})
+    group = {(turns, flip): torch.rot90(F.horizontal_flip(source) if flip else source, turns, (1, 2))
+             for turns in range(4) for flip in (False, True)}
+    transform = build_transform("orthogonality", 32, {**NO_COLOUR, "min_scale": 1.0, **transform_args})
     seen = set()
     for seed in range(16):
         for view in seeded(transform, F.to_pil_image(source), seed):
             found = [g for g, image in group.items() if torch.equal(denormalize(view), image)]
             assert len(found) == 1
             seen.add(found[0])
-    assert len(seen) >= 6  # flips and turns both happen
+    return seen
+
+
+def test_orthogonality_views_are_horizontal_and_vertical_flips() -> None:
+    # the seed's pipeline: identity, horizontal flip, vertical flip (= half turn of the h-flip), both (= half turn)
+    assert _orthogonal_views_seen({}) == {(0, False), (0, True), (2, True), (2, False)}
+
+
+def test_orthogonality_turn_p_adds_right_angle_turns() -> None:
+    seen = _orthogonal_views_seen({"turn_p": 0.5})
+    assert len(seen) >= 6 and {(1, False), (3, False), (1, True), (3, True)} & seen  # flips and turns both happen
 
 
 def test_fast_colour_ops_equal_torchvision() -> None:
