@@ -26,13 +26,21 @@ def _blur(blur_p: float | None, size: int, default: float = 0.5) -> float:
     return (0.0 if size <= SMALL else default) if blur_p is None else blur_p
 
 
+def _baseline_colour(size: int, strength: float | None, jitter_p: float, gray_p: float,
+                     blur_p: float | None) -> Colour:
+    """The baseline's colour (lightly's jitter 0.7, 0.7, 0.7, 0.2), shared by orthogonality, lorot and dcl."""
+    strength = (0.5 if size <= SMALL else 1.0) if strength is None else strength
+    return Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+
+
 def baseline(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, rotation_p: float = 0.5,
-             rotation_degrees: float = 15.0, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
-             blur_p: float | None = None) -> MultiView:
+             rotation_degrees: float = 15.0, strength: float | None = None, jitter_p: float = 0.8,
+             gray_p: float = 0.2, blur_p: float | None = None) -> MultiView:
     """The common default of SSL libraries (lightly's ImageCollateFunction): crop (scale >= 0.15), flip,
-    rotation by up to +-15 degrees, colour jitter (0.7, 0.7, 0.7, 0.2) with p=0.8, grayscale, blur
-    (none on inputs <= 64 px)."""
-    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    rotation by up to +-15 degrees, colour jitter (0.7, 0.7, 0.7, 0.2) x strength with p=0.8, grayscale, blur.
+    On inputs <= 64 px, as SimCLR's views: no blur and half the colour strength (the full strength keeps
+    Barlow Twins' kNN below random init's at 32 px: docs/benchmarks.md, the seed's benchmark grid)."""
+    colour = _baseline_colour(size, strength, jitter_p, gray_p, blur_p)
     return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, rotation_p=rotation_p,
                            rotation_degrees=rotation_degrees) for _ in range(2)])
 
@@ -93,37 +101,37 @@ def patchgrid(size: int, *, grid: int = 3, keep: float = 0.85, patch_size: int =
 
 
 def orthogonality(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, vflip_p: float = 0.5,
-                  turn_p: float = 0.0, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
+                  turn_p: float = 0.0, strength: float | None = None, jitter_p: float = 0.8, gray_p: float = 0.2,
                   blur_p: float | None = None) -> MultiView:
     """The seed's orthogonality pipeline: the baseline's crop and colour with horizontal and vertical flips
     instead of a small rotation. `turn_p` > 0 adds 1-3 quarter turns with that probability (with the flips,
     the whole symmetry group of the square)."""
-    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    colour = _baseline_colour(size, strength, jitter_p, gray_p, blur_p)
     return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, vflip_p=vflip_p,
                            turn_p=turn_p) for _ in range(2)])
 
 
 def lorot(size: int, *, region: float = 0.5, quadrant: bool = True, min_scale: float = 0.15,
-          hflip_p: float = 0.5, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
+          hflip_p: float = 0.5, strength: float | None = None, jitter_p: float = 0.8, gray_p: float = 0.2,
           blur_p: float | None = None) -> MultiView:
     """LoRot-I on the baseline's crop and colour: each view gets one region turned by k quarter turns
     (k uniform in 0..3, returned per view as `rotations` for an auxiliary rotation head)."""
     if not 0 < region <= 1:
         raise ConfigError(f"transform lorot: region must be in (0, 1] (got {region})")
-    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    colour = _baseline_colour(size, strength, jitter_p, gray_p, blur_p)
     return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p,
                            lorot=LocalRotation(region, quadrant)) for _ in range(2)], provides=("rotations",))
 
 
 def dcl(size: int, *, grid: int | None = None, k: int = 1, confusion_p: float = 1.0, min_scale: float = 0.15,
-        hflip_p: float = 0.5, strength: float = 1.0, jitter_p: float = 0.8, gray_p: float = 0.2,
+        hflip_p: float = 0.5, strength: float | None = None, jitter_p: float = 0.8, gray_p: float = 0.2,
         blur_p: float | None = None) -> MultiView:
     """DCL's region confusion on the baseline's crop and colour: a grid x grid tiling (4 on inputs
     <= 64 px, else 7 as in DCL) shuffled within a neighbourhood of k, with probability confusion_p."""
     grid = (4 if size <= SMALL else 7) if grid is None else grid
     if not 1 <= grid <= size or not 1 <= k < max(grid, 2):
         raise ConfigError(f"transform dcl: need 1 <= grid <= image size and 1 <= k < grid (got grid={grid}, k={k})")
-    colour = Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    colour = _baseline_colour(size, strength, jitter_p, gray_p, blur_p)
     return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p,
                            confusion=RegionConfusion(grid, k), confusion_p=confusion_p) for _ in range(2)])
 

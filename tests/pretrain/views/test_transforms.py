@@ -192,6 +192,16 @@ def test_orthogonality_turn_p_adds_right_angle_turns() -> None:
     assert len(seen) >= 6 and {(1, False), (3, False), (1, True), (3, True)} & seen  # flips and turns both happen
 
 
+@pytest.mark.parametrize("name", ["baseline", "orthogonality", "lorot", "dcl", "simclr"])
+def test_colour_strength_halves_on_small_images(name: str) -> None:
+    # SimCLR's CIFAR rule for every two-view pipeline: strength 0.5 and no blur at <= 64 px, 1.0 and blur above
+    for size, strength, blurred in ((32, 0.5, False), (64, 0.5, False), (96, 1.0, True), (224, 1.0, True)):
+        colours = [view.colour for view in build_transform(name, size, {}).transforms]
+        assert [c.strength for c in colours] == [strength, strength]
+        assert all((c.blur_p > 0) == blurred for c in colours)
+    assert [v.colour.strength for v in build_transform(name, 32, {"strength": 1}).transforms] == [1.0, 1.0]
+
+
 def test_fast_colour_ops_equal_torchvision() -> None:
     torch.manual_seed(0)
     view = torch.rand(3, 40, 56)
