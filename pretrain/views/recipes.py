@@ -26,11 +26,15 @@ def _blur(blur_p: float | None, size: int, default: float = 0.5) -> float:
     return (0.0 if size <= SMALL else default) if blur_p is None else blur_p
 
 
+def _strength(strength: float | None, size: int) -> float:
+    """SimCLR's colour strength rule: 0.5 on small (<= 64 px) inputs as in its CIFAR-10 runs, else 1."""
+    return (0.5 if size <= SMALL else 1.0) if strength is None else strength
+
+
 def _baseline_colour(size: int, strength: float | None, jitter_p: float, gray_p: float,
                      blur_p: float | None) -> Colour:
     """The baseline's colour (lightly's jitter 0.7, 0.7, 0.7, 0.2), shared by orthogonality, lorot and dcl."""
-    strength = (0.5 if size <= SMALL else 1.0) if strength is None else strength
-    return Colour((0.7, 0.7, 0.7, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    return Colour((0.7, 0.7, 0.7, 0.2), _strength(strength, size), jitter_p, gray_p, _blur(blur_p, size))
 
 
 def baseline(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, rotation_p: float = 0.5,
@@ -55,8 +59,7 @@ def simclr(size: int, *, min_scale: float = 0.08, hflip_p: float = 0.5, strength
     """
     if views < 1:
         raise ConfigError(f"transform simclr: views must be >= 1 (got {views})")
-    strength = (0.5 if size <= SMALL else 1.0) if strength is None else strength
-    colour = Colour((0.8, 0.8, 0.8, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    colour = Colour((0.8, 0.8, 0.8, 0.2), _strength(strength, size), jitter_p, gray_p, _blur(blur_p, size))
     return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p) for _ in range(views)])
 
 
@@ -70,8 +73,7 @@ def jigsaw(size: int, *, grid: int = 3, keep: float = 0.85, min_scale: float = 0
         raise ConfigError(f"transform jigsaw: grid must be >= 2 with cells of >= 4 px (got grid {grid} at {size} px)")
     if not 0 < keep <= 1:
         raise ConfigError(f"transform jigsaw: keep must be in (0, 1] (got {keep})")
-    strength = (0.5 if size <= SMALL else 1.0) if strength is None else strength
-    colour = Colour((0.8, 0.8, 0.8, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    colour = Colour((0.8, 0.8, 0.8, 0.2), _strength(strength, size), jitter_p, gray_p, _blur(blur_p, size))
     cells = grid * (size // grid)
     return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p),
                       View(cells, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, confusion=Jigsaw(grid, keep))])
@@ -92,8 +94,7 @@ def patchgrid(size: int, *, grid: int = 3, keep: float = 0.85, patch_size: int =
     if not 0 < keep <= 1 or patch_size < -1:
         raise ConfigError(f"transform patchgrid: keep must be in (0, 1] and patch_size >= 0 or -1 (the image size) "
                           f"(got {keep}, {patch_size})")
-    strength = (0.5 if size <= SMALL else 1.0) if strength is None else strength
-    colour = Colour((0.8, 0.8, 0.8, 0.2), strength, jitter_p, gray_p, _blur(blur_p, size))
+    colour = Colour((0.8, 0.8, 0.8, 0.2), _strength(strength, size), jitter_p, gray_p, _blur(blur_p, size))
     side = (grid + 1) * (size // (grid + 1))
     grid_op = PatchGrid(grid, keep, size if patch_size == -1 else patch_size, colour if patch_colour else None)
     view_colour = Colour(colour.jitter, 0.0, 0.0, 0.0) if patch_colour else colour

@@ -189,7 +189,7 @@ def test_orthogonality_views_are_horizontal_and_vertical_flips() -> None:
 
 def test_orthogonality_turn_p_adds_right_angle_turns() -> None:
     seen = _orthogonal_views_seen({"turn_p": 0.5})
-    assert len(seen) >= 6 and {(1, False), (3, False), (1, True), (3, True)} & seen  # flips and turns both happen
+    assert len(seen) >= 6  # more than the 4 flips: turns happen too
 
 
 @pytest.mark.parametrize("name", ["baseline", "orthogonality", "lorot", "dcl", "simclr"])
