@@ -20,6 +20,11 @@ def cmd_benchmark(args: argparse.Namespace) -> None:
             values[key] = getattr(args, key)
     if args.eval is not None:
         values["eval"] = args.eval
+    for item in args.method_epochs:  # the label may hold '=' itself (vicregl:alpha=0.75=48)
+        label, sep, epochs = item.rpartition("=")
+        if not sep or not label or not epochs.strip().isdigit():
+            raise ConfigError(f"--method-epochs expects METHOD=EPOCHS, e.g. simsiam=48 (got {item!r})")
+        values["method_epochs"] = {**values.get("method_epochs", {}), label.strip(): int(epochs)}
     for key, items in (("pretrain", args.set), ("linear", args.linear_arg), ("knn", args.knn_arg),
                        ("finetune", args.finetune_arg)):
         if items:
@@ -51,6 +56,9 @@ def add_benchmark_command(sub: argparse._SubParsersAction) -> None:
                                   "when it is called train)")
     p.add_argument("--backbone", help="backbone of every cell (default: resnet18)")
     p.add_argument("--epochs", type=int, help="pretraining epochs per cell (default: 1)")
+    p.add_argument("--method-epochs", dest="method_epochs", action="append", default=[], metavar="METHOD=EPOCHS",
+                   help="another budget for one method's cells (a slow starter's longer one), e.g. simsiam=48; "
+                        "METHOD is a name (all its variants) or a variant's label; repeat for several")
     p.add_argument("--batch-size", dest="batch_size", type=int, help="pretraining batch size (default: 64)")
     p.add_argument("--image-size", dest="image_size", type=int,
                    help="training crop size (default: the images' typical size, at most 224)")

@@ -15,6 +15,7 @@ Grid file (YAML; command-line options override it):
     datasets: [{name: cifar10, train: data/train, test: data/test}]
     backbone: resnet18
     epochs: 1
+    method_epochs: {byol: 2}                          # a slow starter's longer budget (by name or label)
     batch_size: 64
     image_size: 32
     eval: [linear, knn]                               # and finetune, to fine-tune every cell too
@@ -106,6 +107,7 @@ class Grid:
     out: str
     backbone: str = "resnet18"
     epochs: int = 1
+    method_epochs: dict = field(default_factory=dict)  # method name or label -> its epochs instead of `epochs`
     batch_size: int = 64
     image_size: int | None = None
     seed: int = 0
@@ -141,6 +143,13 @@ class Grid:
 
         for m in self.methods:
             method_hparams(m.name, m.args)
+        known = {m.name for m in self.methods} | {m.label for m in self.methods}
+        for key, epochs in self.method_epochs.items():
+            if key not in known:
+                raise ConfigError(f"{source}: method_epochs: {key!r} is not one of the grid's methods "
+                                  f"({', '.join(m.label for m in self.methods)})")
+            if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
+                raise ConfigError(f"{source}: method_epochs: {key}: epochs must be a whole number >= 1 (got {epochs!r})")
         for t in self.transforms:
             if t.name not in TRANSFORMS:
                 raise ConfigError(f"{source}: transform must be one of {', '.join(TRANSFORMS)} (got {t.name!r})")
@@ -173,6 +182,10 @@ class Grid:
             if len(set(labels)) != len(labels):
                 raise ConfigError(f"{source}: {what} are listed twice ({', '.join(labels)})")
         self.cells()[0].pretrain_config(self)  # checks the `pretrain:` options once, before any work
+
+    def epochs_of(self, method: Variant) -> int:
+        """The method's budget: its `method_epochs` entry (by label, then by name), else the grid's `epochs`."""
+        return self.method_epochs.get(method.label, self.method_epochs.get(method.name, self.epochs))
 
     def cells(self) -> list["Cell"]:
         return [Cell(d, m, t, Path(self.out) / d.name / f"{m.slug}__{t.slug}")
@@ -231,7 +244,7 @@ class Cell:
         values = {**grid.pretrain, "method": self.method.name, "method_args": dict(self.method.args),
                   "transform": self.transform.name, "transform_args": dict(self.transform.args),
                   "data": self.dataset.train, "out": str(self.out), "backbone": grid.backbone,
-                  "epochs": grid.epochs, "batch_size": grid.batch_size, "image_size": grid.image_size,
+                  "epochs": grid.epochs_of(self.method), "batch_size": grid.batch_size, "image_size": grid.image_size,
                   "seed": grid.seed}
         return PretrainConfig.from_dict(values, source=f"grid cell {self.name}")
 

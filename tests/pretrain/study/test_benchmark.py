@@ -164,6 +164,28 @@ def test_variants_and_grid_errors(tmp_path: Path) -> None:
         tiny_grid(tmp_path, transforms="simclr,simclr")
     with pytest.raises(ConfigError, match="does not exist"):
         tiny_grid(tmp_path, datasets=[{"train": str(tmp_path / "missing" / "train"), "test": str(tmp_path)}])
+    with pytest.raises(ConfigError, match="'byol' is not one of the grid's methods"):
+        tiny_grid(tmp_path, method_epochs={"byol": 2})
+    with pytest.raises(ConfigError, match="whole number >= 1"):
+        tiny_grid(tmp_path, method_epochs={"simclr": 0})
+
+
+def test_method_epochs_gives_one_method_another_budget(tmp_path: Path) -> None:
+    grid = tiny_grid(tmp_path, methods=["simclr:out_dim=16", "vicreg:proj_dim=32", "vicreg:proj_dim=64"],
+                     method_epochs={"vicreg": 3, "vicreg:proj_dim=64": 5})
+    epochs = {c.name: c.pretrain_config(grid).epochs for c in grid.cells()}
+    assert {n.split(" x ")[0]: e for n, e in epochs.items()} == {"simclr:out_dim=16": 1, "vicreg:proj_dim=32": 3,
+                                                                  "vicreg:proj_dim=64": 5}
+    cells = grid.cells()
+    for cell in cells:
+        prepare_cell(cell, grid)
+    assert json.loads((cells[2].out / "cell.json").read_text())["pretrain"]["epochs"] == 3
+    # a cell run at one budget is not silently continued at another
+    longer = tiny_grid(tmp_path, methods=["simclr:out_dim=16"], method_epochs={"simclr": 2})
+    with pytest.raises(ConfigError, match="other pretrain settings"):
+        prepare_cell(longer.cells()[0], longer)
+    unchanged = tiny_grid(tmp_path, methods=["simclr:out_dim=16"])
+    prepare_cell(unchanged.cells()[0], unchanged)  # no entry: the grid's epochs, the same cell.json
 
 
 def test_benchmark_command_merges_the_grid_file_and_options(tmp_path: Path, monkeypatch, capsys) -> None:
@@ -179,15 +201,20 @@ def test_benchmark_command_merges_the_grid_file_and_options(tmp_path: Path, monk
     seen = []
     monkeypatch.setattr(benchmark, "run_grid", lambda grid, progress: seen.append(grid) or GridRun())
     assert main(["benchmark", "--grid", str(grid_file), "--data", str(train), "--test", str(test), "--epochs", "2",
-                 "--transforms", "simclr,dcl:k=2", "--set", "workers=0", "--eval", "knn", "--knn-arg", "k=3"]) == 0
+                 "--transforms", "simclr,dcl:k=2", "--set", "workers=0", "--eval", "knn", "--knn-arg", "k=3",
+                 "--method-epochs", "vicregl:alpha=0.25=7"]) == 0
     grid = seen[0]
     assert [m.label for m in grid.methods] == ["simclr", "vicregl:alpha=0.25"]
     assert [t.label for t in grid.transforms] == ["simclr", "dcl:k=2"]
     assert grid.epochs == 2 and grid.eval == ["knn"] and grid.knn == {"k": 3}
+    assert grid.method_epochs == {"vicregl:alpha=0.25": 7} and grid.epochs_of(grid.methods[1]) == 7
     assert grid.pretrain == {"max_images": 4, "workers": 0} and grid.datasets[0].name == "d"
     assert main(["benchmark", "--methods", "nope", "--transforms", "simclr", "--data", str(train), "--test",
                  str(test), "--out", str(tmp_path / "x")]) == 2
     assert "method must be one of" in capsys.readouterr().err
+    assert main(["benchmark", "--grid", str(grid_file), "--data", str(train), "--test", str(test),
+                 "--method-epochs", "simclr"]) == 2
+    assert "--method-epochs expects METHOD=EPOCHS" in capsys.readouterr().err
 
 
 def test_one_cell_per_gpu_when_several_are_visible(monkeypatch) -> None:
