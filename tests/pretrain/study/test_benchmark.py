@@ -186,6 +186,8 @@ def test_method_epochs_gives_one_method_another_budget(tmp_path: Path) -> None:
         prepare_cell(longer.cells()[0], longer)
     unchanged = tiny_grid(tmp_path, methods=["simclr:out_dim=16"])
     prepare_cell(unchanged.cells()[0], unchanged)  # no entry: the grid's epochs, the same cell.json
+    assert "epochs 1 (vicreg 3, vicreg:proj_dim=64 5), batch 8" in render_markdown([], grid)
+    assert "epochs 1, batch 8" in render_markdown([], unchanged)
 
 
 def test_benchmark_command_merges_the_grid_file_and_options(tmp_path: Path, monkeypatch, capsys) -> None:
