@@ -310,17 +310,18 @@ def run_grid(grid: Grid, *, progress: bool = True, log=print) -> GridRun:
     log(f"benchmark: {len(cells)} cells, {len(result.skipped)} finished, {len(todo)} to run"
         + (f" on {len(slots)} GPUs" if slots[0] is not None else "") + f"; results in {out}")
     running: dict[str | None, tuple[Cell, subprocess.Popen, float]] = {}
-    started = time.perf_counter()
     done = 0
+    per_epoch: list[float] = []  # seconds per epoch of the cells this run trained from scratch
     while todo or running:
         for slot in slots:
             if slot not in running and todo:
                 cell = todo.pop(0)
+                state = cell.state()
                 log(f"[{done + len(running) + 1}/{len(cells) - len(result.skipped)}] {cell.name} "
-                    f"({cell.state()}) -> {cell.out}")
+                    f"({state}) -> {cell.out}")
                 running[slot] = (cell, _start_cell(cell, slot, quiet=not progress or len(slots) > 1),
-                                 time.perf_counter())
-        for slot, (cell, proc, t0) in list(running.items()):
+                                 time.perf_counter(), state == "new")
+        for slot, (cell, proc, t0, fresh) in list(running.items()):
             if proc.poll() is None:
                 continue
             del running[slot]
@@ -328,6 +329,8 @@ def run_grid(grid: Grid, *, progress: bool = True, log=print) -> GridRun:
             if proc.returncode == 0 and cell.state() == "done":
                 result.ran.append(cell)
                 log(f"    {cell.name}: {_summary(cell)} ({(time.perf_counter() - t0) / 60:.1f} min)")
+                if fresh:
+                    per_epoch.append((time.perf_counter() - t0) / grid.epochs_of(cell.method))
             else:
                 reason = f"exit status {proc.returncode}"
                 result.failed.append((cell, reason))
@@ -335,13 +338,27 @@ def run_grid(grid: Grid, *, progress: bool = True, log=print) -> GridRun:
             write_results(grid)
             left = len(todo) + len(running)
             if left:
-                eta = (time.perf_counter() - started) / done * left / len(slots)
-                log(f"    {left} cells left, about {eta / 60:.0f} min")
+                now = time.perf_counter()
+                eta = grid_eta(per_epoch, [grid.epochs_of(c.method) for c in todo],
+                               [(grid.epochs_of(c.method), now - t) for c, _, t, _ in running.values()], len(slots))
+                log(f"    {left} cells left" + (f", about {eta / 60:.0f} min" if eta is not None else ""))
         if running:
             time.sleep(0.2)
     write_results(grid)
     _plot(grid)
     return result
+
+
+def grid_eta(per_epoch: list[float], waiting: list[int], running: list[tuple[int, float]],
+             slots: int) -> float | None:
+    """Seconds until the grid ends: the mean seconds per epoch of the cells trained from scratch so far, times
+    the epochs of the waiting cells, plus what the running cells (epochs, seconds run) still need, over the
+    slots; None until a cell has been trained from scratch (a resumed cell's time says little)."""
+    if not per_epoch:
+        return None
+    rate = sum(per_epoch) / len(per_epoch)
+    work = rate * sum(waiting) + sum(max(rate * epochs - ran, 0.0) for epochs, ran in running)
+    return work / slots
 
 
 def _start_cell(cell: Cell, slot: str | None, quiet: bool) -> subprocess.Popen:

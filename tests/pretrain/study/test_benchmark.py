@@ -13,7 +13,7 @@ from pretrain.data.images import scan_images
 from pretrain.evaluate import cached_features, knn_evaluate
 from pretrain.modeldir import load_model_dir
 from pretrain.study.cell import run_cell
-from pretrain.study.grid import Grid, Variant, prepare_cell, run_grid
+from pretrain.study.grid import Grid, Variant, grid_eta, prepare_cell, run_grid
 from pretrain.study.report import FIELDS, parse_markdown, read_results, render_markdown
 from pretrain.trainer import Trainer
 
@@ -188,6 +188,13 @@ def test_method_epochs_gives_one_method_another_budget(tmp_path: Path) -> None:
     prepare_cell(unchanged.cells()[0], unchanged)  # no entry: the grid's epochs, the same cell.json
     assert "epochs 1 (vicreg 3, vicreg:proj_dim=64 5), batch 8" in render_markdown([], grid)
     assert "epochs 1, batch 8" in render_markdown([], unchanged)
+
+
+def test_the_eta_weighs_cells_by_their_epochs_and_ignores_resumed_ones() -> None:
+    assert grid_eta([], [24, 48], [], 1) is None  # only resumed cells so far: no rate to go by
+    # 20 s and 30 s an epoch -> 25 s; waiting 24 + 48 epochs; a running 48-epoch cell 600 s in; one over its time
+    assert grid_eta([20.0, 30.0], [24, 48], [(48, 600.0), (24, 900.0)], 1) == pytest.approx(25 * 72 + 25 * 48 - 600)
+    assert grid_eta([25.0], [24, 24], [], 2) == pytest.approx(25 * 48 / 2)
 
 
 def test_benchmark_command_merges_the_grid_file_and_options(tmp_path: Path, monkeypatch, capsys) -> None:
