@@ -23,7 +23,7 @@ def run_cell(folder: Path, progress: bool = True) -> dict:
     from pretrain.trainer import Trainer, TrainingDiverged
 
     spec = json.loads((folder / "cell.json").read_text())
-    cfg = PretrainConfig.from_dict(spec["pretrain"], source=str(folder / "cell.json"))
+    cfg = PretrainConfig.from_dict({**spec["pretrain"], "out": str(folder)}, source=str(folder / "cell.json"))
     base = {"dataset": spec["dataset"]["name"], "method": spec["method"], "transform": spec["transform"],
             "model_dir": str(folder)}
     if not (folder / "model.json").is_file():

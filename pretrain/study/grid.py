@@ -265,16 +265,19 @@ class Cell:
 
 
 def prepare_cell(cell: Cell, grid: Grid) -> None:
-    """Write cell.json, or check that an earlier run of this cell used the same settings."""
-    spec = cell.spec(grid)
+    """Write cell.json, or check that an earlier run of this cell used the same settings. Where the cell lives is
+    not a setting: a cell folder moved or copied into another grid's folder is taken as it is (its record follows)."""
+    spec = json.loads(json.dumps(cell.spec(grid)))
     path = cell.out / CELL_FILE
     if path.is_file():
         old = json.loads(path.read_text())
-        if old != json.loads(json.dumps(spec)):
-            key = next((k for k in spec if old.get(k) != json.loads(json.dumps(spec[k]))), "settings")
+        if old == spec:
+            return
+        moved = {**old, "pretrain": {**old.get("pretrain", {}), "out": spec["pretrain"]["out"]}}
+        if moved != spec:
+            key = next((k for k in spec if moved.get(k) != spec[k]), "settings")
             raise ConfigError(f"{path}: this cell was run with other {key} settings; use another --out, or delete "
                               f"{cell.out} to run it again")
-        return
     write_json(path, spec)
 
 

@@ -48,12 +48,12 @@ CELL = re.compile(r"^(\*\*)?(?P<acc>[0-9.]+) \((?P<min>[0-9.]+) min / (?P<mem>[0
 
 
 def collect(grid: Grid) -> list[dict]:
-    """The result.json of every finished cell, in grid order."""
+    """The result.json of every finished cell, in grid order (its model dir: where the cell is now)."""
     rows = []
     for cell in grid.cells():
         path = cell.out / RESULT_FILE
         if path.is_file():
-            rows.append({k: json.loads(path.read_text()).get(k) for k in FIELDS})
+            rows.append({**{k: json.loads(path.read_text()).get(k) for k in FIELDS}, "model_dir": str(cell.out)})
     return rows
 
 

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -107,6 +108,23 @@ def test_grid_runs_resumes_skips_and_tables_parse_back(tmp_path: Path) -> None:
     # Changing the grid's settings for the same folder is refused instead of mixing results.
     with pytest.raises(ConfigError, match="other pretrain settings"):
         prepare_cell(tiny_grid(tmp_path, epochs=2).cells()[0], tiny_grid(tmp_path, epochs=2))
+
+    # A grid folder moved elsewhere is the same grid: nothing is retrained, the records follow the cells, and a
+    # moved cell whose evaluation was cut is evaluated where it is now.
+    shutil.move(out, tmp_path / "moved")
+    moved = tiny_grid(tmp_path, out=str(tmp_path / "moved"))
+    (moved.cells()[1].out / "result.json").unlink()
+    after_move = run_grid(moved, progress=False, log=lambda _: None)
+    # (cells[0] lost its result.json above too: run_cell returns the result, its process writes it)
+    assert len(after_move.skipped) == 2 and [c.name for c in after_move.ran] == [cells[0].name, cells[1].name]
+    moved_rows = read_results(tmp_path / "moved" / "results.csv")
+    assert [r["model_dir"] for r in moved_rows] == [str(c.out) for c in moved.cells()]
+    for before, now in zip(rows, moved_rows):
+        assert now["knn_top1"] == pytest.approx(before["knn_top1"])
+    for cell in moved.cells():
+        assert json.loads((cell.out / "cell.json").read_text())["pretrain"]["out"] == str(cell.out)
+        assert (cell.out / "backbone.safetensors").stat().st_mtime_ns == mtimes[Path(out) / cell.out.relative_to(
+            tmp_path / "moved")]
 
 
 def test_a_cell_the_method_cannot_run_is_recorded_and_shown_as_na(tmp_path: Path) -> None:
