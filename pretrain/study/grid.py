@@ -312,7 +312,7 @@ def run_grid(grid: Grid, *, progress: bool = True, log=print) -> GridRun:
     slots = gpu_slots(grid.pretrain.get("device", "auto"))
     log(f"benchmark: {len(cells)} cells, {len(result.skipped)} finished, {len(todo)} to run"
         + (f" on {len(slots)} GPUs" if slots[0] is not None else "") + f"; results in {out}")
-    running: dict[str | None, tuple[Cell, subprocess.Popen, float]] = {}
+    running: dict[str | None, tuple[Cell, subprocess.Popen, float, bool]] = {}  # cell, process, start, fresh
     done = 0
     per_epoch: list[float] = []  # seconds per epoch of the cells this run trained from scratch
     while todo or running:

@@ -83,8 +83,9 @@ def format_cell(row: dict, metric: str) -> str:
 
 def render_markdown(rows: list[dict], grid: Grid) -> str:
     others = ", ".join(f"{m} {e}" for m, e in grid.method_epochs.items())
+    epochs = f"{grid.epochs} ({others})" if others else f"{grid.epochs}"
     lines = ["# Benchmark results", "",
-             f"Backbone {grid.backbone}, epochs {grid.epochs}{f' ({others})' if others else ''}, batch {grid.batch_size}, image size "
+             f"Backbone {grid.backbone}, epochs {epochs}, batch {grid.batch_size}, image size "
              f"{grid.image_size or 'auto'}; extra pretraining options: {grid.pretrain or 'none'}. A cell is "
              "\"accuracy (pretraining minutes / peak memory)\": peak GPU memory allocated (gpu) or the training "
              "process's peak RSS (rss). Best of each row in bold; n/a: not run (reasons below).", ""]
