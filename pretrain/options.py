@@ -31,7 +31,7 @@ def add_pretrain_options(parser: argparse.ArgumentParser, config: type[Config] =
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="train with N processes on this machine, one per GPU (N CPU processes without GPUs), "
                              "launched by torchrun; --batch-size stays the global batch. For several machines run "
-                             "torchrun yourself (README, multi-GPU and multi-node) (default: 1)")
+                             "torchrun yourself (docs: multi-gpu.md) (default: 1)")
     for f in config.fields():
         kind = _type_of(f)
         help_text = f.metadata["help"] + ("" if kind is dict or f.default is None else f" (default: {f.default})")

@@ -7,7 +7,7 @@
 - No two project modules import each other.
 
 A new arrow that breaks the rule fails here with the file, line and import named; widening GROUND is a
-design change, to be made on purpose (docs: README "Development").
+design change, to be made on purpose (docs: docs/development.md).
 """
 from __future__ import annotations
 
