@@ -26,8 +26,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from export.embed import embed_images, find_images
+from export.embed import embed_images
 from export.embedder import Embedder
+from export.images import find_images
 from export.onnx_export import export_onnx
 from pretrain.backbones import build_backbone, resolve_spec
 from pretrain.modeldir import load_model_dir, write_model_dir

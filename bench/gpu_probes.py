@@ -184,7 +184,7 @@ def sync_probe(method: str, data: str, out: Path, *, size: int, batch: int, step
 
 def _images(folder: str, count: int) -> list[Path]:
     """The first `count` image files of `folder`, as `sslforge embed` finds them."""
-    from export.embed import find_images
+    from export.images import find_images
 
     return find_images(folder).paths[:count]
 

@@ -16,7 +16,7 @@ from export.errors import ExportError
 
 def _parity_images(folder: str | None, count: int) -> list[Path]:
     """`count` evenly spaced images of `folder` (default: the bundled CIFAR-10 sample's test images)."""
-    from export.embed import find_images
+    from export.images import find_images
     from pretrain.data.images import sample_dir
 
     if count <= 0:
@@ -155,8 +155,8 @@ def cmd_embed_merge(args: argparse.Namespace) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:
     """Add `export onnx`, `export tensorrt`, `embed` and `embed merge`; return the error types of bad input."""
+    from export.backends import BACKENDS, backend_help
     from export.embed import DEFAULT_SHARD_SIZE, DTYPES
-    from export.embedder import BACKENDS
 
     ex = sub.add_parser("export", help="export a model dir to ONNX or TensorRT (with a parity check)",
                         description="Export a trained backbone for deployment; each export is checked against "
@@ -220,7 +220,7 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
     emb.add_argument("--images", metavar="DIR|LIST.txt", help="image folder, or a file with one path a line "
                                                               "(required)")
     emb.add_argument("--out", metavar="EMB_DIR", help="embeddings dir to write or resume (required)")
-    emb.add_argument("--backend", choices=BACKENDS, default="torch", help="runtime (default: torch)")
+    emb.add_argument("--backend", choices=tuple(BACKENDS), default="torch", help=backend_help())
     emb.add_argument("--device", default="auto", help="torch backend: auto, cpu, cuda, cuda:N (default: auto)")
     emb.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
     emb.add_argument("--workers", type=int, default=2, help="decoding processes; 0 decodes in the main process "

@@ -61,4 +61,7 @@ def tensorrt_lines() -> list[Line]:
 
 def lines() -> list[Line]:
     onnx = package_version("onnx")
-    return [("onnx", onnx or not_installed("export")), *onnxruntime_lines(), *tensorrt_lines()]
+    from export.backends import BACKENDS
+
+    return [("backends", ", ".join(BACKENDS)), ("onnx", onnx or not_installed("export")), *onnxruntime_lines(),
+            *tensorrt_lines()]

@@ -18,15 +18,13 @@ import numpy as np
 import torch
 from PIL import Image
 
+from export.backends import BACKENDS, LoadOptions
 from export.errors import ExportError
-from export.runtimes import OnnxRunner, TorchRunner
 from pretrain.data.images import load_rgb
-from pretrain.device import select_device
 from pretrain.knn import l2_normalize
 from pretrain.modeldir import ModelDir, load_model_dir
 from pretrain.preprocess import Preprocessing
 
-BACKENDS = ("torch", "onnx", "tensorrt")
 ImageInput = Image.Image | np.ndarray | str | os.PathLike
 
 
@@ -55,23 +53,13 @@ class Embedder:
     def load(cls, model_dir: str | Path | ModelDir, backend: str = "torch", *, device: str = "auto",
              onnx_path: str | Path | None = None, providers: list[str] | None = None,
              threads: int | None = None) -> "Embedder":
-        """`backend`: torch (on `device`), onnx (model.onnx, best providers) or tensorrt (model.plan)."""
-        model = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
-        if backend == "torch":
-            runner = TorchRunner(model.load_backbone(), select_device(device))
-        elif backend == "onnx":
-            from export.onnx_export import ONNX_FILE, check_onnx_matches
-
-            path = Path(onnx_path) if onnx_path else model.path / ONNX_FILE
-            check_onnx_matches(path, model)
-            runner = OnnxRunner(path, providers, threads)
-        elif backend == "tensorrt":
-            from export.tensorrt import TensorRTRunner
-
-            runner = TensorRTRunner(model)
-        else:
+        """`backend`: a name of export.backends.BACKENDS: torch (on `device`), onnx (model.onnx, best providers)
+        or tensorrt (model.plan)."""
+        if backend not in BACKENDS:
             raise ExportError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
-        return cls(model, runner, backend)
+        model = model_dir if isinstance(model_dir, ModelDir) else load_model_dir(model_dir)
+        options = LoadOptions(device=device, onnx_path=onnx_path, providers=providers, threads=threads)
+        return cls(model, BACKENDS[backend].load(model, options), backend)
 
     @property
     def fingerprint(self) -> str:
@@ -80,13 +68,7 @@ class Embedder:
     @property
     def runs_on(self) -> str:
         """Where the embeddings are computed, in words: the device, or the onnxruntime providers a session got."""
-        if self.backend == "torch":
-            device = self.runner.device
-            name = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
-            return f"torch on {device}{name}"
-        if self.backend == "onnx":
-            return "onnxruntime with " + ", ".join(self.runner.providers)
-        return "a TensorRT engine on the GPU"
+        return BACKENDS[self.backend].runs_on(self.runner)
 
     @property
     def dim(self) -> int:

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import shutil
 import tempfile
 from dataclasses import dataclass, replace
@@ -21,16 +20,12 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
+from export.onnxfile import EMBEDDING, INPUT, LOGITS, ONNX_FILE, OnnxInfo, to_fp16
 from export.parity import ParityReport, check_parity, parity_batches
 from export.quantize import Int8Check, check_int8, gate, quantize, split_images
 from export.runtimes import OnnxRunner, TorchRunner
 from pretrain.atomic import atomic_path
 from pretrain.modeldir import ModelDir
-
-ONNX_FILE = "model.onnx"
-INPUT, EMBEDDING, LOGITS = "image", "embedding", "logits"
-META_PREFIX = "sslforge."
-METADATA_VERSION = 1
 
 
 class ExportModule(nn.Module):
@@ -43,80 +38,6 @@ class ExportModule(nn.Module):
     def forward(self, image: torch.Tensor):
         features = self.backbone(image)
         return features if self.head is None else (features, self.head(features))
-
-
-@dataclass(frozen=True)
-class OnnxInfo:
-    """What an exported graph says about itself (its sslforge.* metadata)."""
-
-    fingerprint: str
-    preprocessing: dict
-    embedding_dim: int
-    precision: str
-    outputs: list[str]
-    classes: list[str] | None
-    opset: int
-
-    def to_metadata(self) -> dict[str, str]:
-        return {META_PREFIX + "metadata_version": str(METADATA_VERSION),
-                META_PREFIX + "model_fingerprint": self.fingerprint,
-                META_PREFIX + "preprocessing": json.dumps(self.preprocessing),
-                META_PREFIX + "embedding_dim": str(self.embedding_dim),
-                META_PREFIX + "precision": self.precision,
-                META_PREFIX + "outputs": json.dumps(self.outputs),
-                META_PREFIX + "classes": json.dumps(self.classes)}
-
-
-def read_onnx_info(path: str | Path) -> OnnxInfo:
-    """Read the sslforge metadata of an ONNX file (weights are not loaded)."""
-    import onnx
-
-    path = Path(path)
-    if not path.is_file():
-        raise ExportError(f"{path} does not exist: run `sslforge export onnx {path.parent}` first")
-    try:
-        proto = onnx.load(str(path), load_external_data=False)
-    except Exception as e:  # protobuf raises its own DecodeError
-        raise ExportError(f"{path} is not a readable ONNX file ({e})") from None
-    meta = {p.key[len(META_PREFIX):]: p.value for p in proto.metadata_props if p.key.startswith(META_PREFIX)}
-    version = meta.get("metadata_version")
-    if version != str(METADATA_VERSION):
-        raise ExportError(f"{path} has sslforge metadata version {version} (this sslforge reads "
-                          f"{METADATA_VERSION}): export it again with `sslforge export onnx`")
-    opset = next((o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")), 0)
-    try:
-        return OnnxInfo(fingerprint=meta["model_fingerprint"], preprocessing=json.loads(meta["preprocessing"]),
-                        embedding_dim=int(meta["embedding_dim"]), precision=meta["precision"],
-                        outputs=json.loads(meta["outputs"]), classes=json.loads(meta["classes"]), opset=opset)
-    except (KeyError, ValueError, RecursionError) as e:
-        raise ExportError(f"{path} has broken sslforge metadata ({type(e).__name__}: {str(e)[:80]}): export it "
-                          f"again with `sslforge export onnx`") from None
-
-
-def check_onnx_matches(path: str | Path, model: ModelDir) -> OnnxInfo:
-    """The ONNX file must come from this model dir's weights and preprocessing; say what to do otherwise."""
-    info = read_onnx_info(path)
-    if info.fingerprint != model.fingerprint:
-        raise ExportError(f"{path} was exported from other weights ({info.fingerprint}, model dir has "
-                          f"{model.fingerprint}): run `sslforge export onnx {model.path}` again")
-    if info.preprocessing != model.info["preprocessing"]:
-        raise ExportError(f"{path} records another preprocessing than {model.path / 'model.json'}: "
-                          f"run `sslforge export onnx {model.path}` again")
-    return info
-
-
-def to_fp16(proto):
-    """FP16 weights and compute with float32 inputs/outputs (what TensorRT 11's strongly typed networks need).
-
-    The converter appends its input casts at the end of the node list; the graph is sorted again so
-    that onnx.checker (and TensorRT's parser) accept it.
-    """
-    import onnx_ir
-    from onnx_ir.passes.common import TopologicalSortPass
-    from onnxruntime.transformers.float16 import convert_float_to_float16
-
-    model = onnx_ir.from_proto(convert_float_to_float16(proto, keep_io_types=True))
-    return onnx_ir.to_proto(TopologicalSortPass()(model).model)
 
 
 def _torch_export(module: ExportModule, size: int, *, opset: int | None, dynamic_batch: bool, batch_size: int):
@@ -139,7 +60,7 @@ class ExportResult:
 
 def _int8_images(model: ModelDir, calibration: str | Path | None, count: int, check: int):
     """(calibration paths, check paths, check labels) from `calibration` or the model's training folder."""
-    from export.embed import find_images, label_of
+    from export.images import find_images, label_of
 
     folder = calibration or (model.info.get("training") or {}).get("data")
     if not folder or not Path(folder).is_dir():

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import BackendUnavailable, ExportError
-from export.onnx_export import EMBEDDING, INPUT, ONNX_FILE, check_onnx_matches, to_fp16
+from export.onnxfile import EMBEDDING, INPUT, ONNX_FILE, check_onnx_matches, to_fp16
 from pretrain.atomic import write_json, write_with
 from pretrain.modeldir import ModelDir
 from pretrain.schema import read_json

@@ -118,13 +118,13 @@ class PretrainConfig(Config):
     warmup_epochs: float | None = _opt(None, "linear warm-up length before the cosine decay; "
                                              "default: min(10, epochs/10)")
     grad_clip: float | None = _opt(None, "clip the gradient norm to this value (off by default)")
-    transform: str | None = _opt(None, "view augmentation pipeline: baseline, simclr, orthogonality, lorot, dcl, "
-                                       "multicrop or vicregl; default: the method's own (`sslforge methods`)")
+    transform: str | None = _opt(None, "view augmentation pipeline: {pipelines}; default: the method's own "
+                                       "(`sslforge methods`)")
     transform_args: dict = _opt({}, "options of the augmentation pipeline", metavar="KEY=VALUE")
     method_args: dict = _opt({}, "hyper-parameters of the method (e.g. temperature=0.2)", metavar="KEY=VALUE")
     gpu_augment: bool = _opt(False, "make the views on the training device (GPU when present), batched, from "
-                                    "uint8 images the loader only decodes and resizes; transforms baseline, "
-                                    "simclr, multicrop and vicregl")
+                                    "uint8 images the loader only decodes and resizes; transforms "
+                                    "{gpu_pipelines}")
     gpu_load_size: int | None = _opt(None, "with --gpu-augment: side of the square uint8 images the loader yields "
                                            "(views are cropped from them); default: the image size up to 64 px, "
                                            "image size / 0.875 above (256 for 224)")
@@ -138,10 +138,9 @@ class PretrainConfig(Config):
     workers: int | None = _opt(None, "data-loading worker processes; default: the number of CPU cores (max 8)")
     seed: int = _opt(0, "random seed: the same seed and settings give the same run")
     accumulate: int = _opt(1, "gradient accumulation: each process runs its share of a batch in this many "
-                              "micro-batches before the optimizer step. Exact for per-image losses (byol, simsiam, "
-                              "moco, dino, distill); losses with in-batch negatives or batch statistics (simclr, "
-                              "simclr2, drlim, barlowtwins, vicreg, vicregl, swav) and every batch norm see only "
-                              "the micro-batch")
+                              "micro-batches before the optimizer step. Exact for per-image losses "
+                              "({per_image_methods}); losses with in-batch negatives or batch statistics "
+                              "({batch_methods}) and every batch norm see only the micro-batch")
     sync_bn: bool = _opt(False, "under torchrun: batch norms compute their statistics over the global batch "
                                 "(SyncBatchNorm on CUDA, an all-reduce on CPU)")
     checkpoint_every: int = _opt(1, "write checkpoint.pt every N epochs")

@@ -6,6 +6,7 @@ pretrain/cli.py and pretrain/finetunecli.py build their commands from these.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 from pretrain.config import Config, ConfigError, PretrainConfig, load_yaml, parse_key_values
 
@@ -34,10 +35,10 @@ def add_pretrain_options(parser: argparse.ArgumentParser, config: type[Config] =
                              "torchrun yourself (docs: multi-gpu.md) (default: 1)")
     for f in config.fields():
         kind = _type_of(f)
-        help_text = f.metadata["help"] + ("" if kind is dict or f.default is None else f" (default: {f.default})")
+        help_text = field_help(f) + ("" if kind is dict or f.default is None else f" (default: {f.default})")
         if kind is dict:
             parser.add_argument(DICT_OPTIONS[f.name], dest=f.name, action="append", default=argparse.SUPPRESS,
-                                metavar="KEY=VALUE", help=f.metadata["help"] + "; repeat for several")
+                                metavar="KEY=VALUE", help=field_help(f) + "; repeat for several")
         elif kind is bool:
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
                                 action=argparse.BooleanOptionalAction, help=help_text)
@@ -45,6 +46,26 @@ def add_pretrain_options(parser: argparse.ArgumentParser, config: type[Config] =
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
                                 choices=f.metadata.get("choices"), metavar=f.name.upper() if kind is not str else None,
                                 help=help_text)
+
+
+def _registry_names() -> dict[str, str]:
+    """The lists a help text names, read from the registries, so a new method or pipeline shows up by itself."""
+    from pretrain.methods import METHODS
+    from pretrain.views.gpu import SUPPORTED
+    from pretrain.views.recipes import TRANSFORMS
+
+    return {"{pipelines}": ", ".join(sorted(TRANSFORMS)), "{gpu_pipelines}": ", ".join(SUPPORTED),
+            "{per_image_methods}": ", ".join(n for n, s in sorted(METHODS.items()) if not s.cls.couples_batch),
+            "{batch_methods}": ", ".join(n for n, s in sorted(METHODS.items()) if s.cls.couples_batch)}
+
+
+def field_help(f: dataclasses.Field) -> str:
+    """A config field's help text, with the registry lists it names ({pipelines}, ...) filled in."""
+    text = f.metadata["help"]
+    if "{" in text:
+        for key, value in _registry_names().items():
+            text = text.replace(key, value)
+    return text
 
 
 def config_from_args(args: argparse.Namespace, config: type[Config] = PretrainConfig) -> tuple[Config, bool]:

@@ -16,6 +16,7 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+from export.backends import BACKENDS, backend_help
 from serve.engine import BadInput
 from serve.ingest import add_index_add
 from serve.search import add_search_command
@@ -73,9 +74,7 @@ def _add_common(p: argparse.ArgumentParser, index_required: bool) -> None:
     p.add_argument("--index", required=index_required, default=None,
                    help="index dir from `sslforge index` (needed for search)" + ("" if index_required else
                                                                                  "; without it /search answers 404"))
-    p.add_argument("--backend", choices=("torch", "onnx", "tensorrt"), default="torch",
-                   help="embedding runtime: torch, onnx (model.onnx from `sslforge export onnx`) or tensorrt "
-                        "(default: torch)")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="torch", help=backend_help())
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--max-k", type=int, default=None, help=f"largest k a request may ask for (default: "

@@ -10,6 +10,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
+from export.backends import BACKENDS, backend_help
 from retrieval.cli import INDEX_ACTIONS
 from retrieval.collection import Collection
 from retrieval.embeddings import read_embeddings
@@ -80,8 +81,7 @@ def add_index_add(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--label", help="the label of every added row (default: its class folder)")
     p.add_argument("--field", action="append", metavar="NAME=VALUE",
                    help="a user field of every added row, for filtered search (repeatable)")
-    p.add_argument("--backend", choices=("torch", "onnx", "tensorrt"), default="torch",
-                   help="embedding runtime (default: torch)")
+    p.add_argument("--backend", choices=tuple(BACKENDS), default="torch", help=backend_help())
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")
     p.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
     p.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2)")

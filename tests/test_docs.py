@@ -56,3 +56,20 @@ def test_strict_build_fails_on_a_dead_link(tmp_path):
                          capture_output=True, text=True, env={**os.environ, "NO_MKDOCS_2_WARNING": "1"})
     assert run.returncode != 0
     assert "no-such-page.md" in run.stdout + run.stderr
+
+
+def test_help_lists_come_from_the_registries():
+    from pretrain.cli import build_parser
+    from pretrain.methods import METHODS
+    from pretrain.views.gpu import SUPPORTED
+    from pretrain.views.recipes import TRANSFORMS
+
+    sub = next(a for a in build_parser()._actions if a.__class__.__name__ == "_SubParsersAction")
+    helps = {a.dest: a.help for a in sub.choices["pretrain"]._actions}
+    assert all(name in helps["transform"] for name in TRANSFORMS)
+    accumulate = helps["accumulate"]
+    exact, coupled = accumulate.split("losses with in-batch negatives")
+    for name, spec in METHODS.items():
+        assert name in (coupled if spec.cls.couples_batch else exact), name
+    assert all(name in helps["gpu_augment"] for name in SUPPORTED)
+    assert "{" not in "".join(h or "" for h in helps.values())

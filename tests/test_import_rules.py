@@ -4,7 +4,7 @@
   other stage.
 - export and retrieval never import each other; serve composes them (and may import both).
 - retrieval's ground is numpy-only (NUMPY_GROUND): `import retrieval` loads no torch.
-- No two project modules import each other.
+- No import cycle anywhere: no group of modules reaches itself through imports (not only pairs).
 
 A new arrow that breaks the rule fails here with the file, line and import named; widening GROUND is a
 design change, to be made on purpose (docs: docs/development.md).
@@ -84,11 +84,68 @@ def test_imports_between_stages_point_down_into_the_ground() -> None:
     assert not errors, "imports that break the rule:\n" + "\n".join(errors)
 
 
+def import_cycles(edges: dict[str, set[str]]) -> list[list[str]]:
+    """Every group of modules that reach each other through imports (strongly connected components of two or
+    more modules, or one that imports itself), each sorted; Tarjan's algorithm, iterative."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    cycles = []
+    for start in sorted(edges):
+        if start in index:
+            continue
+        work = [(start, iter(sorted(edges[start])))]
+        index[start] = low[start] = len(index)
+        stack.append(start)
+        on_stack.add(start)
+        while work:
+            node, targets = work[-1]
+            for target in targets:
+                if target not in edges:
+                    continue
+                if target not in index:
+                    index[target] = low[target] = len(index)
+                    stack.append(target)
+                    on_stack.add(target)
+                    work.append((target, iter(sorted(edges[target]))))
+                    break
+                if target in on_stack:
+                    low[node] = min(low[node], index[target])
+            else:
+                work.pop()
+                if work:
+                    low[work[-1][0]] = min(low[work[-1][0]], low[node])
+                if low[node] == index[node]:
+                    group = []
+                    while True:
+                        member = stack.pop()
+                        on_stack.discard(member)
+                        group.append(member)
+                        if member == node:
+                            break
+                    if len(group) > 1 or node in edges[node]:
+                        cycles.append(sorted(group))
+    return sorted(cycles)
+
+
 def test_no_two_modules_import_each_other() -> None:
+    """Nor around a longer circle: no import cycle anywhere (strongly connected components)."""
     edges = {module_name(p): {t for _, t in imports(p)} for p in project_files()}
-    pairs = sorted({tuple(sorted((a, b))) for a, targets in edges.items() for b in targets
-                    if b != a and a in edges.get(b, ())})
-    assert not pairs, "modules that import each other: " + "; ".join(f"{a} <-> {b}" for a, b in pairs)
+    cycles = import_cycles(edges)
+    assert not cycles, "modules that import each other, directly or around a circle: " + \
+        "; ".join(" -> ".join(group) for group in cycles)
+
+
+def test_the_cycle_check_catches_a_planted_circle() -> None:
+    """The check itself: a circle of three modules (no pair imports each other) and a self-import are found."""
+    edges = {module_name(p): {t for _, t in imports(p)} for p in project_files()}
+    planted = {**edges, "export.embed": edges["export.embed"] | {"export.embedder"},
+               "export.embedder": edges["export.embedder"] | {"export.onnx_export"},
+               "export.onnx_export": edges["export.onnx_export"] | {"export.embed"}}
+    assert ["export.embed", "export.embedder", "export.onnx_export"] in import_cycles(planted)
+    assert import_cycles({"a": {"a"}, "b": {"a"}}) == [["a"]]
+    assert import_cycles({"a": {"b"}, "b": {"c"}, "c": set()}) == []
 
 
 def test_import_retrieval_loads_no_torch() -> None:

@@ -91,8 +91,8 @@ def main(argv: list[str] | None = None) -> int:
         tmp.replace(path)
         print(f"wrote {path}")
     if stale:
-        print(f"error: {', '.join(str(REFERENCE / n) for n in stale)} differ from the code: run python tools/gen_docs.py",
-              file=sys.stderr)
+        pages = ", ".join(str(REFERENCE / n) for n in stale)
+        print(f"error: {pages} differ from the code: run python tools/gen_docs.py", file=sys.stderr)
         return 1
     return 0
 

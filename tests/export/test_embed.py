@@ -7,10 +7,11 @@ import numpy as np
 import pytest
 
 import export.embed as embed_module
-from export.embed import embed_images, find_images, merge_parts, part_range
+from export.embed import embed_images, merge_parts, part_range
 from export.embedder import Embedder
 from export.embeddings import load_embeddings, read_manifest
 from export.errors import ExportError
+from export.images import find_images
 
 
 @pytest.fixture

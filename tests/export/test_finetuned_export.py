@@ -10,7 +10,8 @@ import torch
 from shared_helpers import make_tiny_config, make_tiny_finetune_config, write_image_folder
 
 from export.embedder import Embedder
-from export.onnx_export import export_onnx, read_onnx_info
+from export.onnx_export import export_onnx
+from export.onnxfile import read_onnx_info
 from pretrain.finetune import finetune
 from pretrain.modeldir import load_model_dir
 from pretrain.trainer import Trainer

@@ -7,7 +7,8 @@ from export_helpers import make_model_dir
 
 from export.embedder import Embedder
 from export.errors import ExportError, ParityError
-from export.onnx_export import ONNX_FILE, export_onnx, read_onnx_info
+from export.onnx_export import export_onnx
+from export.onnxfile import ONNX_FILE, read_onnx_info
 from export.quantize import _knn_top1, split_images
 from pretrain.cli import main
 

@@ -136,7 +136,7 @@ def test_broken_export_records_are_refused_in_one_line(resnet_dir, tmp_path: Pat
     import onnx
 
     from export.errors import ExportError
-    from export.onnx_export import read_onnx_info
+    from export.onnxfile import read_onnx_info
     from export.tensorrt import read_sidecar
 
     proto = onnx.load(str(resnet_dir.path / "model.onnx"))

@@ -11,7 +11,8 @@ from export_helpers import make_model_dir
 
 from export import parity
 from export.errors import ExportError, ParityError
-from export.onnx_export import check_onnx_matches, export_onnx, read_onnx_info
+from export.onnx_export import export_onnx
+from export.onnxfile import check_onnx_matches, read_onnx_info
 from export.parity import check_parity, compare
 from export.runtimes import OnnxRunner, TorchRunner
 

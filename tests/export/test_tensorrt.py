@@ -12,7 +12,8 @@ import pytest
 import torch
 
 from export.errors import BackendUnavailable, ExportError, ParityError
-from export.onnx_export import export_onnx, to_fp16
+from export.onnx_export import export_onnx
+from export.onnxfile import to_fp16
 from export.parity import check_parity, parity_batches
 from export.runtimes import OnnxRunner, TorchRunner
 from export.tensorrt import (

@@ -49,7 +49,7 @@ def test_links_are_followed_once_per_real_file_and_folder(tmp_path: Path) -> Non
 
 
 def test_embed_walk_shares_the_rule(tmp_path: Path) -> None:
-    from export.embed import find_images
+    from export.images import find_images
 
     root = tmp_path / "data"
     images(root, 3)
