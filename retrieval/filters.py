@@ -35,7 +35,7 @@ class UnknownField(FilterError):
     not for anonymous clients)."""
 
     def __init__(self, field: str, known: set[str]):
-        super().__init__(f"no field {shown(field)!r} in this index (fields: {', '.join(sorted(map(shown, known)))})")
+        super().__init__(f"no field {field!r} in this index (fields: {', '.join(sorted(map(shown, known)))})")
         self.field = field
 
 

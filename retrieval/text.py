@@ -32,8 +32,8 @@ def check_new_rows(paths: list[str], labels: list[str | None], meta: list[dict],
     """Refuse (`error`, one line) a row whose path, label or user field (name or value) may not be stored."""
     for i, (path, label, fields) in enumerate(zip(paths, labels, meta)):
         items = [("path", path)] + ([("label", label)] if label is not None else [])
-        items += [(f"field name {shown(k)[:40]!r}", k) for k in fields]
-        items += [(f"field {shown(k)[:40]!r}", v) for k, v in fields.items()]
+        items += [(f"field name {k[:40]!r}", k) for k in fields]
+        items += [(f"field {k[:40]!r}", v) for k, v in fields.items()]
         for what, value in items:
             if not isinstance(value, str):
                 raise error(f"row {i}: {what} must be text")

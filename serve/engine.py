@@ -32,7 +32,7 @@ from retrieval import Index, IndexDirError
 from retrieval.collection import Collection, KeyReused
 from retrieval.filters import Filter, FilterError, UnknownField
 from retrieval.journal import MAX_KEY_TEXT
-from retrieval.text import clean, shown
+from retrieval.text import clean
 from serve.fields import FieldError, parse_ids, parse_meta, parse_where
 from serve.settings import Limits, Settings, SettingsError
 
@@ -253,7 +253,7 @@ class Engine:
         try:
             _, _, hits = self.collection.search(self.embeddings(features), k, where=where)
         except UnknownField as e:  # the index's field names are not an anonymous client's business
-            raise BadInput(f"no field {shown(e.field)[:64]!r} in this index: filter on label, or on a field given "
+            raise BadInput(f"no field {e.field[:64]!r} in this index: filter on label, or on a field given "
                            f"when the rows were added") from None
         except FilterError as e:
             raise BadInput(str(e)) from None

@@ -40,7 +40,7 @@ def raw_line(obj: dict) -> bytes:
     (["a.jpg"], ["\x1b[31mRED"], [{}], "label: a control character"),
     (["a\x00b.jpg"], [None], [{}], "path: a control character"),
     (["a.jpg"], [None], [{"k": "v\x07"}], "field 'k': a control character"),
-    (["a.jpg"], [None], [{"k\udcff": "v"}], "field name 'k\\\\udcff': not valid UTF-8"),
+    (["a.jpg"], [None], [{"k\udcff": "v"}], "field name 'k\\udcff': not valid UTF-8"),
     (["a.jpg"], ["x\ud800"], [{}], "label: not valid UTF-8"),
     (["a.jpg"], ["l" * (MAX_TEXT + 1)], [{}], f"label: {MAX_TEXT + 1:,} characters"),
     (["p" * (MAX_TEXT + 1)], [None], [{}], "path: 1,025 characters"),

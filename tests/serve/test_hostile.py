@@ -13,10 +13,8 @@ import select
 import socket
 import time
 from collections import Counter
-from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 from hostile import MULTIPART, Case, corpus, form, raw_request, zero_png
 from serve_helpers import (BODY_TIMEOUT, HEADER_TIMEOUT, MAX_BYTES, MAX_PENDING, free_port, peak_rss, png_bytes,
