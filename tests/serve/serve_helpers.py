@@ -120,3 +120,9 @@ def reset_peak_rss(p: psutil.Process) -> bool:
 def peak_rss(p: psutil.Process) -> int:
     status = Path(f"/proc/{p.pid}/status").read_text()
     return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+
+def tcp_listening(processes: dict[str, psutil.Process]) -> list[tuple[str, int]]:
+    """(process name, port) of every listening TCP socket (IPv4 or IPv6) of these processes."""
+    return [(name, c.laddr.port) for name, p in processes.items() for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN]

@@ -10,10 +10,9 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 import hostile
-from serve_helpers import RSS_BOUND, peak_rss, reset_peak_rss, server_processes
+from serve_helpers import RSS_BOUND, peak_rss, reset_peak_rss, server_processes, tcp_listening
 
 
 SIDE = 6000  # 36 M pixels: under the per-image limit; 8 of them under the per-request limit, 64 far over
@@ -52,16 +51,11 @@ def test_memory_per_request_is_bounded(live_server, zero_png):
     assert api.is_running()
 
 
-def listening(processes) -> list[tuple[str, int]]:
-    return [(name, c.laddr.port) for name, p in processes.items() for c in p.net_connections(kind="inet")
-            if c.status == psutil.CONN_LISTEN]
-
-
 def test_no_control_port_on_tcp(live_server):
     """Every TCP port the server's process tree listens on is the HTTP port; circus's control and event sockets
     are Unix sockets in a folder only the service's user may enter."""
     processes = server_processes(live_server.proc)
-    ports = listening(processes)
+    ports = tcp_listening(processes)
     assert ports and all(port == live_server.port for _, port in ports), ports
     unix = [c.laddr for c in processes["bentoml serve"].net_connections(kind="unix") if "sslforge-circus-" in c.laddr]
     assert unix, "the arbiter's endpoints are not the private Unix sockets"
