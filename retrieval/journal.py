@@ -4,7 +4,7 @@
     {"log": "sslforge-index-log", "version": 1, "snapshot": "<index.json's snapshot>", "count": N}   (first line)
     {"add": FIRST_ID, "rows": [{"path": ..., "label": ..., "meta": {...}}, ...], "vectors": "<base64 float32>"}
     {"remove": [ID, ...]}
-    an add may also carry "key": [IDEMPOTENCY_KEY, DIGEST, FIRST_ID, COUNT] (on the last line of an add split in several)
+    an add may also carry "key": [IDEMPOTENCY_KEY, DIGEST, FIRST_ID, COUNT] (on the last line of a split add)
     {"keys": [[IDEMPOTENCY_KEY, DIGEST, FIRST_ID, COUNT], ...]}   (after the header: the keys a compaction kept)
 
 A change is appended in one write and fsync'd before it is acknowledged, so an acknowledged change survives a

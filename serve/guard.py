@@ -9,9 +9,9 @@ fields as UTF-8 within TEXT_LIMIT. Only then is the body, re-encoded part by par
 no longer fail on it or be made to fetch anything. BentoML JSON-decodes every text value it gets (a value nested
 100,000 deep or holding a 5,000-digit number would end in a 500), so text fields reach it empty: their exact text,
 and the client's file names (BentoML renames uploads), are handed to the endpoint in the request's scope
-(`texts_of`, `filenames_of`), where serve/fields.py parses them with its own bounds. Routes that change the index (WRITE_ROUTES) also need
-`Authorization: Bearer <token>` with the service's write token, checked before the body is read; with no token
-configured they answer 403 (read-only).
+(`texts_of`, `filenames_of`), where serve/fields.py parses them with its own bounds. Routes that change the index
+(WRITE_ROUTES) also need `Authorization: Bearer <token>` with the service's write token, checked before the body is
+read; with no token configured they answer 403 (read-only).
 
     SSLForge.add_asgi_middleware(RequestGuard, forms=forms_of(SSLForge), limits=limits)
 """

@@ -200,7 +200,8 @@ def test_kill_9_in_the_middle_of_the_adds(served, tmp_path):
             last = len(acked) - 1
             hits = client.post("/search", files={"image": images(2, 1000 + last)[1][1]}, data={"k": "1"}).json()
             assert hits["results"][0]["id"] == acked[last][1]
-            retry = client.post("/add", files=images(2, 1000 + last), headers={**AUTH, "Idempotency-Key": f"add-{last}"})
+            key = {**AUTH, "Idempotency-Key": f"add-{last}"}
+            retry = client.post("/add", files=images(2, 1000 + last), headers=key)
             assert retry.json()["ids"] == acked[last]  # a retry after the crash and restart: the first answer
             assert client.post("/add", files=images(1, 5), headers=AUTH).json()["ids"] == [rows.ntotal]
     finally:

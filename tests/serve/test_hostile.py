@@ -3,8 +3,9 @@
 Across the corpus (on the writable server, so the write routes' cases reach their field checks): every case gets
 the status it names (no 500), no answer carries a traceback, the server answers a valid request after each case,
 no URL is ever fetched, and each server process's peak RSS stays within what docs/security.md states: the API
-worker's within RSS_BOUND (it decodes huge images), the others' within RSS_GROWTH. Slow clients (nothing sent, trickled headers, trickled body, more slow
-connections than the cap) are cut off by the header and body timeouts and the cap of SERVER_ENV.
+worker's within RSS_BOUND (it decodes huge images), the others' within RSS_GROWTH. Slow clients (nothing sent,
+trickled headers, trickled body, more slow connections than the cap) are cut off by the header and body timeouts
+and the cap of SERVER_ENV.
 """
 from __future__ import annotations
 
