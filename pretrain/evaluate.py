@@ -15,6 +15,7 @@ import math
 import os
 import warnings
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -88,13 +89,33 @@ def cached_features(model_dir: ModelDir, images: ImageList, **kwargs) -> Feature
         h.update(os.fsencode(p) + f"\0{st.st_size}\0{st.st_mtime_ns}\n".encode())  # names need not be UTF-8
     cache = model_dir.path / "cache" / f"features-{h.hexdigest()[:20]}.pt"
     if cache.is_file():
-        d = torch.load(cache, weights_only=True)
-        return Features(d["features"], d["labels"], int(d["failed"]))
+        cached = read_cached_features(cache, len(images))
+        if cached is not None:
+            return cached
     device = kwargs.pop("device", "cpu")
     out = extract_features(model_dir.load_backbone(device), images, model_dir.preprocessing, device=device, **kwargs)
     write_with(cache, lambda tmp: torch.save({"features": out.features, "labels": out.labels,
                                               "failed": out.failed}, tmp))
     return out
+
+
+def read_cached_features(cache: Path, count: int) -> Features | None:
+    """A features cache file, loaded with weights_only (tensors and plain values, no code); None, after one warning
+    line, when it is not one this code wrote for `count` images (it is then recomputed and overwritten)."""
+    try:
+        d = torch.load(cache, weights_only=True)
+        feats, labels, failed = d["features"], d["labels"], int(d["failed"])
+        ok = (isinstance(feats, torch.Tensor) and isinstance(labels, torch.Tensor) and feats.ndim == 2
+              and feats.is_floating_point() and labels.ndim == 1 and len(feats) == len(labels) == count - failed
+              and 0 <= failed <= count and not labels.is_floating_point())
+    except Exception as e:  # noqa: BLE001 - an unpickling error of any kind: the file is not ours
+        ok, reason = False, f"{type(e).__name__}: {' '.join(str(e).split())[:120]}"
+    else:
+        reason = "not the features of these images"
+    if not ok:
+        warnings.warn(f"{cache}: not a readable features cache ({reason}); recomputing the features", stacklevel=3)
+        return None
+    return Features(feats, labels, failed)
 
 
 @torch.no_grad()

@@ -12,12 +12,20 @@ search: it stats the log and index.json, reads only the new lines, and reloads a
 A kill -9 at any moment loses no change that was returned and leaves a dir that loads: the log's torn last line
 (a write never acknowledged) is ignored by readers and cut off by the next writer; a compaction swaps the whole
 dir in one step. Thread-safe within a process (one lock around every call).
+
+An add may carry an idempotency key: it is written in the add's own (last) log line, so the add and its key are
+durable together; a later add with the same key, from any process and after a restart, writes nothing and answers
+the first add's ids. The MAX_KEYS most recent keys are kept, across compactions too (in the new log's first line).
+A compaction also drops the paths, labels and fields of removed rows (their ids stay taken).
 """
 from __future__ import annotations
 
 import fcntl
+import hashlib
+import json
 import os
 import threading
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -28,9 +36,16 @@ import numpy as np
 from pretrain.knn import l2_normalize
 from retrieval.filters import Filter, check_row_meta
 from retrieval.index import INDEX_JSON, Index, IndexDirError
-from retrieval.journal import LOG_FILE, add_line, append, cut_torn, header_line, read_changes, remove_line
+from retrieval.journal import (LOG_FILE, MAX_ID, MAX_KEY_TEXT, add_line, append, cut_torn, header_line, keys_line,
+                               read_changes, remove_line)
+from retrieval.text import check_new_rows
 
 MAX_ADD_ROWS = 4096  # rows per change line (an add of more is split into several lines)
+MAX_KEYS = 10_000  # idempotency keys remembered (the oldest is forgotten first)
+
+
+class KeyReused(IndexDirError):
+    """An idempotency key sent again with a different add."""
 
 
 def lock_file(path: Path) -> Path:
@@ -44,6 +59,8 @@ class Collection:
         self.index, self.path, self.device = index, path, device
         self._mutex = threading.RLock()
         self._stamp = self._index_stamp()
+        self.keys: OrderedDict[str, list] = OrderedDict()  # idempotency key -> [key, digest, first id, count]
+        self._read_keys()
 
     @classmethod
     def open(cls, path: str | Path, *, device: str = "auto", model_fingerprint: str | None = None) -> Collection:
@@ -52,6 +69,22 @@ class Collection:
         return cls(index, path, device)
 
     # ---- sharing the dir ------------------------------------------------------------------------------
+    def _read_keys(self) -> None:
+        """The idempotency keys in the log (the snapshot's own rows were replayed by Index.load already)."""
+        self.keys.clear()
+        log = self.path / LOG_FILE
+        if self.index.log_end and log.is_file():
+            i = self.index
+            self._remember(read_changes(log, i.dim, i.snapshot, i.saved_count)[0])
+
+    def _remember(self, changes: list) -> None:
+        for change in changes:
+            for entry in change.keys or ():
+                self.keys.pop(entry[0], None)
+                self.keys[entry[0]] = entry
+        while len(self.keys) > MAX_KEYS:
+            self.keys.popitem(last=False)
+
     def _index_stamp(self) -> tuple[int, int] | None:
         try:
             st = (self.path / INDEX_JSON).stat()
@@ -88,6 +121,7 @@ class Collection:
                 raise IndexDirError(f"{self.path} was rebuilt with another model ({index.model_fingerprint}): "
                                     f"restart with the model it now holds")
             self.index, self._stamp = index, stamp
+            self._read_keys()
             return
         log = self.path / LOG_FILE
         try:
@@ -96,7 +130,9 @@ class Collection:
             return
         if size > self.index.log_end:
             i = self.index
-            i.replay(read_changes(log, i.dim, i.snapshot, i.saved_count, i.log_end))
+            read = read_changes(log, i.dim, i.snapshot, i.saved_count, i.log_end)
+            i.replay(read)
+            self._remember(read[0])
 
     def _append(self, line: bytes) -> None:
         """Append a change (under `_writing`), starting the log with its header when it has none."""
@@ -108,26 +144,42 @@ class Collection:
 
     # ---- changes ----------------------------------------------------------------------------------------
     def add(self, vectors: np.ndarray, paths: list[str], labels: list[str | None] | None = None,
-            meta: list[dict] | None = None) -> np.ndarray:
-        """Append rows; returns their ids once the change is on disk."""
+            meta: list[dict] | None = None, *, key: str | None = None) -> np.ndarray:
+        """Append rows; returns their ids once the change is on disk. With an idempotency `key` seen before (for
+        the same paths, labels and fields), nothing is written and the first add's ids are returned."""
         x = l2_normalize(np.asarray(vectors, dtype=np.float32))
         labels = [None] * len(paths) if labels is None else list(labels)
         meta = check_row_meta(meta, len(paths), IndexDirError)
+        check_new_rows(list(paths), labels, meta, IndexDirError)
+        if key is not None and not (0 < len(key) <= MAX_KEY_TEXT and key.isprintable() and key.isascii()):
+            raise IndexDirError(f"an idempotency key must be 1 to {MAX_KEY_TEXT} printable ASCII characters")
+        digest = hashlib.sha256(json.dumps([list(paths), labels, meta, len(x)]).encode()).hexdigest()[:32]
         if x.ndim != 2 or x.shape[1] != self.index.dim or not (len(x) == len(paths) == len(labels)) or not len(x):
             raise IndexDirError(f"add: {len(x)} vectors of shape {tuple(x.shape)[1:]}, {len(paths)} paths, "
                                 f"{len(labels)} labels; the index holds dimension {self.index.dim}, one of each a row")
         if not np.isfinite(x).all():
             raise IndexDirError("add: the vectors hold NaN or infinite values")
         with self._writing():
+            if key is not None and key in self.keys:
+                _, seen, first, count = self.keys[key]
+                if seen != digest:
+                    raise KeyReused(f"the idempotency key {key!r} was used for another add (other images, paths, "
+                                    f"labels or fields): send a new key for a new add")
+                return np.arange(first, first + count, dtype=np.int64)
             first = self.index.ntotal
             for start in range(0, len(x), MAX_ADD_ROWS):
                 rows = slice(start, start + MAX_ADD_ROWS)
-                self._append(add_line(first + start, x[rows], paths[rows], labels[rows], meta[rows]))
+                last = start + MAX_ADD_ROWS >= len(x)
+                entry = [key, digest, first, len(x)] if key is not None and last else None
+                self._append(add_line(first + start, x[rows], paths[rows], labels[rows], meta[rows], entry))
             self._refresh()  # applies exactly the lines just written (the lock keeps everyone else out)
         return np.arange(first, first + len(x), dtype=np.int64)
 
     def remove(self, ids: np.ndarray | list[int]) -> int:
         """Stop returning these ids (durably); returns how many were live."""
+        big = [i for i in np.asarray(ids, dtype=object).ravel() if not -MAX_ID <= int(i) <= MAX_ID]
+        if big:
+            raise IndexDirError(f"remove: id {str(big[0])[:24]} is not in the index")
         ids = np.unique(np.asarray(ids, dtype=np.int64))
         with self._writing():
             bad = ids[(ids < 0) | (ids >= self.index.ntotal)]
@@ -142,9 +194,15 @@ class Collection:
     def compact(self) -> Path:
         """Fold the change log into a new snapshot of the dir (swapped in as a whole); ids stay as they are."""
         with self._writing():
-            self.index.read_only = False
-            path = self.index.save(self.path)
+            i = self.index
+            i.read_only = False
+            for row in i.removed.tolist():  # removed rows keep their ids, not their strings
+                i.paths[row], i.labels[row], i.meta[row] = "", None, {}
+            path = i.save(self.path)
             self._stamp = self._index_stamp()
+            if self.keys:
+                self._append(keys_line(list(self.keys.values())))
+                self._refresh()
         return path
 
     # ---- reading ----------------------------------------------------------------------------------------

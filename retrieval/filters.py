@@ -21,12 +21,22 @@ import numpy as np
 
 from retrieval.exact import exact_search
 from retrieval.kinds import require_faiss
+from retrieval.text import shown
 
 MAX_FIELDS, MAX_KEY, MAX_VALUE = 32, 64, 1024  # per row: user fields, characters of a name, of a value
 
 
 class FilterError(ValueError):
     """A filter names no field the index has, or is malformed."""
+
+
+class UnknownField(FilterError):
+    """A filter on a field no row has; `field` is its name (the message lists the index's fields: for the operator,
+    not for anonymous clients)."""
+
+    def __init__(self, field: str, known: set[str]):
+        super().__init__(f"no field {field!r} in this index (fields: {', '.join(sorted(map(shown, known)))})")
+        self.field = field
 
 
 @dataclass(frozen=True)
@@ -50,7 +60,7 @@ class Filter:
         known = {"label"} | {k for row in meta for k in row}
         for name, value in self.equals.items():
             if name not in known:
-                raise FilterError(f"no field {name!r} in this index (fields: {', '.join(sorted(known))})")
+                raise UnknownField(name, known)
             column = labels if name == "label" else [row.get(name) for row in meta]
             allowed &= np.fromiter((str(v) == value if v is not None else False for v in column), bool, n)
         if self.path_prefix:

@@ -285,7 +285,7 @@ class Index:
     def replay(self, read: tuple[list, int]) -> None:
         """Apply changes read from this dir's change log (`journal.read_changes`) and advance `log_end`."""
         changes, end = read
-        if self.read_only and self.kind != "flat" and any(c.removed is None for c in changes):
+        if self.read_only and self.kind != "flat" and any(c.vectors is not None for c in changes):
             raise IndexDirError(f"{self.path / LOG_FILE} holds added rows, which a memory-mapped {self.kind} index "
                                 f"cannot take: run `sslforge index compact --index {self.path}` or load without --mmap")
         for change in changes:

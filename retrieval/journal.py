@@ -4,10 +4,14 @@
     {"log": "sslforge-index-log", "version": 1, "snapshot": "<index.json's snapshot>", "count": N}   (first line)
     {"add": FIRST_ID, "rows": [{"path": ..., "label": ..., "meta": {...}}, ...], "vectors": "<base64 float32>"}
     {"remove": [ID, ...]}
+    an add may also carry "key": [IDEMPOTENCY_KEY, DIGEST, FIRST_ID, COUNT] (on the last line of a split add)
+    {"keys": [[IDEMPOTENCY_KEY, DIGEST, FIRST_ID, COUNT], ...]}   (after the header: the keys a compaction kept)
 
 A change is appended in one write and fsync'd before it is acknowledged, so an acknowledged change survives a
 crash. A crash mid-write leaves the last line without its newline: never acknowledged, so readers stop before it
 and the next writer cuts it off (`cut_torn`). A bad line anywhere before is corruption, one IndexDirError line.
+A well-formed remove of ids the index does not have (no writer of ours makes one) removes the ids it has and is
+reported in one warning line naming the line; the log still loads, so no acknowledged change is lost.
 `Index.load` replays the log onto the snapshot; `sslforge index compact` folds it into a new snapshot.
 """
 from __future__ import annotations
@@ -15,6 +19,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import logging
 import os
 import zlib
 from dataclasses import dataclass
@@ -28,6 +33,9 @@ from retrieval.kinds import IndexDirError
 LOG_FILE = "changes.log"
 LOG_FORMAT, LOG_VERSION = "sslforge-index-log", 1
 MAX_LINE = 64 * 2**20  # one add of up to a few thousand rows; a longer line is not ours
+MAX_ID = 2**63 - 1  # row ids are int64
+MAX_KEY_TEXT = 256  # characters of an idempotency key or its digest
+log = logging.getLogger("sslforge.index")
 
 
 @dataclass
@@ -40,6 +48,8 @@ class Change:
     labels: list[str | None] | None = None
     meta: list[dict] | None = None
     removed: list[int] | None = None
+    keys: list[list] | None = None  # idempotency keys: [key, digest, first id, count] each
+    at: int = 0  # the line's byte offset in the log
 
 
 def _line(obj: dict) -> bytes:
@@ -47,10 +57,22 @@ def _line(obj: dict) -> bytes:
     return b"%08x %s\n" % (zlib.crc32(text), text)
 
 
-def add_line(first: int, vectors: np.ndarray, paths: list[str], labels: list[str | None], meta: list[dict]) -> bytes:
+def add_line(first: int, vectors: np.ndarray, paths: list[str], labels: list[str | None], meta: list[dict],
+             key: list | None = None) -> bytes:
     rows = [{"path": p, "label": lab, "meta": m} for p, lab, m in zip(paths, labels, meta)]
     data = base64.b64encode(np.ascontiguousarray(vectors, dtype="<f4").tobytes()).decode()
-    return _line({"add": int(first), "rows": rows, "vectors": data})
+    return _line({"add": int(first), "rows": rows, "vectors": data, **({"key": key} if key else {})})
+
+
+def keys_line(keys: list[list]) -> bytes:
+    return _line({"keys": keys})
+
+
+def _key(entry) -> bool:
+    """[key, digest, first id, count]: two short strings and two row-id numbers."""
+    return (isinstance(entry, list) and len(entry) == 4
+            and all(isinstance(v, str) and 0 < len(v) <= MAX_KEY_TEXT for v in entry[:2])
+            and all(isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= MAX_ID for v in entry[2:]))
 
 
 def remove_line(ids: np.ndarray) -> bytes:
@@ -106,8 +128,13 @@ def _change(obj: dict, dim: int, where: str) -> Change:
         if not isinstance(ids, list) or not all(isinstance(i, int) and not isinstance(i, bool) for i in ids):
             raise bad
         return Change(removed=ids)
-    if set(obj) != {"add", "rows", "vectors"} or not isinstance(obj["add"], int) or not isinstance(obj["rows"], list) \
-            or not isinstance(obj["vectors"], str):
+    if set(obj) == {"keys"}:
+        if not isinstance(obj["keys"], list) or not all(map(_key, obj["keys"])):
+            raise bad
+        return Change(keys=obj["keys"])
+    if set(obj) - {"key"} != {"add", "rows", "vectors"} or not isinstance(obj["add"], int) \
+            or not 0 <= obj["add"] <= MAX_ID or not isinstance(obj["rows"], list) \
+            or not isinstance(obj["vectors"], str) or ("key" in obj and not _key(obj["key"])):
         raise bad
     rows = obj["rows"]
     try:
@@ -123,7 +150,8 @@ def _change(obj: dict, dim: int, where: str) -> Change:
             raise bad
     meta = check_row_meta([row["meta"] for row in rows], len(rows), IndexDirError)
     return Change(first=obj["add"], vectors=vectors.reshape(len(rows), dim).astype(np.float32),
-                  paths=[row["path"] for row in rows], labels=[row["label"] for row in rows], meta=meta)
+                  paths=[row["path"] for row in rows], labels=[row["label"] for row in rows], meta=meta,
+                  keys=[obj["key"]] if "key" in obj else None)
 
 
 def read_changes(file: Path, dim: int, snapshot: str, count: int, offset: int = 0) -> tuple[list[Change], int]:
@@ -147,7 +175,9 @@ def read_changes(file: Path, dim: int, snapshot: str, count: int, offset: int = 
                     raise IndexDirError(f"{file} extends another snapshot ({obj.get('count')} rows) than index.json "
                                         f"({count} rows): the dir was put together from two; rebuild the index")
             else:
-                changes.append(_change(obj, dim, where))
+                change = _change(obj, dim, where)
+                change.at = end
+                changes.append(change)
             end += len(raw)
     return changes, end
 
@@ -155,7 +185,14 @@ def read_changes(file: Path, dim: int, snapshot: str, count: int, offset: int = 
 def apply(index, change: Change, where: Path) -> None:
     """Replay one change onto `index` (its rows must come next, its ids must exist)."""
     if change.removed is not None:
-        index.remove(change.removed, force=True)
+        ids = [i for i in change.removed if 0 <= i < index.ntotal]
+        if len(ids) < len(change.removed):
+            other = next(i for i in change.removed if not 0 <= i < index.ntotal)
+            log.warning("%s at byte %d: a remove of %d ids the index does not have (e.g. %s) was skipped; the "
+                        "others are removed", where, change.at, len(change.removed) - len(ids), str(other)[:24])
+        index.remove(ids, force=True)
+        return
+    if change.first is None:  # idempotency keys only: nothing to apply
         return
     if change.first != index.ntotal:
         raise IndexDirError(f"{where}: an add of ids from {change.first}, the index has {index.ntotal} rows: the log "

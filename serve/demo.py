@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from PIL import Image
 
+from retrieval.text import shown
 from serve.engine import BadInput, Engine, read_image
 
 TITLE = "sslforge image search"
@@ -87,8 +88,9 @@ def build_demo(engine: Engine, k: int = 8):
 
     max_k = min(engine.limits.max_k, len(engine.index))
     with gr.Blocks(title=TITLE) as demo:
-        gr.Markdown(f"# {TITLE}\nModel `{engine.embedder.model.path}` ({engine.embedder.backend}), "
-                    f"index `{engine.index.path}` ({len(engine.index):,} images). Upload or drop an image.")
+        gr.Markdown(f"# {TITLE}\nModel `{shown(engine.embedder.model.path.name)}` ({engine.embedder.backend}), "
+                    f"index `{shown(engine.index.path.name)}` ({len(engine.index):,} images). Upload or drop an "
+                    f"image.")
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="filepath", label="query image", sources=["upload", "clipboard"], height=256,

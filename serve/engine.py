@@ -12,8 +12,11 @@ demo both call this, so they answer alike.
 """
 from __future__ import annotations
 
+import ctypes
 import os
-from collections.abc import Sequence
+import threading
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path, PurePosixPath
 
 import numpy as np
@@ -26,8 +29,10 @@ from pretrain.data.images import load_rgb
 from pretrain.knn import l2_normalize
 from pretrain.modeldir import ModelDirError, load_model_dir
 from retrieval import Index, IndexDirError
-from retrieval.collection import Collection
-from retrieval.filters import Filter, FilterError
+from retrieval.collection import Collection, KeyReused
+from retrieval.filters import Filter, FilterError, UnknownField
+from retrieval.journal import MAX_KEY_TEXT
+from retrieval.text import clean
 from serve.fields import FieldError, parse_ids, parse_meta, parse_where
 from serve.settings import Limits, Settings, SettingsError
 
@@ -49,6 +54,12 @@ def read_image(path: str | os.PathLike, limits: Limits, name: str = "image") -> 
 
     The header is read first, so a decompression bomb is refused before any pixel is decoded.
     """
+    image_pixels(path, limits, name)
+    return decode(path, name)
+
+
+def image_pixels(path: str | os.PathLike, limits: Limits, name: str = "image") -> int:
+    """An upload's pixel count from its header alone; BadInput when empty, too big, not an image or over the limit."""
     size = Path(path).stat().st_size
     if size == 0:
         raise BadInput(f"{name}: the upload is empty")
@@ -67,10 +78,52 @@ def read_image(path: str | os.PathLike, limits: Limits, name: str = "image") -> 
     if width * height > limits.max_pixels:
         raise BadInput(f"{name}: {width}x{height} = {width * height:,} pixels is over the limit of "
                        f"{limits.max_pixels:,}", status=413)
+    return width * height
+
+
+def decode(path: str | os.PathLike, name: str = "image") -> Image.Image:
+    """The upload decoded to RGB (its header checked by `image_pixels`); BadInput when truncated or corrupt."""
     try:
         return load_rgb(path)
     except (OSError, ValueError, SyntaxError, Image.DecompressionBombError) as e:
         raise BadInput(f"{name}: the image is truncated or corrupt ({str(e) or type(e).__name__})") from None
+
+
+MMAP_THRESHOLD = 4 * 2**20  # bytes: allocations this large get a mapping of their own (glibc's M_MMAP_THRESHOLD)
+
+
+def hand_back_freed_images() -> bool:
+    """Make glibc serve every allocation of MMAP_THRESHOLD bytes or more (a decoded image's blocks) from a mapping of
+    its own, returned to the system when freed. Its default threshold rises to 32 MB after the first big free, after
+    which each decoding thread's heap keeps its last image: the worker's memory would grow with its thread count,
+    not with what it decodes at once. False where the C library is not glibc (nothing changed)."""
+    try:
+        libc = ctypes.CDLL(None)
+        return bool(libc.mallopt(-3, MMAP_THRESHOLD))  # M_MMAP_THRESHOLD
+    except (OSError, AttributeError):
+        return False
+
+
+class PixelBudget:
+    """Pixels that may be decoded at once in this process: a decode waits until its pixels are free (an image over
+    the whole budget waits for all of it), so concurrent requests never hold more decoded images than this."""
+
+    def __init__(self, total: int):
+        self.total, self.free = total, total
+        self._cond = threading.Condition()
+
+    @contextmanager
+    def hold(self, pixels: int) -> Iterator[None]:
+        pixels = min(pixels, self.total)
+        with self._cond:
+            self._cond.wait_for(lambda: self.free >= pixels)
+            self.free -= pixels
+        try:
+            yield
+        finally:
+            with self._cond:
+                self.free += pixels
+                self._cond.notify_all()
 
 
 class Engine:
@@ -78,6 +131,7 @@ class Engine:
 
     def __init__(self, embedder: Embedder, collection: Collection | None, limits: Limits):
         self.embedder, self.collection, self.limits = embedder, collection, limits
+        self.budget = PixelBudget(limits.decode_pixels)
 
     @property
     def index(self) -> Index | None:
@@ -111,13 +165,30 @@ class Engine:
 
     # ---- requests ---------------------------------------------------------------------------------------
     def prepare(self, paths: Sequence[str | os.PathLike]) -> np.ndarray:
-        """Uploaded image files -> one preprocessed float32 batch (n, 3, crop, crop); BadInput on any bad one."""
+        """Uploaded image files -> one preprocessed float32 batch (n, 3, crop, crop); BadInput on any bad one.
+
+        Every header is checked first (the pixels of each image and of the whole request), then the images are
+        decoded and preprocessed one at a time, each within the process's PixelBudget: a request holds at most
+        one decoded image at a time, however many it uploads."""
+        limits = self.limits
         if not paths:
             raise BadInput("no image in the request: upload one or more image files")
-        if len(paths) > self.limits.max_images:
-            raise BadInput(f"{len(paths)} images in one request; the limit is {self.limits.max_images}", status=413)
-        images = [read_image(p, self.limits, f"image {i}" if len(paths) > 1 else "image") for i, p in enumerate(paths)]
-        return self.embedder.preprocess(images).numpy()
+        if len(paths) > limits.max_images:
+            raise BadInput(f"{len(paths)} images in one request; the limit is {limits.max_images}", status=413)
+        names = [f"image {i}" if len(paths) > 1 else "image" for i in range(len(paths))]
+        pixels = [image_pixels(p, limits, name) for p, name in zip(paths, names)]
+        if sum(pixels) > limits.max_request_pixels:
+            raise BadInput(f"{len(paths)} images of {sum(pixels):,} pixels in all; the limit per request is "
+                           f"{limits.max_request_pixels:,} (send fewer or smaller images per request)", status=413)
+        crop = self.embedder.preprocessing.crop
+        batch = np.empty((len(paths), 3, crop, crop), np.float32)
+        for i, (path, name) in enumerate(zip(paths, names)):
+            with self.budget.hold(pixels[i]):
+                image = decode(path, name)
+                batch[i] = self.embedder.preprocess([image])[0].numpy()
+                image.close()
+                del image
+        return batch
 
     def check_k(self, k: int, available: int) -> int:
         if not 1 <= k <= self.limits.max_k:
@@ -127,7 +198,7 @@ class Engine:
     def require_head(self) -> list[str]:
         """The probe's classes; NoHead (404) when the model dir has none."""
         if not self.embedder.classes:
-            raise NoHead(f"model dir {self.embedder.model.path} has no linear-probe head: train one with "
+            raise NoHead(f"model {self.embedder.model.path.name!r} has no linear-probe head: train one with "
                          f"`sslforge eval linear`, or serve a `sslforge finetune` model dir (or use /embed and "
                          f"/search)", status=404)
         return self.embedder.classes
@@ -151,6 +222,14 @@ class Engine:
         except FieldError as e:
             raise BadInput(str(e)) from None
 
+    @staticmethod
+    def check_key(key: str | None) -> str | None:
+        """An Idempotency-Key header's value (None when absent); BadInput unless 1-MAX_KEY_TEXT printable ASCII."""
+        if key is not None and not (0 < len(key) <= MAX_KEY_TEXT and key.isascii() and key.isprintable()):
+            raise BadInput(f"the Idempotency-Key header takes 1 to {MAX_KEY_TEXT} printable ASCII characters (a "
+                           f"UUID, say)")
+        return key
+
     def features(self, batch: np.ndarray) -> np.ndarray:
         """Raw backbone features (n, D) float32 of a preprocessed batch: the one model call."""
         return self.embedder.features(torch.from_numpy(np.ascontiguousarray(batch, dtype=np.float32)))
@@ -173,9 +252,12 @@ class Engine:
         k = self.check_k(k, max(1, len(self.require_index())))
         try:
             _, _, hits = self.collection.search(self.embeddings(features), k, where=where)
+        except UnknownField as e:  # the index's field names are not an anonymous client's business
+            raise BadInput(f"no field {e.field[:64]!r} in this index: filter on label, or on a field given "
+                           f"when the rows were added") from None
         except FilterError as e:
             raise BadInput(str(e)) from None
-        return [[h for h in row if h is not None] for row in hits]
+        return [[clean(h) for h in row if h is not None] for row in hits]
 
     def duplicates(self, features: np.ndarray, threshold: float, where: Filter | None = None) -> list[list[dict]]:
         """The indexed rows at cosine >= threshold of each image, most similar first (at most max_k of them)."""
@@ -183,13 +265,17 @@ class Engine:
         hits = self.search(features, self.limits.max_k, where)
         return [[h for h in row if h["score"] >= threshold] for row in hits]
 
-    def add(self, features: np.ndarray, names: Sequence[str], meta: str = "") -> list[int]:
+    def add(self, features: np.ndarray, names: Sequence[str], meta: str = "", key: str | None = None) -> list[int]:
         """Append the uploaded images' embeddings to the collection (durable when this returns); their new ids.
-        `names`: the uploads' file names (a row's path unless `meta` gives one)."""
+        `names`: the uploads' file names (a row's path unless `meta` gives one). With an idempotency `key` that an
+        earlier add used, nothing is added and that add's ids are answered."""
         self.require_index()
         try:
             paths, labels, fields = parse_meta(meta, list(names))
-            return self.collection.add(self.embeddings(features), paths, labels, fields).tolist()
+            return self.collection.add(self.embeddings(features), paths, labels, fields,
+                                       key=self.check_key(key)).tolist()
+        except KeyReused as e:
+            raise BadInput(str(e), status=422) from None
         except (FieldError, IndexDirError) as e:
             raise BadInput(str(e)) from None
 

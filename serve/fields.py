@@ -5,6 +5,9 @@
     meta        /add: a JSON object (the same fields for every image) or a list of objects, one per image;
                 "label" and "path" set the row's label and path, the other names are user fields to filter on
     ids         /remove: row ids, comma-separated ("3,5,8") or a JSON list ([3, 5, 8])
+
+Each is the exact text the client sent (the guard keeps BentoML from decoding it): JSON nested too deep or with a
+number too long for Python is a FieldError like any other bad JSON.
 """
 from __future__ import annotations
 
@@ -12,7 +15,9 @@ import json
 import re
 from pathlib import PurePosixPath
 
-from retrieval.filters import Filter
+from retrieval.filters import MAX_FIELDS, Filter
+from retrieval.journal import MAX_ID
+from retrieval.text import MAX_TEXT
 
 SCALARS = (str, int, float, bool)
 MAX_IDS = 10_000
@@ -36,6 +41,11 @@ def parse_where(where: str, path_prefix: str) -> Filter:
         if not isinstance(obj, dict) or not all(isinstance(v, SCALARS) for v in obj.values()):
             raise FieldError('field \'where\' takes a JSON object of field: value, e.g. {"label": "cat"}')
         equals = {str(k): _text(v) for k, v in obj.items()}
+        if len(equals) > MAX_FIELDS or any(len(k) > MAX_TEXT or len(v) > MAX_TEXT for k, v in equals.items()):
+            raise FieldError(f"field 'where': at most {MAX_FIELDS} conditions, names and values of at most "
+                             f"{MAX_TEXT:,} characters")
+    if len(path_prefix) > MAX_TEXT:
+        raise FieldError(f"field 'path_prefix': {len(path_prefix):,} characters; a path has at most {MAX_TEXT:,}")
     return Filter(equals, path_prefix or None)
 
 
@@ -78,10 +88,13 @@ def parse_ids(ids: str) -> list[int]:
         values = _json(text, "ids")
         if not isinstance(values, list) or not all(isinstance(v, int) and not isinstance(v, bool) for v in values):
             raise FieldError("field 'ids' takes row ids: 3,5,8 or [3, 5, 8]")
-    elif re.fullmatch(r"\s*\d+(\s*,\s*\d+)*\s*", text):
+    elif re.fullmatch(r"\s*\d{1,19}(\s*,\s*\d{1,19})*\s*", text):
         values = [int(v) for v in text.split(",")]
     else:
         raise FieldError(f"field 'ids' takes row ids: 3,5,8 or [3, 5, 8] (got {text[:40]!r})")
     if not values or len(values) > MAX_IDS:
         raise FieldError(f"field 'ids': give 1 to {MAX_IDS:,} ids")
+    big = next((v for v in values if not 0 <= v <= MAX_ID), None)
+    if big is not None:
+        raise FieldError(f"field 'ids': {str(big)[:24]} is not a row id (ids are 0 to {MAX_ID})")
     return values

@@ -5,12 +5,13 @@ as text in a file field (or in a form-urlencoded body). So every endpoint reques
 python-multipart (the parser starlette uses), into a spooled file (1 MB in memory, then disk), and refused with a
 4xx and {"error": "<one line>"} unless it is a multipart form holding exactly the endpoint's fields: its file
 fields as file uploads within the byte and image limits, its integer and number fields as short numbers, its text
-fields as UTF-8 within TEXT_LIMIT. Only then is the body replayed to BentoML, which can no longer fail on it or be
-made to fetch anything. BentoML decodes a text value that happens to be JSON ("12" becomes 12) and renames uploads,
-so the exact text of each text field and the client's file names are also handed to the endpoint in the request's
-scope (`texts_of`, `filenames_of`). Routes that change the index (WRITE_ROUTES) also need
-`Authorization: Bearer <token>` with the service's write token, checked before the body is read; with no token
-configured they answer 403 (read-only).
+fields as UTF-8 within TEXT_LIMIT. Only then is the body, re-encoded part by part, replayed to BentoML, which can
+no longer fail on it or be made to fetch anything. BentoML JSON-decodes every text value it gets (a value nested
+100,000 deep or holding a 5,000-digit number would end in a 500), so text fields reach it empty: their exact text,
+and the client's file names (BentoML renames uploads), are handed to the endpoint in the request's scope
+(`texts_of`, `filenames_of`), where serve/fields.py parses them with its own bounds. Routes that change the index
+(WRITE_ROUTES) also need `Authorization: Bearer <token>` with the service's write token, checked before the body is
+read; with no token configured they answer 403 (read-only).
 
     SSLForge.add_asgi_middleware(RequestGuard, forms=forms_of(SSLForge), limits=limits)
 """
@@ -26,6 +27,7 @@ from tempfile import SpooledTemporaryFile
 from python_multipart.exceptions import FormParserError
 from python_multipart.multipart import MultipartParser, parse_options_header
 
+from retrieval.text import shown
 from serve.settings import Limits
 
 TEXT_BYTES = 100  # an integer or number field's longest value
@@ -111,8 +113,8 @@ def filenames_of(request: typing.Any, field: str) -> list[str]:
 class FormChecker:
     """python-multipart callbacks that refuse, part by part, anything the endpoint's Form does not take."""
 
-    def __init__(self, form: Form, limits: Limits):
-        self.form, self.limits = form, limits
+    def __init__(self, form: Form, limits: Limits, out=None, boundary: bytes = b""):
+        self.form, self.limits, self.out, self.boundary = form, limits, out, boundary
         self.counts: dict[str, int] = {}
         self.headers: list[tuple[bytes, bytes]] = []
         self.field, self.name, self.header, self.value = None, b"", b"", b""
@@ -174,6 +176,13 @@ class FormChecker:
             if count > 1:
                 raise Refusal(400, f"field {field!r} is given twice: {form.usage()}")
         self.field = field
+        self.write(b"--" + self.boundary + b"\r\n" + b"".join(n + b": " + v + b"\r\n" for n, v in self.headers) +
+                   b"\r\n")
+
+    def write(self, data: bytes) -> None:
+        """Re-encode the checked form for BentoML: every part as sent, text fields without their value."""
+        if self.out is not None:
+            self.out.write(data)
 
     def data(self, data: bytes, start: int, end: int) -> None:
         self.size += end - start
@@ -181,6 +190,7 @@ class FormChecker:
             if self.size > self.limits.max_bytes:
                 raise Refusal(413, f"{self.field}: more than {self.limits.max_bytes:,} bytes in one upload; the "
                                    f"limit is {self.limits.max_bytes:,}")
+            self.write(data[start:end])
         elif self.field in self.form.texts:
             if self.size > TEXT_LIMIT:
                 raise Refusal(413, f"field {self.field!r}: more than {TEXT_LIMIT:,} bytes of text")
@@ -190,8 +200,10 @@ class FormChecker:
             raise Refusal(413, f"field {self.field!r}: more than {TEXT_BYTES} bytes; it takes {what}")
         else:
             self.value += data[start:end]
+            self.write(data[start:end])
 
     def part_end(self) -> None:
+        self.write(b"\r\n")
         got = self.value[:20].decode(errors="replace")
         if self.field in self.form.integers and not INTEGER.fullmatch(self.value.strip()):
             raise Refusal(400, f"field {self.field!r} must be an integer (got {got!r}): {self.form.usage()}")
@@ -208,6 +220,7 @@ class FormChecker:
 
     def end(self) -> None:
         self.ended = True
+        self.write(b"--" + self.boundary + b"--\r\n")
 
     def finish(self) -> None:
         if not self.ended:
@@ -238,6 +251,8 @@ class RequestGuard:
                     self.authorise(scope)
                 checker = await self.read(scope, incoming, form, body)
                 scope[TEXTS], scope[FILENAMES] = checker.texts, checker.filenames
+                scope["headers"] = [(k, v) for k, v in scope["headers"] if k.lower() != b"content-length"] + [
+                    (b"content-length", str(body.tell()).encode())]  # the re-encoded body's
             except Refusal as e:
                 return await self.refuse(incoming, send, e)
             except Disconnected:
@@ -276,7 +291,7 @@ class RequestGuard:
         if declared.isdigit() and int(declared) > limit:
             raise Refusal(413, f"a body of {int(declared):,} bytes is over the limit of {limit:,} for {form.route}",
                           drain=False)
-        checker = FormChecker(form, self.limits)
+        checker = FormChecker(form, self.limits, body, options[b"boundary"])
         try:
             parser = MultipartParser(options[b"boundary"], checker.callbacks())
         except FormParserError as e:
@@ -290,7 +305,6 @@ class RequestGuard:
             size += len(chunk)
             if size > limit:
                 raise Refusal(413, f"the body is over the limit of {limit:,} bytes for {form.route}")
-            body.write(chunk)
         checker.finish()
         return checker
 
@@ -299,7 +313,7 @@ class RequestGuard:
         sending, gets the answer rather than a reset connection; close the connection when it was not all read."""
         drained = refusal.drain and await incoming.drain(DRAIN_BYTES)
         headers = [(b"content-type", b"application/json")] + ([] if drained else [(b"connection", b"close")])
-        payload = json.dumps({"error": str(refusal)}).encode()
+        payload = json.dumps({"error": shown(refusal)}).encode()
         await send({"type": "http.response.start", "status": refusal.status,
                     "headers": headers + [(b"content-length", str(len(payload)).encode())]})
         await send({"type": "http.response.body", "body": payload})

@@ -16,6 +16,7 @@ from retrieval.collection import Collection
 from retrieval.embeddings import read_embeddings
 from retrieval.filters import name_values
 from retrieval.index import IndexDirError
+from retrieval.text import shown
 
 
 def stored_path(root: str, folder: Path, relative: str) -> str:
@@ -63,8 +64,8 @@ def cmd_add(args: argparse.Namespace) -> None:
     outside = sum(p.startswith("/") for p in paths)
     print(f"added {len(ids):,} rows (ids {ids[0]}..{ids[-1]}) to {args.index}: {len(col.index):,} live rows")
     if outside:
-        print(f"{outside:,} of them lie outside the index's image root {root or '(none recorded)'}: they are stored "
-              f"with absolute paths, which search prints and the demo does not show")
+        print(f"{outside:,} of them lie outside the index's image root {shown(root) or '(none recorded)'}: they are "
+              f"stored with absolute paths, which search prints and the demo does not show")
 
 
 def add_index_add(sub: argparse._SubParsersAction) -> None:

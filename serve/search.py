@@ -15,6 +15,7 @@ from pretrain.data.images import DECODE_ERRORS, load_rgb
 from retrieval.cli import SEARCH_OPTIONS, add_device, add_options, load_queries, search_knobs
 from retrieval.filters import Filter, FilterError
 from retrieval.index import Index
+from retrieval.text import shown
 
 
 class QueryError(ValueError):
@@ -60,12 +61,12 @@ def cmd_search(args: argparse.Namespace) -> None:
     where = Filter.parse(args.where, args.path_prefix)
     _, _, metadata = index.search(vectors, args.k, where=where, **search_knobs(args))
     if where:
-        print(f"filter: {where.describe()}")
+        print(f"filter: {shown(where.describe())}")
     root = Path(index.info.get("root", ""))
-    for name, hits in zip(names, metadata):
-        print(f"query {name}")
+    for name, hits in zip(names, metadata):  # stored strings are escaped: a label may hold ESC or NUL
+        print(f"query {shown(name)}")
         for rank, hit in enumerate((h for h in hits if h is not None), 1):
-            print(f"  {rank:3d}. {hit['score']:.4f}  {hit['label'] or '-':<12} {hit['path']}")
+            print(f"  {rank:3d}. {hit['score']:.4f}  {shown(hit['label'] or '-'):<12} {shown(hit['path'])}")
     if args.sheet:
         from retrieval.sheet import contact_sheet
 

@@ -24,8 +24,9 @@ import bentoml
 import numpy as np
 from starlette.responses import JSONResponse
 
-from serve import connections
-from serve.engine import BadInput, Engine
+from retrieval.text import shown
+from serve import circus, connections
+from serve.engine import BadInput, Engine, hand_back_freed_images
 from serve.guard import RequestGuard, filenames_of, forms_of, texts_of
 from serve.settings import Settings, SettingsError, from_env
 
@@ -47,6 +48,8 @@ def _preflight() -> Settings:
 
 
 SETTINGS = _preflight()  # BentoML takes the batching knobs at class definition
+circus.lock_down()  # the process manager's control sockets: Unix sockets in a private folder, not TCP ports
+hand_back_freed_images()  # a worker's memory follows what it decodes at once (see PixelBudget), not its threads
 connections.install(SETTINGS.limits)  # header and body timeouts, a cap on slow connections (uvicorn has none)
 
 
@@ -84,7 +87,7 @@ def refusal(e: BadInput, ctx: bentoml.Context | None = None) -> JSONResponse:
     ctx's status, whatever the response says: it is set too.)"""
     if ctx is not None:
         ctx.response.status_code = e.status
-    return JSONResponse({"error": str(e)}, status_code=e.status)
+    return JSONResponse({"error": shown(e)}, status_code=e.status)
 
 
 @bentoml.service(name="sslforge-encoder", traffic={"timeout": 120}, metrics={"enabled": True})
@@ -179,12 +182,14 @@ class SSLForge:
         """Embed the uploaded images and append them to the index; answers their new ids once they are on disk.
 
         Needs the write token. `meta`: a JSON object of fields for every image, or a list of objects, one per
-        image ("label" and "path" set the row's label and path; other fields can be filtered on)."""
+        image ("label" and "path" set the row's label and path; other fields can be filtered on). An optional
+        `Idempotency-Key` header makes a retry safe: a repeat of a key answers the first add's ids, adding nothing."""
         try:
             self.engine.require_index()
+            key = self.engine.check_key(ctx.request.headers.get("idempotency-key"))
             feats = await self._features(images)
             names = filenames_of(ctx.request, "images")
-            ids = await asyncio.to_thread(self.engine.add, feats, names, **_texts(ctx, "meta"))
+            ids = await asyncio.to_thread(self.engine.add, feats, names, key=key, **_texts(ctx, "meta"))
             return {"ids": ids, "count": len(self.engine.index)}
         except BadInput as e:
             return refusal(e, ctx)

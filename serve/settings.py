@@ -6,6 +6,8 @@
     SSLFORGE_MAX_LATENCY_MS   batching latency budget (10000)    SSLFORGE_MAX_IMAGES       images per request (64)
     SSLFORGE_MAX_BYTES        bytes per upload (20 MB)           SSLFORGE_MAX_PIXELS       pixels per image (40 M)
     SSLFORGE_MAX_K            largest k (100)                    SSLFORGE_MAX_PENDING      slow connections (64)
+    SSLFORGE_MAX_REQUEST_PIXELS  pixels of all images in one request (400 M)
+    SSLFORGE_DECODE_PIXELS    pixels one worker decodes at once, all requests together (40 M)
     SSLFORGE_HEADER_TIMEOUT   seconds for a request's headers (10)   SSLFORGE_BODY_TIMEOUT  ... for its body (60)
     SSLFORGE_WRITE_TOKEN      the secret /add and /remove need (unset: a read-only service); at least 16 characters
 
@@ -30,8 +32,10 @@ class Limits:
     and how many slow clients are waited for (see serve/connections.py)."""
 
     max_bytes: int = 20_000_000
-    max_pixels: int = 40_000_000
+    max_pixels: int = 40_000_000  # per image
     max_images: int = 64
+    max_request_pixels: int = 400_000_000  # all images of one request together
+    decode_pixels: int = 40_000_000  # decoded at once in one worker, across its concurrent requests
     max_k: int = 100
     header_timeout: int = 10  # seconds from connecting (or a request's first byte) to its complete headers
     body_timeout: int = 60  # seconds from the headers to the complete body: one 20 MB image at 3 Mbit/s

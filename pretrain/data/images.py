@@ -161,6 +161,31 @@ def _plural(n: int, word: str) -> str:
     return f"{n:,} {word}{'' if n == 1 else 's'}"
 
 
+def _real_classes(root: Path, grouped: list[Path], warn: bool) -> tuple[list[tuple[Path, str]], list[str]]:
+    """(image, class folder) for images in class folders, and the class names. An image reached through a link
+    from one class folder into another (cat/dogs -> ../dog) is labelled by the class folder it really lies in,
+    said in one warning line: the link would otherwise relabel it silently."""
+    real_root = root.resolve()
+    out, moved = [], []
+    for p in grouped:
+        listed = real = p.relative_to(root).parts[0]
+        try:
+            parts = Path(os.path.realpath(p)).relative_to(real_root).parts
+            if len(parts) > 1 and parts[0] != listed and (root / parts[0]).is_dir():
+                real = parts[0]
+        except ValueError:  # a link out of the folder: the class folder it was listed under
+            pass
+        if real != listed:
+            moved.append((p, real))
+        out.append((p, real))
+    if moved and warn:
+        first, real = moved[0]
+        warnings.warn(f"{root}: {_plural(len(moved), 'image')} reached through links from one class folder into "
+                      f"another are labelled by the class folder they lie in (first: {first.relative_to(root)} is in "
+                      f"{real}/); remove the links to silence this", stacklevel=3)
+    return out, sorted({c for _, c in out})
+
+
 def scan_images(root: str | os.PathLike, *, warn: bool = True, threads: int = 16) -> ImageList:
     """List the readable images under `root`, and decide its layout from them (`ImageList.layout` says which).
 
@@ -195,9 +220,10 @@ def scan_images(root: str | os.PathLike, *, warn: bool = True, threads: int = 16
                                f"read as a flat folder of {len(readable):,} unlabelled images (to use class "
                                f"labels, move the top-level images into class folders)"), stacklevel=2)
     if labelled:
+        grouped, folders = _real_classes(root, grouped, warn)
         classes: list[str] | None = folders
         index = {c: i for i, c in enumerate(folders)}
-        kept = [(p, index[p.relative_to(root).parts[0]]) for p in grouped]
+        kept = [(p, index[c]) for p, c in grouped]
         skipped += [(p, "outside the class sub-folders") for p in loose]
         layout = f"{len(folders)} class folders: {len(kept):,} images"
     else:

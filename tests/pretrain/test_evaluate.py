@@ -81,6 +81,38 @@ def test_features_are_cached_by_model_and_folder(image_folder: Path, tiny_run: P
     assert len(cached_features(model, scan_images(image_folder), workers=0, progress=False).labels) == 23
 
 
+class Payload:
+    def __reduce__(self):
+        return (print, ("code ran",))
+
+
+def test_a_bad_features_cache_is_recomputed_in_one_warning_line(image_folder: Path, tiny_run: Path, capsys) -> None:
+    """A cache file someone else wrote (a pickle with code in it, garbage, or tensors of the wrong shape) is never
+    executed: one warning line, then the features are recomputed and the file rewritten."""
+    import pickle
+    import warnings
+
+    model = load_model_dir(tiny_run)
+    images = scan_images(image_folder)
+    good = cached_features(model, images, workers=0, progress=False)
+    [cache] = (model.path / "cache").iterdir()
+    for content in ("pickle", "garbage", "wrong shapes"):
+        if content == "pickle":
+            cache.write_bytes(pickle.dumps({"features": Payload(), "labels": 1, "failed": 0}))
+        elif content == "garbage":
+            cache.write_bytes(b"\x00not a torch file")
+        else:
+            torch.save({"features": torch.zeros(3, 2), "labels": torch.zeros(3, dtype=torch.long), "failed": 0}, cache)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            again = cached_features(model, images, workers=0, progress=False)
+        ours = [str(w.message) for w in caught if "features cache" in str(w.message)]
+        assert len(ours) == 1 and "\n" not in ours[0] and "; recomputing the features" in ours[0], (content, ours)
+        assert "code ran" not in capsys.readouterr().out
+        torch.testing.assert_close(again.features, good.features)
+        torch.testing.assert_close(cached_features(model, images, workers=0, progress=False).features, good.features)
+
+
 def test_preprocessing_round_trips_and_resizes() -> None:
     pre = Preprocessing.for_size(224)
     assert (pre.resize, pre.crop) == (256, 224)

@@ -1,10 +1,14 @@
 """A hostile-input corpus for the service, generated at test time (nothing large is committed).
 
-    cases = corpus(image=png_bytes(32), max_bytes=MAX_BYTES, max_images=64, trap="http://127.0.0.1:PORT/a.jpg")
+    cases = corpus(image=png_bytes(32), max_bytes=MAX_BYTES, max_images=64, trap="http://127.0.0.1:PORT/a.jpg",
+                   token=TOKEN, huge=zero_png_6000)
 
 Each Case is one request that a careless or hostile client may send: a file under the wrong field, text (a URL
 among it: the service must never fetch one) where a file belongs, broken multipart, too many or too large fields,
-parts and bodies, HTTP-level garbage, bad images. Each names the status it must get; none may get a 500. To add a
+parts and bodies, HTTP-level garbage, bad images; text fields nested deep, with numbers of thousands of digits,
+huge ids, lone surrogates, control characters (JSON escapes too), oversized labels and paths; many huge images in
+one request; bad idempotency keys. The write routes' cases carry the write token (`token`), so that they reach
+the field checks. Each names the status it must get; none may get a 500. To add a
 case, add an entry to `corpus`.
 """
 from __future__ import annotations
@@ -31,6 +35,8 @@ class Case:
     raw: bytes | None = None               # sent as is on a fresh connection (HTTP-level cases): route, body unused
     chunked: bool = False                  # sent without a Content-Length (so the server sees what is inside)
     json_error: bool = True                # the answer is {"error": "<one line>"} (not for uvicorn's or routing's own)
+    headers: tuple = ()                    # extra request headers: (name, value) pairs
+    hides: tuple[str, ...] = ()            # strings the answer must not contain (field names, absolute paths)
 
 
 def part(headers: bytes, value: bytes = b"", boundary: bytes = BOUNDARY) -> bytes:
@@ -56,11 +62,51 @@ def raw_request(head: bytes, body: bytes = b"") -> bytes:
     return head.replace(b"\n", b"\r\n") + b"\r\n" + body
 
 
-def corpus(image: bytes, max_bytes: int, max_images: int, trap: str) -> dict[str, Case]:
-    """The cases, by name. `image` is a valid upload, `trap` a URL that no request may make the server fetch."""
+DEEP = "[" * 100_000 + "]" * 100_000
+DIGITS = "9" * 5000
+
+
+def text_cases(image: bytes, token: str, huge: bytes, max_images: int) -> dict[str, Case]:
+    """Text fields (no token needed on /search and /duplicates; with the token on /add and /remove), memory and
+    idempotency keys."""
+    ok, auth = file_part("image", image), (("authorization", f"Bearer {token}"),)
+    add, one = (lambda meta, *more: Case(400, "/add", form(file_part("images", image), text_part("meta", meta)),
+                                         headers=auth + more)), file_part("images", image)
+    cases = {}
+    for route in ("/search", "/duplicates"):
+        for name, value in (("deep nesting", DEEP), ("a 5,000-digit number", '{"label": ' + DIGITS + "}"),
+                            ("a 5,000-digit key", '{"' + DIGITS + '": 1}'), ("a lone surrogate", '{"k\\udcff": 1}')):
+            cases[f"{route} where: {name}"] = Case(400, route, form(ok, text_part("where", value)))
+        for name, value in (("deep nesting", DEEP), ("5,000 digits", DIGITS)):
+            cases[f"{route} path_prefix: {name}"] = Case(400, route, form(ok, text_part("path_prefix", value)))
+    cases["unknown field: the answer names no field"] = Case(400, body=form(ok, text_part("where", '{"nope": 1}')),
+                                                             hides=("fields:", "class_0"))
+    for name, meta in (("deep nesting", DEEP), ("a 5,000-digit number", '{"camera": ' + DIGITS + "}"),
+                       ("a lone surrogate in a key", '{"k\\udcff": "v"}'),
+                       ("a lone surrogate in a value", '{"k": "\\ud800"}'),
+                       ("ESC in the label (JSON escape)", '{"label": "\\u001b[31mRED"}'),
+                       ("NUL in the path (JSON escape)", '{"path": "a\\u0000b.jpg"}'),
+                       ("a label of 250,000 characters", json.dumps({"label": "x" * 250_000})),
+                       ("a path of 2,000 characters", json.dumps({"path": "p" * 2000})),
+                       ("a field of 2,000 characters", json.dumps({"k": "v" * 2000}))):
+        cases[f"/add meta: {name}"] = add(meta)
+    for name, ids in (("deep nesting", DEEP), ("5,000 digits", DIGITS), ("a 20-digit id", "99999999999999999999"),
+                      ("a 20-digit id in a list", "[99999999999999999999]"), ("a negative id", "[-5]")):
+        cases[f"/remove ids: {name}"] = Case(400, "/remove", form(text_part("ids", ids)), headers=auth)
+    for name, key in (("of 300 characters", "k" * 300), ("not ASCII", "cl\xc3\xa9".encode("latin-1"))):
+        cases[f"Idempotency-Key {name}"] = Case(400, "/add", form(one), headers=auth + (("idempotency-key", key),))
+    cases[f"{max_images} all-zero 6000x6000 PNGs on /embed"] = Case(413, "/embed", form(
+        *[file_part("images", huge)] * max_images))
+    cases["8 all-zero 6000x6000 PNGs on /embed"] = Case(200, "/embed", form(*[file_part("images", huge)] * 8))
+    return cases
+
+
+def corpus(image: bytes, max_bytes: int, max_images: int, trap: str, token: str, huge: bytes) -> dict[str, Case]:
+    """The cases, by name. `image` is a valid upload, `trap` a URL that no request may make the server fetch,
+    `token` the server's write token, `huge` an all-zero 6000x6000 PNG."""
     ok = file_part("image", image)
     url = trap.encode()
-    return {
+    return {**text_cases(image, token, huge, max_images),
         # the file under another name, or not a file at all
         "file under a wrong field name": Case(400, body=form(file_part("file", image))),
         "file under /embed's field name": Case(400, body=form(file_part("images", image))),
@@ -138,6 +184,13 @@ def corpus(image: bytes, max_bytes: int, max_images: int, trap: str) -> dict[str
         "Content-Length not a number": Case(400, raw=raw_request(b"POST /search HTTP/1.1\nHost: x\n"
                                                                  b"Content-Length: ten\n"), json_error=False),
     }
+
+
+def zero_png(side: int = 6000) -> bytes:
+    """An all-zero side x side RGB PNG: about 35 KB that decode to side^2 pixels."""
+    buf = io.BytesIO()
+    Image.new("RGB", (side, side)).save(buf, format="PNG", compress_level=9)
+    return buf.getvalue()
 
 
 def thin_png(width: int = 200_000) -> bytes:

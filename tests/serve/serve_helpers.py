@@ -10,17 +10,22 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import psutil
 from shared_helpers import make_tiny_finetune_config, write_image_folder
 
 from export.embedder import Embedder
 from pretrain.finetune import finetune
 from pretrain.modeldir import load_model_dir
 from retrieval import Index
+from serve.settings import Limits
 
 sys.path.append(str(Path(__file__).resolve().parents[1] / "export"))  # export's test helpers, when run alone
 from export_helpers import make_model_dir  # noqa: E402
 
 CLASSES = ["class_0", "class_1", "class_2"]
+TOKEN = "test-token-0123456789"  # the writable test server's write token
+# docs/security.md: an API worker's peak RSS grows by at most 16 bytes per pixel of SSLFORGE_DECODE_PIXELS + 96 MB
+RSS_BOUND = 16 * Limits.decode_pixels + 96 * 2**20
 MAX_BYTES = 200_000  # the test server's byte limit per upload (small, so over-limit uploads are cheap)
 HEADER_TIMEOUT, BODY_TIMEOUT, MAX_PENDING = 3, 5, 40  # short, so slow-client tests are quick; 40 > 32 test clients
 SERVER_ENV = {"SSLFORGE_MAX_BYTES": str(MAX_BYTES), "SSLFORGE_MAX_BATCH_SIZE": "16",
@@ -91,3 +96,33 @@ def png_header(width: int, height: int) -> bytes:
 
     ihdr = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", ihdr) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + chunk(b"IEND", b"")
+
+
+def server_processes(proc) -> dict[str, psutil.Process]:
+    """The `bentoml serve` process and its workers, by name (the worker's service name)."""
+    root = psutil.Process(proc.pid)
+    named = {"bentoml serve": root}
+    for p in root.children(recursive=True):
+        cmd = p.cmdline()
+        named[cmd[cmd.index("--service-name") + 1] if "--service-name" in cmd else str(p.pid)] = p
+    return named
+
+
+def reset_peak_rss(p: psutil.Process) -> bool:
+    """Restart the kernel's peak-RSS count (VmHWM) of `p`; False where /proc does not allow it."""
+    try:
+        Path(f"/proc/{p.pid}/clear_refs").write_text("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss(p: psutil.Process) -> int:
+    status = Path(f"/proc/{p.pid}/status").read_text()
+    return int(next(line.split()[1] for line in status.splitlines() if line.startswith("VmHWM:"))) * 1024
+
+
+def tcp_listening(processes: dict[str, psutil.Process]) -> list[tuple[str, int]]:
+    """(process name, port) of every listening TCP socket (IPv4 or IPv6) of these processes."""
+    return [(name, c.laddr.port) for name, p in processes.items() for c in p.net_connections(kind="inet")
+            if c.status == psutil.CONN_LISTEN]

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import psutil
 import pytest
-from serve_helpers import free_port
+from serve_helpers import free_port, tcp_listening
 
 from pretrain.cli import build_parser
 from serve.cli import SERVICE, server_command, settings_from_args
@@ -62,12 +62,17 @@ def test_sigterm_to_sslforge_serve_stops_the_whole_server(served, tmp_path):
         wait_ready(f"http://127.0.0.1:{port}", proc, log)
         tree = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
         assert len(tree) >= 2, "no server process under sslforge serve"
+        ports = tcp_listening({str(p.pid): p for p in tree})  # circus's control sockets are not on TCP
+        assert ports and {port for _, port in ports} == {port}, ports
+        private = [c.laddr for c in tree[0].net_connections(kind="unix") if "sslforge-circus-" in c.laddr]
+        assert private, "the arbiter's endpoints are not private Unix sockets"
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
         _, alive = psutil.wait_procs(tree, timeout=60)
         assert not alive, f"still running after SIGTERM: {[p.cmdline() for p in alive]}"
         with socket.socket() as s:
             s.bind(("127.0.0.1", port))  # the port is free again
+        assert not Path(private[0]).parent.exists()  # the private folder is gone with the server
     finally:
         for p in tree:
             if p.is_running():

@@ -11,7 +11,7 @@ from pathlib import Path
 import httpx
 import numpy as np
 import pytest
-from serve_helpers import SERVER_ENV, free_port, png_bytes
+from serve_helpers import SERVER_ENV, TOKEN, free_port, png_bytes
 
 from export.embedder import Embedder
 from retrieval import Index
@@ -19,7 +19,6 @@ from retrieval.filters import Filter
 from tools.process import crash, start_bentoml, wait_ready
 
 ROOT = Path(__file__).resolve().parents[2]
-TOKEN = "test-token-0123456789"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}
 
 
@@ -43,17 +42,11 @@ def stop(proc: subprocess.Popen) -> None:
 
 
 @pytest.fixture(scope="module")
-def writable(served, tmp_path_factory):
-    """(client, model dir, index dir): a server on a copy of the served index, writes allowed with TOKEN."""
-    model, index, _ = served
-    root = tmp_path_factory.mktemp("collection")
-    shutil.copytree(index, root / "index")
-    proc, url = start(model, root / "index", root / "bentoml.log")
-    try:
-        with httpx.Client(base_url=url, timeout=60) as client:
-            yield client, model, root / "index"
-    finally:
-        stop(proc)
+def writable(served, writable_server):
+    """(client, model dir, index dir): the session's writable server (conftest), writes allowed with TOKEN."""
+    server, index = writable_server
+    with httpx.Client(base_url=server.url, timeout=60) as client:
+        yield client, served[0], index
 
 
 def images(n: int, seed: int) -> list[tuple[str, tuple[str, bytes, str]]]:
@@ -135,6 +128,23 @@ def test_remove_then_search_no_longer_returns_it(writable):
     assert r.status_code == 400 and "list of 2 objects" in r.json()["error"]
 
 
+def test_an_idempotency_key_answers_a_retry_with_the_first_answer(writable):
+    client, _, index = writable
+    key = {**AUTH, "Idempotency-Key": "0b6f3c1e-retry"}
+    first = client.post("/add", files=images(2, 7), data={"meta": '{"camera": "k"}'}, headers=key)
+    assert first.status_code == 200, first.text
+    count = Index.load(index).ntotal
+    again = client.post("/add", files=images(2, 7), data={"meta": '{"camera": "k"}'}, headers=key)
+    assert again.status_code == 200 and again.json()["ids"] == first.json()["ids"]
+    assert Index.load(index).ntotal == count  # nothing added twice
+    other = client.post("/add", files=images(1, 8), headers=key)
+    assert other.status_code == 422 and "another add" in other.json()["error"]
+    for bad in ("k" * 300, "cl\xc3\xa9".encode("latin-1")):  # too long; not ASCII
+        r = client.post("/add", files=images(1, 8), headers={**AUTH, "Idempotency-Key": bad})
+        assert r.status_code == 400 and "Idempotency-Key" in r.json()["error"]
+    assert Index.load(index).ntotal == count
+
+
 def test_duplicates_of_an_indexed_image(writable, served):
     client, _, _ = writable
     image = sorted(served[2].rglob("*.jpg"))[5]
@@ -160,7 +170,7 @@ def test_kill_9_in_the_middle_of_the_adds(served, tmp_path):
                 if stop_adding.is_set():
                     return
                 try:
-                    r = client.post("/add", files=images(2, 1000 + i), headers=AUTH)
+                    r = client.post("/add", files=images(2, 1000 + i), headers={**AUTH, "Idempotency-Key": f"add-{i}"})
                 except httpx.HTTPError:
                     return  # the server is gone
                 if r.status_code != 200:
@@ -190,6 +200,9 @@ def test_kill_9_in_the_middle_of_the_adds(served, tmp_path):
             last = len(acked) - 1
             hits = client.post("/search", files={"image": images(2, 1000 + last)[1][1]}, data={"k": "1"}).json()
             assert hits["results"][0]["id"] == acked[last][1]
+            key = {**AUTH, "Idempotency-Key": f"add-{last}"}
+            retry = client.post("/add", files=images(2, 1000 + last), headers=key)
+            assert retry.json()["ids"] == acked[last]  # a retry after the crash and restart: the first answer
             assert client.post("/add", files=images(1, 5), headers=AUTH).json()["ids"] == [rows.ntotal]
     finally:
         stop(proc)

@@ -95,3 +95,18 @@ def test_the_run_records_how_its_folder_was_read(tiny_run: Path) -> None:
     import json
 
     assert json.loads((tiny_run / "model.json").read_text())["training"]["data_layout"] == "3 class folders: 24 images"
+
+
+def test_a_link_from_one_class_folder_into_another_keeps_the_real_class_and_says_so(tmp_path: Path) -> None:
+    root = tmp_path / "data"
+    cats, dogs = images(root / "cat", 2), images(root / "dog", 3)
+    os.symlink("../dog", root / "cat" / "dogs")  # walked before dog/: its images would be listed as cats
+    os.symlink(dogs[0], root / "cat" / "zz-one-dog.png")
+    with pytest.warns(UserWarning, match=r"3 images reached through links from one class folder into another are "
+                                         r"labelled by the class folder they lie in \(first: cat/zz-one-dog.png is in "
+                                         r"dog/\)"):
+        found = scan_images(root)
+    assert found.classes == ["cat", "dog"]
+    by_class = {c: sorted(os.path.realpath(p) for p, label in zip(found.paths, found.labels) if found.classes[label]
+                          == c) for c in found.classes}
+    assert by_class == {"cat": sorted(map(str, cats)), "dog": sorted(map(str, dogs))}
