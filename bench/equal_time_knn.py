@@ -194,16 +194,17 @@ def lightly_run(args, scorer: Scorer) -> dict:
         return lightly_recipes.build(args.method, SIZE, args.data, args.batch, workers=1, total_steps=total_steps,
                                      seed=args.seed, device=args.device)
 
-    backbone, loader, step = parts(10**6)
+    calibration = parts(10**6)
     ticks = []
-    for i, batch in enumerate(loader):
-        step(_to(batch, args.device), i)
+    for i, batch in enumerate(calibration.loader):
+        calibration.step(_to(batch, args.device), i)
         ticks.append(time.perf_counter())
         if i == CALIBRATION_STEPS:
             break
     seconds_per_step = (ticks[-1] - ticks[1]) / (len(ticks) - 2)
     total = max(1, round(args.minutes * 60 / seconds_per_step))
-    backbone, loader, step = parts(total)
+    del calibration
+    backbone, loader, step, *_ = parts(total)
     clock, steps = Clock(args.minutes * 60, args.curve_every * 60, scorer), 0
     with contextlib.suppress(_OutOfTime):
         while True:
