@@ -37,7 +37,8 @@ standard stem, its matches to at most grid^2); the schedule runs per step over t
 epoch over 200 epochs (the same curve, compressed to the budget); LARS is lightly's own (`lightly.utils.lars`)
 where the Imagenette file imports pl_bolts'. The backbone is the protocol's choice, the same for both contenders:
 `backbone="torchvision"` (default) is torchvision's ResNet-18 with the standard stem, as sslforge trains it (the
-CIFAR stem costs 16x more per image on a CPU); `backbone="resnetgenerator"` is lightly's own CIFAR ResNet-18
+CIFAR stem costs 16x more per image on a CPU; `"torchvision-cifar-stem"` has it, as sslforge's `small_stem`);
+`backbone="resnetgenerator"` is lightly's own CIFAR ResNet-18
 (`ResNetGenerator("resnet-18")`), the benchmark's, for CIFAR-file methods. Either way MoCo gets its split batch
 norm: with torchvision's ResNet every BatchNorm2d becomes lightly's `SplitBatchNorm(num_splits=8)`.
 """
@@ -53,7 +54,7 @@ from torch import nn
 CIFAR = "docs/source/getting_started/benchmarks/cifar10_benchmark.py"
 IMAGENETTE = "docs/source/getting_started/benchmarks/imagenette_benchmark.py"
 METHODS = ("simclr", "moco", "byol", "simsiam", "swav", "barlowtwins", "vicreg", "vicregl", "dino", "nnclr")
-BACKBONES = ("torchvision", "resnetgenerator")
+BACKBONES = ("torchvision", "torchvision-cifar-stem", "resnetgenerator")
 MOCO_SPLITS = 8
 EMA = 0.99
 
@@ -108,7 +109,7 @@ def _fill(value, size: int, grid: int):
 
 def feature_grid(size: int, backbone: str) -> int:
     """The side of ResNet-18's last feature map for `size` px images (stride 32, or 8 for the CIFAR ResNet)."""
-    return max(1, size // (8 if backbone == "resnetgenerator" else 32))
+    return max(1, size // (32 if backbone == "torchvision" else 8))
 
 
 def resolve(method: str, size: int, batch_size: int, backbone: str = "torchvision") -> dict:
@@ -151,7 +152,10 @@ def _trunk(backbone: str, split_bn: int) -> nn.Module:
 
     if backbone == "resnetgenerator":
         return nn.Sequential(*list(ResNetGenerator("resnet-18", num_splits=split_bn).children())[:-1])
-    trunk = nn.Sequential(*list(torchvision.models.resnet18().children())[:-2])
+    resnet = torchvision.models.resnet18()
+    if backbone == "torchvision-cifar-stem":  # 3x3 stride-1 stem, no max-pool: sslforge's small_stem
+        resnet.conv1, resnet.maxpool = nn.Conv2d(3, 64, 3, 1, 1, bias=False), nn.Identity()
+    trunk = nn.Sequential(*list(resnet.children())[:-2])
     if split_bn:
         for parent in list(trunk.modules()):
             for name, child in parent.named_children():
@@ -206,9 +210,12 @@ class Contender(NamedTuple):
 
 
 def build(method: str, size: int, data: str, batch_size: int, workers: int, backbone: str = "torchvision",
-          total_steps: int = 10**9, seed: int = 0, device: str = "cpu") -> Contender:
+          total_steps: int = 10**9, seed: int = 0, device: str = "cpu", cifar_stem: bool | None = None) -> Contender:
     """lightly's contender for `method`: its benchmark's views, heads, loss, optimizer and schedule (per step over
-    `total_steps`), on `data` (class sub-folders)."""
+    `total_steps`), on `data` (class sub-folders). `cifar_stem` (the speed benchmarks' switch) picks
+    torchvision's ResNet-18 with or without the 3x3 stem."""
+    if cifar_stem is not None:
+        backbone = "torchvision-cifar-stem" if cifar_stem else "torchvision"
     import lightly.loss
     import lightly.transforms
     from lightly.data import LightlyDataset
