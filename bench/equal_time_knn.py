@@ -176,6 +176,7 @@ def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
     from pretrain.data.images import scan_images
     from pretrain.trainer import Trainer
 
+    batch = overrides.get("batch_size", args.batch)  # a spec may give sslforge its own batch
     runs = tempfile.mkdtemp(prefix="equal-time-knn-")
     try:
         ticks: list[float] = []
@@ -186,11 +187,11 @@ def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
                 raise _OutOfTime
 
         calibration = Trainer(sslforge_config(args, overrides, f"{runs}/calibration", 100, args.seed,
-                                              args.batch * (CALIBRATION_STEPS + 1)), progress=False, on_step=tick)
+                                              batch * (CALIBRATION_STEPS + 1)), progress=False, on_step=tick)
         with contextlib.suppress(_OutOfTime):
             calibration.fit()
         seconds_per_step = (ticks[-1] - ticks[1]) / (len(ticks) - 2)
-        steps_per_epoch = len(scan_images(args.data)) // args.batch  # full batches only
+        steps_per_epoch = len(scan_images(args.data)) // batch  # full batches only
         epochs = max(1, round(args.minutes * 60 / seconds_per_step / steps_per_epoch))
         del calibration
 
@@ -205,7 +206,7 @@ def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
         clock = Clock(args.minutes * 60, args.curve_every * 60, scorer)
         with contextlib.suppress(_OutOfTime):
             trainer.fit()
-        return {**clock.summary(done["steps"], args.batch), "scheduled_steps": epochs * trainer.steps_per_epoch,
+        return {**clock.summary(done["steps"], batch), "scheduled_steps": epochs * trainer.steps_per_epoch,
                 "log": _log_summary(Path(runs) / "run" / "metrics.csv"),
                 "recipe_run": {k: v for k, v in trainer.cfg.to_dict().items() if k not in PATHLIKE},
                 "final": scorer.final(trainer.model.backbone)}
