@@ -82,7 +82,10 @@ def _row(method: str, spec: str, runs: list[dict], floors: dict[int, dict]) -> t
 
 
 def target(stats: dict[str, dict], floor_test: list[float]) -> str:
-    ours, theirs = stats.get("sslforge", {}).get("test"), stats.get("lightly", {}).get("test")
+    """sslforge's default (or its only variant, e.g. `sslforge;batch_size=64`) against lightly."""
+    variants = [s for s in stats if s.startswith("sslforge")]
+    ours_spec = "sslforge" if "sslforge" in stats else (variants[0] if len(variants) == 1 else None)
+    ours, theirs = stats.get(ours_spec, {}).get("test"), stats.get("lightly", {}).get("test")
     if not ours or not theirs or not floor_test:
         return "-"
     (m_s, sd_s), (m_l, sd_l) = mean_sd(ours), mean_sd(theirs)
@@ -113,7 +116,7 @@ def render(results: list[dict]) -> str:
             floors = {f["seed"]: f for f in floor_runs}
             floor_test = [f["final"]["test"]["top1"] for f in floor_runs if "test" in f["final"]]
             rows, stats = [], {}
-            for spec in sorted(by_spec, key=lambda s: (s != "sslforge", s != "lightly", s)):
+            for spec in sorted(by_spec, key=lambda s: (s != "sslforge", not s.startswith("sslforge"), s)):
                 cells, stats[spec] = _row(method, spec, by_spec[spec], floors)
                 rows.append(cells)
             verdict = target(stats, floor_test)

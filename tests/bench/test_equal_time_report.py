@@ -79,6 +79,9 @@ def test_the_target_says_why_it_is_not_met() -> None:
     assert report.target({"sslforge": {"test": [0.33]}, "lightly": {"test": [0.20]}}, [0.30]) == \
         "not met: < random + 0.05"
     assert report.target({"sslforge": {"test": [0.5]}}, [0.3]) == "-"
+    assert report.target({"sslforge;batch_size=64": {"test": [0.5]}, "lightly": {"test": [0.4]}}, [0.3]) == "met"
+    assert report.target({"sslforge;lr=1": {"test": [0.5]}, "sslforge;lr=2": {"test": [0.5]},
+                          "lightly": {"test": [0.4]}}, [0.3]) == "-"  # which variant is ours: not said
 
 
 def test_no_results_yet_says_so(tmp_path) -> None:
