@@ -348,7 +348,7 @@ def main(argv: list[str] | None = None) -> None:
                                                 "(default: 0; the published table uses 0,1,2)")
     p.add_argument("--out", default=str(store.RESULTS), help="root of the result files (default: "
                                                               "bench/results/equal-time)")
-    p.add_argument("--seed", type=int, default=0, help=argparse.SUPPRESS)
+    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)  # one child's seed
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -363,8 +363,11 @@ def main(argv: list[str] | None = None) -> None:
         seeds = sorted({int(s) for s in args.seeds.split(",")})
     except ValueError:
         p.error(f"--seeds: comma-separated integers, e.g. 0,1,2 (got {args.seeds!r})")
+    if args.seed is not None:
+        p.error("--seed is now --seeds (comma-separated: --seeds 0,1,2)")
     if not getattr(args, args.eval):
-        p.error(f"--eval {args.eval} needs --{args.eval} (a folder of labelled images)")
+        p.error(f"--eval {args.eval} needs --{args.eval}, a folder of labelled images (bench/cifar_val.py writes "
+                "CIFAR-10's validation split); to score the test set along the curve instead, add --eval test")
     if args.batch < 2:
         p.error(f"--batch must be at least 2 (batch norm needs two images; got {args.batch})")
     from pretrain.data.images import DataError, scan_images
