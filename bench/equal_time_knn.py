@@ -380,6 +380,12 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--{option}: {e}")
         if option == "data" and args.batch > images:
             p.error(f"--batch {args.batch} is larger than the {images} images of --data: no full batch to train on")
+    from pretrain.config import ConfigError
+    for spec in args.contenders:  # a recipe that cannot be built says so before anything trains
+        try:
+            recipe(args, spec)
+        except (ConfigError, ValueError) as e:
+            p.error(f"--contenders {spec!r}: {e}")
     if args.device == "cpu" and len(os.sched_getaffinity(0)) < 2:
         p.error("needs 2 CPU cores: one per contender")
     group = store.group_dir(args.out, args.method, args.minutes, args.batch)

@@ -53,3 +53,23 @@ def test_a_batch_larger_than_the_images_is_a_one_line_error(tmp_path) -> None:
     proc = script(tmp_path / "missing")
     assert proc.returncode == 2 and "--data:" in proc.stderr and "does not exist" in proc.stderr
     assert not (tmp_path / "o").exists()
+
+
+def test_a_recipe_that_cannot_be_built_and_a_missing_split_are_one_line_errors(tmp_path) -> None:
+    from shared_helpers import write_image_folder
+
+    data = write_image_folder(tmp_path / "d", per_class=8)
+
+    def script(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--out", str(tmp_path / "o"),
+                               *extra], capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+    proc = script("--test", str(data))  # the curve scores validation by default
+    assert proc.returncode == 2 and "--eval val needs --val" in proc.stderr and "--eval test" in proc.stderr
+    proc = script("--val", str(data), "--batch", "16", "--contenders", "sslforge;lr=abc", "lightly")
+    assert proc.returncode == 2 and "'sslforge;lr=abc': lr must be a number" in proc.stderr
+    proc = script("--val", str(data), "--method", "moco", "--batch", "12")
+    assert proc.returncode == 2 and "multiple of 8" in proc.stderr and "Traceback" not in proc.stderr
+    proc = script("--val", str(data), "--batch", "16", "--seed", "1")
+    assert proc.returncode == 2 and "--seeds" in proc.stderr
+    assert not (tmp_path / "o").exists()
