@@ -20,8 +20,8 @@ REPO = Path(__file__).resolve().parents[1]
 RESULTS = REPO / "bench" / "results" / "equal-time"
 # what decides how a contender trains and is scored; docs and result files are left out, so committing results
 # does not make them stale
-CODE = ("pretrain", "bench/equal_time_knn.py", "bench/equal_time_results.py", "bench/lightly_recipes.py",
-        "pyproject.toml", "constraints.txt")
+CODE = ("pretrain", "bench/equal_time_knn.py", "bench/equal_time_clock.py", "bench/equal_time_results.py",
+        "bench/lightly_recipes.py", "pyproject.toml", "constraints.txt")
 UNKNOWN = "unknown"
 
 
