@@ -1,112 +1,51 @@
 """Learning per unit of time: two contenders train one method for the same wall-clock budget, side by side,
 and the same kNN scores both backbones along the way and at the end.
 
+    python bench/cifar_val.py CIFAR10_JPG_TAR_GZ /tmp/cifar         # the validation split, once
     python bench/equal_time_knn.py --method byol --data ~/.cache/sslforge/cifar10-sample-v1/train \
-        --test /tmp/cifar/test --minutes 10 --out runs/equal-time/byol
+        --val /tmp/cifar/val --test /tmp/cifar10/test --minutes 10 --seeds 0,1,2
     python bench/equal_time_knn.py --method byol ... --contenders 'sslforge' 'sslforge;lr=0.001'   # a sweep pair
 
-A contender is `lightly` (lightly 1.6.0's own documented recipe for the method: bench/lightly_recipes.py says
-which file each comes from), `sslforge` (its default recipe), or `sslforge;KEY=VALUE;...` with pretraining
-options as in config.yaml (`sslforge;optimizer=sgd;lr=0.3;method_args={temperature: 0.5}`).
+A contender is `lightly` (lightly 1.6.0's own benchmark recipe for the method: bench/lightly_recipes.py says
+which file and statement each setting comes from), `sslforge` (its default recipe), or `sslforge;KEY=VALUE;...`
+with pretraining options as in config.yaml (`sslforge;optimizer=sgd;lr=0.3;method_args={temperature: 0.5}`).
 
 Fairness: both contenders train at the same time, on CPU each pinned to its own core with one torch thread and
 one loader worker, so whatever else the machine does slows both alike. Each trains until its budget is spent,
 with its learning-rate schedule sized to the budget from a 10-step timing before the clock starts (a user
 sizes `--epochs` the same way). Every `--curve-every` minutes of training the clock stops and the backbone is
-scored by the kNN (k=200, T=0.1, the training images as the bank) on a fixed random `--curve-test` of the test
-images; at the end on all of them. Both use ResNet-18 with the standard stem at 32 px (the CIFAR stem costs 16x
-more per image), batch 128 unless `--batch` says otherwise. A randomly initialised ResNet-18 is the floor. Results
-go to OUT/<contender>.json (a rerun skips a contender whose result is there with the same settings, so a long
-series resumes), the table to stdout and OUT/results.md, the learning curves to OUT/curves.png.
+scored by the kNN (k=200, T=0.1, the training images as the bank) on a fixed random `--curve-test` of the
+`--eval` split's images; at the end on all of the validation and (when given) test images. Tune on `--eval val`
+(the default); score the test set once per final recipe. Both use ResNet-18 with the standard stem at 32 px
+(the CIFAR stem costs 16x more per image), batch 128 unless `--batch` says otherwise. A randomly initialised
+ResNet-18 is the floor. Each contender's result per seed is one JSON file (bench/equal_time_results.py: the
+recipe resolved in full, the code commit, steps, images/s, load average, the curve, the final kNN); a rerun
+reuses a result only when its cache key (commit, recipe, settings, seed) is the same, else reruns it.
+`python bench/equal_time_report.py` turns the files into docs/benchmarks/equal-time.md.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
-import hashlib
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
 import tempfile
-import textwrap
 import time
 from pathlib import Path
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import equal_time_results as store  # noqa: E402
+from equal_time_clock import SIZE, Clock, Scorer, OutOfTime  # noqa: E402
+from equal_time_results import slug  # noqa: E402,F401  (the contender file name; tests use it from here)
 
 DEFAULT_BATCH = 128
-SIZE = 32
 CALIBRATION_STEPS = 10
-
-
-class _OutOfTime(Exception):
-    """Raised from a step callback when the budget is spent."""
-
-
-class Scorer:
-    """The kNN evaluation both contenders get: images decoded once with sslforge's inference preprocessing."""
-
-    def __init__(self, args):
-        from pretrain.data.datasets import EvalDataset
-        from pretrain.data.images import scan_images
-        from pretrain.evaluate import class_count
-        from pretrain.preprocess import Preprocessing
-
-        train, test = scan_images(args.data), scan_images(args.test)
-        self.classes = class_count(train, test)
-        pre = Preprocessing.for_size(SIZE)
-        self.device = torch.device(args.device)
-
-        def decode(images):
-            items = [EvalDataset(images, pre)[i] for i in range(len(images))]
-            return torch.stack([x for x, _, _ in items]), torch.tensor([int(y) for _, y, _ in items])
-
-        self.bank, self.test = decode(train), decode(test)
-        # the curve's test images: a fixed random subset (the folders are sorted by class)
-        pick = torch.randperm(len(self.test[1]), generator=torch.Generator().manual_seed(0))[:args.curve_test]
-        self.curve = self.test[0][pick], self.test[1][pick]
-
-    def _embed(self, backbone: torch.nn.Module, x: torch.Tensor) -> torch.Tensor:
-        was_training = backbone.training
-        backbone.eval()
-        with torch.no_grad():
-            out = [backbone(b.to(self.device).contiguous(memory_format=torch.channels_last)).float().cpu()
-                   for b in x.split(256)]
-        backbone.train(was_training)
-        return torch.cat(out)
-
-    def score(self, backbone: torch.nn.Module, full: bool = True) -> dict:
-        from pretrain.evaluate import Features, knn_evaluate
-
-        x, y = self.test if full else self.curve
-        bank = Features(self._embed(backbone, self.bank[0]), self.bank[1])
-        return knn_evaluate(bank, Features(self._embed(backbone, x), y), self.classes, k=200, temperature=0.1)
-
-
-class Clock:
-    """Training time with the evaluations left out, and the learning curve taken at every mark."""
-
-    def __init__(self, budget_s: float, every_s: float, scorer: Scorer):
-        self.budget_s, self.every_s, self.scorer = budget_s, every_s, scorer
-        self.start, self.paused, self.next_mark, self.curve = time.perf_counter(), 0.0, every_s, []
-
-    def train_s(self) -> float:
-        return time.perf_counter() - self.start - self.paused
-
-    def tick(self, steps: int, backbone: torch.nn.Module) -> None:
-        t = self.train_s()
-        if t >= self.next_mark and t < self.budget_s:
-            began = time.perf_counter()
-            self.curve.append({"minutes": t / 60, "steps": steps, **self.scorer.score(backbone, full=False)})
-            self.paused += time.perf_counter() - began
-            self.next_mark += self.every_s
-        if self.train_s() >= self.budget_s:
-            raise _OutOfTime
+PATHLIKE = ("out", "data", "knn_test", "resume", "init")  # where things are, not how they train
 
 
 def parse_contender(spec: str) -> tuple[str, dict]:
@@ -124,17 +63,36 @@ def parse_contender(spec: str) -> tuple[str, dict]:
     return toolkit, overrides
 
 
-def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
+def sslforge_config(args, overrides: dict, out: str, epochs: int, seed: int, max_images: int | None = None):
     from pretrain.config import PretrainConfig
+
+    base = dict(method=args.method, data=args.data, out=out, backbone="resnet18", small_stem=False, image_size=SIZE,
+                epochs=epochs, batch_size=args.batch, workers=1, device=args.device, max_images=max_images, seed=seed)
+    return PretrainConfig.from_dict({**base, **overrides})
+
+
+def recipe(args, spec: str) -> dict:
+    """The contender's recipe resolved in full, before it runs (part of its cache key): lightly's from
+    bench/lightly_recipes.py; sslforge's config with every default filled (the epochs, and the warm-up that
+    follows them, are sized from the timing, so they are left to the spec)."""
+    toolkit, overrides = parse_contender(spec)
+    if toolkit == "lightly":
+        import lightly_recipes
+
+        return lightly_recipes.resolve(args.method, SIZE, args.batch)
+    from pretrain.data.images import scan_images
+    from pretrain.runconfig import resolve_config
+
+    cfg = resolve_config(sslforge_config(args, overrides, "unused", 1, 0), scan_images(args.data, warn=False))
+    skip = set(PATHLIKE) | {"seed"} | ({"epochs", "warmup_epochs"} - set(overrides))
+    return {k: v for k, v in cfg.to_dict().items() if k not in skip}
+
+
+def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
     from pretrain.data.images import scan_images
     from pretrain.trainer import Trainer
 
-    def config(out: str, epochs: int, max_images: int | None = None) -> PretrainConfig:
-        base = dict(method=args.method, data=args.data, out=out, backbone="resnet18", small_stem=False,
-                    image_size=SIZE, epochs=epochs, batch_size=args.batch, workers=1, device=args.device,
-                    max_images=max_images, seed=args.seed)
-        return PretrainConfig.from_dict({**base, **overrides})
-
+    batch = overrides.get("batch_size", args.batch)  # a spec may give sslforge its own batch
     runs = tempfile.mkdtemp(prefix="equal-time-knn-")
     try:
         ticks: list[float] = []
@@ -142,14 +100,14 @@ def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
         def tick(step: int) -> None:
             ticks.append(time.perf_counter())
             if step == CALIBRATION_STEPS:
-                raise _OutOfTime
+                raise OutOfTime
 
-        calibration = Trainer(config(f"{runs}/calibration", 100, args.batch * (CALIBRATION_STEPS + 1)),
-                              progress=False, on_step=tick)
-        with contextlib.suppress(_OutOfTime):
+        calibration = Trainer(sslforge_config(args, overrides, f"{runs}/calibration", 100, args.seed,
+                                              batch * (CALIBRATION_STEPS + 1)), progress=False, on_step=tick)
+        with contextlib.suppress(OutOfTime):
             calibration.fit()
         seconds_per_step = (ticks[-1] - ticks[1]) / (len(ticks) - 2)
-        steps_per_epoch = len(scan_images(args.data)) // args.batch  # full batches only
+        steps_per_epoch = len(scan_images(args.data)) // batch  # full batches only
         epochs = max(1, round(args.minutes * 60 / seconds_per_step / steps_per_epoch))
         del calibration
 
@@ -159,18 +117,15 @@ def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
             done["steps"] = step
             clock.tick(step, trainer.model.backbone)
 
-        trainer = Trainer(config(f"{runs}/run", epochs), progress=False, on_step=on_step)
+        trainer = Trainer(sslforge_config(args, overrides, f"{runs}/run", epochs, args.seed), progress=False,
+                          on_step=on_step)
         clock = Clock(args.minutes * 60, args.curve_every * 60, scorer)
-        with contextlib.suppress(_OutOfTime):
+        with contextlib.suppress(OutOfTime):
             trainer.fit()
-        train_s = clock.train_s()
-        recipe = trainer.cfg
-        return {"steps": done["steps"], "log": _log_summary(Path(runs) / "run" / "metrics.csv"),
-                "scheduled_steps": epochs * trainer.steps_per_epoch, "train_s": train_s,
-                "images_per_s": done["steps"] * args.batch / train_s, "curve": clock.curve,
-                "recipe": {k: recipe.to_dict()[k] for k in ("optimizer", "lr", "weight_decay", "transform",
-                                                            "transform_args", "method_args")},
-                **scorer.score(trainer.model.backbone)}
+        return {**clock.summary(done["steps"], batch), "scheduled_steps": epochs * trainer.steps_per_epoch,
+                "log": _log_summary(Path(runs) / "run" / "metrics.csv"),
+                "recipe_run": {k: v for k, v in trainer.cfg.to_dict().items() if k not in PATHLIKE},
+                "final": scorer.final(trainer.model.backbone)}
     finally:
         shutil.rmtree(runs, ignore_errors=True)
 
@@ -194,27 +149,25 @@ def lightly_run(args, scorer: Scorer) -> dict:
         return lightly_recipes.build(args.method, SIZE, args.data, args.batch, workers=1, total_steps=total_steps,
                                      seed=args.seed, device=args.device)
 
-    backbone, loader, step = parts(10**6)
+    calibration = parts(10**6)
     ticks = []
-    for i, batch in enumerate(loader):
-        step(_to(batch, args.device), i)
+    for i, batch in enumerate(calibration.loader):
+        calibration.step(_to(batch, args.device), i)
         ticks.append(time.perf_counter())
         if i == CALIBRATION_STEPS:
             break
     seconds_per_step = (ticks[-1] - ticks[1]) / (len(ticks) - 2)
     total = max(1, round(args.minutes * 60 / seconds_per_step))
-    backbone, loader, step = parts(total)
+    del calibration
+    backbone, loader, step, *_ = parts(total)
     clock, steps = Clock(args.minutes * 60, args.curve_every * 60, scorer), 0
-    with contextlib.suppress(_OutOfTime):
+    with contextlib.suppress(OutOfTime):
         while True:
             for batch in loader:
                 step(_to(batch, args.device), steps)
                 steps += 1
                 clock.tick(steps, backbone)
-    train_s = clock.train_s()
-    return {"steps": steps, "scheduled_steps": total, "train_s": train_s,
-            "images_per_s": steps * args.batch / train_s,
-            "curve": clock.curve, "recipe": "lightly_recipes.py", **scorer.score(backbone)}
+    return {**clock.summary(steps, args.batch), "scheduled_steps": total, "final": scorer.final(backbone)}
 
 
 def _to(batch, device: str):
@@ -230,7 +183,7 @@ def random_init(args, scorer: Scorer) -> dict:
     torch.manual_seed(args.seed)
     backbone, _ = build_backbone(resolve_spec("resnet18", False, SIZE, {}), SIZE)
     backbone = backbone.to(args.device).to(memory_format=torch.channels_last)
-    return {**scorer.score(backbone), "curve_top1": scorer.score(backbone, full=False)["top1"]}
+    return {"final": scorer.final(backbone), "curve_top1": scorer.score(backbone)["top1"]}
 
 
 def child(args) -> None:
@@ -239,70 +192,82 @@ def child(args) -> None:
         torch.set_num_threads(1)
     torch.manual_seed(args.seed)
     scorer = Scorer(args)
-    toolkit, overrides = parse_contender(args.child)
-    if toolkit == "lightly":
-        result = lightly_run(args, scorer)
+    if args.child == "random-init":
+        result = random_init(args, scorer)
     else:
-        result = sslforge_run(args, overrides, scorer)
+        toolkit, overrides = parse_contender(args.child)
+        result = lightly_run(args, scorer) if toolkit == "lightly" else sslforge_run(args, overrides, scorer)
     print(json.dumps(result))
 
 
-def slug(spec: str) -> str:
-    """The contender's file name: readable, short, and its own (a hash of the whole spec, as specs that differ
-    only past the cut or in punctuation would otherwise share a file and overwrite each other's results)."""
-    digest = hashlib.sha1(spec.encode()).hexdigest()[:8]
-    return f"{re.sub(r'[^A-Za-z0-9_.=-]+', '_', spec).strip('_')[:100]}-{digest}"
-
-
 def settings(args) -> dict:
-    return {k: getattr(args, k) for k in ("method", "data", "test", "minutes", "seed", "curve_every", "curve_test",
-                                          "device", "batch")}
+    return {k: getattr(args, k) for k in ("method", "data", "val", "test", "eval", "minutes", "curve_every",
+                                          "curve_test", "device", "batch")}
 
 
-def plot(rows: list[dict], floor: float, args, path: Path) -> None:
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for r in rows:  # a long contender spec wraps in the legend below the plot instead of running off the figure
-        points = [(0.0, floor)] + [(c["minutes"], c["top1"]) for c in r["curve"]]
-        label = textwrap.fill(f"{r['contender']} (all test images at the end: {r['top1']:.3f})", 90)
-        ax.plot(*zip(*points), marker="o", label=label)
-    ax.axhline(floor, color="grey", linestyle="--", label=f"random init ({floor:.3f})")
-    ax.set_xlabel("training wall clock (minutes, evaluations excluded)")
-    ax.set_ylabel(f"kNN top-1 ({args.curve_test} of the test images)")
-    ax.set_title(f"{args.method}: ResNet-18, {SIZE} px, batch {args.batch}, one core each")
-    ax.grid(alpha=0.3)
-    ax.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.14))
-    fig.savefig(path, dpi=120, bbox_inches="tight")
-    plt.close(fig)
+def _launch(args, spec: str, seed: int, core: int) -> subprocess.Popen:
+    cmd = [sys.executable, __file__, "--method", args.method, "--data", args.data, "--eval", args.eval,
+           "--minutes", str(args.minutes), "--seed", str(seed), "--batch", str(args.batch),
+           "--curve-every", str(args.curve_every), "--curve-test", str(args.curve_test), "--device", args.device,
+           "--child", spec, "--core", str(core)]
+    for split in ("val", "test"):
+        if getattr(args, split):
+            cmd += [f"--{split}", getattr(args, split)]
+    return subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
 
-def main() -> None:
+def run_seed(args, seed: int, group: Path, commit: str, cores: list[int]) -> list[dict]:
+    """Both contenders (and the floor) for one seed: each reused when fresh, else (re)run."""
+    specs = {spec: recipe(args, spec) for spec in args.contenders}
+    keys = {spec: store.cache_key(commit=commit, spec=spec, recipe=r, settings=settings(args), seed=seed)
+            for spec, r in specs.items()}
+    keys["random-init"] = store.cache_key(commit=commit, spec="random-init", settings=settings(args), seed=seed)
+    paths = {spec: store.result_path(group, spec, seed) for spec in args.contenders}
+    paths["random-init"] = store.floor_path(group, seed)
+    pending = [s for s in paths if store.fresh(paths[s], keys[s]) is None]
+    for batch in ([s for s in pending if s != "random-init"], [s for s in pending if s == "random-init"]):
+        procs = {spec: _launch(args, spec, seed, core) for spec, core in zip(batch, cores)}
+        for spec, proc in procs.items():
+            stdout, err = proc.communicate()
+            if proc.returncode:
+                sys.exit(f"{spec} (seed {seed}) failed:\n{err[-3000:]}")
+            result = json.loads(stdout.strip().splitlines()[-1])
+            store.write(paths[spec], {"contender": spec, "method": args.method, "seed": seed, "key": keys[spec],
+                                      "commit": commit, "settings": settings(args), "recipe": specs.get(spec),
+                                      **result})
+    return [json.loads(paths[s].read_text()) for s in paths]
+
+
+def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--method", default="simclr", help="SSL method both contenders train (default: simclr)")
     p.add_argument("--data", required=True, help="labelled training images (class sub-folders); also the kNN bank")
-    p.add_argument("--test", required=True, help="labelled test images for the kNN evaluation")
+    p.add_argument("--val", help="labelled validation images (bench/cifar_val.py writes CIFAR-10's): every recipe "
+                                 "choice is made on these")
+    p.add_argument("--test", help="labelled test images, scored at the end when given (once per final recipe)")
+    p.add_argument("--eval", choices=("val", "test"), default="val", help="the split the learning curve scores "
+                                                                          "(default: val)")
     p.add_argument("--minutes", type=float, default=10.0, help="training budget of each contender, wall clock "
                                                                "(default: 10)")
     p.add_argument("--contenders", nargs=2, default=["sslforge", "lightly"], metavar="SPEC",
                    help="the two contenders: lightly, sslforge or 'sslforge;KEY=VALUE;...' (default: sslforge lightly)")
     p.add_argument("--curve-every", type=float, default=2.0, help="minutes of training between learning-curve "
                                                                   "points (default: 2)")
-    p.add_argument("--curve-test", type=int, default=2000, help="test images (a fixed random subset) scored "
-                                                                "at each curve point (default: 2000; the final score "
-                                                                "uses all)")
+    p.add_argument("--curve-test", type=int, default=2000, help="images of the --eval split (a fixed random subset) "
+                                                                "scored at each curve point (default: 2000; the final "
+                                                                "scores use all)")
     p.add_argument("--device", default="cpu", help="cpu (one core per contender) or cuda (both share the GPU)")
     p.add_argument("--batch", type=int, default=DEFAULT_BATCH, help="batch size of both contenders (default: "
                                                                    f"{DEFAULT_BATCH}; the recipes are for 64-512); "
                                                                    "each toolkit scales its lr with it")
-    p.add_argument("--seed", type=int, default=0, help="random seed of both contenders (default: 0)")
-    p.add_argument("--out", required=True, help="folder for the per-contender results, results.md and curves.png")
+    p.add_argument("--seeds", default="0", help="comma-separated random seeds, each a run of both contenders "
+                                                "(default: 0; the published table uses 0,1,2)")
+    p.add_argument("--out", default=str(store.RESULTS), help="root of the result files (default: "
+                                                              "bench/results/equal-time)")
+    p.add_argument("--seed", type=int, help=argparse.SUPPRESS)  # one child's seed
     p.add_argument("--child", help=argparse.SUPPRESS)
     p.add_argument("--core", type=int, default=0, help=argparse.SUPPRESS)
-    args = p.parse_args()
+    args = p.parse_args(argv)
     if args.child:
         child(args)
         return
@@ -310,71 +275,57 @@ def main() -> None:
         parse_contender(spec)
     if args.contenders[0] == args.contenders[1]:
         p.error("--contenders: the two specs are the same; give two different ones")
+    try:
+        seeds = sorted({int(s) for s in args.seeds.split(",")})
+    except ValueError:
+        p.error(f"--seeds: comma-separated integers, e.g. 0,1,2 (got {args.seeds!r})")
+    if args.seed is not None:
+        p.error("--seed is now --seeds (comma-separated: --seeds 0,1,2)")
+    if not getattr(args, args.eval):
+        p.error(f"--eval {args.eval} needs --{args.eval}, a folder of labelled images (bench/cifar_val.py writes "
+                "CIFAR-10's validation split); to score the test set along the curve instead, add --eval test")
     if args.batch < 2:
         p.error(f"--batch must be at least 2 (batch norm needs two images; got {args.batch})")
     from pretrain.data.images import DataError, scan_images
-    try:
-        images = len(scan_images(args.data, warn=False))
-    except DataError as e:
-        p.error(f"--data: {e}")
-    if args.batch > images:
-        p.error(f"--batch {args.batch} is larger than the {images} images of --data: no full batch to train on")
+    for option in ("data", "val", "test"):
+        if getattr(args, option) is None:
+            continue
+        try:
+            images = len(scan_images(getattr(args, option), warn=False))
+        except DataError as e:
+            p.error(f"--{option}: {e}")
+        if option == "data" and args.batch > images:
+            p.error(f"--batch {args.batch} is larger than the {images} images of --data: no full batch to train on")
+    from pretrain.config import ConfigError
+    for spec in args.contenders:  # a recipe that cannot be built says so before anything trains
+        try:
+            recipe(args, spec)
+        except (ConfigError, ValueError) as e:
+            p.error(f"--contenders {spec!r}: {e}")
     if args.device == "cpu" and len(os.sched_getaffinity(0)) < 2:
         p.error("needs 2 CPU cores: one per contender")
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    cores = sorted(os.sched_getaffinity(0))[:2]
-    common = [sys.executable, __file__, "--method", args.method, "--data", args.data, "--test", args.test,
-              "--minutes", str(args.minutes), "--seed", str(args.seed), "--batch", str(args.batch),
-              "--curve-every", str(args.curve_every),
-              "--curve-test", str(args.curve_test), "--device", args.device, "--out", args.out]
-    pending = {}
-    for spec, core in zip(args.contenders, cores):
-        path = out / f"{slug(spec)}.json"
-        done = json.loads(path.read_text()) if path.is_file() else {}
-        if done.get("settings") == settings(args) and done.get("contender") == spec:
-            continue
-        pending[spec] = subprocess.Popen(common + ["--child", spec, "--core", str(core)], stdout=subprocess.PIPE,
-                                         stderr=subprocess.PIPE, text=True)
-    for spec, proc in pending.items():
-        stdout, err = proc.communicate()
-        if proc.returncode:
-            sys.exit(f"{spec} failed:\n{err[-3000:]}")
-        result = {"contender": spec, "settings": settings(args), **json.loads(stdout.strip().splitlines()[-1])}
-        tmp = out / f".{slug(spec)}.json.tmp"
-        tmp.write_text(json.dumps(result, indent=1))
-        os.replace(tmp, out / f"{slug(spec)}.json")
-    rows = [json.loads((out / f"{slug(s)}.json").read_text()) for s in args.contenders]
-    floor_path = out / "random-init.json"
-    if floor_path.is_file() and json.loads(floor_path.read_text()).get("settings") == settings(args):
-        floor = json.loads(floor_path.read_text())
-    else:
-        torch.set_num_threads(len(cores))
-        floor = {"settings": settings(args), **random_init(args, Scorer(args))}
-        floor_path.write_text(json.dumps(floor, indent=1))
-    report(rows, floor, args, out)
+    group = store.group_dir(args.out, args.method, args.minutes, args.batch)
+    commit, cores = store.code_commit(), sorted(os.sched_getaffinity(0))[:2]
+    for seed in seeds:
+        rows = run_seed(args, seed, group, commit, cores)
+        report(rows, args, seed, group)
 
 
-def report(rows: list[dict], floor: dict, args, out: Path) -> None:
-    import lightly
-
-    from pretrain import __version__
-
-    lines = [f"sslforge {__version__} vs lightly {lightly.__version__}, torch {torch.__version__}; {args.method}, "
-             f"ResNet-18 (standard stem), {SIZE} px, batch {args.batch}, {args.minutes:g} min each "
-             f"({'one core each' if args.device == 'cpu' else args.device}); kNN k=200 T=0.1 on {args.test}, "
-             f"bank {args.data}", "",
-             "| contender | steps | images/s | kNN top-1 | kNN top-5 | curve (minutes: top-1 on a fixed "
-             f"{args.curve_test} test images) |", "|---|---|---|---|---|---|"]
+def report(rows: list[dict], args, seed: int, group: Path) -> None:
+    """This seed's table to stdout and its learning curves to GROUP/curves-sSEED.png."""
+    floor = next(r for r in rows if r["contender"] == "random-init")
+    splits = list(floor["final"])
+    print(f"{args.method}, seed {seed}, {args.minutes:g} min, batch {args.batch} ({group}); curve on {args.eval}")
+    print("| contender | steps | images/s | load | " + " | ".join(f"kNN top-1 {s}" for s in splits) + " |")
     for r in rows:
-        curve = ", ".join(f"{c['minutes']:.1f}: {c['top1']:.3f}" for c in r["curve"])
-        lines.append(f"| {r['contender']} | {r['steps']} | {r['images_per_s']:.1f} | {r['top1']:.4f} | "
-                     f"{r['top5']:.4f} | {curve} |")
-    lines.append(f"| random init | | | {floor['top1']:.4f} | {floor['top5']:.4f} | |")
-    text = "\n".join(lines)
-    print(text)
-    (out / "results.md").write_text(text + "\n")
-    plot(rows, floor["curve_top1"], args, out / "curves.png")
+        steps = f"{r['steps']} | {r['images_per_s']:.1f} | {r['load_average']['mean']:.1f}" if "steps" in r \
+            else " | | "
+        print(f"| {r['contender']} | {steps} | " + " | ".join(f"{r['final'][s]['top1']:.4f}" for s in splits) + " |")
+    from equal_time_report import plot_curves
+
+    plot_curves([r for r in rows if "curve" in r], floor["curve_top1"],
+                f"{args.method}: ResNet-18, {SIZE} px, batch {args.batch}, one core each, seed {seed}",
+                f"kNN top-1 ({args.curve_test} of the {args.eval} images)", group / f"curves-s{seed}.png")
 
 
 if __name__ == "__main__":

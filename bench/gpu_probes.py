@@ -89,9 +89,9 @@ def lightly_probe(method: str, data: str, *, size: int, batch: int, steps: int, 
     sys.path.insert(0, str(ROOT / "bench"))
     import lightly_recipes
 
-    _, loader, step = lightly_recipes.build(method, size, data, batch, workers=workers,
-                                            cifar_stem=size <= 64 if small_stem is None else small_stem,
-                                            total_steps=steps, device=device)
+    _, loader, step, *_ = lightly_recipes.build(method, size, data, batch, workers=workers,
+                                                cifar_stem=size <= 64 if small_stem is None else small_stem,
+                                                total_steps=steps, device=device)
     autocast = torch.autocast("cuda", dtype=torch.bfloat16) if _cuda(device) else torch.autocast("cpu",
                                                                                                   enabled=False)
     ticks, losses = [], []

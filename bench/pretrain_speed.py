@@ -102,9 +102,9 @@ def lightly_parts(args):
     below 64 px unless `args.cifar_stem` says otherwise. Returns (backbone, loader, step function of a batch)."""
     import lightly_recipes
 
-    backbone, loader, step = lightly_recipes.build(args.method, args.image_size, args.data, args.batch_size,
-                                                   args.workers, cifar_stem=getattr(args, "cifar_stem",
-                                                                                    args.image_size < 64))
+    backbone, loader, step, *_ = lightly_recipes.build(
+        args.method, args.image_size, args.data, args.batch_size, args.workers,
+        cifar_stem=getattr(args, "cifar_stem", args.image_size < 64))
     return backbone, loader, lambda batch: step(batch, 0)
 
 

@@ -21,7 +21,9 @@ def test_specs_that_differ_only_past_the_cut_or_in_punctuation_get_their_own_fil
     assert bench.slug(a)[:100] == bench.slug(b)[:100]  # the readable part is the same ...
     assert bench.slug(a) != bench.slug(b)  # ... the names are not
     assert bench.slug("sslforge;lr=1") != bench.slug("sslforge lr=1")
-    assert bench.slug(a) == bench.slug(a) and len(bench.slug(a)) <= 109
+    assert len(bench.slug(a)) <= 109
+    # the readable part, then the first 8 hex digits of the spec's SHA-1 (`printf 'sslforge;lr=1' | sha1sum`)
+    assert bench.slug("sslforge;lr=1") == "sslforge_lr=1-a0053d99" and bench.slug("lightly") == "lightly-cfdf4276"
     assert "/" not in bench.slug("sslforge;transform=../x")
 
 
@@ -43,11 +45,31 @@ def test_a_batch_larger_than_the_images_is_a_one_line_error(tmp_path) -> None:
 
     def script(data: Path, *extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--test", str(tmp_path / "d"),
-                               "--out", str(tmp_path / "o"), *extra], capture_output=True, text=True, timeout=600,
+                               "--out", str(tmp_path / "o"), "--eval", "test", *extra], capture_output=True, text=True, timeout=600,
                               cwd=ROOT)
 
     proc = script(tmp_path / "d", "--batch", "8")
     assert proc.returncode == 2 and "--batch 8 is larger than the 6 images of --data" in proc.stderr
     proc = script(tmp_path / "missing")
     assert proc.returncode == 2 and "--data:" in proc.stderr and "does not exist" in proc.stderr
+    assert not (tmp_path / "o").exists()
+
+
+def test_a_recipe_that_cannot_be_built_and_a_missing_split_are_one_line_errors(tmp_path) -> None:
+    from shared_helpers import write_image_folder
+
+    data = write_image_folder(tmp_path / "d", per_class=8)
+
+    def script(*extra: str) -> subprocess.CompletedProcess:
+        return subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--out", str(tmp_path / "o"),
+                               *extra], capture_output=True, text=True, timeout=600, cwd=ROOT)
+
+    proc = script("--test", str(data))  # the curve scores validation by default
+    assert proc.returncode == 2 and "--eval val needs --val" in proc.stderr and "--eval test" in proc.stderr
+    proc = script("--val", str(data), "--batch", "16", "--contenders", "sslforge;lr=abc", "lightly")
+    assert proc.returncode == 2 and "'sslforge;lr=abc': lr must be a number" in proc.stderr
+    proc = script("--val", str(data), "--method", "moco", "--batch", "12")
+    assert proc.returncode == 2 and "multiple of 8" in proc.stderr and "Traceback" not in proc.stderr
+    proc = script("--val", str(data), "--batch", "16", "--seed", "1")
+    assert proc.returncode == 2 and "--seeds" in proc.stderr
     assert not (tmp_path / "o").exists()

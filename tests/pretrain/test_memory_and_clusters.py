@@ -163,8 +163,31 @@ def test_balanced_argmax_respects_capacity_and_keeps_the_best() -> None:
     scores = torch.tensor([[0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.1, 0.9]])
     assert balanced_argmax(scores, 2).tolist() == [0, 0, 1, 1]  # row 2 is column 0's third best: it moves
     g = torch.Generator().manual_seed(0)
-    labels = balanced_argmax(torch.randn(103, 7, generator=g), 15)
-    assert torch.bincount(labels, minlength=7).max() <= 15 and (labels >= 0).all()
+    scores = torch.randn(103, 7, generator=g)
+    labels = balanced_argmax(scores, 15)
+    assert torch.bincount(labels, minlength=7).max() <= 15
+    assert labels.tolist() == plain_balanced_argmax(scores.tolist(), 15)
+
+
+def plain_balanced_argmax(scores: list[list[float]], capacity: int) -> list[int]:
+    """The same rounds by loops: every unplaced row asks for its best column still open to it; a column keeps
+    its best askers up to its free places and closes to the rest (and to all once full)."""
+    n, k = len(scores), len(scores[0])
+    labels, free = [-1] * n, [capacity] * k
+    closed = [set() for _ in range(n)]  # columns each row may no longer ask
+    while -1 in labels:
+        asks: dict[int, list[int]] = {}
+        for i in (i for i in range(n) if labels[i] < 0):
+            best = max((j for j in range(k) if j not in closed[i] and free[j] > 0), key=lambda j: scores[i][j])
+            asks.setdefault(best, []).append(i)
+        for j, rows in asks.items():
+            rows.sort(key=lambda i: -scores[i][j])
+            for i in rows[:free[j]]:
+                labels[i] = j
+            for i in rows[free[j]:]:
+                closed[i].add(j)
+            free[j] -= len(rows[:free[j]])
+    return labels
 
 
 def plain_sinkhorn(logits: torch.Tensor, lam: float, iterations: int) -> torch.Tensor:

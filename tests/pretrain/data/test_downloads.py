@@ -4,6 +4,7 @@ from __future__ import annotations
 import hashlib
 import io
 import pickle
+import re
 import tarfile
 from pathlib import Path
 
@@ -111,12 +112,23 @@ def test_fastai_first_mib_check(tmp_path: Path) -> None:
         verify(path, good)
 
 
-def test_every_registered_dataset_has_a_published_check() -> None:
+def test_every_registered_dataset_has_a_published_check(tmp_path: Path) -> None:
+    import torchvision
+
     for name, source in DATASETS.items():
         a = source.archive
         assert a.url.startswith("https://") and (a.md5 or a.md5_first_mib), name
         for digest in (a.md5, a.md5_first_mib):
-            assert digest is None or (len(digest) == 32 and int(digest, 16) >= 0)
+            assert digest is None or re.fullmatch("[0-9a-f]{32}", digest), (name, digest)
+    # the CIFAR archives' MD5s are the ones torchvision publishes for the same files
+    assert DATASETS["cifar10"].archive.md5 == torchvision.datasets.CIFAR10.tgz_md5
+    assert DATASETS["cifar100"].archive.md5 == torchvision.datasets.CIFAR100.tgz_md5
+    # and a registered digest is checked as MD5: RFC 1321's test vector for "abc"
+    path = tmp_path / "abc.tgz"
+    path.write_bytes(b"abc")
+    verify(path, Archive("x", 3, "900150983cd24fb0d6963f7d28e17f72"))
+    with pytest.raises(DownloadError, match="MD5 is 900150983cd24fb0d6963f7d28e17f72"):
+        verify(path, Archive("x", 3, "f96b697d7cb7938d525a2f31aaf161d0"))  # RFC 1321's "message digest"
 
 
 def test_extraction_refuses_members_outside_the_target(tmp_path: Path) -> None:
