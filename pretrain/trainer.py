@@ -54,9 +54,10 @@ from pretrain.methods.base import Progress
 from pretrain.modeldir import ModelDir, write_model_dir
 from pretrain.monitor import CollapseMonitor
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
-from pretrain.preprocess import Preprocessing
+from pretrain.preprocess import view_renormaliser
 from pretrain.runconfig import resolve_config, with_saved_settings
 from pretrain.runlog import MetricsLog, append_eval_row, plot_metrics
+from pretrain.startfrom import preprocessing_for, start_weights
 from pretrain.views.gpu import build_device_views, step_generator
 from pretrain.views.recipes import build_transform, options_of
 
@@ -128,9 +129,17 @@ class Trainer:
         backbone's record), `self.feature_dim` and `self.preprocessing` (what the model dir stores)."""
         cfg = self.cfg
         self.spec = resolve_spec(cfg.backbone, cfg.small_stem, cfg.image_size, cfg.backbone_args)
-        self.preprocessing = Preprocessing.for_size(cfg.image_size)
+        self.preprocessing = preprocessing_for(cfg.init, cfg.image_size)
         backbone, self.feature_dim = build_backbone(self.spec, cfg.image_size)
+        self.start_backbone(backbone)
         return build_method(cfg.method, backbone, self.feature_dim, cfg.method_args, num_images=len(self.images))
+
+    def start_backbone(self, backbone: torch.nn.Module) -> None:
+        """--init: load the starting weights into the new backbone and keep their record (`self.start`, model.json's
+        `init`); a resumed run takes its weights and this record from the checkpoint instead."""
+        self.start = None
+        if self.cfg.init and not self.resume:
+            self.start = start_weights(backbone, self.spec, self.cfg.init, self.cfg.init_strict)
 
     def build_dataset(self) -> torch.utils.data.Dataset:
         """The training samples (views of `self.images`); sets `self.device_views` (None: views made by the loader)."""
@@ -164,6 +173,8 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.model = self.build_model().to(self.device)
+        self.model.normalisation = (self.preprocessing.mean, self.preprocessing.std)
+        self.renormalise = view_renormaliser(self.preprocessing, self.device)
         if cfg.sync_bn:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         if cfg.channels_last:
@@ -204,6 +215,7 @@ class Trainer:
             "last_loss": state.last_loss, "knn": state.knn,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_state(), "config": self.cfg.to_dict(),
+            "start": self.start,
         }
         save_checkpoint(self.out / CHECKPOINT, payload)
 
@@ -213,6 +225,7 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
+        self.start = ckpt.get("start")
         if self.rank:
             torch.manual_seed(process_seed(self.cfg.seed, self.rank, ckpt["step"]))
         return RunState(ckpt["step"], ckpt["elapsed_s"], ckpt["last_loss"], ckpt["knn"])
@@ -343,7 +356,8 @@ class Trainer:
                                       step_generator(self.cfg.seed, epoch, step, self.device, part))
         views, extras = (batch["views"], batch) if isinstance(batch, dict) else (batch, {})
         layout = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
-        views = [v.to(self.device, non_blocking=True).contiguous(memory_format=layout) for v in views]
+        views = [self.renormalise(v.to(self.device, non_blocking=True)).contiguous(memory_format=layout)
+                 for v in views]
         return views, {k: extras[k].to(self.device, non_blocking=True) for k in self.model.needs}
 
     def data_pass(self, fn, **kwargs):
@@ -362,7 +376,7 @@ class Trainer:
         cfg = self.cfg
         test = scan_images(cfg.knn_test)
         num_classes = class_count(self.images, test)
-        pre = Preprocessing.for_size(cfg.image_size)
+        pre = self.preprocessing
         kwargs = dict(workers=cfg.workers, device=self.device, progress=self.progress)
         bank = extract_features(self.model.backbone, self.images, pre, desc="kNN bank", **kwargs)
         queries = extract_features(self.model.backbone, test, pre, desc="kNN test", **kwargs)
@@ -404,7 +418,7 @@ class Trainer:
         network = network.to(memory_format=torch.contiguous_format)
         info = write_model_dir(self.out, network, spec=self.spec, embedding_dim=neck[-1] if neck else self.feature_dim,
                                preprocessing=self.preprocessing, method=self.method_record(),
-                               training=self.training_summary(state), neck=neck)
+                               training=self.training_summary(state), neck=neck, start=self.start)
         head = self.model.trained_head()
         if head:
             ModelDir(self.out, info).save_head(head[0], head[1], self.head_record())
