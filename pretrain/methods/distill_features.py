@@ -4,7 +4,8 @@ The teacher is any pretrained model (a timm or torchvision name, a model dir, a 
 CNN or ViT, and sees the same view as the student (resized and renormalised to its own input). Two terms:
 - the student's pooled features, through a small projector (2-layer MLP), against the teacher's embedding;
 - where both give spatial features (a CNN's last feature map, a ViT's patch tokens), the student's map through a
-  1x1 projection against the teacher's map resampled (bilinear) to the student's grid, location by location,
+  1x1 projection against the teacher's map resampled to the student's grid (averaged over the teacher cells a
+  student cell covers, or bilinear when the teacher's grid is coarser), location by location,
   weighted by `patch_weight`.
 Both use `loss`: cosine (1 - cosine similarity, the default) or smooth_l1 (pretrain/losses.py).
 
@@ -37,6 +38,16 @@ def _tap(net: nn.Module) -> FeatureMapTap | None:
         return FeatureMapTap(net)
     except ConfigError:
         return None
+
+
+def resample(fmap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """A teacher's map [B, C, h, w] on the student's grid: averaged over the cells each student cell covers when
+    the teacher's grid is finer (adaptive average pooling), bilinear when it is coarser."""
+    if tuple(fmap.shape[-2:]) == tuple(size):
+        return fmap
+    if fmap.shape[-2] >= size[0] and fmap.shape[-1] >= size[1]:
+        return F.adaptive_avg_pool2d(fmap, size)
+    return F.interpolate(fmap, size=size, mode="bilinear", align_corners=False)
 
 
 class DistillFeatures(Method):
@@ -146,8 +157,7 @@ class DistillFeatures(Method):
             emb_losses.append(feature_distillation_loss(self.projector(student), t_emb, self.loss))
             if self.patch:
                 s = self.patch_projector(s_map.to(self.patch_projector.weight.dtype))
-                t = F.interpolate(t_map, size=s.shape[-2:], mode="bilinear", align_corners=False,
-                                  antialias=t_map.shape[-1] > s.shape[-1])
+                t = resample(t_map, s.shape[-2:])
                 patch_losses.append(feature_distillation_loss(s.flatten(2).transpose(1, 2).flatten(0, 1),
                                                               t.flatten(2).transpose(1, 2).flatten(0, 1), self.loss))
         embedding = sum(emb_losses) / len(emb_losses)
