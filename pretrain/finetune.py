@@ -179,8 +179,8 @@ class FinetuneTrainer(Trainer):
         else:
             self.spec = resolve_spec(cfg.backbone, cfg.small_stem, cfg.image_size, cfg.backbone_args)
             network, self.feature_dim = build_backbone(self.spec, cfg.image_size)
-            self.preprocessing = preprocessing_for(cfg.init, cfg.image_size)
             self.start_backbone(network)
+            self.preprocessing = preprocessing_for(self.start, cfg.image_size)
         return FineTune(network.train(), self.feature_dim, self.classes, cfg.backbone_lr_scale, cfg.label_smoothing)
 
     def build_dataset(self) -> ViewsDataset:

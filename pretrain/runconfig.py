@@ -51,10 +51,8 @@ def start_defaults(cfg: Config, images: ImageList) -> tuple[str, dict, bool | No
     """The backbone (name, arguments, small stem) and image size a run uses when they are left unset: those of the
     --init source where it says (a model dir's architecture and crop; timm's input size), else resnet18 at the
     images' median short side (at most 224)."""
-    from pretrain.startfrom import architecture_for, init_image_size, parse_source
+    from pretrain.startfrom import architecture_for, init_image_size
 
-    if cfg.init:
-        parse_source(cfg.init)  # a source that names nothing fails here, before anything is built
     own = architecture_for(cfg.init) if cfg.backbone is None else None
     name, kwargs, small_stem = own or (cfg.backbone or "resnet18", {}, None)
     kwargs = {**kwargs, **cfg.backbone_args}

@@ -35,6 +35,7 @@ STATE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 PREFIXES = ("", "module.", "backbone.", "module.backbone.", "model.", "encoder.", "student.", "teacher.")
 SHOWN = 5  # names listed in a one-line error
 RECORDED = 50  # names kept in the model.json record
+INIT_RECORD = "init.json"  # the start record in a run folder (a resumed run reads it instead of the source)
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,7 @@ def _check_model_name(kind: str, name: str, what: str) -> None:
                           (f" (did you mean {', '.join(hint)}?)" if hint else ""))
 
 
-def _timm_cfg(name: str):
+def timm_pretrained_cfg(name: str):
     import timm
 
     return timm.models.get_pretrained_cfg(name) or timm.models.get_pretrained_cfg(name.split(".")[0])
@@ -111,7 +112,7 @@ def source_preprocessing(src: Source) -> dict | None:
     if src.kind == "timm":
         from timm.data import resolve_data_config
 
-        cfg = _timm_cfg(src.ref)
+        cfg = timm_pretrained_cfg(src.ref)
         data = resolve_data_config(pretrained_cfg=cfg.to_dict()) if cfg is not None else {}
         interpolation = data.get("interpolation", "bicubic")
         return {"size": int(data.get("input_size", (3, 224, 224))[-1]), "mean": list(data.get("mean", IMAGENET_MEAN)),
@@ -145,7 +146,7 @@ def build_pretrained(src: Source, kwargs: dict | None = None) -> nn.Module:
         except (OSError, RuntimeError, ValueError) as e:  # huggingface_hub's errors are OSErrors
             if isinstance(e, (RuntimeError, ValueError)) and "size mismatch" in str(e):
                 raise ConfigError(f"{src.text}: {str(e).splitlines()[0][:300]}") from None
-            cfg = _timm_cfg(src.ref)
+            cfg = timm_pretrained_cfg(src.ref)
             cache = hub_cache() if cfg is None or cfg.hf_hub_id else torch.hub.get_dir()
             raise _unavailable(src, cache, e) from None
     import torchvision
@@ -259,7 +260,7 @@ def classifier_name(spec: BackboneSpec) -> str | None:
     """The attribute name of the architecture's classifier (timm's pretrained config; `fc` for torchvision)."""
     if spec.source == "torchvision":
         return "fc"
-    cfg = _timm_cfg(spec.name)
+    cfg = timm_pretrained_cfg(spec.name)
     return cfg.classifier if cfg is not None else None
 
 
@@ -268,22 +269,23 @@ def start_weights(backbone: nn.Module, spec: BackboneSpec, init: str, strict: bo
     src = parse_source(init)
     state, file = source_state(src, spec)
     report = fit_weights(backbone, state, strict, f"--init {init}", classifier_name(spec))
-    record = {"source": src.text, "kind": src.kind, "sha256": weights_sha256(state), "strict": strict, **report}
+    record = {"source": src.text, "kind": src.kind, "sha256": weights_sha256(state), "strict": strict, **report,
+              "preprocessing": source_preprocessing(src)}
     if file is not None:
         record.update(file=str(Path(file).resolve()), file_sha256=file_sha256(file))
     if src.kind == "timm":
-        cfg = _timm_cfg(src.ref)
+        cfg = timm_pretrained_cfg(src.ref)
         record["pretrained"] = (cfg.hf_hub_id or cfg.url) if cfg is not None else None
     return record
 
 
-def preprocessing_for(init: str | None, image_size: int):
-    """The run's preprocessing at `image_size`: the resize and crop of `Preprocessing.for_size`, with the
-    source's mean, std and interpolation where it has them (ImageNet's otherwise)."""
+def preprocessing_for(start: dict | None, image_size: int):
+    """The run's preprocessing at `image_size`: the resize and crop of `Preprocessing.for_size`, with the mean, std
+    and interpolation of the start's source (its record's `preprocessing`) where it has them, else ImageNet's."""
     from pretrain.preprocess import Preprocessing
 
     base = Preprocessing.for_size(image_size)
-    own = source_preprocessing(parse_source(init)) if init else None
+    own = (start or {}).get("preprocessing")
     if not own:
         return base
     return Preprocessing(base.resize, base.crop, tuple(own["mean"]), tuple(own["std"]), own["interpolation"])

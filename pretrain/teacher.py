@@ -9,8 +9,15 @@ from torch import nn
 
 from pretrain.backbones import build_backbone, resolve_spec
 from pretrain.config import ConfigError
-from pretrain.startfrom import Source, _timm_cfg, build_pretrained, fit_weights, parse_source, read_state_file, \
-    source_preprocessing
+from pretrain.startfrom import (
+    Source,
+    build_pretrained,
+    fit_weights,
+    parse_source,
+    read_state_file,
+    source_preprocessing,
+    timm_pretrained_cfg,
+)
 
 
 def teacher_source(text: str) -> Source:
@@ -55,7 +62,7 @@ def load_teacher(text: str, backbone: str = "", image_size: int = 0) -> tuple[nn
         net, _ = build_backbone(spec, own["size"])
         fit_weights(net, read_state_file(src.ref), True, f"teacher {text}")
     else:
-        cfg = _timm_cfg(src.ref) if src.kind == "timm" else None
+        cfg = timm_pretrained_cfg(src.ref) if src.kind == "timm" else None
         fixed = bool(cfg is not None and cfg.fixed_input_size)
         net = build_pretrained(src, {"img_size": image_size} if fixed and image_size else {})
         own = source_preprocessing(src)

@@ -42,6 +42,7 @@ from pretrain.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pretrain.atomic import write_json
 from pretrain.config import ConfigError, PretrainConfig, save_yaml
 from pretrain.data.datasets import EpochSampler, ViewsDataset
 from pretrain.data.heap import keep_heap
@@ -57,7 +58,8 @@ from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
 from pretrain.preprocess import view_renormaliser
 from pretrain.runconfig import resolve_config, with_saved_settings
 from pretrain.runlog import MetricsLog, append_eval_row, plot_metrics
-from pretrain.startfrom import preprocessing_for, start_weights
+from pretrain.schema import read_json
+from pretrain.startfrom import INIT_RECORD, parse_source, preprocessing_for, start_weights
 from pretrain.views.gpu import build_device_views, step_generator
 from pretrain.views.recipes import build_transform, options_of
 
@@ -112,6 +114,8 @@ class Trainer:
         self.device = select_device(self.cfg.device)
         self.amp_dtype = autocast_dtype(self.cfg.precision, self.device)
         self._check_out_dir()
+        if self.cfg.init and not resume:
+            parse_source(self.cfg.init)  # a source that names nothing fails here, before anything is built
 
     def _start_processes(self) -> None:
         """Join the torchrun job (if any) and check that every process has the same settings and images."""
@@ -129,17 +133,25 @@ class Trainer:
         backbone's record), `self.feature_dim` and `self.preprocessing` (what the model dir stores)."""
         cfg = self.cfg
         self.spec = resolve_spec(cfg.backbone, cfg.small_stem, cfg.image_size, cfg.backbone_args)
-        self.preprocessing = preprocessing_for(cfg.init, cfg.image_size)
         backbone, self.feature_dim = build_backbone(self.spec, cfg.image_size)
         self.start_backbone(backbone)
+        self.preprocessing = preprocessing_for(self.start, cfg.image_size)
         return build_method(cfg.method, backbone, self.feature_dim, cfg.method_args, num_images=len(self.images))
 
     def start_backbone(self, backbone: torch.nn.Module) -> None:
         """--init: load the starting weights into the new backbone and keep their record (`self.start`, model.json's
-        `init`); a resumed run takes its weights and this record from the checkpoint instead."""
+        `init`; written to the run folder's init.json). A resumed run reads the record there and its weights
+        from the checkpoint: the source is not needed again."""
         self.start = None
-        if self.cfg.init and not self.resume:
-            self.start = start_weights(backbone, self.spec, self.cfg.init, self.cfg.init_strict)
+        if not self.cfg.init:
+            return
+        record = self.out / INIT_RECORD
+        if self.resume and record.is_file():
+            self.start = read_json(record, ConfigError, "a run's start record")
+            return
+        self.start = start_weights(backbone, self.spec, self.cfg.init, self.cfg.init_strict)
+        if self.main:
+            write_json(record, self.start)
 
     def build_dataset(self) -> torch.utils.data.Dataset:
         """The training samples (views of `self.images`); sets `self.device_views` (None: views made by the loader)."""
@@ -215,7 +227,6 @@ class Trainer:
             "last_loss": state.last_loss, "knn": state.knn,
             "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(), "rng": rng_state(), "config": self.cfg.to_dict(),
-            "start": self.start,
         }
         save_checkpoint(self.out / CHECKPOINT, payload)
 
@@ -225,7 +236,6 @@ class Trainer:
         self.optimizer.load_state_dict(ckpt["optimizer"])
         self.scaler.load_state_dict(ckpt["scaler"])
         set_rng_state(ckpt["rng"])
-        self.start = ckpt.get("start")
         if self.rank:
             torch.manual_seed(process_seed(self.cfg.seed, self.rank, ckpt["step"]))
         return RunState(ckpt["step"], ckpt["elapsed_s"], ckpt["last_loss"], ckpt["knn"])

@@ -181,3 +181,21 @@ def test_finetune_and_distill_take_init(image_folder: Path, tmp_path: Path, tiny
     help_text = subprocess.run([sys.executable, "-m", "pretrain", "distill", "--help"], capture_output=True,
                                text=True, check=True).stdout
     assert "--init INIT" in help_text and "--init-strict" in help_text
+
+
+def test_a_resumed_run_keeps_its_start_record_without_reading_the_source(image_folder: Path, tmp_path: Path,
+                                                                        tiny_config) -> None:
+    weights = random_backbone(seed=9)
+    save_file(weights, str(tmp_path / "w.safetensors"))
+    cfg = tiny_config(image_folder, tmp_path / "run", init=str(tmp_path / "w.safetensors"), checkpoint_every_steps=2)
+
+    def stop(step: int) -> None:
+        if step == 3:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, on_step=stop, progress=False).fit()
+    (tmp_path / "w.safetensors").unlink()  # the checkpoint holds the weights and the record
+    out = Trainer(cfg, resume=True, progress=False).fit()
+    record = json.loads((out / "model.json").read_text())["init"]
+    assert record["sha256"] == weights_sha256(weights) and record["loaded"] == len(weights)
