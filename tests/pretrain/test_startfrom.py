@@ -199,3 +199,15 @@ def test_a_resumed_run_keeps_its_start_record_without_reading_the_source(image_f
     out = Trainer(cfg, resume=True, progress=False).fit()
     record = json.loads((out / "model.json").read_text())["init"]
     assert record["sha256"] == weights_sha256(weights) and record["loaded"] == len(weights)
+
+
+def test_views_are_renormalised_to_the_runs_mean_and_std() -> None:
+    from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, view_renormaliser
+
+    pixels = torch.rand(2, 3, 4, 4)
+    mean0, std0 = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    view = (pixels - mean0) / std0  # as the training views come
+    pre = Preprocessing(4, 4, (0.5, 0.4, 0.3), (0.25, 0.2, 0.1))
+    want = (pixels - torch.tensor(pre.mean).view(1, 3, 1, 1)) / torch.tensor(pre.std).view(1, 3, 1, 1)
+    torch.testing.assert_close(view_renormaliser(pre)(view), want)
+    assert view_renormaliser(Preprocessing.for_size(32))(view) is view
