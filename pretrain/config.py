@@ -98,9 +98,17 @@ class PretrainConfig(Config):
     data: str | None = _opt(None, "training images: a folder with class sub-folders (labels used only for "
                                   "evaluation) or a flat folder of images; default: the bundled CIFAR-10 sample")
     out: str | None = _opt(None, "run folder to write (the model dir); default: runs/<method>-<backbone>")
-    backbone: str = _opt("resnet18", "backbone: any timm model name, a torchvision ResNet, or an explicit "
-                                     "'timm/NAME' or 'torchvision/NAME'")
+    backbone: str | None = _opt(None, "backbone: any timm model name, a torchvision ResNet, or an explicit "
+                                      "'timm/NAME' or 'torchvision/NAME'; default: the --init source's "
+                                      "architecture, else resnet18")
     backbone_args: dict = _opt({}, "extra keyword arguments for the backbone constructor", metavar="KEY=VALUE")
+    init: str | None = _opt(None, "starting weights of the backbone: a model dir, a .safetensors or PyTorch "
+                                  "state-dict file, or timm:NAME (timm's pretrained weights, e.g. "
+                                  "timm:resnet50.a1_in1k; from the network, else the local Hugging Face cache); "
+                                  "its mean, std and input size become the defaults (docs/pretrained.md); "
+                                  "default: random weights")
+    init_strict: bool = _opt(True, "with --init: refuse weights whose names or shapes do not all match the backbone "
+                                   "(the error lists them); false loads those that match and reports the rest")
     small_stem: bool | None = _opt(None, "replace the ResNet stem by a 3x3 stride-1 conv without max-pool "
                                          "(for 32-96 px inputs); default: on when --image-size <= 96")
     image_size: int | None = _opt(None, "training crop size in pixels; default: the images' median short "
@@ -195,6 +203,11 @@ class FinetuneConfig(Config):
                                       "resnet18); with --model it is the model dir's")
     backbone_args: dict = _opt({}, "with --from-scratch: extra keyword arguments for the backbone constructor",
                                metavar="KEY=VALUE")
+    init: str | None = _opt(None, "without --model: the backbone's starting weights instead of random ones, as for "
+                                  "`sslforge pretrain --init` (a model dir, a .safetensors or PyTorch state-dict "
+                                  "file, or timm:NAME); its mean, std and input size become the defaults")
+    init_strict: bool = _opt(True, "with --init: refuse weights whose names or shapes do not all match the backbone; "
+                                   "false loads those that match and reports the rest")
     small_stem: bool | None = _opt(None, "with --from-scratch: the small-image ResNet stem (default: on when "
                                          "--image-size <= 96)")
     image_size: int | None = _opt(None, "with --from-scratch: training crop size (default: the images' median "
@@ -255,6 +268,9 @@ class FinetuneConfig(Config):
         if self.model and self.from_scratch:
             raise ConfigError("--model and --from-scratch exclude each other: fine-tune a model dir, or train "
                               "--backbone from scratch")
+        if self.init and (self.model or self.from_scratch):
+            raise ConfigError(f"--init gives the starting weights of a new backbone: drop "
+                              f"{'--model' if self.model else '--from-scratch'} (it starts from {self.init})")
         if self.model:
             given = [n for n in ("backbone", "small_stem", "image_size") if getattr(self, n) is not None]
             if given or self.backbone_args:

@@ -23,16 +23,16 @@ from pretrain.backbones import build_backbone, resolve_spec
 from pretrain.checkpoint import CHECKPOINT
 from pretrain.config import ConfigError, FinetuneConfig
 from pretrain.data.datasets import ViewsDataset
-from pretrain.data.images import DataError, ImageList, sample_dir, scan_images, typical_size
+from pretrain.data.images import DataError, ImageList, sample_dir, scan_images
 from pretrain.evaluate import class_count, classifier_accuracy, default_workers
 from pretrain.heads import WithNeck
 from pretrain.labels import class_counts, read_subset, select_labels, subset_record
 from pretrain.methods.base import Method
 from pretrain.modeldir import MODEL_JSON, ModelDir, load_model_dir
-from pretrain.preprocess import MAX_CROP, Preprocessing
-from pretrain.runconfig import with_saved_settings
+from pretrain.runconfig import start_defaults, with_saved_settings
 from pretrain.runlog import MetricsLog, append_eval_row
 from pretrain.schema import read_json
+from pretrain.startfrom import preprocessing_for
 from pretrain.trainer import RunState, Trainer
 from pretrain.views.ops import Colour, MultiView, View
 
@@ -120,12 +120,11 @@ def resolve_finetune(cfg: FinetuneConfig, source: ModelDir | None, train: ImageL
                        backbone_lr_scale=(PRETRAINED_LR_SCALE if cfg.backbone_lr_scale is None
                                           else cfg.backbone_lr_scale))
     else:
-        image_size = cfg.image_size or min(224, typical_size(train))
-        if image_size > MAX_CROP:
-            raise ConfigError(f"image_size must be at most {MAX_CROP} pixels (got {image_size})")
-        spec = resolve_spec(cfg.backbone or "resnet18", cfg.small_stem, image_size, cfg.backbone_args)
-        changes.update(from_scratch=True, backbone=cfg.backbone or "resnet18", small_stem=spec.small_stem,
-                       image_size=image_size, out=cfg.out or f"runs/supervised-{spec.name}",
+        name, kwargs, small_stem, image_size = start_defaults(cfg, train)
+        spec = resolve_spec(name, small_stem, image_size, kwargs)
+        changes.update(from_scratch=not cfg.init, backbone=name, backbone_args=kwargs, small_stem=spec.small_stem,
+                       image_size=image_size,
+                       out=cfg.out or f"runs/{'finetune' if cfg.init else 'supervised'}-{spec.name}",
                        backbone_lr_scale=1.0 if cfg.backbone_lr_scale is None else cfg.backbone_lr_scale)
     return cfg.replace(**changes)
 
@@ -176,10 +175,12 @@ class FinetuneTrainer(Trainer):
         if self.source is not None:
             network, self.feature_dim = kept_network(self.source, cfg.from_head_layer)
             self.spec, self.preprocessing = self.source.spec, self.source.preprocessing
+            self.start = None
         else:
             self.spec = resolve_spec(cfg.backbone, cfg.small_stem, cfg.image_size, cfg.backbone_args)
             network, self.feature_dim = build_backbone(self.spec, cfg.image_size)
-            self.preprocessing = Preprocessing.for_size(cfg.image_size)
+            self.start_backbone(network)
+            self.preprocessing = preprocessing_for(self.start, cfg.image_size)
         return FineTune(network.train(), self.feature_dim, self.classes, cfg.backbone_lr_scale, cfg.label_smoothing)
 
     def build_dataset(self) -> ViewsDataset:
@@ -188,7 +189,7 @@ class FinetuneTrainer(Trainer):
         return ViewsDataset(self.images, transform, labels=True)
 
     def title(self) -> str:
-        return f"finetune {self.spec.name}" if self.source is not None else f"supervised {self.spec.name}"
+        return f"finetune {self.spec.name}" if self.source or self.cfg.init else f"supervised {self.spec.name}"
 
     def fit(self) -> Path:
         if self.main:
@@ -231,7 +232,7 @@ class FinetuneTrainer(Trainer):
     def method_record(self) -> dict:
         cfg = self.cfg
         record = self.run_record()
-        return {"name": "finetune", "from_scratch": self.source is None, "source": record["source"],
+        return {"name": "finetune", "from_scratch": self.source is None and not cfg.init, "source": record["source"],
                 "from_head_layer": cfg.from_head_layer, "label_fraction": cfg.label_fraction,
                 "labels_per_class": cfg.labels_per_class, "labelled_images": len(self.images),
                 "optimizer": cfg.optimizer, "lr": cfg.lr, "backbone_lr_scale": cfg.backbone_lr_scale,

@@ -326,3 +326,32 @@ def distillation_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor
     """SimCLRv2's distillation (Chen et al. 2020b, eq. 2): -sum_y P_T(y|x; t) log P_S(y|x; t), batch mean."""
     targets = F.softmax(teacher_logits.detach().float() / temperature, dim=1)
     return -(targets * F.log_softmax(student_logits.float() / temperature, dim=1)).sum(dim=1).mean()
+
+
+FEATURE_LOSSES = ("cosine", "smooth_l1")
+
+
+def feature_distillation_loss(student: torch.Tensor, teacher: torch.Tensor, kind: str = "cosine",
+                              beta: float = 1.0) -> torch.Tensor:
+    """A student's projected features [N, D] against a frozen teacher's [N, D], row by row: `cosine` is the mean of
+    1 - cos(student_n, teacher_n) (the direction only); `smooth_l1` the mean over all N x D entries of the smooth-L1
+    (Huber) loss with threshold `beta` on the teacher's features as they are (the scale too)."""
+    s, t = student.float(), teacher.detach().float()
+    if kind == "cosine":
+        return (1 - F.cosine_similarity(s, t, dim=1, eps=1e-8)).mean()
+    if kind == "smooth_l1":
+        return F.smooth_l1_loss(s, t, beta=beta)
+    raise ValueError(f"loss must be one of {', '.join(FEATURE_LOSSES)} (got {kind!r})")
+
+
+def mae_loss(pred: torch.Tensor, target: torch.Tensor, mask: torch.Tensor, norm_pix: bool = True,
+             eps: float = 1e-6) -> torch.Tensor:
+    """MAE's reconstruction loss (He et al. 2022): the mean squared error per patch, averaged over the masked
+    patches only. pred, target [B, L, P] (P = patch pixels x channels), mask [B, L] with 1 = masked. `norm_pix`:
+    each target patch is first standardised by its own mean and variance (the paper's better variant)."""
+    target = target.float()
+    if norm_pix:
+        mean, var = target.mean(dim=-1, keepdim=True), target.var(dim=-1, keepdim=True)
+        target = (target - mean) / (var + eps).sqrt()
+    per_patch = (pred.float() - target).pow(2).mean(dim=-1)
+    return (per_patch * mask).sum() / mask.sum()

@@ -54,11 +54,13 @@ def _cpu_state(module: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def write_model_dir(path: str | Path, backbone: nn.Module, *, spec: BackboneSpec, embedding_dim: int,
-                    preprocessing: Preprocessing, method: dict, training: dict, neck: list[int] | None = None) -> dict:
+                    preprocessing: Preprocessing, method: dict, training: dict, neck: list[int] | None = None,
+                    start: dict | None = None) -> dict:
     """Write backbone.safetensors and model.json (each atomically); return the model.json record.
 
     With a `neck` (widths of head layers kept after the backbone, SimCLRv2), `backbone` is the
-    `WithNeck` module and the file holds both parts.
+    `WithNeck` module and the file holds both parts. `start`: where the weights started from (--init: the
+    source and the sha256 of its weights; pretrain/startfrom.py), None for random weights.
     """
     path = Path(path)
     write_with(path / BACKBONE_FILE, lambda tmp: save_file(_cpu_state(backbone), str(tmp), metadata={"format": "pt"}))
@@ -72,6 +74,7 @@ def write_model_dir(path: str | Path, backbone: nn.Module, *, spec: BackboneSpec
         "preprocessing": preprocessing.to_dict(),
         "method": method,
         "training": training,
+        "init": start,
         "head": None,
     }
     write_json(path / MODEL_JSON, info)
@@ -229,6 +232,7 @@ def check_record(info: object, record: Path) -> None:
     Preprocessing.from_dict(f.obj("preprocessing"), str(record), ModelDirError)
     f.obj("method", default={})
     f.obj("training", default={})
+    f.obj("init", default=None)
     head = f.sub("head", default=None)
     if head is not None:
         head.str("file", choices=(HEAD_FILE,))

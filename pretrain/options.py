@@ -13,6 +13,28 @@ from pretrain.config import Config, ConfigError, PretrainConfig, load_yaml, pars
 DICT_OPTIONS = {"backbone_args": "--backbone-arg", "transform_args": "--transform-arg", "method_args": "--method-arg"}
 
 
+class BoolOption(argparse.BooleanOptionalAction):
+    """`--flag`, `--no-flag`, and `--flag true|false` (as the YAML config writes it)."""
+
+    WORDS = {"true": True, "yes": True, "on": True, "1": True, "false": False, "no": False, "off": False, "0": False}
+
+    def __init__(self, option_strings, dest, **kwargs):
+        super().__init__(option_strings, dest, **kwargs)
+        self.nargs = "?"
+        self.metavar = "true|false"
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        if option_string and option_string.startswith("--no-"):
+            if values is not None:
+                parser.error(f"{option_string} takes no value")
+            setattr(namespace, self.dest, False)
+            return
+        word = "true" if values is None else str(values).lower()
+        if word not in self.WORDS:
+            parser.error(f"{option_string} takes true or false (got {values!r})")
+        setattr(namespace, self.dest, self.WORDS[word])
+
+
 def _type_of(f) -> type:
     return {"int": int, "float": float, "str": str, "bool": bool, "dict": dict}[f.type.split("|")[0].strip()]
 
@@ -41,7 +63,7 @@ def add_pretrain_options(parser: argparse.ArgumentParser, config: type[Config] =
                                 metavar="KEY=VALUE", help=field_help(f) + "; repeat for several")
         elif kind is bool:
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, default=argparse.SUPPRESS,
-                                action=argparse.BooleanOptionalAction, help=help_text)
+                                action=BoolOption, help=help_text)
         else:
             parser.add_argument("--" + f.name.replace("_", "-"), dest=f.name, type=kind, default=argparse.SUPPRESS,
                                 choices=f.metadata.get("choices"), metavar=f.name.upper() if kind is not str else None,

@@ -107,3 +107,16 @@ class Preprocessing:
 
     def __call__(self, image: Image.Image) -> torch.Tensor:
         return self.transform(bound_aspect(image))
+
+
+def view_renormaliser(pre: Preprocessing, device: torch.device | str = "cpu"):
+    """Training views are normalised with ImageNet's mean and std; a run whose preprocessing has others (a
+    pretrained start's own) maps each view batch onto them: x * std0 / std + (mean0 - mean) / std, the same
+    as normalising the pixels with (mean, std). The identity when they are ImageNet's."""
+    if tuple(map(float, pre.mean)) == IMAGENET_MEAN and tuple(map(float, pre.std)) == IMAGENET_STD:
+        return lambda x: x
+    mean0, std0 = torch.tensor(IMAGENET_MEAN), torch.tensor(IMAGENET_STD)
+    mean, std = torch.tensor(pre.mean, dtype=torch.float32), torch.tensor(pre.std, dtype=torch.float32)
+    scale = (std0 / std).view(1, 3, 1, 1).to(device)
+    shift = ((mean0 - mean) / std).view(1, 3, 1, 1).to(device)
+    return lambda x: x * scale.to(x.dtype) + shift.to(x.dtype)

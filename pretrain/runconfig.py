@@ -24,13 +24,12 @@ def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
     recipe = method_spec(cfg.method).recipe(cfg.recipe)
     data = os.path.abspath(images.root)  # a resumed run finds its images from any working folder
     is_sample = cfg.data is None
-    image_size = cfg.image_size or min(224, typical_size(images))
-    if image_size > MAX_CROP:
-        raise ConfigError(f"image_size must be at most {MAX_CROP} pixels, the largest crop a model dir may record "
-                          f"(got {image_size})")
-    backbone = resolve_spec(cfg.backbone, cfg.small_stem, image_size, cfg.backbone_args)
+    name, kwargs, small_stem, image_size = start_defaults(cfg, images)
+    backbone = resolve_spec(name, small_stem, image_size, kwargs)
     return cfg.replace(
         data=data,
+        backbone=name,
+        backbone_args=kwargs,
         image_size=image_size,
         small_stem=backbone.small_stem,
         out=cfg.out or f"runs/{cfg.method}-{backbone.name}",
@@ -46,6 +45,23 @@ def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
         knn_test=cfg.knn_test or (str(sample_dir() / "test") if is_sample and cfg.knn_every else None),
         gpu_load_size=(cfg.gpu_load_size or default_load_size(image_size)) if cfg.gpu_augment else None,
     )
+
+
+def start_defaults(cfg: Config, images: ImageList) -> tuple[str, dict, bool | None, int]:
+    """The backbone (name, arguments, small stem) and image size a run uses when they are left unset: those of the
+    --init source where it says (a model dir's architecture and crop; timm's input size), else resnet18 at the
+    images' median short side (at most 224)."""
+    from pretrain.startfrom import architecture_for, init_image_size
+
+    own = architecture_for(cfg.init) if cfg.backbone is None else None
+    name, kwargs, small_stem = own or (cfg.backbone or "resnet18", {}, None)
+    kwargs = {**kwargs, **cfg.backbone_args}
+    small_stem = cfg.small_stem if cfg.small_stem is not None else small_stem
+    image_size = cfg.image_size or init_image_size(cfg.init) or min(224, typical_size(images))
+    if image_size > MAX_CROP:
+        raise ConfigError(f"image_size must be at most {MAX_CROP} pixels, the largest crop a model dir may record "
+                          f"(got {image_size})")
+    return name, kwargs, small_stem, image_size
 
 
 def same_setting(key: str, saved: object, now: object, path_settings: set[str]) -> bool:

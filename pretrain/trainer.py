@@ -42,6 +42,7 @@ from pretrain.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
+from pretrain.atomic import write_json
 from pretrain.config import ConfigError, PretrainConfig, save_yaml
 from pretrain.data.datasets import EpochSampler, ViewsDataset
 from pretrain.data.heap import keep_heap
@@ -54,9 +55,11 @@ from pretrain.methods.base import Progress
 from pretrain.modeldir import ModelDir, write_model_dir
 from pretrain.monitor import CollapseMonitor
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
-from pretrain.preprocess import Preprocessing
+from pretrain.preprocess import view_renormaliser
 from pretrain.runconfig import resolve_config, with_saved_settings
 from pretrain.runlog import MetricsLog, append_eval_row, plot_metrics
+from pretrain.schema import read_json
+from pretrain.startfrom import INIT_RECORD, parse_source, preprocessing_for, start_weights
 from pretrain.views.gpu import build_device_views, step_generator
 from pretrain.views.recipes import build_transform, options_of
 
@@ -111,6 +114,8 @@ class Trainer:
         self.device = select_device(self.cfg.device)
         self.amp_dtype = autocast_dtype(self.cfg.precision, self.device)
         self._check_out_dir()
+        if self.cfg.init and not resume:
+            parse_source(self.cfg.init)  # a source that names nothing fails here, before anything is built
 
     def _start_processes(self) -> None:
         """Join the torchrun job (if any) and check that every process has the same settings and images."""
@@ -128,9 +133,25 @@ class Trainer:
         backbone's record), `self.feature_dim` and `self.preprocessing` (what the model dir stores)."""
         cfg = self.cfg
         self.spec = resolve_spec(cfg.backbone, cfg.small_stem, cfg.image_size, cfg.backbone_args)
-        self.preprocessing = Preprocessing.for_size(cfg.image_size)
         backbone, self.feature_dim = build_backbone(self.spec, cfg.image_size)
+        self.start_backbone(backbone)
+        self.preprocessing = preprocessing_for(self.start, cfg.image_size)
         return build_method(cfg.method, backbone, self.feature_dim, cfg.method_args, num_images=len(self.images))
+
+    def start_backbone(self, backbone: torch.nn.Module) -> None:
+        """--init: load the starting weights into the new backbone and keep their record (`self.start`, model.json's
+        `init`; written to the run folder's init.json). A resumed run reads the record there and its weights
+        from the checkpoint: the source is not needed again."""
+        self.start = None
+        if not self.cfg.init:
+            return
+        record = self.out / INIT_RECORD
+        if self.resume and record.is_file():
+            self.start = read_json(record, ConfigError, "a run's start record")
+            return
+        self.start = start_weights(backbone, self.spec, self.cfg.init, self.cfg.init_strict)
+        if self.main:
+            write_json(record, self.start)
 
     def build_dataset(self) -> torch.utils.data.Dataset:
         """The training samples (views of `self.images`); sets `self.device_views` (None: views made by the loader)."""
@@ -164,6 +185,8 @@ class Trainer:
         random.seed(cfg.seed)
         np.random.seed(cfg.seed)
         self.model = self.build_model().to(self.device)
+        self.model.normalisation = (self.preprocessing.mean, self.preprocessing.std)
+        self.renormalise = view_renormaliser(self.preprocessing, self.device)
         if cfg.sync_bn:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         if cfg.channels_last:
@@ -343,7 +366,8 @@ class Trainer:
                                       step_generator(self.cfg.seed, epoch, step, self.device, part))
         views, extras = (batch["views"], batch) if isinstance(batch, dict) else (batch, {})
         layout = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
-        views = [v.to(self.device, non_blocking=True).contiguous(memory_format=layout) for v in views]
+        views = [self.renormalise(v.to(self.device, non_blocking=True)).contiguous(memory_format=layout)
+                 for v in views]
         return views, {k: extras[k].to(self.device, non_blocking=True) for k in self.model.needs}
 
     def data_pass(self, fn, **kwargs):
@@ -362,7 +386,7 @@ class Trainer:
         cfg = self.cfg
         test = scan_images(cfg.knn_test)
         num_classes = class_count(self.images, test)
-        pre = Preprocessing.for_size(cfg.image_size)
+        pre = self.preprocessing
         kwargs = dict(workers=cfg.workers, device=self.device, progress=self.progress)
         bank = extract_features(self.model.backbone, self.images, pre, desc="kNN bank", **kwargs)
         queries = extract_features(self.model.backbone, test, pre, desc="kNN test", **kwargs)
@@ -404,7 +428,7 @@ class Trainer:
         network = network.to(memory_format=torch.contiguous_format)
         info = write_model_dir(self.out, network, spec=self.spec, embedding_dim=neck[-1] if neck else self.feature_dim,
                                preprocessing=self.preprocessing, method=self.method_record(),
-                               training=self.training_summary(state), neck=neck)
+                               training=self.training_summary(state), neck=neck, start=self.start)
         head = self.model.trained_head()
         if head:
             ModelDir(self.out, info).save_head(head[0], head[1], self.head_record())

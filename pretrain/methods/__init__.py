@@ -17,7 +17,9 @@ from pretrain.methods.cpc import CPC
 from pretrain.methods.deepcluster import DeepCluster
 from pretrain.methods.dino import DINO
 from pretrain.methods.distill import Distill
+from pretrain.methods.distill_features import DistillFeatures
 from pretrain.methods.drlim import DrLIM
+from pretrain.methods.mae import MAE
 from pretrain.methods.moco import MoCo
 from pretrain.methods.nnclr import NNCLR
 from pretrain.methods.npid import NPID
@@ -61,6 +63,10 @@ _LARS_SIMCLR = _paper("lars", 0.3, 1e-6, "Chen et al. 2020, sec. B.1", temperatu
 _FAST_PREDICTOR = Recipe("lars", 1.0, 1e-5, method_args={"predictor_lr": 10.0},
                          source="LARS and a 10x predictor: learns within 30 min at batch 64 on one CPU core "
                                 "(docs/benchmarks.md)")
+
+
+# MAE's views (He et al. 2022): one random crop of 20-100% of the image and a flip, no colour changes
+_MAE_VIEWS = {"views": 1, "min_scale": 0.2, "jitter_p": 0.0, "gray_p": 0.0, "blur_p": 0.0}
 
 
 @dataclass(frozen=True)
@@ -140,6 +146,13 @@ METHODS: dict[str, MethodSpec] = {
     "drlim": MethodSpec(DrLIM),
     "distill": MethodSpec(Distill, default=Recipe(source="SimCLR's optimiser: +0.145 over random init in 10 min "
                                                         "(docs/benchmarks.md)")),
+    "distill_features": MethodSpec(DistillFeatures, default=Recipe(
+        source="SimCLR's optimiser and views; not tuned for distillation yet (docs/pretrained.md)")),
+    "mae": MethodSpec(MAE, default=Recipe("adamw", 1.5e-3, 0.05, transform_args=_MAE_VIEWS,
+                                          source="AdamW with MAE's weight decay 0.05 and 10x its base lr for short "
+                                                 "runs; one crop (scale >= 0.2) and a flip (docs/pretrained.md)"),
+                      paper=Recipe("adamw", 1.5e-4, 0.05, transform_args=_MAE_VIEWS,
+                                   source="He et al. 2022, sec. A.1 (batch 4096, 800-1600 epochs, 40 warm-up)")),
 }
 
 

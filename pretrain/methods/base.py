@@ -6,6 +6,8 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD
+
 
 @dataclass(frozen=True)
 class Progress:
@@ -52,6 +54,8 @@ class Method(nn.Module):
         self.backbone = backbone
         self.feature_dim = feature_dim
         self.progress = Progress(0, 1, 1)
+        # the mean and std the views are normalised with (the trainer sets the run's; a teacher may want others)
+        self.normalisation = (IMAGENET_MEAN, IMAGENET_STD)
 
     def forward(self, views: list[torch.Tensor]) -> tuple[torch.Tensor, dict[str, float]]:
         raise NotImplementedError

@@ -32,7 +32,10 @@ HPARAMS = {
     "npid": {"proj_dim": 8, "negatives": 6}, "pirl": {"proj_dim": 8, "negatives": 6, "grid": 2},
     "deepcluster": {"clusters": 4, "hidden_dim": 16}, "sela": {"clusters": 4, "hidden_dim": 16},
     "cpc": {"code_dim": 8, "hidden_dim": 16, "context_layers": 1},
+    "distill_features": {"proj_hidden_dim": 16},  # its teacher: the job's model dir (`build`)
+    "mae": {"decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2},
 }
+BACKBONES = {"mae": ("test_vit", {"img_size": 32, "patch_size": 8})}  # default: test_resnet
 MULTI_CROP = ("swav", "dino", "vicregl")
 VIEW_SIZES = {"cpc": [64]}  # one view: its default 2 x 2 patches of 32 px
 BATCH = 8  # the combined batch; each of the 2 processes takes 4
@@ -41,11 +44,14 @@ NUM_IMAGES = 16  # the training set of the methods with per-image state (a memor
 STATE = ("vectors", "ptr", "center")
 
 
-def build(name: str) -> Method:
+def build(name: str, folder: Path) -> Method:
+    """The method on its tiny backbone; feature distillation's teacher is the job's model dir (folder/model)."""
     torch.manual_seed(0)
-    spec = resolve_spec("test_resnet", None, 32, {})
+    backbone_name, kwargs = BACKBONES.get(name, ("test_resnet", {}))
+    spec = resolve_spec(backbone_name, None, 32, kwargs)
     backbone, dim = build_backbone(spec, 32)
-    return build_method(name, backbone, dim, method_hparams(name, HPARAMS[name]), num_images=NUM_IMAGES)
+    hparams = {**HPARAMS[name], **({"teacher": str(folder / "model")} if name == "distill_features" else {})}
+    return build_method(name, backbone, dim, method_hparams(name, hparams), num_images=NUM_IMAGES)
 
 
 def make_inputs(name: str) -> dict:
@@ -93,7 +99,7 @@ def parity(folder: Path) -> None:
     results = {}
     for bn, names in (("frozen", HPARAMS), ("sync", HPARAMS), ("local", ["simclr"])):
         for name in names:
-            model = prepare(build(name), bn)
+            model = prepare(build(name, folder), bn)
             net = distributed.wrap(model, torch.device("cpu"), find_unused_parameters=model.skips_parameters)
             results[f"{bn}/{name}"] = one_step(model, net, local_slice(make_inputs(name)))
     if distributed.is_main():

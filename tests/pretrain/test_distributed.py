@@ -79,11 +79,11 @@ def test_one_step_on_two_processes_equals_one_process_on_the_combined_batch(job:
     over 8 images leave ~1e-5 of noise, so 5e-5, while per-process batch norm is off by far more."""
     got = torch.load(job / "parity.pt", weights_only=True)
     for bn, tolerance in (("frozen", 1e-5), ("sync", 5e-5)):
-        model = prepare(build(name), bn)
+        model = prepare(build(name, job), bn)
         difference = max_difference(got[f"{bn}/{name}"], one_step(model, model, make_inputs(name)))
         assert difference <= tolerance, f"{name} with {bn} batch norm: relative difference {difference:.3g}"
     if name == "simclr":  # the control: statistics of each process's slice are not those of the global batch
-        model = prepare(build(name), "sync")
+        model = prepare(build(name, job), "sync")
         assert max_difference(got["local/simclr"], one_step(model, model, make_inputs(name))) > 1e-3
 
 

@@ -81,7 +81,11 @@ SMALL = {"simclr": {"out_dim": 16}, "byol": {"proj_hidden_dim": 32, "proj_dim": 
          "deepcluster": {"clusters": 4, "pca_dim": 8, "hidden_dim": 16, "kmeans_iterations": 3},
          "sela": {"clusters": 4, "hidden_dim": 16, "sinkhorn_iterations": 10},
          "cpc": {"code_dim": 16, "hidden_dim": 16, "context_layers": 1},
-         "distill": {"temperature": 2.0}}  # + a teacher, made by `teacher_with_head`
+         "distill": {"temperature": 2.0},  # + a teacher, made by `teacher_with_head`
+         "distill_features": {"proj_hidden_dim": 16},  # + a teacher model dir
+         "mae": {"decoder_dim": 16, "decoder_depth": 1, "decoder_heads": 2}}
+# methods that need another backbone than the tiny config's test_resnet
+BACKBONES = {"mae": {"backbone": "test_vit", "backbone_args": {"img_size": 32, "patch_size": 8}}}
 
 
 def teacher_with_head(folder: Path, tiny_config, image_folder: Path) -> Path:
@@ -104,12 +108,15 @@ def test_method_trains_and_resumes_exactly(method: str, image_folder: Path, tmp_
     args = dict(SMALL[method])
     if method == "distill":
         args["teacher"] = str(teacher_with_head(tmp_path / "teacher", tiny_config, image_folder))
+    if method == "distill_features":
+        args["teacher"] = str(Trainer(tiny_config(image_folder, tmp_path / "teacher", epochs=1), progress=False).fit())
 
     views = {"transform_args": {"local_views": 2}} if METHODS[method].transform in ("multicrop", "vicregl") else {}
 
     def config(name: str, **changes):
         return tiny_config(image_folder, tmp_path / name, method=method, method_args=args,
-                           optimizer="adamw", lr=1e-3, checkpoint_every_steps=2, **views, **changes)
+                           optimizer="adamw", lr=1e-3, checkpoint_every_steps=2, **views,
+                           **BACKBONES.get(method, {}), **changes)
 
     full = Trainer(config("full"), progress=False).fit()
 
