@@ -40,7 +40,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import equal_time_results as store  # noqa: E402
-from equal_time_clock import SIZE, Clock, Scorer, OutOfTime  # noqa: E402
+from equal_time_clock import SIZE, Clock, OutOfTime, Scorer  # noqa: E402
 from equal_time_results import slug  # noqa: E402,F401  (the contender file name; tests use it from here)
 
 DEFAULT_BATCH = 128

@@ -30,6 +30,7 @@ from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
 from pretrain import distributed
+from pretrain.atomic import write_json
 from pretrain.backbones import build_backbone, resolve_spec
 from pretrain.checkpoint import (
     CHECKPOINT,
@@ -42,7 +43,6 @@ from pretrain.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pretrain.atomic import write_json
 from pretrain.config import ConfigError, PretrainConfig, save_yaml
 from pretrain.data.datasets import EpochSampler, ViewsDataset
 from pretrain.data.heap import keep_heap

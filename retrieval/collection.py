@@ -36,8 +36,18 @@ import numpy as np
 from pretrain.knn import l2_normalize
 from retrieval.filters import Filter, check_row_meta
 from retrieval.index import INDEX_JSON, Index, IndexDirError
-from retrieval.journal import (LOG_FILE, MAX_ID, MAX_KEY_TEXT, add_line, append, cut_torn, header_line, keys_line,
-                               read_changes, remove_line)
+from retrieval.journal import (
+    LOG_FILE,
+    MAX_ID,
+    MAX_KEY_TEXT,
+    add_line,
+    append,
+    cut_torn,
+    header_line,
+    keys_line,
+    read_changes,
+    remove_line,
+)
 from retrieval.text import check_new_rows
 
 MAX_ADD_ROWS = 4096  # rows per change line (an add of more is split into several lines)

@@ -18,8 +18,19 @@ from collections import Counter
 import httpx
 import pytest
 from hostile import MULTIPART, Case, corpus, form, raw_request, zero_png
-from serve_helpers import (BODY_TIMEOUT, HEADER_TIMEOUT, MAX_BYTES, MAX_PENDING, free_port, peak_rss, png_bytes,
-                           RSS_BOUND, TOKEN, reset_peak_rss, server_processes)
+from serve_helpers import (
+    BODY_TIMEOUT,
+    HEADER_TIMEOUT,
+    MAX_BYTES,
+    MAX_PENDING,
+    RSS_BOUND,
+    TOKEN,
+    free_port,
+    peak_rss,
+    png_bytes,
+    reset_peak_rss,
+    server_processes,
+)
 
 from serve.settings import Limits
 

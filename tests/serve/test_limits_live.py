@@ -9,11 +9,10 @@ import stat
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import hostile
 import httpx
 import pytest
-import hostile
 from serve_helpers import RSS_BOUND, peak_rss, reset_peak_rss, server_processes, tcp_listening
-
 
 SIDE = 6000  # 36 M pixels: under the per-image limit; 8 of them under the per-request limit, 64 far over
 
