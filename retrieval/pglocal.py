@@ -143,7 +143,9 @@ class LocalPostgres:
         if self.running():
             self.port = self._pid_port()
             return self
-        self.port = self.port or free_port()
+        port_file = self.root / "port"
+        self.port = self.port or (int(port_file.read_text()) if port_file.is_file() else free_port())
+        port_file.write_text(f"{self.port}\n")
         self.log.touch()
         _chown(self.log)
         self._run([self._bin("pg_ctl"), "-D", str(self.data), "-l", str(self.log), "-w", "-t", str(int(timeout)),

@@ -20,16 +20,15 @@ with other processes (a database store has nothing to catch up).
 from __future__ import annotations
 
 import os
-import re
 from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
 from retrieval.filters import Filter
 from retrieval.kinds import IndexDirError
+from retrieval.location import ENV, display, is_database, location_or_env
 
-URL_SCHEMES = ("postgresql://", "postgres://")
-ENV = "SSLFORGE_INDEX"
+__all__ = ["ENV", "Store", "build_store", "display", "is_database", "live_mask", "location_or_env", "open_store"]
 
 
 @runtime_checkable
@@ -73,24 +72,6 @@ class Store(Protocol):
     def close(self) -> None: ...
 
 
-def is_database(location: str | os.PathLike | None) -> bool:
-    return isinstance(location, str) and location.startswith(URL_SCHEMES)
-
-
-def display(location: str | os.PathLike) -> str:
-    """The location as messages show it: a URL's password replaced by ***."""
-    text = str(location)
-    return re.sub(r"^(postgres(?:ql)?://[^:/@?#]*):[^@/?#]*@", r"\1:***@", text) if is_database(text) else text
-
-
-def location_or_env(location: str | None, option: str = "--index") -> str:
-    """The given location, else $SSLFORGE_INDEX; IndexDirError when neither is set."""
-    location = location or os.environ.get(ENV)
-    if not location:
-        raise IndexDirError(f"no collection given: pass {option} (an index dir or a postgresql:// URL) or set {ENV}")
-    return location
-
-
 def open_store(location: str | os.PathLike, *, device: str = "auto", mmap: bool = False,
                model_fingerprint: str | None = None, pool_size: int = 4) -> Store:
     """The store at `location` (see the module docstring). `model_fingerprint`, when given, must match the
@@ -119,8 +100,44 @@ def live_mask(store: Store) -> np.ndarray:
     return live
 
 
-def sorted_classes(labels: list[str | None], removed: np.ndarray) -> list[str]:
-    """Sorted distinct labels of the live rows."""
-    live = np.ones(len(labels), bool)
-    live[np.asarray(removed, dtype=np.int64)] = False
-    return sorted({lab for lab, ok in zip(labels, live) if ok and lab is not None})
+def build_store(location: str | os.PathLike, vectors: np.ndarray, paths: list[str], labels: list[str | None], *,
+                kind: str, model_fingerprint: str | None, meta: list[dict] | None = None,
+                ids: np.ndarray | None = None, total: int | None = None, info: dict | None = None,
+                source: str | None = None, dtype: str | None = None, device: str = "auto", progress: bool = True,
+                seed: int = 0, **params: Any) -> Store:
+    """Build a collection at `location` from these rows, replacing what is there as a whole.
+
+    `ids` (default 0..n-1): keep these row ids; `total`: ids issued so far (default: the largest + 1), so that
+    the next add continues after them. `dtype` float16: a database stores halfvec (index dirs store float32)."""
+    info = {**(info or {}), **({"source": source} if source else {})}
+    if is_database(location):
+        from retrieval.store_pg import PgStore
+
+        return PgStore.create(str(location), dim=int(np.shape(vectors)[1]), kind=kind, params=params,
+                              model_fingerprint=model_fingerprint, dtype=dtype or "float32", info=info, ids=ids,
+                              total=total, vectors=vectors, paths=paths, labels=labels, meta=meta, progress=progress)
+    from retrieval.index import Index
+    from retrieval.store_dir import DirStore
+
+    if dtype not in (None, "float32"):
+        raise IndexDirError(f"--dtype {dtype} applies to a database collection; an index dir stores float32")
+    removed = None
+    if ids is not None:  # ids with gaps (removed rows of the source): the gaps become removed rows of zeros
+        ids = np.asarray(ids, dtype=np.int64)
+        n = max(int(total or 0), int(ids.max()) + 1 if len(ids) else 0)
+        x = np.zeros((n, np.shape(vectors)[1]), np.float32)
+        x[ids] = vectors
+        full_paths, full_labels, full_meta = [""] * n, [None] * n, [{} for _ in range(n)]
+        for j, i in enumerate(ids.tolist()):
+            full_paths[i], full_labels[i] = paths[j], labels[j]
+            if meta is not None:
+                full_meta[i] = meta[j]
+        live = np.zeros(n, bool)
+        live[ids] = True
+        vectors, paths, labels, meta, removed = x, full_paths, full_labels, full_meta, np.flatnonzero(~live)
+    index = Index.build(vectors, paths, labels, kind=kind, model_fingerprint=model_fingerprint, device=device,
+                        progress=progress, seed=seed, meta=meta, **params)
+    if removed is not None:
+        index.removed = removed
+    index.info.update({k: v for k, v in info.items() if k in ("root", "source")})
+    return DirStore.create(location, index, source=info.get("source"))

@@ -43,6 +43,7 @@ class DirStore:
     def path(self) -> Path:
         return self.collection.path
 
+    device = property(lambda self: self.index.device)
     kind = property(lambda self: self.index.kind)
     dim = property(lambda self: self.index.dim)
     params = property(lambda self: self.index.params)

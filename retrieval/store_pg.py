@@ -24,7 +24,6 @@ import numpy as np
 from pretrain.knn import l2_normalize
 from retrieval.filters import Filter, check_row_meta
 from retrieval.kinds import SEARCH_KNOBS, IndexDirError, check_fingerprint
-from retrieval.store import sorted_classes
 from retrieval.store_pgsql import (
     DTYPES,
     META_TABLE,
@@ -125,11 +124,12 @@ class PgStore:
     @classmethod
     def create(cls, url: str, *, dim: int, kind: str, params: dict, model_fingerprint: str | None,
                dtype: str = "float32", info: dict | None = None, preprocessing: dict | None = None,
-               ids: np.ndarray | None = None, vectors: np.ndarray, paths: list[str],
+               ids: np.ndarray | None = None, total: int | None = None, vectors: np.ndarray, paths: list[str],
                labels: list[str | None], meta: list[dict] | None = None, progress: bool = False) -> PgStore:
         """Build the collection from these rows in one transaction, replacing any of the same name as a whole (a
         killed build leaves the previous one): COPY (binary) into a new table, index it, swap it in.
-        `ids`: keep these row ids (a copy of another store); default 0..n-1."""
+        `ids`: keep these row ids (a copy of another store; default 0..n-1); `total`: ids issued so far (default:
+        the largest + 1), so that adds continue after them."""
         psycopg = _psycopg()
         from psycopg import sql
         from psycopg.types.json import Jsonb
@@ -154,9 +154,9 @@ class PgStore:
                 conn.execute(create_table(build, dim, dtype))
                 copy_rows(conn, build, dtype, ids, vectors, paths, labels, meta, progress)
                 loaded = time.perf_counter()
-                if len(ids):
-                    conn.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), %s, true)",
-                                 (build, int(ids.max())))
+                issued = max(int(total or 0), int(ids.max()) + 1 if len(ids) else 0)
+                if issued:
+                    conn.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), %s, true)", (build, issued - 1))
                 for i, statement in enumerate(create_indexes(build, loc.table + "_new", kind, dtype, params)):
                     if progress and i == 2:
                         print(f"building the {kind} index of {len(ids):,} rows in PostgreSQL", flush=True)
@@ -254,7 +254,9 @@ class PgStore:
 
     @property
     def classes(self) -> list[str]:
-        return sorted_classes(self.labels, self.removed)
+        live = np.ones(self.ntotal, bool)
+        live[self.removed] = False
+        return sorted({lab for lab, ok in zip(self.labels, live) if ok and lab is not None})
 
     def vectors(self) -> np.ndarray:
         n = self.ntotal

@@ -20,6 +20,7 @@ from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from retrieval.filters import Filter
 from retrieval.kinds import IndexDirError, resolve_params
+from retrieval.location import display
 
 META_TABLE = "sslforge_collections"
 TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
@@ -45,8 +46,6 @@ class Location:
 
 def parse_location(url: str) -> Location:
     """`postgresql://USER[:PASSWORD]@HOST:PORT/DB?table=NAME[&libpq options]` -> Location; DatabaseError if bad."""
-    from retrieval.store import display
-
     shown = display(url)
     try:
         parts = urlsplit(url)
