@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -52,6 +53,20 @@ def add_index_option(p: argparse.ArgumentParser, what: str = "the collection") -
                         f"(pgvector) collection; default: ${ENV}")
 
 
+def opens_store(command):
+    """`command(args, store)` as `command(args)`: the store of --index (or $SSLFORGE_INDEX) opened with --mmap and
+    --device when the command has them, and closed when it returns."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> None:
+        store = open_store(location_or_env(args.index), mmap=getattr(args, "mmap", False),
+                           device=getattr(args, "device", "auto"))
+        try:
+            command(args, store)
+        finally:
+            store.close()
+    return run
+
+
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="auto: the GPU when Faiss (or torch, for exact search) sees one; gpu: fail without one "
@@ -87,12 +102,12 @@ def load_queries(path: str, index):
     return emb
 
 
-def cmd_classify(args: argparse.Namespace) -> None:
+@opens_store
+def cmd_classify(args: argparse.Namespace, index) -> None:
     from retrieval.knn import classify, label_codes, topk_accuracy
 
     if args.k < 1 or args.temperature <= 0:
         raise IndexDirError("-k must be >= 1 and --temperature > 0")
-    index = open_store(location_or_env(args.index), mmap=args.mmap, device=args.device)
     queries = load_queries(args.queries, index)
     scores, classes = classify(index, queries.vectors, k=args.k, temperature=args.temperature, **search_knobs(args))
     if args.predictions:
@@ -113,10 +128,10 @@ def cmd_classify(args: argparse.Namespace) -> None:
         print(f"{len(queries):,} queries have no labels known to the index: no accuracy to report")
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+@opens_store
+def cmd_eval(args: argparse.Namespace, index) -> None:
     from retrieval.evaluate import evaluate_index
 
-    index = open_store(location_or_env(args.index), device=args.device)
     source = args.embeddings or index.info.get("source")
     if not source:
         raise IndexDirError(f"{index.location} names no source embeddings: pass --embeddings")
@@ -159,10 +174,10 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     quickstart(run=args.run, embeddings=args.embeddings, out=args.out, progress=not args.quiet)
 
 
-def cmd_dedup(args: argparse.Namespace) -> None:
+@opens_store
+def cmd_dedup(args: argparse.Namespace, index) -> None:
     from retrieval.dedup import find_groups, index_vectors, sheet, write_groups
 
-    index = open_store(location_or_env(args.index), device=args.device)
     groups = find_groups(index, args.threshold, args.max_neighbours)
     x = index_vectors(index)
     write_groups(args.out, index, groups, x)

@@ -34,6 +34,14 @@ def cmd_add(args: argparse.Namespace) -> None:
         raise IndexDirError("give --images DIR (with --model) or --embeddings EMB_DIR, not both")
     location = location_or_env(args.index)
     col = open_store(location)
+    try:
+        add_to(args, col, location)
+    finally:
+        col.close()
+
+
+def add_to(args: argparse.Namespace, col, location: str) -> None:
+    """Embed (or read) the rows and append them to the open collection `col`."""
     scratch = None if is_database(location) else Path(location).resolve().parent
     with tempfile.TemporaryDirectory(prefix=".sslforge-add-", dir=scratch) as tmp:
         if args.images:
@@ -63,7 +71,6 @@ def cmd_add(args: argparse.Namespace) -> None:
         ids = col.add(emb.vectors, paths, labels, [dict(fields) for _ in paths])
     outside = sum(p.startswith("/") for p in paths)
     print(f"added {len(ids):,} rows (ids {ids[0]}..{ids[-1]}) to {col.location}: {len(col):,} live rows")
-    col.close()
     if outside:
         print(f"{outside:,} of them lie outside the index's image root {root or '(none recorded)'}: they are stored "
               f"with absolute paths, which search prints and the demo does not show")

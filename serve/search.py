@@ -12,9 +12,9 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.data.images import DECODE_ERRORS, load_rgb
-from retrieval.cli import SEARCH_OPTIONS, add_device, add_index_option, add_options, load_queries, search_knobs
+from retrieval.cli import SEARCH_OPTIONS, add_device, add_index_option, add_options, load_queries, opens_store, \
+    search_knobs
 from retrieval.filters import Filter, FilterError
-from retrieval.store import location_or_env, open_store
 
 
 class QueryError(ValueError):
@@ -44,7 +44,11 @@ def embed_query_images(model: str, images: list[str], device: str) -> tuple[np.n
 def cmd_search(args: argparse.Namespace) -> None:
     if bool(args.images) == bool(args.query_embeddings):
         raise QueryError("give query IMAGEs with --model, or --query-embeddings, not both")
-    index = open_store(location_or_env(args.index), mmap=args.mmap, device=args.device)
+    search(args)
+
+
+@opens_store
+def search(args: argparse.Namespace, index) -> None:
     if args.images:
         if not args.model:
             raise QueryError("query images need --model RUN_DIR to embed them")
