@@ -39,7 +39,7 @@ def cmd_copy(args: argparse.Namespace) -> None:
 
 
 def cmd_serve_local(args: argparse.Namespace) -> None:
-    from retrieval.pglocal import LocalPostgres
+    from retrieval.pglocal import LocalPostgres, LocalServerError
 
     server = LocalPostgres(Path(args.dir), args.port)
     if args.replica_of:
@@ -48,7 +48,7 @@ def cmd_serve_local(args: argparse.Namespace) -> None:
         else:
             primary = LocalPostgres(Path(args.replica_of))
             if not primary.running():
-                raise SystemExit(f"error: no server is running in {args.replica_of}: start it with "
+                raise LocalServerError(f"no server is running in {args.replica_of}: start it with "
                                  f"`sslforge store serve-local {args.replica_of}` first")
             primary.port = primary._pid_port()
             server = primary.replica(Path(args.dir), args.port)
@@ -64,7 +64,7 @@ def cmd_serve_local(args: argparse.Namespace) -> None:
     try:
         while not stop.wait(1.0):
             if not server.running():
-                raise SystemExit(f"error: the server stopped; see {server.log}")
+                raise LocalServerError(f"the server stopped; see {server.log}")
     finally:
         server.stop()
         print("stopped", flush=True)
