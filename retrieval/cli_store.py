@@ -39,29 +39,33 @@ def cmd_copy(args: argparse.Namespace) -> None:
 
 
 def cmd_serve_local(args: argparse.Namespace) -> None:
+    stop = threading.Event()  # set by Ctrl-C or SIGTERM, from before the server starts: it is always stopped again
+    before = {sig: signal.signal(sig, lambda *_: stop.set()) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        serve_local(args, stop)
+    finally:
+        for sig, handler in before.items():
+            signal.signal(sig, handler)
+
+
+def serve_local(args: argparse.Namespace, stop: threading.Event) -> None:
     from retrieval.pglocal import LocalPostgres, LocalServerError
 
     server = LocalPostgres(Path(args.dir), args.port)
-    if args.replica_of:
-        if (server.data / "PG_VERSION").is_file():
-            server.start()
-        else:
-            primary = LocalPostgres(Path(args.replica_of))
-            if not primary.running():
-                raise LocalServerError(f"no server is running in {args.replica_of}: start it with "
-                                 f"`sslforge store serve-local {args.replica_of}` first")
-            primary.port = primary._pid_port()
-            server = primary.replica(Path(args.dir), args.port)
+    if args.replica_of and not (server.data / "PG_VERSION").is_file():
+        primary = LocalPostgres(Path(args.replica_of))
+        if not primary.running():
+            raise LocalServerError(f"no server is running in {args.replica_of}: start it with "
+                                   f"`sslforge store serve-local {args.replica_of}` first")
+        primary.port = primary._pid_port()
+        server = primary.replica(Path(args.dir), args.port)
     else:
         server.start()
-    role = "read replica" if (server.data / "standby.signal").is_file() else "server"
-    print(f"PostgreSQL {role} with pgvector on 127.0.0.1:{server.port} (data: {server.data}; log: {server.log})")
-    print(f"collection URL (pick the table name): {server.url(table='NAME')}")
-    print("the password is kept in " + str(server.password_file) + "; stop with Ctrl-C", flush=True)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     try:
+        role = "read replica" if (server.data / "standby.signal").is_file() else "server"
+        print(f"PostgreSQL {role} with pgvector on 127.0.0.1:{server.port} (data: {server.data}; log: {server.log})")
+        print(f"collection URL (pick the table name): {server.url(table='NAME')}")
+        print(f"the password is kept in {server.password_file}; stop with Ctrl-C", flush=True)
         while not stop.wait(1.0):
             if not server.running():
                 raise LocalServerError(f"the server stopped; see {server.log}")

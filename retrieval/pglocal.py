@@ -130,12 +130,13 @@ class LocalPostgres:
         try:
             self._run([self._bin("initdb"), "-D", str(self.data), "-U", DB_USER, f"--pwfile={pwfile}",
                        "--auth-local=scram-sha-256", "--auth-host=scram-sha-256", "--encoding=UTF8",
-                       "--locale=C", "--no-instructions"])
+                       "--locale=C", "--no-instructions", "--sync-method=syncfs"])
         finally:
             pwfile.unlink(missing_ok=True)
         with open(self.data / "postgresql.conf", "a") as f:
             f.write("\n# sslforge local server\nlisten_addresses = '127.0.0.1'\nunix_socket_directories = ''\n"
-                    "wal_level = replica\nmax_wal_senders = 8\nhot_standby = on\n")
+                    "wal_level = replica\nmax_wal_senders = 8\nhot_standby = on\n"
+                    "recovery_init_sync_method = syncfs\n")  # one syncfs per file system, not an fsync per file
 
     def start(self, timeout: float = 60) -> LocalPostgres:
         """Start the server (initdb first when needed) on `port` (a free one when None); wait until it answers."""
@@ -201,7 +202,12 @@ class LocalPostgres:
         rep.data.mkdir(mode=0o700)
         _chown(rep.data)
         self._run([self._bin("pg_basebackup"), "-D", str(rep.data), "-R", "-X", "stream", "-c", "fast",
+                   "--sync-method=syncfs",
                    "-d", f"host=127.0.0.1 port={self.port} user={DB_USER}"], env=self._env())
+        # a standby takes queries once it has replayed a snapshot of the running transactions, which an idle
+        # primary logs only every 15 s: log one now (it follows the backup in the WAL the replica streams)
+        self._run([self._bin("psql"), "-X", "-q", "-d", DATABASE, "-c", "SELECT pg_log_standby_snapshot()"],
+                  env=self._env())
         return rep.start()
 
     def wait_replayed(self, replica: LocalPostgres, timeout: float = 30) -> None:
