@@ -43,7 +43,7 @@ def build(location: str, kind: str = "flat", n: int = N):
     return store, x, paths, labels, meta
 
 
-@pytest.mark.parametrize("kind", ["flat", "hnsw"])
+@pytest.mark.parametrize("kind", ["flat", "hnsw", "ivf"])
 def test_search_matches_brute_force(location, kind):
     store, x, *_ = build(location, kind)
     q = clustered(50, DIM, seed=9)[0]
@@ -53,6 +53,8 @@ def test_search_matches_brute_force(location, kind):
         assert (ids == ref_ids).all()
     else:
         assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ref_ids)]) >= 0.95
+        _, few = store.search_ids(q, 10, **({"ef_search": 10} if kind == "hnsw" else {"nprobe": 1}))
+        assert (few != ids).any()  # the search knob reaches the index
     np.testing.assert_allclose(scores[:, 0], ref_scores[:, 0], atol=1e-4)
     assert hits[0][0]["path"] == f"{'shop' if ids[0, 0] % 7 == 0 else 'img'}/{ids[0, 0]:05d}.jpg"
     assert store.kind == kind and store.dim == DIM and len(store) == N and store.model_fingerprint == "m1"
