@@ -12,7 +12,7 @@ worker). The database is a local server started here (`--url` for your own; the 
     python bench/store_speed.py --rows 100000 --dim 512            # writes bench/results/stores/rows100000-dim512.json
     python bench/store_speed.py --rows 1000000 --dim 512
     python bench/store_speed.py --rows 100000 --dim 128
-    python bench/store_speed.py --report                           # bench/results/stores/*.json -> docs/benchmarks/stores.md
+    python bench/store_speed.py --report          # bench/results/stores/*.json -> docs/benchmarks/stores.md
 """
 from __future__ import annotations
 
@@ -226,7 +226,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="the local server's maintenance_work_mem: the HNSW graph is built in it (default: 8GB)")
     ap.add_argument("--build-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
                     help="the local server's parallel index build workers (default: CPUs - 1)")
-    ap.add_argument("--out", type=Path, default=None, help="result JSON (default: bench/results/stores/rowsN-dimD.json)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="result JSON (default: bench/results/stores/rowsN-dimD.json)")
     ap.add_argument("--report", action="store_true", help="only write the report from the result files")
     ap.add_argument("--results", type=Path, default=RESULTS, help="result folder the report reads")
     ap.add_argument("--report-out", type=Path, default=REPORT, help="report file (default: docs/benchmarks/stores.md)")

@@ -23,7 +23,8 @@ def cmd_copy(args: argparse.Namespace) -> None:
         kinds = PG_KINDS if is_database(args.dst) else KINDS
         kind = args.kind or (src.kind if src.kind in kinds else "hnsw")
         keep = set(BUILD_PARAMS[kind]) | set(SEARCH_KNOBS[kind])
-        params = {n: v for n, v in src.params.items() if n in keep and not (n == "train_size" and is_database(args.dst))}
+        params = {n: v for n, v in src.params.items()
+                  if n in keep and not (n == "train_size" and is_database(args.dst))}
         dtype = args.dtype or getattr(src, "dtype", None) if is_database(args.dst) else args.dtype
         info = {k: v for k, v in src.info.items() if k in ("root", "source")}
         dst = build_store(args.dst, x, [paths[i] for i in live], [labels[i] for i in live], kind=kind,

@@ -48,7 +48,8 @@ def evaluate_index(index, reference: np.ndarray, queries: np.ndarray, *, k: int 
     `query_ids`: the queries are these rows of the index, so each one's own row is left out of its results.
     """
     exact = Index(kind="flat", dim=index.dim, params={}, paths=index.paths, labels=index.labels,
-                  vectors=l2_normalize(reference), removed=index.removed, device=getattr(index, "device", "auto"))
+                  vectors=l2_normalize(reference), removed=index.removed,
+                  device=getattr(index, "device", "auto"))
     fetch = k + (query_ids is not None)
     a_scores, a_ids, a_time = timed_search(index, queries, fetch, **knobs)
     e_scores, e_ids, e_time = timed_search(exact, queries, fetch)

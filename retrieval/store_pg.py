@@ -15,8 +15,6 @@ matching rows, found through the GIN and btree indexes. Every connection comes f
 """
 from __future__ import annotations
 
-import time
-from datetime import UTC, datetime
 from typing import Any
 
 import numpy as np
@@ -24,22 +22,18 @@ import numpy as np
 from pretrain.knn import l2_normalize
 from retrieval.filters import Filter, check_row_meta
 from retrieval.kinds import SEARCH_KNOBS, IndexDirError, check_fingerprint
+from retrieval.store_pgload import copy_rows, create
 from retrieval.store_pgsql import (
     DTYPES,
+    FORMAT,
     META_TABLE,
+    SCHEMA_VERSION,
     DatabaseError,
     Location,
     check_knobs,
-    create_indexes,
-    create_meta_table,
-    create_table,
     parse_location,
-    pg_params,
     where_sql,
 )
-
-FORMAT, SCHEMA_VERSION = "sslforge-pgvector", 1
-COPY_ROWS = 50_000  # rows per COPY round (progress, memory)
 
 
 def _psycopg():
@@ -115,82 +109,17 @@ class PgStore:
                                         f"an index dir with `sslforge index copy`")
             if row["format"] != FORMAT or row["schema_version"] != SCHEMA_VERSION or row["dtype"] not in DTYPES:
                 raise DatabaseError(f"{loc.shown}: the collection is of format {row['format']} version "
-                                    f"{row['schema_version']}; this sslforge reads {FORMAT} {SCHEMA_VERSION}: rebuild it")
+                                    f"{row['schema_version']}; this sslforge reads {FORMAT} {SCHEMA_VERSION}: "
+                                    f"rebuild it")
         except BaseException:
             pool.close()
             raise
         return cls(loc, pool, row)
 
     @classmethod
-    def create(cls, url: str, *, dim: int, kind: str, params: dict, model_fingerprint: str | None,
-               dtype: str = "float32", info: dict | None = None, preprocessing: dict | None = None,
-               ids: np.ndarray | None = None, total: int | None = None, vectors: np.ndarray, paths: list[str],
-               labels: list[str | None], meta: list[dict] | None = None, progress: bool = False) -> PgStore:
-        """Build the collection from these rows in one transaction, replacing any of the same name as a whole (a
-        killed build leaves the previous one): COPY (binary) into a new table, index it, swap it in.
-        `ids`: keep these row ids (a copy of another store; default 0..n-1); `total`: ids issued so far (default:
-        the largest + 1), so that adds continue after them."""
-        psycopg = _psycopg()
-        from psycopg import sql
-        from psycopg.types.json import Jsonb
-
-        loc = parse_location(url)
-        if dtype not in DTYPES:
-            raise DatabaseError(f"--dtype must be one of {', '.join(DTYPES)} (got {dtype!r})")
-        params = pg_params(kind, len(paths), dim, params)
-        meta = check_row_meta(meta, len(paths), IndexDirError)
-        ids = np.arange(len(paths), dtype=np.int64) if ids is None else np.asarray(ids, dtype=np.int64)
-        if not (len(vectors) == len(paths) == len(labels) == len(ids)):
-            raise IndexDirError(f"{len(vectors)} vectors, {len(paths)} paths, {len(labels)} labels, {len(ids)} ids: "
-                                f"one each per row")
-        pool = cls._pool(loc, 2)
-        build = f"{loc.table}__build"
-        start = time.perf_counter()
-        try:
-            with pool.connection() as conn, conn.transaction():
-                conn.execute(create_meta_table())
-                conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sslforge:{loc.table}",))
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(build)))
-                conn.execute(create_table(build, dim, dtype))
-                copy_rows(conn, build, dtype, ids, vectors, paths, labels, meta, progress)
-                loaded = time.perf_counter()
-                issued = max(int(total or 0), int(ids.max()) + 1 if len(ids) else 0)
-                if issued:
-                    conn.execute("SELECT setval(pg_get_serial_sequence(%s, 'id'), %s, true)", (build, issued - 1))
-                for i, statement in enumerate(create_indexes(build, loc.table + "_new", kind, dtype, params)):
-                    if progress and i == 2:
-                        print(f"building the {kind} index of {len(ids):,} rows in PostgreSQL", flush=True)
-                    conn.execute(statement)
-                indexed = time.perf_counter()
-                conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(loc.table)))
-                conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(build),
-                                                                           sql.Identifier(loc.table)))
-                for suffix in ("meta", "label", "embedding"):
-                    conn.execute(sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
-                        sql.Identifier(f"{loc.table}_new_{suffix}"), sql.Identifier(f"{loc.table}_{suffix}")))
-                info = {**(info or {}), "built_at": datetime.now(UTC).isoformat(timespec="seconds"),
-                        "built_on": "postgresql", "load_seconds": round(loaded - start, 3),
-                        "build_seconds": round(indexed - loaded, 3)}
-                fields = sorted({k for m in meta for k in m})
-                conn.execute(f"""INSERT INTO {META_TABLE} (name, format, schema_version, dim, dtype, metric, kind,
-                    params, model_fingerprint, preprocessing, info, fields, live)
-                    VALUES (%s, %s, %s, %s, %s, 'ip', %s, %s, %s, %s, %s, %s, %s)
-                    ON CONFLICT (name) DO UPDATE SET format = EXCLUDED.format, schema_version = EXCLUDED.schema_version,
-                    dim = EXCLUDED.dim, dtype = EXCLUDED.dtype, metric = EXCLUDED.metric, kind = EXCLUDED.kind,
-                    params = EXCLUDED.params, model_fingerprint = EXCLUDED.model_fingerprint,
-                    preprocessing = EXCLUDED.preprocessing, info = EXCLUDED.info, fields = EXCLUDED.fields,
-                    live = EXCLUDED.live, created_at = now()""",
-                             (loc.table, FORMAT, SCHEMA_VERSION, dim, dtype, kind, Jsonb(params), model_fingerprint,
-                              Jsonb(preprocessing) if preprocessing is not None else None, Jsonb(info), fields,
-                              len(ids)))
-            with pool.connection() as conn:
-                row = cls._read_row(conn, loc)
-        except psycopg.Error as e:
-            pool.close()
-            raise cls._fail(loc, e, "building the collection failed") from None
-        except BaseException:
-            pool.close()
-            raise
+    def create(cls, url: str, **build) -> PgStore:
+        """Build the collection from rows, replacing any of the same name as a whole: see store_pgload.create."""
+        row, loc, pool = create(cls, url, **build)
         return cls(loc, pool, row)
 
     # ---- what the collection is -------------------------------------------------------------------------
@@ -199,6 +128,12 @@ class PgStore:
         return self.loc.shown
 
     path = None  # not a folder (callers that show a dir's path show `location`)
+
+    def _q(self, text: str):
+        """SQL with {t} the collection's table, quoted as an identifier (its name was checked by parse_location)."""
+        from psycopg import sql
+
+        return sql.SQL(text).format(t=sql.Identifier(self.loc.table))
 
     def _run(self, what: str, fn, *args):
         """`fn(conn, *args)` on a pooled connection; a database error becomes one DatabaseError line."""
@@ -235,7 +170,7 @@ class PgStore:
         if self._table is None:
             def read(conn):
                 issued = self._issued(conn)
-                rows = conn.execute(f'SELECT id, path, label, meta FROM "{self.loc.table}" ORDER BY id').fetchall()
+                rows = conn.execute(self._q("SELECT id, path, label, meta FROM {t} ORDER BY id")).fetchall()
                 return issued, rows
             issued, rows = self._run("reading the rows", read)
             n = max([issued] + [r[0] + 1 for r in rows[-1:]])
@@ -264,7 +199,7 @@ class PgStore:
         def read(conn):
             x = np.zeros((n, self.dim), np.float32)
             with conn.cursor(binary=True) as cur:
-                cur.execute(f'SELECT id, embedding::vector FROM "{self.loc.table}" WHERE id < %s', (n,))
+                cur.execute(self._q("SELECT id, embedding::vector FROM {t} WHERE id < %s"), (n,))
                 for i, v in cur:
                     x[i] = v.to_numpy()
             return x
@@ -281,7 +216,7 @@ class PgStore:
 
     def sample_paths(self, count: int) -> list[str]:
         return [r[0] for r in self._run("reading paths", lambda c: c.execute(
-            f'SELECT path FROM "{self.loc.table}" ORDER BY id LIMIT %s', (count,)).fetchall())]
+            self._q("SELECT path FROM {t} ORDER BY id LIMIT %s"), (count,)).fetchall())]
 
     def size_bytes(self) -> int:
         return int(self._run("measuring the table", lambda c: c.execute(
@@ -329,7 +264,7 @@ class PgStore:
                 bad = ids[(ids < 0) | (ids >= issued)]
                 if len(bad):
                     raise IndexDirError(f"remove: id {bad[0]} is not in the index (ids are 0..{issued - 1})")
-                gone = conn.execute(f'DELETE FROM "{self.loc.table}" WHERE id = ANY(%s)', (ids.tolist(),)).rowcount
+                gone = conn.execute(self._q("DELETE FROM {t} WHERE id = ANY(%s)"), (ids.tolist(),)).rowcount
                 self._count(conn, -gone)
             return gone
         gone = self._run("removing rows", delete)
@@ -427,25 +362,3 @@ class PgStore:
                           "score": float(-row[4])} for row in rows] + [None] * (k - len(rows)))
         return scores, ids, hits
 
-
-def copy_rows(conn, table: str, dtype: str, ids: np.ndarray, vectors: np.ndarray, paths: list[str],
-              labels: list[str | None], meta: list[dict], progress: bool) -> None:
-    """Binary COPY of the rows into `table` (vectors normalised here)."""
-    from pgvector import HalfVector
-    from psycopg import sql
-    from psycopg.types.json import Jsonb
-    from tqdm.auto import tqdm
-
-    bar = tqdm(total=len(ids), desc="COPY into PostgreSQL", unit="row", disable=not progress, leave=False)
-    statement = sql.SQL("COPY {} (id, path, label, meta, embedding) FROM STDIN (FORMAT BINARY)").format(
-        sql.Identifier(table))
-    with conn.cursor().copy(statement) as copy:
-        copy.set_types(["int8", "text", "text", "jsonb", DTYPES[dtype]])
-        for start in range(0, len(ids), COPY_ROWS):
-            block = l2_normalize(np.asarray(vectors[start:start + COPY_ROWS], dtype=np.float32))
-            for j, v in enumerate(block):
-                r = start + j
-                copy.write_row((int(ids[r]), paths[r], labels[r], Jsonb(meta[r]),
-                                HalfVector(v) if dtype == "float16" else v))
-            bar.update(len(block))
-    bar.close()

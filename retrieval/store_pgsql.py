@@ -23,6 +23,7 @@ from retrieval.kinds import IndexDirError, resolve_params
 from retrieval.location import display
 
 META_TABLE = "sslforge_collections"
+FORMAT, SCHEMA_VERSION = "sslforge-pgvector", 1  # of a collection's metadata row
 TABLE_NAME = re.compile(r"[a-z_][a-z0-9_]{0,47}")
 PG_KINDS = ("flat", "hnsw", "ivf")  # ivf is pgvector's IVFFlat
 MAX_EF_SEARCH = 1000  # pgvector's upper bound for hnsw.ef_search

@@ -53,7 +53,8 @@ def test_serve_local_prints_a_url_that_holds_a_collection(folder):
         assert url.startswith("postgresql://sslforge:") and url.endswith("?table=NAME")
         url = url.replace("NAME", "photos")
         x = np.eye(4, dtype=np.float32)
-        build_store(url, x, ["a", "b", "c", "d"], [None] * 4, kind="hnsw", model_fingerprint="m", progress=False).close()
+        build_store(url, x, ["a", "b", "c", "d"], [None] * 4, kind="hnsw", model_fingerprint="m",
+                    progress=False).close()
         port = url.split("@127.0.0.1:")[1].split("/")[0]
         replica, rurl = serve_local(str(folder / "replica"), "--replica-of", str(folder / "pg"))
         try:
