@@ -43,7 +43,8 @@ def timed_search(index, queries: np.ndarray, k: int, **knobs: Any) -> tuple[np.n
 def evaluate_index(index, reference: np.ndarray, queries: np.ndarray, *, k: int = 10,
                    query_ids: np.ndarray | None = None, query_labels: list[str | None] | None = None,
                    **knobs: Any) -> dict[str, Any]:
-    """Compare `index` (an Index or a Store) with exact search over `reference` (the indexed vectors, row order) on `queries`.
+    """Compare `index` (an Index or a Store) with exact search over `reference` (the indexed vectors, row order)
+    on `queries`.
 
     `query_ids`: the queries are these rows of the index, so each one's own row is left out of its results.
     """
