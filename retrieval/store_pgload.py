@@ -71,6 +71,9 @@ def create(cls, url: str, *, dim: int, kind: str, params: dict, model_fingerprin
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(loc.table)))
             conn.execute(sql.SQL("ALTER TABLE {} RENAME TO {}").format(sql.Identifier(build),
                                                                        sql.Identifier(loc.table)))
+            seq = conn.execute("SELECT pg_get_serial_sequence(%s, 'id')", (loc.table,)).fetchone()[0]
+            conn.execute(sql.SQL("ALTER SEQUENCE {} RENAME TO {}").format(
+                sql.Identifier(*seq.split(".")), sql.Identifier(f"{loc.table}_id_seq")))
             for suffix in ("meta", "label", "embedding"):
                 conn.execute(sql.SQL("ALTER INDEX IF EXISTS {} RENAME TO {}").format(
                     sql.Identifier(f"{loc.table}_new_{suffix}"), sql.Identifier(f"{loc.table}_{suffix}")))

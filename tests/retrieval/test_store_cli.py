@@ -91,3 +91,32 @@ def test_copy_both_ways_keeps_ids_fields_and_vectors(dtype, pg_url, tmp_path, ca
         assert (dst.search(q, 5)[1] == np.array(live)[ref]).mean() >= (1.0 if dtype == "float32" else 0.9)
         assert dst.add(x[:1], ["next.jpg"])[0] >= 302  # ids continue after the copied ones
         dst.close()
+
+
+def test_the_service_role_needs_only_row_privileges(pg_server, pg_url, emb):
+    """What docs/stores.md grants a service's role is enough to search, add and remove, and not enough to build."""
+    import psycopg
+    from psycopg import sql
+
+    from retrieval.store_pgsql import DatabaseError
+
+    url = pg_url()
+    table = url.split("table=")[1]
+    build_store(url, np.eye(DIM, dtype=np.float32), [f"{i}.jpg" for i in range(DIM)], [None] * DIM, kind="hnsw",
+                model_fingerprint="m", progress=False).close()
+    role = f"svc_{table}"
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal("pw-123")))
+        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {}, sslforge_collections TO {}").format(
+            sql.Identifier(table), sql.Identifier(role)))
+        conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
+            sql.Identifier(f"{table}_id_seq"), sql.Identifier(role)))
+    service = url.replace(f"sslforge:{pg_server.password}@", f"{role}:pw-123@")
+    store = open_store(service)
+    new = store.add(np.ones((1, DIM), np.float32), ["new.jpg"])
+    assert store.search(np.ones((1, DIM), np.float32), 1)[1][0, 0] == new[0]
+    assert store.remove(new) == 1 and len(store) == DIM
+    store.close()
+    with pytest.raises(DatabaseError, match="permission denied"):
+        build_store(service.replace(f"table={table}", f"table={table}_b"), np.eye(DIM, dtype=np.float32), ["a"] * DIM, [None] * DIM,
+                    kind="flat", model_fingerprint="m", progress=False)
