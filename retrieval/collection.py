@@ -139,6 +139,16 @@ class Collection:
                 self._refresh()
         return live
 
+    def remove_where(self, where: Filter) -> int:
+        """Stop returning every live row that matches `where` (durably); returns how many."""
+        with self._writing():
+            i = self.index
+            ids = np.flatnonzero(where.mask(i.paths, i.labels, i.meta, i.removed))
+            if len(ids):
+                self._append(remove_line(ids))
+                self._refresh()
+        return len(ids)
+
     def compact(self) -> Path:
         """Fold the change log into a new snapshot of the dir (swapped in as a whole); ids stay as they are."""
         with self._writing():

@@ -74,11 +74,7 @@ class DirStore:
         return self.collection.remove(ids)
 
     def remove_where(self, where: Filter) -> int:
-        with self.collection._mutex:
-            self.collection.refresh()
-            i = self.index
-            ids = np.flatnonzero(where.mask(i.paths, i.labels, i.meta, i.removed))
-            return self.collection.remove(ids) if len(ids) else 0
+        return self.collection.remove_where(where)
 
     # ---- reading ------------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int = 10, where: Filter | None = None, **knobs: Any):

@@ -56,6 +56,11 @@ def create(cls, url: str, *, dim: int, kind: str, params: dict, model_fingerprin
         with pool.connection() as conn, conn.transaction():
             conn.execute(create_meta_table())
             conn.execute("SELECT pg_advisory_xact_lock(hashtext(%s))", (f"sslforge:{loc.table}",))
+            foreign = conn.execute(f"SELECT to_regclass(%s) IS NOT NULL AND NOT EXISTS (SELECT 1 FROM {META_TABLE} "
+                                   f"WHERE name = %s)", (loc.table, loc.table)).fetchone()[0]
+            if foreign:  # never replace a table sslforge did not make
+                raise DatabaseError(f"{loc.shown}: a table {loc.table!r} exists and is not an sslforge collection: "
+                                    f"choose another ?table= name")
             conn.execute(sql.SQL("DROP TABLE IF EXISTS {}").format(sql.Identifier(build)))
             conn.execute(create_table(build, dim, dtype))
             copy_rows(conn, build, dtype, ids, vectors, paths, labels, meta, progress)

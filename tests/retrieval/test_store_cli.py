@@ -62,6 +62,12 @@ def test_credentials_never_appear_in_errors(pg_server, pg_url, emb, capsys):
     assert "no collection 'nothing'" in err and pg_server.password not in err
     assert main(["index", "build", "--embeddings", str(emb), "--out", pg_url().split("?")[0]]) == 2
     assert "?table=NAME" in capsys.readouterr().err
+    import psycopg
+
+    with psycopg.connect(pg_server.url(), autocommit=True) as conn:
+        conn.execute("CREATE TABLE IF NOT EXISTS someone_elses (x int)")
+    assert main(["index", "build", "--embeddings", str(emb), "--out", pg_server.url(table="someone_elses")]) == 2
+    assert "is not an sslforge collection" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float16"])
