@@ -4,18 +4,19 @@ kill -9 of either loses nothing acknowledged), and a streaming read replica serv
 takes /add."""
 from __future__ import annotations
 
+import socket
 import threading
 import time
 import uuid
 
 import httpx
 import pytest
-from serve_helpers import png_bytes
-from test_collection_service import AUTH, start, stop
+from serve_helpers import SERVER_ENV, free_port, png_bytes
+from test_collection_service import AUTH, ROOT, TOKEN, stop
 
 from pretrain.cli import main
 from retrieval.store import open_store
-from tools.process import crash
+from tools.process import crash, start_bentoml, wait_ready
 
 
 def images(n: int, seed: int) -> list:
@@ -33,14 +34,33 @@ def shared(served, pg_server, tmp_path_factory):
     url = pg_server.url(table=f"shared_{uuid.uuid4().hex[:8]}")
     assert main(["index", "copy", str(index), url, "--quiet"]) == 0
     root = tmp_path_factory.mktemp("replicas")
-    a = start(model, url, root / "a.log")
-    b = start(model, url, root / "b.log")
+    servers = []
     try:
+        for name, port in zip("ab", two_ports()):  # both start at once (each loads torch and the model: the slow part)
+            env = {"SSLFORGE_MODEL": str(model), "SSLFORGE_INDEX": url, "SSLFORGE_WRITE_TOKEN": TOKEN, **SERVER_ENV}
+            log = root / f"{name}.log"
+            servers.append((start_bentoml(env, port, ROOT, log), f"http://127.0.0.1:{port}", log))
+        for proc, server, log in servers:
+            wait_ready(server, proc, log)
+        a, b = [(proc, server) for proc, server, _ in servers]
         yield url, a, b, root, model
     finally:
-        for proc, _ in (a, b):
+        for proc, _, _ in servers:
             if proc.poll() is None:
                 stop(proc)
+
+
+def two_ports() -> tuple[int, int]:
+    """Two free ports (free_port twice would give the same one: nothing is bound to it in between)."""
+    first = free_port()
+    for port in range(first + 1, first + 1000):
+        with socket.socket() as s:
+            try:
+                s.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return first, port
+    raise RuntimeError("no second free port")
 
 
 def top_id(url: str, seed: int, i: int = 0) -> int | None:
@@ -64,8 +84,12 @@ def test_an_add_on_one_replica_is_found_by_the_other_at_once(shared):
 def test_a_read_replica_serves_search_while_the_primary_takes_adds(shared, pg_server):
     url, (_, a), _, root, model = shared
     replica = pg_server.replica(pg_server.root.parent / f"replica-{uuid.uuid4().hex[:6]}")
-    proc, c = start(model, url.replace(f":{pg_server.port}/", f":{replica.port}/"), root / "c.log")
+    port, log = free_port(), root / "c.log"
+    env = {"SSLFORGE_MODEL": str(model), "SSLFORGE_INDEX": url.replace(f":{pg_server.port}/", f":{replica.port}/"),
+           "SSLFORGE_WRITE_TOKEN": TOKEN, **SERVER_ENV}
+    proc, c = start_bentoml(env, port, ROOT, log), f"http://127.0.0.1:{port}"
     try:
+        wait_ready(c, proc, log)
         answered, stop_searching = [], threading.Event()
 
         def search_forever():
@@ -129,3 +153,19 @@ def test_kill_9_of_either_loses_nothing_acknowledged(shared):
         assert not set(i for _, ids in acked["a"] + acked["b"] for i in ids) & set(store.removed.tolist())
     finally:
         store.close()
+
+
+def test_serve_takes_a_database_url_and_never_prints_its_password(pg_server, served, monkeypatch, capsys):
+    import argparse
+
+    from serve import cli
+
+    url = pg_server.url(table="photos")
+    started = {}
+    monkeypatch.setattr(cli.os, "execve", lambda path, argv, env: started.update(env))
+    args = argparse.Namespace(model=str(served[0]), index=url, backend="torch", device="cpu", max_k=None, host="h",
+                              port=1, batching=True, max_batch_size=8, max_latency_ms=100)
+    cli.cmd_serve(args)
+    out = capsys.readouterr().out
+    assert started["SSLFORGE_INDEX"] == url  # the server gets the URL as given
+    assert pg_server.password not in out and "sslforge:***@127.0.0.1" in out
