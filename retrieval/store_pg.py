@@ -7,10 +7,11 @@
 
 Similarity is cosine, as in an index dir: vectors are L2-normalised before they are stored or searched and
 compared by inner product (`<#>`, pgvector's negative inner product). Searches run `ORDER BY embedding <#> q
-LIMIT k` with `hnsw.ef_search` (or `ivfflat.probes`); with a filter also `*.iterative_scan = relaxed_order`, so the
-index keeps walking until k matching rows are found, and when it still returns fewer (a filter that matches very
-few rows, past `hnsw.max_scan_tuples`), the same query runs once more without the vector index: exact among the
-matching rows, found through the GIN and btree indexes. Every connection comes from one pool per process
+LIMIT k` with `hnsw.ef_search` (at least k, as in Faiss; or `ivfflat.probes`); with a filter (or k past
+pgvector's ef_search bound) also `*.iterative_scan = relaxed_order`, so the index keeps walking until k matching rows
+are found, and when it still returns fewer while more rows match (a filter that matches very few rows, past
+`hnsw.max_scan_tuples`; IVF lists holding fewer than k), the same query runs once more without the vector index:
+exact among the matching rows, found through the GIN and btree indexes. Every connection comes from one pool per process
 (psycopg_pool), so each service worker has its own.
 """
 from __future__ import annotations
@@ -28,6 +29,7 @@ from retrieval.store_pgsql import (
     FORMAT,
     META_TABLE,
     SCHEMA_VERSION,
+    MAX_EF_SEARCH,
     DatabaseError,
     Location,
     check_knobs,
@@ -329,13 +331,29 @@ class PgStore:
         cols = sql.SQL("id, path, label, meta" if with_rows else "id, NULL, NULL, NULL")
         query = sql.SQL("SELECT {}, {} AS d FROM {} WHERE {} ORDER BY d LIMIT %s").format(
             cols, dist, sql.Identifier(self.loc.table), cond)
+        # more rows than the candidate list holds (k > ef_search): widen it, as Faiss does, and past pgvector's
+        # bound keep walking (iterative scan), as with a filter
+        walk = bool(where) or k > MAX_EF_SEARCH
         settings = []
         if self.kind == "hnsw":
-            settings = [("hnsw.ef_search", p["ef_search"])] + ([("hnsw.iterative_scan", "relaxed_order")]
-                                                               if where else [])
+            settings = [("hnsw.ef_search", min(MAX_EF_SEARCH, max(p["ef_search"], k)))]
+            settings += [("hnsw.iterative_scan", "relaxed_order")] if walk else []
         elif self.kind == "ivf":
             settings = [("ivfflat.probes", p["nprobe"])] + ([("ivfflat.iterative_scan", "relaxed_order")]
-                                                            if where else [])
+                                                            if walk else [])
+        live: list[int] = []
+
+        def short(conn, rows: list) -> bool:
+            """The index returned fewer than k rows where more match (a filter matching few rows, past
+            hnsw.max_scan_tuples; or IVF's probed lists holding fewer than k rows)."""
+            if len(rows) >= k or self.kind == "flat":
+                return False
+            if where:
+                return True
+            if not live:
+                live.append(conn.execute(f"SELECT live FROM {META_TABLE} WHERE name = %s",
+                                         (self.loc.table,)).fetchone()[0])
+            return len(rows) < live[0]
 
         def run(conn):
             found = []
@@ -344,7 +362,7 @@ class PgStore:
                     conn.execute("SELECT set_config(%s, %s, true)", (name, str(value)))
                 for vec in q:
                     rows = conn.execute(query, [vec, *args, k]).fetchall()
-                    if len(rows) < k and where and self.kind != "flat":  # the walk stopped short: exact among matches
+                    if short(conn, rows):  # the same query without the vector index: exact among the matches
                         conn.execute("SELECT set_config('enable_indexscan', 'off', true)")
                         rows = conn.execute(query, [vec, *args, k]).fetchall()
                         conn.execute("SELECT set_config('enable_indexscan', 'on', true)")

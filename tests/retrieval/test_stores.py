@@ -55,6 +55,8 @@ def test_search_matches_brute_force(location, kind):
         assert np.mean([len(set(a) & set(b)) / 10 for a, b in zip(ids, ref_ids)]) >= 0.95
         _, few = store.search_ids(q, 10, **({"ef_search": 10} if kind == "hnsw" else {"nprobe": 1}))
         assert (few != ids).any()  # the search knob reaches the index
+    _, many = store.search_ids(q[:3], 300)  # more than the default candidate list (ef_search 128)
+    assert (many >= 0).all() and all(len(set(row)) == 300 for row in many)
     np.testing.assert_allclose(scores[:, 0], ref_scores[:, 0], atol=1e-4)
     assert hits[0][0]["path"] == f"{'shop' if ids[0, 0] % 7 == 0 else 'img'}/{ids[0, 0]:05d}.jpg"
     assert store.kind == kind and store.dim == DIM and len(store) == N and store.model_fingerprint == "m1"
