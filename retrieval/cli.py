@@ -86,7 +86,9 @@ def cmd_build(args: argparse.Namespace) -> None:
     store = build_store(args.out, emb.vectors, emb.paths, emb.labels, kind=kind,
                         model_fingerprint=emb.model_fingerprint, info={"root": emb.manifest.get("root", "")},
                         source=str(Path(args.embeddings).resolve()), dtype=dtype, device=args.device,
-                        progress=not args.quiet, seed=args.seed, **params)
+                        progress=not args.quiet, seed=args.seed, preprocessing={
+                            k: emb.manifest[k] for k in ("model", "backend", "normalized") if k in emb.manifest},
+                        **params)
     try:
         where = "in PostgreSQL" if is_database(args.out) else f"on the {store.info['built_on']}"
         print(f"{kind} index of {len(store):,} vectors (dim {store.dim}) built {where} in "

@@ -29,7 +29,8 @@ def cmd_copy(args: argparse.Namespace) -> None:
         info = {k: v for k, v in src.info.items() if k in ("root", "source")}
         dst = build_store(args.dst, x, [paths[i] for i in live], [labels[i] for i in live], kind=kind,
                           model_fingerprint=src.model_fingerprint, meta=[meta[i] for i in live], ids=live,
-                          total=src.ntotal, info=info, dtype=dtype, progress=not args.quiet, **params)
+                          total=src.ntotal, info=info, dtype=dtype, progress=not args.quiet,
+                          preprocessing=getattr(src, "preprocessing", None), **params)
     finally:
         src.close()
     try:

@@ -104,18 +104,20 @@ def build_store(location: str | os.PathLike, vectors: np.ndarray, paths: list[st
                 kind: str, model_fingerprint: str | None, meta: list[dict] | None = None,
                 ids: np.ndarray | None = None, total: int | None = None, info: dict | None = None,
                 source: str | None = None, dtype: str | None = None, device: str = "auto", progress: bool = True,
-                seed: int = 0, **params: Any) -> Store:
+                seed: int = 0, preprocessing: dict | None = None, **params: Any) -> Store:
     """Build a collection at `location` from these rows, replacing what is there as a whole.
 
     `ids` (default 0..n-1): keep these row ids; `total`: ids issued so far (default: the largest + 1), so that
-    the next add continues after them. `dtype` float16: a database stores halfvec (index dirs store float32)."""
+    the next add continues after them. `dtype` float16: a database stores halfvec (index dirs store float32).
+    `preprocessing`: how the vectors were made (model dir, backend), recorded beside the fingerprint (databases)."""
     info = {**(info or {}), **({"source": source} if source else {})}
     if is_database(location):
         from retrieval.store_pg import PgStore
 
         return PgStore.create(str(location), dim=int(np.shape(vectors)[1]), kind=kind, params=params,
                               model_fingerprint=model_fingerprint, dtype=dtype or "float32", info=info, ids=ids,
-                              total=total, vectors=vectors, paths=paths, labels=labels, meta=meta, progress=progress)
+                              total=total, vectors=vectors, paths=paths, labels=labels, meta=meta, progress=progress,
+                              preprocessing=preprocessing)
     from retrieval.index import Index
     from retrieval.store_dir import DirStore
 

@@ -113,6 +113,9 @@ class PgStore:
                 raise DatabaseError(f"{loc.shown}: the collection is of format {row['format']} version "
                                     f"{row['schema_version']}; this sslforge reads {FORMAT} {SCHEMA_VERSION}: "
                                     f"rebuild it")
+        except _psycopg().Error as e:
+            pool.close()
+            raise cls._fail(loc, e, "reading the collection") from None
         except BaseException:
             pool.close()
             raise

@@ -46,6 +46,7 @@ def test_the_index_commands_on_a_database(emb, pg_url, tmp_path, capsys, monkeyp
     removed = int(capsys.readouterr().out.split()[1].replace(",", ""))
     store = open_store(url)
     assert removed > 0 and len(store) == 600 - removed
+    assert store.preprocessing["backend"] == "numpy" and store.model_fingerprint == "sha256:m1"
     assert not (store.search(clustered(5, DIM, seed=2)[0], 10, where=Filter({"label": "c1"}))[1] >= 0).any()
     store.close()
     assert main(["index", "compact"]) == 2
