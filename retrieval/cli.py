@@ -231,12 +231,14 @@ def cmd_compact(args: argparse.Namespace) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:
     """Add `index` (build, classify, eval, quickstart); return the exception types that mean bad input."""
-    ix = sub.add_parser("index", help="build, evaluate and classify with Faiss indexes of embeddings",
-                        description="Faiss indexes of an embeddings dir (cosine similarity on L2-normalised "
-                                    "vectors): build one, classify with it (weighted kNN), evaluate it, and add or "
-                                    "remove rows while it is served.")
+    ix = sub.add_parser("index", help="build, evaluate and classify with collections of embeddings (Faiss index "
+                                      "dirs or PostgreSQL tables)",
+                        description="Collections of an embeddings dir (cosine similarity on L2-normalised vectors), "
+                                    "in a Faiss index dir or a PostgreSQL table with pgvector (a postgresql://"
+                                    "...?table=NAME location): build one, classify with it (weighted kNN), evaluate "
+                                    "it, add or remove rows while it is served, copy it between the two stores.")
     isub = ix.add_subparsers(dest="index_command", required=True, metavar="ACTION",
-                             help="build, add, remove, compact, classify, eval or quickstart; "
+                             help="build, add, remove, compact, copy, classify, eval or quickstart; "
                                   "`sslforge index ACTION --help` for its options")
     setattr(ix, INDEX_ACTIONS, isub)
 
@@ -308,7 +310,8 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
     p.set_defaults(func=cmd_quickstart)
 
     p = isub.add_parser("remove", help="stop returning rows of a live index (by id or by filter), durably",
-                        description="Append a removal to the index's change log (the running service and other "
+                        description="Append a removal to the index dir's change log, or delete the rows of a "
+                                    "database collection in one transaction (the running service and other "
                                     "readers see it at their next search); ids stay as they are. Rows to remove: "
                                     "--ids, and/or every live row matching --where / --path-prefix.")
     add_index_option(p, "the collection to change")
