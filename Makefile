@@ -28,7 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 	@test -x $(BIN)/python || { free_kb=$$(df -Pk . | awk 'NR==2 {print $$4}'); [ "$$free_kb" -ge 8000000 ] || { \
 		echo "error: a fresh sslforge install needs about 8 GB free disk here, $$((free_kb / 1024)) MB left; free some space and rerun make" >&2; exit 1; }; }
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/python -m pip install --quiet --no-cache-dir -c constraints.txt -e '.[dev,docs,export,retrieval,benchmark,serve,demo]'
+	$(BIN)/python -m pip install --quiet --no-cache-dir -c constraints.txt -e '.[dev,docs,export,retrieval,database,benchmark,serve,demo]'
 	@# the demo's browser test drives Debian's Chromium (never a browser download): install it when missing
 	@test -x /usr/bin/chromium || { [ "$$(id -u)" = 0 ] && apt-get update -q && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver; } || { \

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import functools
 import json
 from pathlib import Path
 
@@ -16,7 +17,8 @@ from pretrain.atomic import atomic_path, write_json
 from retrieval.embeddings import EmbeddingsError, read_embeddings
 from retrieval.exact import BackendError
 from retrieval.filters import Filter, FilterError
-from retrieval.index import KINDS, Index, IndexDirError, choose_kind
+from retrieval.index import KINDS, IndexDirError, choose_kind
+from retrieval.store import ENV, build_store, display, is_database, location_or_env, open_store
 
 ERRORS = (EmbeddingsError, IndexDirError, BackendError, FilterError)
 INDEX_ACTIONS = "index_actions"  # attribute of the `index` parser: its sub-commands, which later stages may add to
@@ -44,6 +46,27 @@ def search_knobs(args: argparse.Namespace) -> dict:
     return {n: getattr(args, n) for n in SEARCH_OPTIONS if getattr(args, n, None) is not None}
 
 
+def add_index_option(p: argparse.ArgumentParser, what: str = "the collection") -> None:
+    """--index: an index dir or a postgresql:// URL (default: $SSLFORGE_INDEX)."""
+    p.add_argument("--index", metavar="INDEX", default=None,
+                   help=f"{what}: an index dir, or postgresql://USER@HOST:PORT/DB?table=NAME for a PostgreSQL "
+                        f"(pgvector) collection; default: ${ENV}")
+
+
+def opens_store(command):
+    """`command(args, store)` as `command(args)`: the store of --index (or $SSLFORGE_INDEX) opened with --mmap and
+    --device when the command has them, and closed when it returns."""
+    @functools.wraps(command)
+    def run(args: argparse.Namespace) -> None:
+        store = open_store(location_or_env(args.index), mmap=getattr(args, "mmap", False),
+                           device=getattr(args, "device", "auto"))
+        try:
+            command(args, store)
+        finally:
+            store.close()
+    return run
+
+
 def add_device(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", choices=("auto", "cpu", "gpu"), default="auto",
                    help="auto: the GPU when Faiss (or torch, for exact search) sees one; gpu: fail without one "
@@ -55,30 +78,38 @@ def cmd_build(args: argparse.Namespace) -> None:
     kind = args.kind
     if kind == "auto":
         kind, reason = choose_kind(len(emb), emb.dim)
+        if kind == "ivfpq" and is_database(args.out):
+            kind, reason = "hnsw", "a database collection has no ivfpq: hnsw (use --dtype float16 to halve the size)"
         print(f"--kind auto picked {kind}: {reason}")
     params = {n: getattr(args, n) for n in (*BUILD_OPTIONS, *SEARCH_OPTIONS) if getattr(args, n) is not None}
-    index = Index.build(emb.vectors, emb.paths, emb.labels, kind=kind, model_fingerprint=emb.model_fingerprint,
-                        device=args.device, progress=not args.quiet, seed=args.seed, **params)
-    index.info["root"] = emb.manifest.get("root", "")
-    out = index.save(args.out, source=str(Path(args.embeddings).resolve()))
-    size = sum(f.stat().st_size for f in out.iterdir())
-    print(f"{kind} index of {len(index):,} vectors (dim {index.dim}) built on the {index.info['built_on']} in "
-          f"{index.info['build_seconds']:.1f} s, {size / 2**20:.1f} MiB on disk: {out}")
-    print(f"params: {json.dumps(index.params)}")
+    dtype = args.dtype or (emb.manifest.get("dtype", "float32") if is_database(args.out) else None)
+    store = build_store(args.out, emb.vectors, emb.paths, emb.labels, kind=kind,
+                        model_fingerprint=emb.model_fingerprint, info={"root": emb.manifest.get("root", "")},
+                        source=str(Path(args.embeddings).resolve()), dtype=dtype, device=args.device,
+                        progress=not args.quiet, seed=args.seed, preprocessing={
+                            k: emb.manifest[k] for k in ("model", "backend", "normalized") if k in emb.manifest},
+                        **params)
+    try:
+        where = "in PostgreSQL" if is_database(args.out) else f"on the {store.info['built_on']}"
+        print(f"{kind} index of {len(store):,} vectors (dim {store.dim}) built {where} in "
+              f"{store.info['build_seconds']:.1f} s, {store.size_bytes() / 2**20:.1f} MiB on disk: {store.location}")
+        print(f"params: {json.dumps(store.params)}")
+    finally:
+        store.close()
 
 
-def load_queries(path: str, index: Index):
+def load_queries(path: str, index):
     emb = read_embeddings(path)
     index.check_model(emb.model_fingerprint)
     return emb
 
 
-def cmd_classify(args: argparse.Namespace) -> None:
+@opens_store
+def cmd_classify(args: argparse.Namespace, index) -> None:
     from retrieval.knn import classify, label_codes, topk_accuracy
 
     if args.k < 1 or args.temperature <= 0:
         raise IndexDirError("-k must be >= 1 and --temperature > 0")
-    index = Index.load(args.index, mmap=args.mmap, device=args.device)
     queries = load_queries(args.queries, index)
     scores, classes = classify(index, queries.vectors, k=args.k, temperature=args.temperature, **search_knobs(args))
     if args.predictions:
@@ -93,19 +124,19 @@ def cmd_classify(args: argparse.Namespace) -> None:
     labelled = codes >= 0
     if labelled.any():
         acc = topk_accuracy(scores[labelled], codes[labelled])
-        print(f"kNN (k={args.k}, T={args.temperature}) from {index.kind} index {args.index} on {labelled.sum():,} "
+        print(f"kNN (k={args.k}, T={args.temperature}) from {index.kind} index {index.location} on {labelled.sum():,} "
               f"labelled queries: top-1 {acc['top1']:.4f}  top-5 {acc['top5']:.4f}")
     else:
         print(f"{len(queries):,} queries have no labels known to the index: no accuracy to report")
 
 
-def cmd_eval(args: argparse.Namespace) -> None:
+@opens_store
+def cmd_eval(args: argparse.Namespace, index) -> None:
     from retrieval.evaluate import evaluate_index
 
-    index = Index.load(args.index, device=args.device)
     source = args.embeddings or index.info.get("source")
     if not source:
-        raise IndexDirError(f"{args.index}/index.json names no source embeddings: pass --embeddings")
+        raise IndexDirError(f"{index.location} names no source embeddings: pass --embeddings")
     ref = read_embeddings(source)
     if len(ref) != index.ntotal:
         raise IndexDirError(f"{source} holds {len(ref)} rows, the index {index.ntotal}: pass the embeddings it was "
@@ -145,10 +176,10 @@ def cmd_quickstart(args: argparse.Namespace) -> None:
     quickstart(run=args.run, embeddings=args.embeddings, out=args.out, progress=not args.quiet)
 
 
-def cmd_dedup(args: argparse.Namespace) -> None:
+@opens_store
+def cmd_dedup(args: argparse.Namespace, index) -> None:
     from retrieval.dedup import find_groups, index_vectors, sheet, write_groups
 
-    index = Index.load(args.index, device=args.device)
     groups = find_groups(index, args.threshold, args.max_neighbours)
     x = index_vectors(index)
     write_groups(args.out, index, groups, x)
@@ -162,41 +193,52 @@ def cmd_dedup(args: argparse.Namespace) -> None:
 
 
 def cmd_remove(args: argparse.Namespace) -> None:
-    from retrieval.collection import Collection
-
-    col = Collection.open(args.index)
-    ids = [int(v) for v in args.ids.split(",") if v.strip()] if args.ids else []
+    try:
+        ids = [int(v) for v in args.ids.split(",") if v.strip()] if args.ids else []
+    except ValueError:
+        raise IndexDirError(f"--ids takes comma-separated row ids (got {args.ids!r})") from None
     where = Filter.parse(args.where, args.path_prefix)
-    if where:
-        ids += np.flatnonzero(where.mask(col.index.paths, col.index.labels, col.index.meta, col.index.removed)).tolist()
-    if not ids:
+    if not ids and not where:
         raise IndexDirError("nothing to remove: give --ids, or --where / --path-prefix that match live rows")
-    removed = col.remove(ids)
-    print(f"removed {removed:,} rows ({len(ids) - removed:,} were already removed); {len(col.index):,} live rows "
-          f"remain in {args.index}")
+    store = open_store(location_or_env(args.index))
+    try:
+        removed = store.remove(ids) if ids else 0
+        matched = store.remove_where(where) if where else 0
+        if not ids and not matched:
+            raise IndexDirError(f"nothing to remove: no live row matches {where.describe()}")
+        print(f"removed {removed + matched:,} rows ({len(set(ids)) - removed:,} were already removed); "
+              f"{len(store):,} live rows remain in {store.location}")
+    finally:
+        store.close()
 
 
 def cmd_compact(args: argparse.Namespace) -> None:
     from retrieval.collection import Collection
 
-    col = Collection.open(args.index)
+    location = location_or_env(args.index)
+    if is_database(location):
+        raise IndexDirError(f"{display(location)} is a database collection: it has no change log to fold in "
+                            f"(PostgreSQL's autovacuum reclaims the space of removed rows)")
+    col = Collection.open(location)
     pending = col.pending()
     if not pending:
-        print(f"{args.index} has no changes to fold in ({col.index.ntotal:,} rows, {len(col.index):,} live)")
+        print(f"{location} has no changes to fold in ({col.index.ntotal:,} rows, {len(col.index):,} live)")
         return
     col.compact()
-    print(f"folded {pending / 2**20:.1f} MiB of changes into a new snapshot of {args.index}: "
+    print(f"folded {pending / 2**20:.1f} MiB of changes into a new snapshot of {location}: "
           f"{col.index.ntotal:,} rows, {len(col.index):,} live, ids unchanged")
 
 
 def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:
     """Add `index` (build, classify, eval, quickstart); return the exception types that mean bad input."""
-    ix = sub.add_parser("index", help="build, evaluate and classify with Faiss indexes of embeddings",
-                        description="Faiss indexes of an embeddings dir (cosine similarity on L2-normalised "
-                                    "vectors): build one, classify with it (weighted kNN), evaluate it, and add or "
-                                    "remove rows while it is served.")
+    ix = sub.add_parser("index", help="build, evaluate and classify with collections of embeddings (Faiss index "
+                                      "dirs or PostgreSQL tables)",
+                        description="Collections of an embeddings dir (cosine similarity on L2-normalised vectors), "
+                                    "in a Faiss index dir or a PostgreSQL table with pgvector (a postgresql://"
+                                    "...?table=NAME location): build one, classify with it (weighted kNN), evaluate "
+                                    "it, add or remove rows while it is served, copy it between the two stores.")
     isub = ix.add_subparsers(dest="index_command", required=True, metavar="ACTION",
-                             help="build, add, remove, compact, classify, eval or quickstart; "
+                             help="build, add, remove, compact, copy, classify, eval or quickstart; "
                                   "`sslforge index ACTION --help` for its options")
     setattr(ix, INDEX_ACTIONS, isub)
 
@@ -204,11 +246,17 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
                         description="Build a flat (exact), HNSW, IVF or IVF-PQ index of an embeddings dir and save "
                                     "it (index file + index.json + id table), replacing --out as a whole.")
     p.add_argument("--embeddings", required=True, metavar="EMB_DIR", help="embeddings dir (`sslforge embed`)")
-    p.add_argument("--out", required=True, metavar="INDEX_DIR", help="index dir to write")
+    p.add_argument("--out", required=True, metavar="INDEX",
+                   help="index dir to write, or postgresql://USER@HOST:PORT/DB?table=NAME: a PostgreSQL table with "
+                        "pgvector (replaced as a whole, in one transaction)")
+    p.add_argument("--dtype", choices=("float32", "float16"), default=None,
+                   help="database collections: vector (float32) or halfvec (float16, half the space) "
+                        "(default: the embeddings' dtype)")
     p.add_argument("--kind", choices=("auto", *KINDS), default="auto",
                    help="flat: exact; hnsw: graph; ivf: inverted lists; ivfpq: inverted lists with compressed "
                         "codes; auto: flat below 100,000 rows, hnsw while the float32 data is at most 8 GiB, "
-                        "ivfpq above (default: auto)")
+                        "ivfpq above (default: auto). A database collection is flat, hnsw (pgvector HNSW) or ivf "
+                        "(pgvector IVFFlat)")
     add_options(p, BUILD_OPTIONS, "")
     add_options(p, SEARCH_OPTIONS, "; stored as the index's search default")
     p.add_argument("--seed", type=int, default=0, help="seed of the training sample (default: 0)")
@@ -220,7 +268,7 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
                         description="The k nearest labelled rows of the index vote for their class with weight "
                                     "exp(similarity / T) (the same vote as `sslforge eval knn`). Prints top-1/top-5 "
                                     "when the queries have labels.")
-    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir with labelled rows")
+    add_index_option(p, "the collection with labelled rows")
     p.add_argument("--queries", required=True, metavar="EMB_DIR", help="embeddings dir of the images to classify")
     p.add_argument("-k", "--k", type=int, default=200, help="neighbours that vote (default: 200)")
     p.add_argument("--temperature", type=float, default=0.1, help="vote weight temperature T (default: 0.1)")
@@ -234,7 +282,7 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
                         description="Search with the index and with exact search; print recall@k of the index, "
                                     "queries/s of both, build time, size on disk, and precision@k / mAP@k by label "
                                     "when the rows have labels.")
-    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to evaluate")
+    add_index_option(p, "the collection to evaluate")
     p.add_argument("--embeddings", metavar="EMB_DIR",
                    help="the embeddings the index was built from (default: the source in index.json)")
     p.add_argument("--queries", metavar="EMB_DIR",
@@ -262,10 +310,11 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
     p.set_defaults(func=cmd_quickstart)
 
     p = isub.add_parser("remove", help="stop returning rows of a live index (by id or by filter), durably",
-                        description="Append a removal to the index's change log (the running service and other "
+                        description="Append a removal to the index dir's change log, or delete the rows of a "
+                                    "database collection in one transaction (the running service and other "
                                     "readers see it at their next search); ids stay as they are. Rows to remove: "
                                     "--ids, and/or every live row matching --where / --path-prefix.")
-    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to change")
+    add_index_option(p, "the collection to change")
     p.add_argument("--ids", metavar="ID,ID,...", help="row ids, comma-separated (as search and /add print them)")
     p.add_argument("--where", action="append", metavar="FIELD=VALUE",
                    help="also every live row whose FIELD is VALUE (label or a user field); repeat: all must hold")
@@ -277,7 +326,7 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
                                     "write it as a new snapshot, swapped in as a whole, under the index's lock; "
                                     "readers reload it at their next search. Ids are unchanged; removed rows keep "
                                     "their space until the index is rebuilt.")
-    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to compact")
+    add_index_option(p, "the collection to compact")
     p.set_defaults(func=cmd_compact)
 
     p = sub.add_parser("dedup", help="near-duplicate groups of an index (cosine >= a threshold), as CSV and a sheet",
@@ -285,7 +334,7 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
                                    "--threshold (all pairs exactly up to 200,000 rows; above, each row's "
                                    "--max-neighbours nearest), join them into groups (connected components) and "
                                    "write group, size, id, path, label and similarity to the group's first row.")
-    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to search for near-duplicates")
+    add_index_option(p, "the collection to search for near-duplicates")
     p.add_argument("--threshold", type=float, default=0.95, help="cosine similarity of a pair (default: 0.95)")
     p.add_argument("--out", required=True, metavar="FILE.csv", help="the groups, largest first")
     p.add_argument("--sheet", metavar="FILE.png", help="also a contact sheet of the 8 largest groups")
@@ -294,4 +343,7 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
     add_device(p)
     p.set_defaults(func=cmd_dedup)
 
+    from retrieval.cli_store import add_store_commands
+
+    add_store_commands(sub, isub)
     return ERRORS

@@ -21,8 +21,6 @@ A compaction also drops the paths, labels and fields of removed rows (their ids 
 from __future__ import annotations
 
 import fcntl
-import hashlib
-import json
 import os
 import threading
 from collections import OrderedDict
@@ -39,7 +37,6 @@ from retrieval.index import INDEX_JSON, Index, IndexDirError
 from retrieval.journal import (
     LOG_FILE,
     MAX_ID,
-    MAX_KEY_TEXT,
     add_line,
     append,
     cut_torn,
@@ -48,14 +45,12 @@ from retrieval.journal import (
     read_changes,
     remove_line,
 )
+from retrieval.keys import MAX_KEYS, KeyReused, add_digest, check_key, reused  # noqa: F401 (KeyReused: its API)
 from retrieval.text import check_new_rows
 
 MAX_ADD_ROWS = 4096  # rows per change line (an add of more is split into several lines)
-MAX_KEYS = 10_000  # idempotency keys remembered (the oldest is forgotten first)
 
 
-class KeyReused(IndexDirError):
-    """An idempotency key sent again with a different add."""
 
 
 def lock_file(path: Path) -> Path:
@@ -161,9 +156,8 @@ class Collection:
         labels = [None] * len(paths) if labels is None else list(labels)
         meta = check_row_meta(meta, len(paths), IndexDirError)
         check_new_rows(list(paths), labels, meta, IndexDirError)
-        if key is not None and not (0 < len(key) <= MAX_KEY_TEXT and key.isprintable() and key.isascii()):
-            raise IndexDirError(f"an idempotency key must be 1 to {MAX_KEY_TEXT} printable ASCII characters")
-        digest = hashlib.sha256(json.dumps([list(paths), labels, meta, len(x)]).encode()).hexdigest()[:32]
+        check_key(key)
+        digest = add_digest(paths, labels, meta, len(x))
         if x.ndim != 2 or x.shape[1] != self.index.dim or not (len(x) == len(paths) == len(labels)) or not len(x):
             raise IndexDirError(f"add: {len(x)} vectors of shape {tuple(x.shape)[1:]}, {len(paths)} paths, "
                                 f"{len(labels)} labels; the index holds dimension {self.index.dim}, one of each a row")
@@ -173,8 +167,7 @@ class Collection:
             if key is not None and key in self.keys:
                 _, seen, first, count = self.keys[key]
                 if seen != digest:
-                    raise KeyReused(f"the idempotency key {key!r} was used for another add (other images, paths, "
-                                    f"labels or fields): send a new key for a new add")
+                    raise reused(key)
                 return np.arange(first, first + count, dtype=np.int64)
             first = self.index.ntotal
             for start in range(0, len(x), MAX_ADD_ROWS):
@@ -200,6 +193,16 @@ class Collection:
                 self._append(remove_line(ids))
                 self._refresh()
         return live
+
+    def remove_where(self, where: Filter) -> int:
+        """Stop returning every live row that matches `where` (durably); returns how many."""
+        with self._writing():
+            i = self.index
+            ids = np.flatnonzero(where.mask(i.paths, i.labels, i.meta, i.removed))
+            if len(ids):
+                self._append(remove_line(ids))
+                self._refresh()
+        return len(ids)
 
     def compact(self) -> Path:
         """Fold the change log into a new snapshot of the dir (swapped in as a whole); ids stay as they are."""

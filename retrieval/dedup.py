@@ -34,16 +34,8 @@ class Groups:
 
 
 def index_vectors(index) -> np.ndarray:
-    """The (normalised) vectors of every row: the matrix of a flat index, else read back from Faiss."""
-    if index.kind == "flat":
-        return np.asarray(index.vectors, dtype=np.float32)
-    faiss_index = index.faiss_index
-    import faiss
-
-    ivf = faiss.try_extract_index_ivf(faiss_index) if index.kind != "hnsw" else None
-    if ivf is not None and index.kind == "ivf":
-        ivf.make_direct_map()
-    return faiss_index.reconstruct_n(0, index.ntotal)
+    """The (normalised) vectors of every row of a store (zero rows where removed)."""
+    return index.vectors() if callable(getattr(index, "vectors", None)) else index.all_vectors()
 
 
 def similar_pairs(x: np.ndarray, live: np.ndarray, threshold: float,

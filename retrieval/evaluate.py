@@ -34,21 +34,23 @@ def drop_self(scores: np.ndarray, ids: np.ndarray, self_ids: np.ndarray, k: int)
     return scores[keep].reshape(len(ids), k), ids[keep].reshape(len(ids), k)
 
 
-def timed_search(index: Index, queries: np.ndarray, k: int, **knobs: Any) -> tuple[np.ndarray, np.ndarray, float]:
+def timed_search(index, queries: np.ndarray, k: int, **knobs: Any) -> tuple[np.ndarray, np.ndarray, float]:
     start = time.perf_counter()
     scores, ids = index.search_ids(queries, k, **knobs)
     return scores, ids, time.perf_counter() - start
 
 
-def evaluate_index(index: Index, reference: np.ndarray, queries: np.ndarray, *, k: int = 10,
+def evaluate_index(index, reference: np.ndarray, queries: np.ndarray, *, k: int = 10,
                    query_ids: np.ndarray | None = None, query_labels: list[str | None] | None = None,
                    **knobs: Any) -> dict[str, Any]:
-    """Compare `index` with exact search over `reference` (the indexed vectors, row order) on `queries`.
+    """Compare `index` (an Index or a Store) with exact search over `reference` (the indexed vectors, row order)
+    on `queries`.
 
     `query_ids`: the queries are these rows of the index, so each one's own row is left out of its results.
     """
     exact = Index(kind="flat", dim=index.dim, params={}, paths=index.paths, labels=index.labels,
-                  vectors=l2_normalize(reference), removed=index.removed, device=index.device)
+                  vectors=l2_normalize(reference), removed=index.removed,
+                  device=getattr(index, "device", "auto"))
     fetch = k + (query_ids is not None)
     a_scores, a_ids, a_time = timed_search(index, queries, fetch, **knobs)
     e_scores, e_ids, e_time = timed_search(exact, queries, fetch)
@@ -63,7 +65,9 @@ def evaluate_index(index: Index, reference: np.ndarray, queries: np.ndarray, *, 
         "build_seconds": index.info.get("build_seconds"),
     }
     result["speedup_vs_exact"] = result["queries_per_s"] / result["exact_queries_per_s"]
-    if index.path is not None:
+    if hasattr(index, "size_bytes"):  # a store: the index dir's files, or the table with its indexes
+        result["index_bytes"] = index.size_bytes()
+    elif index.path is not None:
         result["index_bytes"] = sum(f.stat().st_size for f in index.path.iterdir() if f.is_file())
     if query_labels is not None and index.classes:
         classes = index.classes

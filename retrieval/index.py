@@ -38,8 +38,8 @@ from retrieval.kinds import (
     KINDS,
     SEARCH_KNOBS,
     IndexDirError,
-    ModelMismatchError,
     build_faiss,
+    check_fingerprint,
     choose_kind,
     gpu_cloner_options,
     require_faiss,
@@ -124,20 +124,7 @@ class Index:
     def check_model(self, fingerprint: str | None) -> None:
         """Raise ModelMismatchError when `fingerprint` (the query model's) differs from the index's, or when
         only one side records a model, so that the match cannot be checked."""
-        if fingerprint == self.model_fingerprint:
-            return
-        if self.model_fingerprint is None:
-            raise ModelMismatchError(f"{self.path or 'the index'} records no model fingerprint, so its vectors cannot "
-                                     f"be matched to model {fingerprint}: rebuild it from embeddings written by "
-                                     f"`sslforge embed`, whose manifest records the model")
-        if fingerprint is None:
-            raise ModelMismatchError(f"{self.path or 'the index'} holds vectors of model {self.model_fingerprint}, "
-                                     f"the queries come from no recorded model: embed them with `sslforge embed` "
-                                     f"(or search with --model)")
-        if fingerprint != self.model_fingerprint:
-            raise ModelMismatchError(f"{self.path or 'index'} holds vectors of model {self.model_fingerprint}, the "
-                                     f"queries come from {fingerprint}: embed both with the same model or rebuild "
-                                     f"the index")
+        check_fingerprint(self.model_fingerprint, fingerprint, str(self.path or "the index"))
 
     # ---- search -------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int = 10, where: Filter | None = None,
@@ -217,6 +204,17 @@ class Index:
         if self._gpu_index is None:
             self._gpu_index = faiss.index_cpu_to_all_gpus(self.faiss_index, co=gpu_cloner_options(faiss, self.kind))
         return self._gpu_index
+
+    def all_vectors(self) -> np.ndarray:
+        """The (normalised) vectors of every row: the matrix of a flat index, else read back from Faiss (IVF-PQ's
+        are its compressed approximations)."""
+        if self.kind == "flat":
+            return np.asarray(self.vectors, dtype=np.float32)
+        faiss = require_faiss(self.kind)
+        ivf = faiss.try_extract_index_ivf(self.faiss_index) if self.kind != "hnsw" else None
+        if ivf is not None and self.kind == "ivf":
+            ivf.make_direct_map()
+        return self.faiss_index.reconstruct_n(0, self.ntotal)
 
     # ---- changes ------------------------------------------------------------------------------------
     def _check_writable(self) -> None:

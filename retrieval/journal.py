@@ -28,13 +28,13 @@ from pathlib import Path
 import numpy as np
 
 from retrieval.filters import check_row_meta
+from retrieval.keys import MAX_KEY_TEXT
 from retrieval.kinds import IndexDirError
 
 LOG_FILE = "changes.log"
 LOG_FORMAT, LOG_VERSION = "sslforge-index-log", 1
 MAX_LINE = 64 * 2**20  # one add of up to a few thousand rows; a longer line is not ours
 MAX_ID = 2**63 - 1  # row ids are int64
-MAX_KEY_TEXT = 256  # characters of an idempotency key or its digest
 log = logging.getLogger("sslforge.index")
 
 

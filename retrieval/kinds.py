@@ -32,6 +32,22 @@ class ModelMismatchError(IndexDirError):
     """The query vectors come from another model than the indexed ones."""
 
 
+def check_fingerprint(held: str | None, fingerprint: str | None, where: str) -> None:
+    """ModelMismatchError unless the queries' model (`fingerprint`) is the one the collection at `where` was built
+    for (`held`); also when only one side records a model, so that the match cannot be checked."""
+    if fingerprint == held:
+        return
+    if held is None:
+        raise ModelMismatchError(f"{where} records no model fingerprint, so its vectors cannot be matched to model "
+                                 f"{fingerprint}: rebuild it from embeddings written by `sslforge embed`, whose "
+                                 f"manifest records the model")
+    if fingerprint is None:
+        raise ModelMismatchError(f"{where} holds vectors of model {held}, the queries come from no recorded model: "
+                                 f"embed them with `sslforge embed` (or search with --model)")
+    raise ModelMismatchError(f"{where} holds vectors of model {held}, the queries come from {fingerprint}: embed "
+                             f"both with the same model or rebuild the index")
+
+
 def choose_kind(count: int, dim: int) -> tuple[str, str]:
     """The kind `--kind auto` picks for `count` vectors of `dim`, and why."""
     if count < AUTO_EXACT_BELOW:

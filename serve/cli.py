@@ -17,6 +17,7 @@ from dataclasses import replace
 from pathlib import Path
 
 from export.backends import BACKENDS, backend_help
+from retrieval.store import display, is_database
 from serve.engine import BadInput
 from serve.ingest import add_index_add
 from serve.search import add_search_command
@@ -28,9 +29,9 @@ SERVICE = "serve.service:SSLForge"
 def settings_from_args(args: argparse.Namespace) -> Settings:
     """Absolute paths (the server may run elsewhere); the limits from the SSLFORGE_* variables, --max-k over them."""
     for name, path in (("--model", args.model), ("--index", args.index)):
-        if path is not None and not Path(path).is_dir():
+        if path is not None and not is_database(path) and not Path(path).is_dir():
             raise SettingsError(f"{name} {path} is not a folder")
-    index = str(Path(args.index).resolve()) if args.index else None
+    index = args.index if is_database(args.index) else str(Path(args.index).resolve()) if args.index else None
     env = from_env(require_model=False)
     limits = env.limits
     if args.max_k is not None:
@@ -50,7 +51,7 @@ def server_command(host: str, port: int, workers: int | None = None) -> list[str
 def cmd_serve(args: argparse.Namespace) -> None:
     settings = settings_from_args(args)
     cmd = server_command(args.host, args.port)
-    print(f"sslforge serve: {' '.join(cmd[1:])} (model {settings.model}, index {settings.index or 'none'}, "
+    print(f"sslforge serve: {' '.join(cmd[1:])} (model {settings.model}, index {display(settings.index or 'none')}, "
           f"batching {'on' if settings.batching else 'off'}, "
           f"{'/add and /remove need the write token' if settings.writable else 'read-only'})", flush=True)
     # exec, not a child process: `bentoml serve` takes over this process id, so the signals a process manager,
@@ -72,7 +73,8 @@ def cmd_demo(args: argparse.Namespace) -> None:
 def _add_common(p: argparse.ArgumentParser, index_required: bool) -> None:
     p.add_argument("--model", required=True, help="model dir (runs/NAME)")
     p.add_argument("--index", required=index_required, default=None,
-                   help="index dir from `sslforge index` (needed for search)" + ("" if index_required else
+                   help="the collection: an index dir from `sslforge index`, or a postgresql://...?table=NAME URL "
+                        "(needed for search)" + ("" if index_required else
                                                                                  "; without it /search answers 404"))
     p.add_argument("--backend", choices=tuple(BACKENDS), default="torch", help=backend_help())
     p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")

@@ -52,8 +52,7 @@ def example_images(engine: Engine, count: int = EXAMPLES) -> list[Image.Image]:
     """A few showable indexed images, evenly spaced, to try without uploading anything."""
     if engine.index is None or not len(engine.index):
         return []
-    step = max(1, engine.index.ntotal // count)
-    images = (shown_image(engine, p) for p in engine.index.paths[::step][:count])
+    images = (shown_image(engine, p) for p in engine.index.sample_paths(count))
     return [im for im in images if im is not None]
 
 
@@ -88,9 +87,9 @@ def build_demo(engine: Engine, k: int = 8):
 
     max_k = min(engine.limits.max_k, len(engine.index))
     with gr.Blocks(title=TITLE) as demo:
+        index_name = engine.index.path.name if engine.index.path is not None else engine.index.loc.table
         gr.Markdown(f"# {TITLE}\nModel `{shown(engine.embedder.model.path.name)}` ({engine.embedder.backend}), "
-                    f"index `{shown(engine.index.path.name)}` ({len(engine.index):,} images). Upload or drop an "
-                    f"image.")
+                    f"index `{shown(index_name)}` ({len(engine.index):,} images). Upload or drop an image.")
         with gr.Row():
             with gr.Column(scale=1):
                 image = gr.Image(type="filepath", label="query image", sources=["upload", "clipboard"], height=256,

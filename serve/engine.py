@@ -6,8 +6,8 @@
     engine.embeddings(feats) / engine.classify(feats, k) / engine.search(feats, k, where)
     engine.add(feats, uploads, meta) / engine.remove(ids) / engine.duplicates(feats, threshold)
 
-Decoding, preprocessing and the backbone are export's Embedder; the index is retrieval's Collection (a live
-index dir that other processes may change too: every search first catches up with them). The service and the
+Decoding, preprocessing and the backbone are export's Embedder; the collection is a retrieval Store (an index dir
+or a PostgreSQL table that other processes may change too: every search sees their changes). The service and the
 demo both call this, so they answer alike.
 """
 from __future__ import annotations
@@ -28,10 +28,11 @@ from export.errors import ExportError
 from pretrain.data.images import load_rgb
 from pretrain.knn import l2_normalize
 from pretrain.modeldir import ModelDirError, load_model_dir
-from retrieval import Index, IndexDirError
-from retrieval.collection import Collection, KeyReused
+from retrieval import IndexDirError
 from retrieval.filters import Filter, FilterError, UnknownField
-from retrieval.journal import MAX_KEY_TEXT
+from retrieval.keys import MAX_KEY_TEXT, KeyReused
+from retrieval.store import Store, display, open_store
+from retrieval.store_pgsql import DatabaseError
 from retrieval.text import clean
 from serve.fields import FieldError, parse_ids, parse_meta, parse_where
 from serve.settings import Limits, Settings, SettingsError
@@ -127,15 +128,19 @@ class PixelBudget:
 
 
 class Engine:
-    """An Embedder and, optionally, a Collection (a live Index) of vectors from the same model."""
+    """An Embedder and, optionally, a collection (a Store) of vectors from the same model."""
 
-    def __init__(self, embedder: Embedder, collection: Collection | None, limits: Limits):
+    def __init__(self, embedder: Embedder, collection: Store | None, limits: Limits):
         self.embedder, self.collection, self.limits = embedder, collection, limits
         self.budget = PixelBudget(limits.decode_pixels)
 
     @property
-    def index(self) -> Index | None:
-        return self.collection.index if self.collection is not None else None
+    def index(self) -> Store | None:
+        return self.collection
+
+    def close(self) -> None:
+        if self.collection is not None:
+            self.collection.close()
 
     @classmethod
     def load(cls, settings: Settings, *, backbone: bool = True) -> Engine:
@@ -154,12 +159,12 @@ class Engine:
         collection = None
         if settings.index:
             try:
-                collection = Collection.open(settings.index)
-                collection.index.check_model(embedder.fingerprint)
+                collection = open_store(settings.index, model_fingerprint=embedder.fingerprint)
             except IndexDirError as e:
-                raise SettingsError(f"index {settings.index}: {e}") from None
-            if collection.index.dim != embedder.dim:
-                raise SettingsError(f"index {settings.index} holds dimension {collection.index.dim}, model "
+                raise SettingsError(f"index {display(settings.index)}: {e}") from None
+            if collection.dim != embedder.dim:
+                collection.close()
+                raise SettingsError(f"index {display(settings.index)} holds dimension {collection.dim}, model "
                                     f"{settings.model} embeds to {embedder.dim}: rebuild the index with this model")
         return cls(embedder, collection, settings.limits)
 
@@ -203,12 +208,15 @@ class Engine:
                          f"/search)", status=404)
         return self.embedder.classes
 
-    def require_index(self) -> Index:
+    def require_index(self) -> Store:
         if self.collection is None:
             raise BadInput("no index was given at startup: restart with --index (SSLFORGE_INDEX) to search",
                            status=404)
-        self.collection.refresh()
-        return self.collection.index
+        try:
+            self.collection.refresh()
+        except DatabaseError as e:
+            raise BadInput(str(e), status=503) from None
+        return self.collection
 
     def check_threshold(self, threshold: float) -> float:
         if not 0.0 < threshold <= 1.0:
@@ -257,6 +265,8 @@ class Engine:
                            f"when the rows were added") from None
         except FilterError as e:
             raise BadInput(str(e)) from None
+        except DatabaseError as e:  # the database is unreachable: try again later
+            raise BadInput(str(e), status=503) from None
         return [[clean(h) for h in row if h is not None] for row in hits]
 
     def duplicates(self, features: np.ndarray, threshold: float, where: Filter | None = None) -> list[list[dict]]:
@@ -276,6 +286,8 @@ class Engine:
                                        key=self.check_key(key)).tolist()
         except KeyReused as e:
             raise BadInput(str(e), status=422) from None
+        except DatabaseError as e:
+            raise BadInput(str(e), status=503) from None
         except (FieldError, IndexDirError) as e:
             raise BadInput(str(e)) from None
 
@@ -286,9 +298,11 @@ class Engine:
             removed = self.collection.remove(parse_ids(ids))
         except FieldError as e:
             raise BadInput(str(e)) from None
+        except DatabaseError as e:
+            raise BadInput(str(e), status=503) from None
         except IndexDirError as e:
             raise BadInput(str(e), status=404) from None
-        return {"removed": removed, "count": len(self.collection.index)}
+        return {"removed": removed, "count": len(self.collection)}
 
     @property
     def image_root(self) -> Path | None:

@@ -1,8 +1,8 @@
 """`sslforge index add`: append images (embedded with the index's model) or an embeddings dir to a live index.
 
 It joins retrieval's `index` group (retrieval.cli.INDEX_ACTIONS) because it composes export's Embedder with the
-index, as `sslforge search` does. The rows are appended through retrieval's Collection: durable when the command
-returns, visible to a running service at its next search, folded in by `sslforge index compact`.
+index, as `sslforge search` does. The rows are appended through the collection's Store: durable when the command
+returns (an index dir's change log, or a committed transaction), visible to a running service at its next search.
 """
 from __future__ import annotations
 
@@ -11,11 +11,11 @@ import tempfile
 from pathlib import Path
 
 from export.backends import BACKENDS, backend_help
-from retrieval.cli import INDEX_ACTIONS
-from retrieval.collection import Collection
+from retrieval.cli import INDEX_ACTIONS, add_index_option
 from retrieval.embeddings import read_embeddings
 from retrieval.filters import name_values
 from retrieval.index import IndexDirError
+from retrieval.store import is_database, location_or_env, open_store
 from retrieval.text import shown
 
 
@@ -34,8 +34,18 @@ def stored_path(root: str, folder: Path, relative: str) -> str:
 def cmd_add(args: argparse.Namespace) -> None:
     if bool(args.images) == bool(args.embeddings):
         raise IndexDirError("give --images DIR (with --model) or --embeddings EMB_DIR, not both")
-    col = Collection.open(args.index)
-    with tempfile.TemporaryDirectory(prefix=".sslforge-add-", dir=Path(args.index).resolve().parent) as tmp:
+    location = location_or_env(args.index)
+    col = open_store(location)
+    try:
+        add_to(args, col, location)
+    finally:
+        col.close()
+
+
+def add_to(args: argparse.Namespace, col, location: str) -> None:
+    """Embed (or read) the rows and append them to the open collection `col`."""
+    scratch = None if is_database(location) else Path(location).resolve().parent
+    with tempfile.TemporaryDirectory(prefix=".sslforge-add-", dir=scratch) as tmp:
         if args.images:
             if not args.model:
                 raise IndexDirError("--images needs --model RUN_DIR (the model the index was built with)")
@@ -43,7 +53,7 @@ def cmd_add(args: argparse.Namespace) -> None:
             from export.embedder import Embedder
 
             embedder = Embedder.load(args.model, args.backend, device=args.device)
-            col.index.check_model(embedder.fingerprint)
+            col.check_model(embedder.fingerprint)
             manifest = embed_images(embedder, args.images, Path(tmp) / "emb", batch_size=args.batch_size,
                                     workers=args.workers, progress=not args.quiet)
             if manifest["failed"]:
@@ -52,17 +62,17 @@ def cmd_add(args: argparse.Namespace) -> None:
             emb = read_embeddings(Path(tmp) / "emb")
         else:
             emb = read_embeddings(args.embeddings)
-            col.index.check_model(emb.model_fingerprint)
+            col.check_model(emb.model_fingerprint)
         if not len(emb):
             raise IndexDirError("no image to add")
         folder = Path(emb.manifest.get("root", ""))
-        root = col.index.info.get("root", "")
+        root = col.info.get("root", "")
         paths = [stored_path(root, folder, p) for p in emb.paths]
         labels = [args.label] * len(emb) if args.label is not None else emb.labels
         fields = name_values(args.field, "--field")
         ids = col.add(emb.vectors, paths, labels, [dict(fields) for _ in paths])
     outside = sum(p.startswith("/") for p in paths)
-    print(f"added {len(ids):,} rows (ids {ids[0]}..{ids[-1]}) to {args.index}: {len(col.index):,} live rows")
+    print(f"added {len(ids):,} rows (ids {ids[0]}..{ids[-1]}) to {col.location}: {len(col):,} live rows")
     if outside:
         print(f"{outside:,} of them lie outside the index's image root {shown(root) or '(none recorded)'}: they are "
               f"stored with absolute paths, which search prints and the demo does not show")
@@ -75,7 +85,7 @@ def add_index_add(sub: argparse._SubParsersAction) -> None:
                                        "--embeddings, and append them to the index's change log: durable when the "
                                        "command returns, seen by a running service at its next search. Labels "
                                        "are the class folders (or --label); --field adds a user field to filter on.")
-    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to add to")
+    add_index_option(p, "the collection to add to")
     p.add_argument("--images", metavar="DIR", help="image folder (searched recursively) or a text file of paths")
     p.add_argument("--model", metavar="RUN_DIR", help="with --images: the model dir the index was built with")
     p.add_argument("--embeddings", metavar="EMB_DIR", help="instead of --images: rows of `sslforge embed`")

@@ -1,4 +1,4 @@
-"""`sslforge search`: image search, the composition of export's Embedder and retrieval's Index.
+"""`sslforge search`: image search, the composition of export's Embedder and a retrieval Store.
 
 Query images are embedded with the model dir through the Embedder (the path the service and the demo
 use: the model dir's preprocessing, L2-normalised rows), or read from an embeddings dir; the index's
@@ -12,9 +12,16 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.data.images import DECODE_ERRORS, load_rgb
-from retrieval.cli import SEARCH_OPTIONS, add_device, add_options, load_queries, search_knobs
+from retrieval.cli import (
+    SEARCH_OPTIONS,
+    add_device,
+    add_index_option,
+    add_options,
+    load_queries,
+    opens_store,
+    search_knobs,
+)
 from retrieval.filters import Filter, FilterError
-from retrieval.index import Index
 from retrieval.text import shown
 
 
@@ -45,7 +52,11 @@ def embed_query_images(model: str, images: list[str], device: str) -> tuple[np.n
 def cmd_search(args: argparse.Namespace) -> None:
     if bool(args.images) == bool(args.query_embeddings):
         raise QueryError("give query IMAGEs with --model, or --query-embeddings, not both")
-    index = Index.load(args.index, mmap=args.mmap, device=args.device)
+    search(args)
+
+
+@opens_store
+def search(args: argparse.Namespace, index) -> None:
     if args.images:
         if not args.model:
             raise QueryError("query images need --model RUN_DIR to embed them")
@@ -83,7 +94,7 @@ def add_search_command(sub: argparse._SubParsersAction) -> tuple[type[Exception]
                                    "and print path, label and cosine score of each neighbour; optionally a PNG "
                                    "contact sheet.")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files (need --model)")
-    p.add_argument("--index", required=True, metavar="INDEX_DIR", help="index dir to search")
+    add_index_option(p, "the collection to search")
     p.add_argument("--model", metavar="RUN_DIR", help="model dir that embeds the query images (the index's model)")
     p.add_argument("--query-embeddings", metavar="EMB_DIR", help="search with these vectors instead of images")
     p.add_argument("--limit", type=int, default=None, help="with --query-embeddings: only the first N rows")

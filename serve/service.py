@@ -41,7 +41,7 @@ def _preflight() -> Settings:
     try:
         settings = from_env(require_model=False)
         if sys.argv[1:2] == ["serve"]:
-            Engine.load(from_env())
+            Engine.load(from_env()).close()  # the check only: each worker opens its own collection
     except SettingsError as e:
         raise SystemExit(f"sslforge service: {e}") from None
     return settings

@@ -25,7 +25,23 @@ def engine(served) -> Engine:
     return Engine.load(Settings(model=str(served[0]), index=str(served[1])))
 
 
-def test_answer_is_the_engines_search_with_images_to_show(engine, served):
+@pytest.fixture(params=["dir", "pg"])
+def any_engine(request, engine, served, pg_url):
+    """The module's engine (an index dir), and one on a copy of its index in PostgreSQL."""
+    if request.param == "dir":
+        yield engine
+        return
+    from pretrain.cli import main
+
+    url = pg_url()
+    assert main(["index", "copy", str(served[1]), url, "--quiet"]) == 0
+    on_pg = Engine.load(Settings(model=str(served[0]), index=url))
+    yield on_pg
+    on_pg.close()
+
+
+def test_answer_is_the_engines_search_with_images_to_show(any_engine, served):
+    engine = any_engine
     query = sorted(served[2].rglob("*.jpg"))[5]
     gallery, probs = answer(engine, str(query), 4)
     hits = engine.search(engine.features(engine.prepare([query])), 4)[0]

