@@ -313,7 +313,7 @@ def main(argv: list[str] | None = None) -> Path | None:
             result["rows"].append(row)
             continue
         pair = [{**s, "toolkit": "sslforge"}] + ([{**s, "toolkit": "lightly"}] if args.lightly_pair else [])
-        for i, payload in enumerate(pair if len(result["rows"]) % 2 == 0 else pair[::-1]):  # alternate the order
+        for payload in pair if len(result["rows"]) % 2 == 0 else pair[::-1]:  # alternate the order
             row = runinfo.run_child(script, payload)
             (result["lightly"] if payload["toolkit"] == "lightly" else result["rows"]).append(row)
             print(f"{payload['toolkit']:8s} {s['method']:7s} {s['size']}px {s['stem']:8s} {s['threads']}t "

@@ -21,12 +21,12 @@ class ConfigError(ValueError):
     """A configuration value is wrong; the message names the field and says what is allowed."""
 
 
-RECIPES = ("default", "paper")
+RECIPES = ("default", "paper")  # the optimisation recipes every method has (pretrain/methods/__init__.py)
 SWITCH = ("auto", "true", "false")  # a setting with an automatic default: `--x [auto|true|false]`, `--no-x`
 COMPILE_HELP = ("compile the networks with torch.compile: auto = when the planned steps repay its one-off start-up "
                 "(the break-even in pretrain/speed.py, docs/benchmarks/profile.md), true (--compile) = always, "
                 "false (--no-compile) = never; compiled code is cached across runs; if compiling fails the run "
-                "says so in one line and goes on without it; on a CPU it needs a C++ compiler (g++)")  # the optimisation recipes every method has (pretrain/methods/__init__.py)
+                "says so in one line and goes on without it; on a CPU it needs a C++ compiler (g++)")
 
 
 def _opt(default: Any, help: str, **meta: Any) -> Any:
