@@ -263,17 +263,20 @@ def break_even(s: dict, script: str) -> dict:
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", default=None, help="training images (default: the bundled CIFAR-10 sample's train split)")
-    p.add_argument("--methods", nargs="+", default=["simclr", "byol", "vicreg", "dino"])
-    p.add_argument("--sizes", nargs="+", type=int, default=[32, 64], help="view sizes in pixels")
-    p.add_argument("--stems", nargs="+", choices=("small", "standard"), default=["small", "standard"],
-                   help="ResNet stem: small = 3x3 stride 1 without max-pool, standard = 7x7 stride 2 + max-pool")
+    p.add_argument("--methods", nargs="+", default=None,
+                   help="default: simclr byol vicreg dino on a CPU; simclr byol vicreg on a GPU (the 5-minute check)")
+    p.add_argument("--sizes", nargs="+", type=int, default=None, help="view sizes in pixels (default: 32 64 on a "
+                                                                      "CPU, 32 on a GPU)")
+    p.add_argument("--stems", nargs="+", choices=("small", "standard"), default=None,
+                   help="ResNet stem: small = 3x3 stride 1 without max-pool, standard = 7x7 stride 2 + max-pool "
+                        "(default: both on a CPU, small on a GPU)")
     p.add_argument("--threads", nargs="+", type=int, default=None,
                    help="intra-op threads of the training process (default: 1 2 on a CPU, 4 on a GPU)")
     p.add_argument("--views", nargs="+", choices=("loader", "batched"), default=None,
                    help="loader = per-image views in the workers; batched = uint8 images, views made in the "
                         "process (--gpu-augment) (default: loader on a CPU, batched on a GPU)")
     p.add_argument("--batch-size", type=int, default=128)
-    p.add_argument("--workers", type=int, default=2, help="loader workers")
+    p.add_argument("--workers", type=int, default=None, help="loader workers (default: 2 on a CPU, 8 on a GPU)")
     p.add_argument("--steps", type=int, default=5, help="timed steps per setting")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps before them (at least 1)")
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
@@ -287,7 +290,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     if args.warmup < 1:
         p.error("--warmup must be at least 1: the first step (start-up, compile) is never timed")
     cuda = args.device == "cuda"
+    args.methods = args.methods or (["simclr", "byol", "vicreg"] if cuda else ["simclr", "byol", "vicreg", "dino"])
+    args.sizes = args.sizes or ([32] if cuda else [32, 64])
+    args.stems = args.stems or (["small"] if cuda else ["small", "standard"])
     args.threads = args.threads or ([4] if cuda else [1, 2])
+    args.workers = args.workers if args.workers is not None else (8 if cuda else 2)
     args.views = args.views or (["batched"] if cuda else ["loader"])
     if args.data is None and not args.child:
         from pretrain.data.images import sample_dir
