@@ -22,7 +22,8 @@ CHECKPOINT_FORMAT = 1
 # Settings that may differ when a run is resumed; every other setting must match the saved config.
 # `out` is not compared: the run folder is the run, under any spelling of its path, moved or copied.
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "checkpoint_every", "checkpoint_every_steps", "knn_every",
-                     "knn_test", "knn_k", "knn_temperature", "accumulate", "sync_bn", "compile", "out"}
+                     "knn_test", "knn_k", "knn_temperature", "accumulate", "sync_bn", "compile", "threads",
+                     "sync_every", "out"}
 PATH_SETTINGS = {"data"}  # compared as the folders they name (relative or absolute, trailing slash, links)
 
 

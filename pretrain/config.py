@@ -22,6 +22,11 @@ class ConfigError(ValueError):
 
 
 RECIPES = ("default", "paper")  # the optimisation recipes every method has (pretrain/methods/__init__.py)
+SWITCH = ("auto", "true", "false")  # a setting with an automatic default: `--x [auto|true|false]`, `--no-x`
+COMPILE_HELP = ("compile the networks with torch.compile: auto = when the planned steps repay its one-off start-up "
+                "(the break-even in pretrain/speed.py, docs/benchmarks/profile.md), true (--compile) = always, "
+                "false (--no-compile) = never; compiled code is cached across runs; if compiling fails the run "
+                "says so in one line and goes on without it; on a CPU it needs a C++ compiler (g++)")
 
 
 def _opt(default: Any, help: str, **meta: Any) -> Any:
@@ -35,6 +40,9 @@ class Config:
     and the type and choice checks of every field (each field's metadata carries its help and choices)."""
 
     def __post_init__(self) -> None:
+        for f in self.fields():  # a switch (auto|true|false) read from YAML or an old saved config as a bool
+            if f.metadata.get("switch") and isinstance(getattr(self, f.name), bool):
+                setattr(self, f.name, str(getattr(self, f.name)).lower())
         self.validate()
 
     @classmethod
@@ -139,9 +147,13 @@ class PretrainConfig(Config):
     precision: str = _opt("auto", "numeric precision: auto = bf16 (or fp16) autocast on CUDA, fp32 on CPU",
                           choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = _opt(True, "use the channels-last memory layout (faster convolutions on CPU and GPU)")
-    compile: bool = _opt(False, "compile the method's networks with torch.compile: 3-17%% faster steps on a "
-                               "CPU at 32 px (docs/benchmarks.md) after a one-off compile of 30-60 s; on a CPU "
-                               "it needs a C++ compiler (g++)")
+    compile: str = _opt("auto", COMPILE_HELP, choices=SWITCH, switch=True)
+    threads: int | None = _opt(None, "intra-op threads of the training process; default: from the cores, split "
+                                     "with --workers (a CPU run: every core; a GPU run: the cores the workers "
+                                     "leave)")
+    sync_every: int | None = _opt(None, "read the loss back from the device every N steps (a read waits for the "
+                                        "device; metrics.csv still gets every step, and a NaN loss stops the run "
+                                        "within N steps, before any checkpoint); default: 1 on a CPU, 10 on a GPU")
     device: str = _opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     workers: int | None = _opt(None, "data-loading worker processes; default: the number of CPU cores (max 8)")
     seed: int = _opt(0, "random seed: the same seed and settings give the same run")
@@ -163,7 +175,8 @@ class PretrainConfig(Config):
         """Check types and ranges; raise ConfigError naming the first bad field."""
         super().validate()
         self.check_ranges(positive=("epochs", "batch_size", "accumulate", "checkpoint_every", "knn_k", "image_size",
-                                    "max_images", "checkpoint_every_steps", "gpu_load_size"),
+                                    "max_images", "checkpoint_every_steps", "gpu_load_size", "threads",
+                                    "sync_every"),
                           positive_number=("lr", "knn_temperature", "grad_clip"),
                           non_negative=("weight_decay", "warmup_epochs", "momentum", "knn_every", "workers"))
         if self.image_size is not None and self.image_size < 16:
@@ -236,7 +249,11 @@ class FinetuneConfig(Config):
     precision: str = _opt("auto", "numeric precision: auto = bf16 (or fp16) autocast on CUDA, fp32 on CPU",
                           choices=("auto", "fp32", "bf16", "fp16"))
     channels_last: bool = _opt(True, "use the channels-last memory layout")
-    compile: bool = _opt(False, "compile the networks with torch.compile (on a CPU it needs g++)")
+    compile: str = _opt("auto", COMPILE_HELP, choices=SWITCH, switch=True)
+    threads: int | None = _opt(None, "intra-op threads of the training process; default: from the cores, split "
+                                     "with --workers")
+    sync_every: int | None = _opt(None, "read the loss back from the device every N steps; default: 1 on a CPU, "
+                                        "10 on a GPU")
     device: str = _opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
     workers: int | None = _opt(None, "data-loading worker processes; default: the number of CPU cores (max 8)")
     seed: int = _opt(0, "random seed: picks the labelled images, the initial classifier and the augmentation")
@@ -249,7 +266,7 @@ class FinetuneConfig(Config):
     def validate(self) -> None:
         super().validate()
         self.check_ranges(positive=("epochs", "batch_size", "accumulate", "checkpoint_every", "image_size",
-                                    "checkpoint_every_steps", "labels_per_class"),
+                                    "checkpoint_every_steps", "labels_per_class", "threads", "sync_every"),
                           positive_number=("lr", "grad_clip"),
                           non_negative=("weight_decay", "warmup_epochs", "momentum", "eval_every", "workers",
                                         "backbone_lr_scale", "from_head_layer"))

@@ -1,12 +1,9 @@
-"""The device a run uses and its autocast precision; torch.compile of a method's networks.
+"""The device a run uses and its autocast precision (torch.compile of a method's networks: pretrain/speed.py).
 
 Shared by the trainers, evaluation, the study wing and export's Embedder (which imports this small module,
 not the training stack).
 """
 from __future__ import annotations
-
-import os
-import shutil
 
 import torch
 
@@ -42,14 +39,3 @@ def describe_device(device: torch.device, amp_dtype: torch.dtype | None, process
     gpu = f" ({torch.cuda.get_device_name(device)})" if device.type == "cuda" else ""
     return f"{device}{gpu}, {precision}" + (f", {processes} processes" if processes > 1 else "")
 
-
-def compile_networks(method: torch.nn.Module, device: torch.device) -> None:
-    """torch.compile each network of `method` in place (backbone, heads, momentum copies; not the loss
-    code, which keeps its queues, gathers and logged floats in Python). Compiling in place keeps the
-    state_dict keys, so checkpoints and model dirs do not depend on the option."""
-    if device.type == "cpu" and not shutil.which(os.environ.get("CXX", "g++")):
-        raise ConfigError("--compile on a CPU needs a C++ compiler (g++) for torch.compile: install one "
-                          "(apt-get install g++) or drop --compile")
-    for network in method.children():
-        if any(True for _ in network.parameters()):
-            network.compile()

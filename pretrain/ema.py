@@ -18,11 +18,14 @@ def frozen_copy(module: nn.Module) -> nn.Module:
 
 @torch.no_grad()
 def ema_update(target: nn.Module, online: nn.Module, momentum: float) -> None:
-    """target <- momentum * target + (1 - momentum) * online, for parameters; buffers are copied."""
-    for t, o in zip(target.parameters(), online.parameters()):
-        t.mul_(momentum).add_(o.detach(), alpha=1 - momentum)
-    for t, o in zip(target.buffers(), online.buffers()):
-        t.copy_(o)
+    """target <- momentum * target + (1 - momentum) * online, for parameters; buffers are copied. In place, all
+    tensors in one foreach call each (a lerp: target + (1 - momentum) * (online - target))."""
+    targets, onlines = list(target.parameters()), [o.detach() for o in online.parameters()]
+    if targets:
+        torch._foreach_lerp_(targets, onlines, 1 - momentum)
+    buffers = list(target.buffers())
+    if buffers:
+        torch._foreach_copy_(buffers, list(online.buffers()))
 
 
 def cosine_momentum(step: int, total_steps: int, base: float) -> float:

@@ -24,7 +24,7 @@ from pretrain.checkpoint import CHECKPOINT
 from pretrain.config import ConfigError, FinetuneConfig
 from pretrain.data.datasets import ViewsDataset
 from pretrain.data.images import DataError, ImageList, sample_dir, scan_images
-from pretrain.evaluate import class_count, classifier_accuracy, default_workers
+from pretrain.evaluate import class_count, classifier_accuracy
 from pretrain.heads import WithNeck
 from pretrain.labels import class_counts, read_subset, select_labels, subset_record
 from pretrain.methods.base import Method
@@ -32,6 +32,7 @@ from pretrain.modeldir import MODEL_JSON, ModelDir, load_model_dir
 from pretrain.runconfig import start_defaults, with_saved_settings
 from pretrain.runlog import MetricsLog, append_eval_row
 from pretrain.schema import read_json
+from pretrain.speed import resolve_cores
 from pretrain.startfrom import preprocessing_for
 from pretrain.trainer import RunState, Trainer
 from pretrain.views.ops import Colour, MultiView, View
@@ -43,7 +44,7 @@ DEFAULT_BATCH = 64
 PRETRAINED_LR_SCALE = 0.3
 # Settings that may change when a fine-tuning run is resumed (`model` is checked by its weights' fingerprint).
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "checkpoint_every", "checkpoint_every_steps", "eval_every", "test",
-                     "accumulate", "sync_bn", "compile", "out", "model"}
+                     "accumulate", "sync_bn", "compile", "threads", "sync_every", "out", "model"}
 
 
 class FineTune(Method):
@@ -103,9 +104,10 @@ def kept_network(source: ModelDir, layers: int) -> tuple[nn.Module, int]:
 
 def resolve_finetune(cfg: FinetuneConfig, source: ModelDir | None, train: ImageList, labelled: int) -> FinetuneConfig:
     """Fill every default that depends on the source model or the images, so config.yaml records what ran."""
+    workers, threads = resolve_cores(cfg.workers, cfg.threads, cfg.device)
     changes: dict = {"train": str(Path(train.root).resolve()),
                      "test": str(Path(cfg.test).resolve()) if cfg.test else None,
-                     "workers": cfg.workers if cfg.workers is not None else default_workers(),
+                     "workers": workers, "threads": threads,
                      "batch_size": cfg.batch_size or min(DEFAULT_BATCH, labelled),
                      "label_fraction": None if cfg.labels_per_class is not None else (cfg.label_fraction or 1.0)}
     if source is not None:

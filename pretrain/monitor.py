@@ -15,26 +15,35 @@ import torch.nn.functional as F
 from torch import nn
 
 
-def embedding_std(z: torch.Tensor) -> float:
-    """Mean per-dimension std of the L2-normalised rows, times sqrt(dim): ~1 for spread-out, 0 for collapsed."""
+def _std(z: torch.Tensor) -> torch.Tensor:
     z = F.normalize(z.detach().float().flatten(1), dim=1)
-    return float(z.std(dim=0).mean() * z.shape[1] ** 0.5)
+    return z.std(dim=0).mean() * z.shape[1] ** 0.5
 
 
-def effective_rank(z: torch.Tensor) -> float:
-    """exp(entropy of the singular-value distribution) of the centred batch: 1 (a line) .. min(batch, dim)."""
+def _rank(z: torch.Tensor) -> torch.Tensor:
     z = z.detach().double().flatten(1)  # float64: the Gram squares the condition number
     z = z - z.mean(dim=0)
     gram = z @ z.T if z.shape[0] <= z.shape[1] else z.T @ z  # the smaller one: same non-zero spectrum, faster
     s = torch.linalg.eigvalsh(gram).clamp_min(0).sqrt()
     p = s / s.sum().clamp_min(1e-12)
-    return float(torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum()))
+    return torch.exp(-(p * torch.log(p.clamp_min(1e-12))).sum())
+
+
+def embedding_std(z: torch.Tensor) -> float:
+    """Mean per-dimension std of the L2-normalised rows, times sqrt(dim): ~1 for spread-out, 0 for collapsed."""
+    return float(_std(z))
+
+
+def effective_rank(z: torch.Tensor) -> float:
+    """exp(entropy of the singular-value distribution) of the centred batch: 1 (a line) .. min(batch, dim)."""
+    return float(_rank(z))
 
 
 class CollapseMonitor:
     """Watches the first backbone output of each step (a forward hook, so methods need no code for it).
 
-    `stats()` returns this step's `emb_std`, and `eff_rank` every `rank_every` steps (an eigen-
+    `stats()` returns this step's `emb_std`, and `eff_rank` every `rank_every` steps (`capture()` the same
+without reading them from the device, for a trainer that reads them every few steps) (an eigen-
     decomposition: cheap, but not free on a CPU); when `emb_std` stays below `threshold` for `patience`
     consecutive steps, it warns once: a collapsed run wastes the rest of its compute.
     """
@@ -50,21 +59,31 @@ class CollapseMonitor:
         if self._batch is None and module.training:
             self._batch = output.detach()
 
-    def stats(self, step: int) -> dict[str, float]:
-        """Statistics of the batch captured since the last call (1-based `step`; empty if the backbone did not run)."""
+    def capture(self, step: int) -> dict[str, torch.Tensor]:
+        """This step's statistics as 0-d tensors on the device, not yet read (no host sync); pass the read
+        `emb_std` to `observe`. Empty if the backbone did not run since the last call (1-based `step`)."""
         if self._batch is None:
             return {}
         batch, self._batch = self._batch, None
-        std = embedding_std(batch)
+        stats = {"emb_std": _std(batch)}
+        if (step - 1) % self.rank_every == 0:
+            stats["eff_rank"] = _rank(batch)
+        return stats
+
+    def observe(self, step: int, std: float) -> None:
+        """Count a step's read `emb_std`; warn once when it stays below the threshold for `patience` steps."""
         self._low_steps = self._low_steps + 1 if std < self.threshold else 0
         if self._low_steps >= self.patience and not self._warned:
             self._warned = True
             warnings.warn(f"step {step}: the embeddings are collapsing (emb_std {std:.3f} below {self.threshold} "
                           f"for {self.patience} steps; 1 = spread out, 0 = one point): lower --lr, or check the "
-                          f"method's hyper-parameters and views", stacklevel=2)
-        stats = {"emb_std": std}
-        if (step - 1) % self.rank_every == 0:
-            stats["eff_rank"] = effective_rank(batch)
+                          f"method's hyper-parameters and views", stacklevel=3)
+
+    def stats(self, step: int) -> dict[str, float]:
+        """`capture` and `observe` at once: the statistics of the batch captured since the last call, read."""
+        stats = {k: float(v) for k, v in self.capture(step).items()}
+        if stats:
+            self.observe(step, stats["emb_std"])
         return stats
 
     def remove(self) -> None:

@@ -58,7 +58,13 @@ def add_pretrain_options(parser: argparse.ArgumentParser, config: type[Config] =
     for f in config.fields():
         kind = _type_of(f)
         help_text = field_help(f) + ("" if kind is dict or f.default is None else f" (default: {f.default})")
-        if kind is dict:
+        if f.metadata.get("switch"):  # --compile [auto|true|false] (bare: true), --no-compile
+            flag = f.name.replace("_", "-")
+            parser.add_argument("--" + flag, dest=f.name, nargs="?", const="true", default=argparse.SUPPRESS,
+                                choices=f.metadata["choices"], help=help_text)
+            parser.add_argument("--no-" + flag, dest=f.name, action="store_const", const="false",
+                                default=argparse.SUPPRESS, help=f"same as --{flag} false")
+        elif kind is dict:
             parser.add_argument(DICT_OPTIONS[f.name], dest=f.name, action="append", default=argparse.SUPPRESS,
                                 metavar="KEY=VALUE", help=field_help(f) + "; repeat for several")
         elif kind is bool:

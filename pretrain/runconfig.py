@@ -12,9 +12,9 @@ import yaml
 from pretrain.backbones import resolve_spec
 from pretrain.config import Config, ConfigError, PretrainConfig
 from pretrain.data.images import ImageList, sample_dir, typical_size
-from pretrain.evaluate import default_workers
 from pretrain.methods import method_hparams, method_spec
 from pretrain.preprocess import MAX_CROP
+from pretrain.speed import resolve_cores
 from pretrain.views.gpu import default_load_size
 
 
@@ -26,6 +26,7 @@ def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
     is_sample = cfg.data is None
     name, kwargs, small_stem, image_size = start_defaults(cfg, images)
     backbone = resolve_spec(name, small_stem, image_size, kwargs)
+    workers, threads = resolve_cores(cfg.workers, cfg.threads, cfg.device)
     return cfg.replace(
         data=data,
         backbone=name,
@@ -41,7 +42,8 @@ def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
         # the recipe's view options suit the method's own views only
         transform_args=cfg.transform_args if cfg.transform else {**recipe.transform_args, **cfg.transform_args},
         method_args=method_hparams(cfg.method, cfg.method_args, cfg.recipe),
-        workers=cfg.workers if cfg.workers is not None else default_workers(),
+        workers=workers,
+        threads=threads,
         knn_test=cfg.knn_test or (str(sample_dir() / "test") if is_sample and cfg.knn_every else None),
         gpu_load_size=(cfg.gpu_load_size or default_load_size(image_size)) if cfg.gpu_augment else None,
     )

@@ -8,6 +8,8 @@ from __future__ import annotations
 import csv
 from pathlib import Path
 
+import torch
+
 from pretrain.atomic import write_with
 
 NOT_PLOTTED = {"step", "epoch", "elapsed_s"}
@@ -41,6 +43,33 @@ class MetricsLog:
 
     def close(self) -> None:
         self.tb.close()
+
+
+class PendingRows:
+    """Rows of steps whose values (the loss, the collapse statistics) are still tensors on the device: `read()`
+    turns every pending value into a float at once, one host sync for all the steps since the last read."""
+
+    def __init__(self) -> None:
+        self.rows: list[dict] = []
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+
+    def read(self) -> list[dict[str, float]]:
+        rows, self.rows = self.rows, []
+        by_dtype: dict[torch.dtype, list[tuple[int, str, torch.Tensor]]] = {}
+        for i, row in enumerate(rows):
+            for k, v in row.items():
+                if isinstance(v, torch.Tensor):
+                    by_dtype.setdefault(v.dtype, []).append((i, k, v))
+        for group in by_dtype.values():  # each value read exactly as float(tensor) would read it
+            values = torch.stack([v.detach().reshape(()) for _, _, v in group]).tolist()
+            for (i, k, _), value in zip(group, values):
+                rows[i][k] = float(value)
+        return rows
 
 
 def _write_csv(path: Path, fields: list[str] | None, rows: list[dict]) -> None:

@@ -48,7 +48,7 @@ from pretrain.data.datasets import EpochSampler, ViewsDataset
 from pretrain.data.heap import keep_heap
 from pretrain.data.images import sample_dir, scan_images
 from pretrain.datapass import DataPass
-from pretrain.device import autocast_dtype, compile_networks, describe_device, select_device
+from pretrain.device import autocast_dtype, describe_device, select_device
 from pretrain.evaluate import class_count, extract_features, knn_evaluate
 from pretrain.methods import build_method, method_spec
 from pretrain.methods.base import Progress
@@ -57,8 +57,9 @@ from pretrain.monitor import CollapseMonitor
 from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
 from pretrain.preprocess import view_renormaliser
 from pretrain.runconfig import resolve_config, with_saved_settings
-from pretrain.runlog import MetricsLog, append_eval_row, plot_metrics
+from pretrain.runlog import MetricsLog, PendingRows, append_eval_row, plot_metrics
 from pretrain.schema import read_json
+from pretrain.speed import compile_decision, compile_networks, sync_every
 from pretrain.startfrom import INIT_RECORD, parse_source, preprocessing_for, start_weights
 from pretrain.views.gpu import build_device_views, step_generator
 from pretrain.views.recipes import build_transform, options_of
@@ -191,8 +192,18 @@ class Trainer:
             self.model = distributed.convert_sync_batchnorm(self.model, self.device)
         if cfg.channels_last:
             self.model = self.model.to(memory_format=torch.channels_last)
-        if cfg.compile:
-            compile_networks(self.model, self.device)
+        try:
+            self.sampler = EpochSampler(len(self.images), cfg.batch_size, cfg.seed, rank=self.rank, world=self.world,
+                                        accumulate=cfg.accumulate)
+        except ValueError as e:
+            raise ConfigError(str(e)) from None
+        self.steps_per_epoch = self.sampler.batches_per_epoch
+        self.total_steps = self.steps_per_epoch * cfg.epochs
+        self.compiled, why = compile_decision(cfg.compile, self.total_steps, self.device)
+        if self.progress and self.main:
+            tqdm.write(f"compile: {why}")
+        if self.compiled:
+            compile_networks(self.model, say=self._say)
         self.ddp = distributed.wrap(self.model, self.device, find_unused_parameters=self.model.skips_parameters)
         if self.rank:
             torch.manual_seed(process_seed(cfg.seed, self.rank, 0))
@@ -200,19 +211,12 @@ class Trainer:
         self.optimizer = build_optimizer(self.model, cfg.optimizer, scaled_lr(cfg.lr, cfg.batch_size),
                                          cfg.weight_decay, cfg.momentum, self.model.lr_scales())
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.amp_dtype == torch.float16)
-        try:
-            self.sampler = EpochSampler(len(self.images), cfg.batch_size, cfg.seed, rank=self.rank, world=self.world,
-                                        accumulate=cfg.accumulate)
-        except ValueError as e:
-            raise ConfigError(str(e)) from None
         dataset = self.build_dataset()
         micro_batch = self.sampler.local_batch // cfg.accumulate
         self.loader = DataLoader(dataset, batch_size=micro_batch, sampler=self.sampler, num_workers=cfg.workers,
                                  pin_memory=self.device.type == "cuda", persistent_workers=cfg.workers > 0,
                                  generator=torch.Generator().manual_seed(cfg.seed),  # leaves the global RNG alone
                                  prefetch_factor=4 if cfg.workers > 0 else None, worker_init_fn=keep_heap)
-        self.steps_per_epoch = self.sampler.batches_per_epoch
-        self.total_steps = self.steps_per_epoch * cfg.epochs
         self.warmup_steps = round(cfg.warmup_epochs * self.steps_per_epoch)
         self.peak_lr = scaled_lr(cfg.lr, cfg.batch_size)
 
@@ -250,14 +254,32 @@ class Trainer:
                 state = self._fit()
                 if self.main:
                     self._write_model_dir(state)
+                    if self.progress:
+                        summary = self.training_summary(state)
+                        tqdm.write(f"trained {state.step} steps: {summary['images_per_s']} images/s, peak RSS "
+                                   f"{summary['peak_rss_mb']:.0f} MB (main process)")
                 distributed.barrier()  # every process returns once the model dir exists
             finally:
                 distributed.shutdown(self._owns_group)
         return self.out
 
+    def _say(self, line: str) -> None:
+        """One line for the user, from the main process (above the progress bar)."""
+        if self.main:
+            tqdm.write(line)
+
     def _fit(self) -> RunState:
+        threads = torch.get_num_threads()
+        torch.set_num_threads(self.cfg.threads or threads)  # the run's share of the cores (pretrain/speed.py)
+        try:
+            return self._fit_threads()
+        finally:
+            torch.set_num_threads(threads)
+
+    def _fit_threads(self) -> RunState:
         cfg = self.cfg
         self._build()
+        self.pending, self.sync_every = PendingRows(), sync_every(cfg.sync_every, self.device)
         if self.main:
             self.out.mkdir(parents=True, exist_ok=True)
             for stale in self.out.glob(".*.tmp"):  # left by atomic writes that a killed process never finished
@@ -290,6 +312,8 @@ class Trainer:
                 if (epoch + 1) % cfg.checkpoint_every == 0 or state.step == self.total_steps:
                     self.save_checkpoint(state)
         finally:
+            if self.pending:  # an interrupted run still logs the steps it made
+                self._read_pending(state, log, bar, check=False)
             bar.close()
             if log:
                 log.close()
@@ -322,11 +346,6 @@ class Trainer:
                 failures += int(failed.sum())
                 first_failure = first_failure or next((p for p in failed_paths if p), "")
             loss = distributed.mean_over_ranks(total / cfg.accumulate)
-            if not torch.isfinite(loss):
-                raise TrainingDiverged(
-                    f"loss became {float(loss)} at step {state.step + 1} (epoch {epoch + 1}); stopped. "
-                    f"The last good checkpoint is kept in {self.out / CHECKPOINT}: lower --lr, set --grad-clip or "
-                    f"--precision fp32, then continue with `sslforge {self.command} --resume --out {self.out}`")
             if cfg.grad_clip:
                 self.scaler.unscale_(self.optimizer)
                 torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -337,16 +356,13 @@ class Trainer:
             now = time.perf_counter()
             dt, tick = now - tick, now
             state.elapsed_s += dt
-            state.last_loss = float(loss)
-            logs.update(self.monitor.stats(state.step))
-            if log:
-                log.log({"step": state.step, "epoch": state.step / self.steps_per_epoch, "lr": lr,
-                         "loss": state.last_loss, **logs, "images_per_s": cfg.batch_size / dt,
-                         "elapsed_s": state.elapsed_s})
-            bar.update(cfg.batch_size)
-            bar.set_postfix(epoch=f"{state.step / self.steps_per_epoch:.2f}", loss=f"{state.last_loss:.4f}",
-                            lr=f"{lr:.3g}", refresh=False)
-            if cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0:
+            self.pending.add({"step": state.step, "epoch": state.step / self.steps_per_epoch, "lr": lr,
+                              "loss": loss, **logs, **self.monitor.capture(state.step),
+                              "images_per_s": cfg.batch_size / dt, "elapsed_s": state.elapsed_s})
+            checkpoint = bool(cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0)
+            if checkpoint or len(self.pending) >= self.sync_every or state.step % self.steps_per_epoch == 0:
+                self._read_pending(state, log, bar)  # before any checkpoint: none holds a diverged step
+            if checkpoint:
                 self.save_checkpoint(state)
             if self.on_step:
                 self.on_step(state.step)
@@ -354,6 +370,26 @@ class Trainer:
         if failures:
             warnings.warn(f"epoch {epoch + 1}: {failures} images failed to decode and were replaced by their "
                           f"neighbours (first: {first_failure})", stacklevel=2)
+
+    def _read_pending(self, state: RunState, log: MetricsLog | None, bar: tqdm, check: bool = True) -> None:
+        """Read the pending steps' values from the device (one host sync for them all), log them, move the
+        progress bar; a NaN or infinite loss among them stops the run (unless `check` is off)."""
+        rows = self.pending.read()
+        for row in rows:
+            if check and not math.isfinite(row["loss"]):
+                raise TrainingDiverged(
+                    f"loss became {row['loss']} at step {row['step']} (epoch {math.ceil(row['epoch'])}); stopped. "
+                    f"The last good checkpoint is kept in {self.out / CHECKPOINT}: lower --lr, set --grad-clip or "
+                    f"--precision fp32, then continue with `sslforge {self.command} --resume --out {self.out}`")
+            if "emb_std" in row:
+                self.monitor.observe(row["step"], row["emb_std"])
+            if log:
+                log.log(row)
+            state.last_loss = row["loss"]
+        if rows:
+            bar.update(len(rows) * self.cfg.batch_size)
+            bar.set_postfix(epoch=f"{rows[-1]['epoch']:.2f}", loss=f"{state.last_loss:.4f}",
+                            lr=f"{rows[-1]['lr']:.3g}", refresh=False)
 
     def _to_device(self, batch: list | dict | torch.Tensor, epoch: int, step: int, micro: int = 0
                    ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
@@ -407,6 +443,7 @@ class Trainer:
             "knn": state.knn or None, "wall_time_s": round(state.elapsed_s, 2),
             "images_per_s": round(state.step * cfg.batch_size / state.elapsed_s, 2) if state.elapsed_s else None,
             "processes": self.world, "accumulate": cfg.accumulate, "sync_bn": cfg.sync_bn,
+            "compiled": self.compiled, "workers": cfg.workers, "threads": cfg.threads,
             "device": str(self.device), "precision": str(self.amp_dtype or "fp32").replace("torch.", ""),
             "peak_rss_mb": round(peak_rss_mb, 1),
             "peak_gpu_memory_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)

@@ -1,3 +1,5 @@
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -76,3 +78,58 @@ def test_the_schedule_multiplies_a_groups_lr_scale(image_folder, tmp_path) -> No
     rates = {"predictor" if id(g["params"][0]) in predictor else "rest": g["lr"]
              for g in trainer.optimizer.param_groups}
     assert rates["predictor"] == pytest.approx(10 * rates["rest"]) and rates["rest"] > 0
+
+
+def _loop_lars(params, grads, states, lr, momentum, weight_decay, eta, lars):
+    """LARS one tensor at a time, as the formula reads (the reference of the foreach step)."""
+    out = []
+    for p, g, state in zip(params, grads, states):
+        g = g + weight_decay * p
+        if lars:
+            w_norm, g_norm = p.norm(), g.norm()
+            g = g * (eta * w_norm / g_norm if w_norm > 0 and g_norm > 0 else 1.0)
+        state["buf"] = g.clone() if "buf" not in state else state["buf"] * momentum + g
+        out.append(p - lr * state["buf"])
+    return out
+
+
+@pytest.mark.parametrize("lars", [True, False])
+def test_foreach_lars_equals_the_per_tensor_loop_over_steps(lars: bool) -> None:
+    gen = torch.Generator().manual_seed(0)
+    shapes = [(4, 3), (7,), (2, 2, 3)]
+    params = [nn.Parameter(torch.randn(s, generator=gen)) for s in shapes]
+    params.append(nn.Parameter(torch.zeros(5)))  # a zero weight: trust ratio 1
+    opt = LARS([{"params": params, "weight_decay": 0.01, "lars": lars}], lr=0.3, momentum=0.9, eta=0.02)
+    ref = [p.detach().clone() for p in params]
+    states: list[dict] = [{} for _ in params]
+    for _ in range(3):
+        grads = [torch.randn(p.shape, generator=gen) for p in params]
+        for p, g in zip(params, grads):
+            p.grad = g.clone()
+        opt.step()
+        ref = _loop_lars(ref, grads, states, 0.3, 0.9, 0.01, 0.02, lars)
+        for p, r in zip(params, ref):
+            torch.testing.assert_close(p.detach(), r, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sgd", "adamw"])
+def test_sgd_and_adamw_run_fused_and_match_the_plain_loop(name: str) -> None:
+    torch.manual_seed(0)
+    fused_model = nn.Sequential(nn.Linear(4, 8), nn.ReLU(), nn.Linear(8, 2), nn.LayerNorm(2))
+    # (no bias before a norm: its gradient is rounding noise, which Adam amplifies to whole steps)
+    plain_model = copy.deepcopy(fused_model)
+    fused = build_optimizer(fused_model, name, 0.1, 1e-2, 0.9)
+    assert all(g["fused"] for g in fused.param_groups)
+    plain_groups = param_groups(plain_model, 1e-2)
+    for g in plain_groups:
+        g.pop("lars")
+    plain = (torch.optim.SGD(plain_groups, lr=0.1, momentum=0.9, foreach=False) if name == "sgd"
+             else torch.optim.AdamW(plain_groups, lr=0.1, foreach=False))
+    x = torch.randn(16, 4)
+    for _ in range(3):
+        for model, opt in ((fused_model, fused), (plain_model, plain)):
+            opt.zero_grad()
+            model(x).square().mean().backward()
+            opt.step()
+    for a, b in zip(fused_model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)  # float rounding of another kernel
