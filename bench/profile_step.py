@@ -215,7 +215,7 @@ def lightly_setting(s: dict) -> dict:
 
     torch.set_num_threads(s["threads"])
     device = s["device"]
-    _, loader, step = lightly_recipes.build(s["method"], s["size"], s["data"], s["batch"], s["workers"],
+    _, loader, step, *_ = lightly_recipes.build(s["method"], s["size"], s["data"], s["batch"], s["workers"],
                                             cifar_stem=s["stem"] == "small", device=device)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     ticks = []

@@ -56,7 +56,7 @@ def defaults_section() -> list[str]:
              f"- **loss reads** (`--sync-every N`): the loss and the collapse statistics are read back from the "
              f"device every {speed.GPU_SYNC_EVERY} steps on a GPU (one host sync for all of them), every step on a "
              f"CPU; metrics.csv still gets every step, and a NaN stops the run before any checkpoint.",
-             "- **optimizer and EMA**: SGD and AdamW run fused (one kernel for all parameters) on CPU and CUDA, LARS "
+             "- **optimizer and EMA**: AdamW runs fused (one kernel for all parameters) on CPU and CUDA, SGD and LARS "
              "on foreach kernels; EMA targets (BYOL, MoCo, DINO) move by one in-place foreach lerp.",
              "- **channels-last** (`--channels-last/--no-channels-last`): on, as before.",
              "- **batched views in the process** (`--gpu-augment`, which also runs on a CPU): "

@@ -109,7 +109,7 @@ def lightly_loop(s: dict, out: Path, steps: int | None) -> float:
     """lightly's documented loop for the method; `steps` timed after `warmup` (None: every epoch, then save)."""
     import lightly_recipes
 
-    backbone, loader, step = lightly_recipes.build(s["method"], s["size"], s["data"], s["batch"], s["workers"],
+    backbone, loader, step, *_ = lightly_recipes.build(s["method"], s["size"], s["data"], s["batch"], s["workers"],
                                                    cifar_stem=s["stem"] == "small", device=s["device"],
                                                    total_steps=s["epochs"] * (s["images"] // s["batch"]))
     ticks, index = [], 0

@@ -1,6 +1,6 @@
 """Optimizers (SGD, AdamW, LARS), their parameter groups, and the warm-up + cosine learning-rate schedule.
 
-Every step updates all parameters of a group at once: torch's fused SGD/AdamW on CPU and CUDA, and LARS on
+Every step updates all parameters of a group at once: torch's fused AdamW on CPU and CUDA, SGD and LARS on
 torch's foreach kernels.
 """
 from __future__ import annotations
@@ -88,7 +88,9 @@ def build_optimizer(model: nn.Module, name: str, lr: float, weight_decay: float,
         g.pop("lars")
     fast = fast_step([p for g in groups for p in g["params"]])
     if name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=momentum, **fast)
+        # foreach, not fused: torch's fused SGD takes the first parameter's missing momentum buffer for "first
+        # step" and fails when a parameter gets its first gradient later (SwAV's prototypes, frozen at the start)
+        return torch.optim.SGD(groups, lr=lr, momentum=momentum, foreach=True)
     if name == "adamw":
         return torch.optim.AdamW(groups, lr=lr, **fast)
     raise ConfigError(f"optimizer must be sgd, adamw or lars (got {name!r})")

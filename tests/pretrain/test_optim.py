@@ -119,7 +119,7 @@ def test_sgd_and_adamw_run_fused_and_match_the_plain_loop(name: str) -> None:
     # (no bias before a norm: its gradient is rounding noise, which Adam amplifies to whole steps)
     plain_model = copy.deepcopy(fused_model)
     fused = build_optimizer(fused_model, name, 0.1, 1e-2, 0.9)
-    assert all(g["fused"] for g in fused.param_groups)
+    assert all(g["fused"] if name == "adamw" else g["foreach"] for g in fused.param_groups)
     plain_groups = param_groups(plain_model, 1e-2)
     for g in plain_groups:
         g.pop("lars")
@@ -133,3 +133,25 @@ def test_sgd_and_adamw_run_fused_and_match_the_plain_loop(name: str) -> None:
             opt.step()
     for a, b in zip(fused_model.parameters(), plain_model.parameters()):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=2e-5)  # float rounding of another kernel
+
+
+def test_sgd_steps_when_a_parameter_gets_its_first_gradient_late() -> None:
+    """SwAV freezes its prototypes at the start: their first gradient comes steps after the others' (torch's
+    fused SGD fails on that); the update still equals the plain loop's."""
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(4, 8), nn.Linear(8, 2))
+    plain_model = copy.deepcopy(model)
+    opt = build_optimizer(model, "sgd", 0.1, 1e-2, 0.9)
+    groups = param_groups(plain_model, 1e-2)
+    for g in groups:
+        g.pop("lars")
+    plain = torch.optim.SGD(groups, lr=0.1, momentum=0.9, foreach=False)
+    x = torch.randn(16, 4)
+    for step in range(3):
+        for m, o in ((model, opt), (plain_model, plain)):
+            m[1].weight.requires_grad_(step > 0)  # frozen on the first step
+            o.zero_grad(set_to_none=True)
+            m(x).square().mean().backward()
+            o.step()
+    for a, b in zip(model.parameters(), plain_model.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-6)
