@@ -36,10 +36,11 @@ from retrieval.journal import LOG_FILE, apply, read_changes
 from retrieval.kinds import (
     ADD_BATCH,
     KINDS,
-    SEARCH_KNOBS,
     IndexDirError,
     build_faiss,
     check_fingerprint,
+    check_query,
+    check_search_knobs,
     choose_kind,
     gpu_cloner_options,
     require_faiss,
@@ -143,13 +144,7 @@ class Index:
     def search_ids(self, queries: np.ndarray, k: int = 10, where: Filter | None = None,
                    **knobs: Any) -> tuple[np.ndarray, np.ndarray]:
         """`search` without the metadata (what benchmarks time)."""
-        if k < 1:
-            raise IndexDirError(f"k must be >= 1 (got {k})")
-        q = np.asarray(queries)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise IndexDirError(f"query vectors have shape {tuple(q.shape)}, {self.path or 'the index'} holds "
-                                f"dimension {self.dim}: embed the queries with the index's model")
-        q = l2_normalize(q)
+        q = l2_normalize(check_query(queries, k, self.dim, str(self.path or "the index")))
         if where:
             allowed = where.mask(self.paths, self.labels, self.meta, self.removed)
             return search_allowed(self, q, k, allowed, knobs)
@@ -174,10 +169,7 @@ class Index:
         """Faiss search with the stored parameters and `knobs`; `sel` (a Faiss ID selector) keeps only the ids it
         selects, on the CPU index (Faiss's GPU indexes take no selector)."""
         faiss = require_faiss(self.kind)
-        unknown = {n for n, v in knobs.items() if v is not None} - set(SEARCH_KNOBS[self.kind])
-        if unknown:
-            raise IndexDirError(f"search option {sorted(unknown)[0]!r} does not apply to a {self.kind} index")
-        p = {**self.params, **{n: v for n, v in knobs.items() if v is not None}}
+        p = {**self.params, **check_search_knobs(knobs, self.kind)}
         if knobs.get("refine") and not self.params.get("refine"):
             raise IndexDirError(f"{self.path or 'the index'} was built without --refine: rebuild it with one")
         gpu = self._on_gpu(faiss) if sel is None else None

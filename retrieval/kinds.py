@@ -144,3 +144,23 @@ def build_faiss(kind: str, x: np.ndarray, p: dict, device: str, progress: bool, 
     if kind == "ivfpq" and p["refine"]:
         index = faiss.IndexRefineFlat(index, faiss.swig_ptr(x))  # re-rank PQ candidates with the exact vectors
     return index, "gpu" if use_gpu else "cpu"
+
+
+def check_query(queries, k: int, dim: int, where: str) -> np.ndarray:
+    """The queries of a search as a float array (n, dim), k >= 1; one-line errors otherwise (every store)."""
+    if k < 1:
+        raise IndexDirError(f"k must be >= 1 (got {k})")
+    q = np.asarray(queries)
+    if q.ndim != 2 or q.shape[1] != dim:
+        raise IndexDirError(f"query vectors have shape {tuple(q.shape)}, {where} holds dimension {dim}: embed the "
+                            f"queries with the index's model")
+    return q
+
+
+def check_search_knobs(knobs: dict, kind: str) -> dict:
+    """The search options that were given (not None); an option the kind has not is a one-line error."""
+    given = {n: v for n, v in knobs.items() if v is not None}
+    unknown = set(given) - set(SEARCH_KNOBS[kind])
+    if unknown:
+        raise IndexDirError(f"search option {sorted(unknown)[0]!r} does not apply to a {kind} index")
+    return given

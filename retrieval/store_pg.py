@@ -23,7 +23,7 @@ import numpy as np
 from pretrain.knn import l2_normalize
 from retrieval.filters import Filter, check_row_meta
 from retrieval.keys import MAX_KEYS, add_digest, check_key, reused
-from retrieval.kinds import SEARCH_KNOBS, IndexDirError, check_fingerprint
+from retrieval.kinds import IndexDirError, check_fingerprint, check_query, check_search_knobs
 from retrieval.store_pgload import copy_rows, create
 from retrieval.store_pgsql import (
     DTYPES,
@@ -335,17 +335,8 @@ class PgStore:
 
         from retrieval.filters import FilterError
 
-        if k < 1:
-            raise IndexDirError(f"k must be >= 1 (got {k})")
-        q = np.asarray(queries)
-        if q.ndim != 2 or q.shape[1] != self.dim:
-            raise IndexDirError(f"query vectors have shape {tuple(q.shape)}, {self.location} holds dimension "
-                                f"{self.dim}: embed the queries with the index's model")
-        q = l2_normalize(q)
-        knobs = {n: v for n, v in knobs.items() if v is not None}
-        unknown = set(knobs) - set(SEARCH_KNOBS[self.kind])
-        if unknown:
-            raise IndexDirError(f"search option {sorted(unknown)[0]!r} does not apply to a {self.kind} index")
+        q = l2_normalize(check_query(queries, k, self.dim, self.location))
+        knobs = check_search_knobs(knobs, self.kind)
         check_knobs(self.kind, knobs)
         p = {**self.params, **knobs}
         try:
