@@ -30,9 +30,9 @@ from export.embed import embed_images
 from export.embedder import Embedder
 from export.images import find_images
 from export.onnx_export import export_onnx
-from pretrain.backbones import build_backbone, resolve_spec
-from pretrain.modeldir import load_model_dir, write_model_dir
-from pretrain.preprocess import Preprocessing
+from pretrain.ground.backbones import build_backbone, resolve_spec
+from pretrain.ground.modeldir import load_model_dir, write_model_dir
+from pretrain.ground.preprocess import Preprocessing
 
 
 def random_model_dir(path: Path, size: int):

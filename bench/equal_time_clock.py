@@ -21,8 +21,8 @@ class Scorer:
     def __init__(self, args):
         from pretrain.data.datasets import EvalDataset
         from pretrain.data.images import scan_images
-        from pretrain.evaluate import class_count
-        from pretrain.preprocess import Preprocessing
+        from pretrain.ground.preprocess import Preprocessing
+        from pretrain.train.evaluate import class_count
 
         pre = Preprocessing.for_size(SIZE)
         self.device = torch.device(args.device)
@@ -54,7 +54,7 @@ class Scorer:
 
     def score(self, backbone: torch.nn.Module, split: str | None = None) -> dict:
         """kNN top-1/top-5 on all of `split`, or on the curve's subset when `split` is None."""
-        from pretrain.evaluate import Features, knn_evaluate
+        from pretrain.train.evaluate import Features, knn_evaluate
 
         x, y = self.curve if split is None else self.splits[split]
         bank = Features(self._embed(backbone, self.bank[0]), self.bank[1])

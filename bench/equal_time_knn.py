@@ -64,7 +64,7 @@ def parse_contender(spec: str) -> tuple[str, dict]:
 
 
 def sslforge_config(args, overrides: dict, out: str, epochs: int, seed: int, max_images: int | None = None):
-    from pretrain.config import PretrainConfig
+    from pretrain.train.config import PretrainConfig
 
     base = dict(method=args.method, data=args.data, out=out, backbone="resnet18", small_stem=False, image_size=SIZE,
                 epochs=epochs, batch_size=args.batch, workers=1, device=args.device, max_images=max_images, seed=seed)
@@ -81,7 +81,7 @@ def recipe(args, spec: str) -> dict:
 
         return lightly_recipes.resolve(args.method, SIZE, args.batch)
     from pretrain.data.images import scan_images
-    from pretrain.runconfig import resolve_config
+    from pretrain.train.runconfig import resolve_config
 
     cfg = resolve_config(sslforge_config(args, overrides, "unused", 1, 0), scan_images(args.data, warn=False))
     skip = set(PATHLIKE) | {"seed"} | ({"epochs", "warmup_epochs"} - set(overrides))
@@ -90,7 +90,7 @@ def recipe(args, spec: str) -> dict:
 
 def sslforge_run(args, overrides: dict, scorer: Scorer) -> dict:
     from pretrain.data.images import scan_images
-    from pretrain.trainer import Trainer
+    from pretrain.train.trainer import Trainer
 
     batch = overrides.get("batch_size", args.batch)  # a spec may give sslforge its own batch
     runs = tempfile.mkdtemp(prefix="equal-time-knn-")
@@ -178,7 +178,7 @@ def _to(batch, device: str):
 
 
 def random_init(args, scorer: Scorer) -> dict:
-    from pretrain.backbones import build_backbone, resolve_spec
+    from pretrain.ground.backbones import build_backbone, resolve_spec
 
     torch.manual_seed(args.seed)
     backbone, _ = build_backbone(resolve_spec("resnet18", False, SIZE, {}), SIZE)
@@ -296,7 +296,7 @@ def main(argv: list[str] | None = None) -> None:
             p.error(f"--{option}: {e}")
         if option == "data" and args.batch > images:
             p.error(f"--batch {args.batch} is larger than the {images} images of --data: no full batch to train on")
-    from pretrain.config import ConfigError
+    from pretrain.ground.errors import ConfigError
     for spec in args.contenders:  # a recipe that cannot be built says so before anything trains
         try:
             recipe(args, spec)

@@ -69,7 +69,7 @@ def fetch_wheels() -> None:
 
 
 def environment() -> dict:
-    from pretrain.doctor import torch_lines
+    from pretrain.ground.doctor import torch_lines
 
     parts = {"python": platform.python_version(), **dict(torch_lines())}
     for stage in ("export", "retrieval", "serve"):

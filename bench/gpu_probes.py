@@ -39,7 +39,7 @@ def _sync(device: str) -> None:
 def steps_config(method: str, data: str, out: Path, *, size: int, batch: int, steps: int, device: str,
                  gpu_augment: bool, compile: bool, workers: int, small_stem: bool | None = None, **extra):
     """A PretrainConfig that runs exactly `steps` optimizer steps (one epoch over steps x batch images)."""
-    from pretrain.config import PretrainConfig
+    from pretrain.train.config import PretrainConfig
 
     return PretrainConfig(method=method, data=data, out=str(out), backbone="resnet18", image_size=size,
                           small_stem=size <= 64 if small_stem is None else small_stem, epochs=1, batch_size=batch,
@@ -57,7 +57,7 @@ def train_probe(method: str, data: str, out: Path, *, size: int, batch: int, ste
                 gpu_augment: bool = False, compile: bool = False, workers: int = 8, warmup: int = 5,
                 small_stem: bool | None = None) -> dict:
     """A short run of the real trainer: images/s after warm-up, peak GPU memory, the loss finite and falling."""
-    from pretrain.trainer import pretrain
+    from pretrain.train.trainer import pretrain
 
     torch.cuda.reset_peak_memory_stats() if _cuda(device) else None
     start = time.perf_counter()
@@ -213,7 +213,7 @@ def onnx_probe(run: Path, images: str, *, device: str) -> dict:
     from export.embedder import Embedder
     from export.onnx_export import export_onnx
     from export.parity import compare
-    from pretrain.modeldir import load_model_dir
+    from pretrain.ground.modeldir import load_model_dir
 
     files = _images(images, 64)
     start = time.perf_counter()
@@ -279,7 +279,7 @@ def tensorrt_probe(run: Path, images: str, *, device: str) -> dict:
     from export.parity import check_parity, parity_batches
     from export.runtimes import TorchRunner
     from export.tensorrt import TensorRTRunner, build_engine
-    from pretrain.modeldir import load_model_dir
+    from pretrain.ground.modeldir import load_model_dir
 
     model = load_model_dir(run)
     start = time.perf_counter()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.knn import l2_normalize
+from pretrain.ground.knn import l2_normalize
 from retrieval import Index, exact_search, read_embeddings
 from retrieval.evaluate import rss_bytes
 from retrieval.metrics import recall_at_k

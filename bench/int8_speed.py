@@ -25,7 +25,7 @@ from embed_speed import random_model_dir, timed  # noqa: E402
 
 from export.onnx_export import export_onnx  # noqa: E402
 from export.runtimes import OnnxRunner  # noqa: E402
-from pretrain.modeldir import load_model_dir  # noqa: E402
+from pretrain.ground.modeldir import load_model_dir  # noqa: E402
 
 
 def main() -> None:

@@ -17,11 +17,11 @@ from pathlib import Path
 
 import torch
 
-from pretrain.config import PretrainConfig
 from pretrain.data.images import scan_images
-from pretrain.evaluate import Features, cached_features, class_count, extract_features, knn_evaluate
-from pretrain.modeldir import load_model_dir
-from pretrain.trainer import Trainer
+from pretrain.ground.modeldir import load_model_dir
+from pretrain.train.config import PretrainConfig
+from pretrain.train.evaluate import Features, cached_features, class_count, extract_features, knn_evaluate
+from pretrain.train.trainer import Trainer
 
 
 def main() -> None:

@@ -50,8 +50,8 @@ class _Done(Exception):
 
 # -- sslforge side -------------------------------------------------------------------------------------
 def sslforge_trainer(args, out: Path):
-    from pretrain.config import PretrainConfig
-    from pretrain.trainer import Trainer
+    from pretrain.train.config import PretrainConfig
+    from pretrain.train.trainer import Trainer
 
     cfg = PretrainConfig(method=args.method, data=args.data, out=str(out), backbone="resnet18",
                          image_size=args.image_size, epochs=100, batch_size=args.batch_size,

@@ -19,7 +19,7 @@ torch.profiler (its top operators are kept), and one under FlopCounterMode: forw
 their times give the fraction of this machine's fp32 GEMM peak (a 2048^3 matmul at the same thread count;
 bf16 too on a GPU) that each reaches. `--break-even` times the first step and the steady step eager and
 compiled (cold cache, then warm) and gives the steps from which compiling pays: the constant of
-pretrain/speed.py.
+pretrain/train/speed.py.
 
 Writes bench/results/profile/<cpu|cuda>-<date>.json (commit, settings, machine, load average before and after).
 """
@@ -62,8 +62,8 @@ def gemm_peak(threads: int, device: str = "cpu", dtype: torch.dtype = torch.floa
 
 
 def trainer_for(s: dict, out: Path):
-    from pretrain.config import PretrainConfig
-    from pretrain.trainer import Trainer
+    from pretrain.train.config import PretrainConfig
+    from pretrain.train.trainer import Trainer
 
     cfg = PretrainConfig(method=s["method"], data=s["data"], out=str(out), backbone="resnet18",
                          image_size=s["size"], small_stem=s["stem"] == "small", epochs=100, batch_size=s["batch"],

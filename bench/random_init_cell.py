@@ -15,8 +15,8 @@ from pathlib import Path
 import torch
 
 from pretrain.data.images import scan_images
-from pretrain.evaluate import class_count, extract_features, knn_evaluate, linear_probe
-from pretrain.modeldir import load_model_dir
+from pretrain.ground.modeldir import load_model_dir
+from pretrain.train.evaluate import class_count, extract_features, knn_evaluate, linear_probe
 
 
 def main() -> None:

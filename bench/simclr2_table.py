@@ -8,7 +8,7 @@ Every stage is an `sslforge` command run in this process (`pretrain.cli.main`), 
 accuracy is the one that command prints (top-1/top-5 on all of --test). Each row's result is saved as JSON in
 OUT/results/ and skipped when the script runs again; an interrupted training resumes from its checkpoint. At
 the end OUT/table.md holds the table, the settings and every command. The labelled images of a fraction are the
-same for every row (class-balanced, seeded: pretrain/labels.py), and the 1% lie inside the 10%.
+same for every row (class-balanced, seeded: pretrain/finetune/labels.py), and the 1% lie inside the 10%.
 
 Rows (columns: the label fractions):
   supervised      `sslforge finetune --from-scratch`: the same backbone and recipe from random weights
@@ -281,8 +281,8 @@ def random_init_knn(args: argparse.Namespace, ssl: Path, test: str) -> float:
     import torch
 
     from pretrain.data.images import scan_images
-    from pretrain.evaluate import class_count, extract_features, knn_evaluate
-    from pretrain.modeldir import load_model_dir
+    from pretrain.ground.modeldir import load_model_dir
+    from pretrain.train.evaluate import class_count, extract_features, knn_evaluate
 
     model = load_model_dir(ssl)
     torch.manual_seed(0)

@@ -35,13 +35,14 @@ def _source(result: dict, path: str) -> str:
 
 
 def defaults_section() -> list[str]:
-    """The speed defaults as pretrain/speed.py has them now (generated, so the page cannot drift from the code)."""
-    from pretrain import speed
+    """The speed defaults as pretrain/train/speed.py has them now (generated: the page cannot drift from the code)."""
+    from pretrain.train import speed
 
     even = ", ".join(f"{d}: {n if n is not None else 'never'}" for d, n in speed.COMPILE_BREAK_EVEN_STEPS.items())
     batched = speed.BATCHED_VIEWS_MAX_WORKERS
     lines = ["## The speed defaults", "",
-             "What `sslforge pretrain` (and `finetune`) does without flags, each switchable (pretrain/speed.py):", "",
+             "What `sslforge pretrain` (and `finetune`) does without flags, each switchable "
+             "(pretrain/train/speed.py):", "",
              f"- **compile** (`--compile auto|true|false`, `--no-compile`): auto compiles the networks when the "
              f"planned optimizer steps reach the break-even ({even}), and when a CPU has a C++ compiler. Compiled "
              f"code is cached in `$SSLFORGE_CACHE/torchinductor` (or `$TORCHINDUCTOR_CACHE_DIR`) across runs. If "

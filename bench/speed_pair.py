@@ -84,8 +84,8 @@ def sslforge_argv(s: dict, out: Path) -> list[str]:
 def sslforge_steps(s: dict, out: Path) -> float:
     """Steady images/s of sslforge's Trainer (the CLI's own config) after `warmup` steps."""
     from pretrain.cli import build_parser
-    from pretrain.options import config_from_args
-    from pretrain.trainer import Trainer
+    from pretrain.train.options import config_from_args
+    from pretrain.train.trainer import Trainer
 
     cfg, _ = config_from_args(build_parser().parse_args(sslforge_argv(s, out)))
     ticks: list[float] = []

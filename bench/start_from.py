@@ -54,7 +54,7 @@ class Scorer:
 
     def __init__(self, args):
         from pretrain.data.images import scan_images
-        from pretrain.evaluate import class_count
+        from pretrain.train.evaluate import class_count
 
         self.args = args
         self.bank = scan_images(Path(args.cifar) / "train").random_subset(args.bank_images, 0)
@@ -63,13 +63,13 @@ class Scorer:
         self.classes = class_count(self.bank, self.test)
 
     def features(self, backbone, preprocessing, images):
-        from pretrain.evaluate import extract_features
+        from pretrain.train.evaluate import extract_features
 
         return extract_features(backbone, images, preprocessing, workers=self.args.workers, device=self.args.device,
                                 progress=False)
 
     def knn(self, backbone, preprocessing, full: bool = True, linear: bool = False) -> dict:
-        from pretrain.evaluate import knn_evaluate, linear_probe
+        from pretrain.train.evaluate import knn_evaluate, linear_probe
 
         bank = self.features(backbone, preprocessing, self.bank)
         test = self.features(backbone, preprocessing, self.test if full else self.curve_test)
@@ -80,13 +80,13 @@ class Scorer:
         return out
 
     def model_dir(self, path: Path, linear: bool = False) -> dict:
-        from pretrain.modeldir import load_model_dir
+        from pretrain.ground.modeldir import load_model_dir
 
         model = load_model_dir(path)
         return self.knn(model.load_backbone(self.args.device), model.preprocessing, linear=linear)
 
     def random_init(self, path: Path, linear: bool = False) -> dict:
-        from pretrain.modeldir import load_model_dir
+        from pretrain.ground.modeldir import load_model_dir
 
         model = load_model_dir(path)
         torch.manual_seed(0)
@@ -119,9 +119,9 @@ def split_parts(train: Path, out: Path, seed: int = 0) -> tuple[Path, Path]:
 def timed_run(args, scorer: Scorer, out: Path, minutes: float, **settings) -> dict:
     """Train `settings` (PretrainConfig fields) for about `minutes` of wall clock into the model dir `out`, with
     a kNN curve; a finished run in `out` is scored again instead."""
-    from pretrain.config import PretrainConfig
     from pretrain.data.images import scan_images
-    from pretrain.trainer import Trainer
+    from pretrain.train.config import PretrainConfig
+    from pretrain.train.trainer import Trainer
 
     record = out / "start-from-run.json"
     if record.is_file() and (out / "model.json").is_file():
@@ -173,7 +173,7 @@ def timed_run(args, scorer: Scorer, out: Path, minutes: float, **settings) -> di
 
 
 def write_result(args, study: str, result: dict) -> Path:
-    from pretrain.atomic import write_json
+    from pretrain.ground.atomic import write_json
 
     path = Path(args.out) / f"{study}.json"
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -18,9 +18,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from pretrain.backbones import build_backbone, resolve_spec
+from pretrain.ground.backbones import build_backbone, resolve_spec
 from pretrain.methods import build_method, method_hparams, method_spec
-from pretrain.optim import build_optimizer, scaled_lr
+from pretrain.train.optim import build_optimizer, scaled_lr
 from pretrain.views.recipes import build_transform
 
 

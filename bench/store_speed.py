@@ -38,8 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from index_speed import clustered  # noqa: E402
 from runinfo import commit, cpu_model  # noqa: E402
 
-from pretrain.atomic import write_json, write_text  # noqa: E402
-from pretrain.doctor import package_version  # noqa: E402
+from pretrain.ground.atomic import write_json, write_text  # noqa: E402
+from pretrain.ground.doctor import package_version  # noqa: E402
 from retrieval import Index  # noqa: E402
 from retrieval.filters import Filter  # noqa: E402
 from retrieval.store_pg import PgStore  # noqa: E402

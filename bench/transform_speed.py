@@ -27,7 +27,7 @@ from torchvision.transforms import v2
 
 from pretrain.data.datasets import EpochSampler, ViewsDataset
 from pretrain.data.images import load_rgb, sample_dir, scan_images
-from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.ground.preprocess import IMAGENET_MEAN, IMAGENET_STD
 from pretrain.views.ops import MultiView, gaussian_blur, shift_hue
 from pretrain.views.recipes import TRANSFORMS, build_transform
 

@@ -31,7 +31,7 @@ class Backend:
 
 def _load_torch(model, options: LoadOptions):
     from export.runtimes import TorchRunner
-    from pretrain.device import select_device
+    from pretrain.ground.device import select_device
 
     return TorchRunner(model.load_backbone(), select_device(options.device))
 

@@ -28,7 +28,7 @@ def _parity_images(folder: str | None, count: int) -> list[Path]:
 
 def cmd_export_onnx(args: argparse.Namespace) -> None:
     from export.onnx_export import export_onnx
-    from pretrain.modeldir import load_model_dir
+    from pretrain.ground.modeldir import load_model_dir
 
     model = load_model_dir(args.model)
     result = export_onnx(model, args.out, opset=args.opset, fp16=args.fp16, dynamic_batch=args.dynamic_batch,
@@ -49,7 +49,7 @@ def cmd_export_tensorrt(args: argparse.Namespace) -> None:
     from export.parity import check_parity, parity_batches
     from export.runtimes import TorchRunner
     from export.tensorrt import TensorRTRunner, build_engine, import_tensorrt
-    from pretrain.modeldir import load_model_dir
+    from pretrain.ground.modeldir import load_model_dir
 
     import_tensorrt()  # fail first, in one line, when TensorRT is missing
     model = load_model_dir(args.model)
@@ -86,7 +86,7 @@ def _cuda() -> bool:
 def cmd_embed(args: argparse.Namespace) -> None:
     import torch
 
-    from pretrain import distributed
+    from pretrain.ground import distributed
 
     missing = [flag for flag in ("model", "images", "out") if not getattr(args, flag)]
     if missing:
@@ -110,8 +110,8 @@ def _embed_under_torchrun(args: argparse.Namespace, part: tuple[int, int], out: 
 
     from export.embed import merge_parts
     from export.embeddings import read_manifest
-    from pretrain import distributed
-    from pretrain.embeddings import MANIFEST
+    from pretrain.ground import distributed
+    from pretrain.ground.embeddings import MANIFEST
 
     done = (Path(args.out) / MANIFEST).is_file() and read_manifest(args.out)
     if done and done.get("complete") and done.get("part") is None:
@@ -132,7 +132,7 @@ def _embed_under_torchrun(args: argparse.Namespace, part: tuple[int, int], out: 
 def _embed(args: argparse.Namespace, part: tuple[int, int] | None, out: str, device: str) -> None:
     from export.embed import embed_images
     from export.embedder import Embedder
-    from pretrain import distributed
+    from pretrain.ground import distributed
 
     embedder = Embedder.load(args.model, args.backend, device=device)
     result = embed_images(embedder, args.images, out, batch_size=args.batch_size, workers=args.workers,

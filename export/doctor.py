@@ -1,7 +1,7 @@
 """export's lines of `sslforge doctor`: ONNX, onnxruntime (its wheel, the providers the Embedder picks), TensorRT."""
 from __future__ import annotations
 
-from pretrain.doctor import Line, not_installed, package_version
+from pretrain.ground.doctor import Line, not_installed, package_version
 
 
 def onnxruntime_lines() -> list[Line]:

@@ -26,7 +26,7 @@ from export.images import find_images, label_of
 from pretrain.data.datasets import EvalDataset
 from pretrain.data.heap import keep_heap
 from pretrain.data.images import ImageList, load_rgb
-from pretrain.embeddings import FORMAT, MANIFEST, SCHEMA_VERSION, shard_files, write_manifest, write_shard
+from pretrain.ground.embeddings import FORMAT, MANIFEST, SCHEMA_VERSION, shard_files, write_manifest, write_shard
 
 DTYPES = ("float32", "float16")
 DEFAULT_SHARD_SIZE = 100_000

@@ -21,9 +21,9 @@ from PIL import Image
 from export.backends import BACKENDS, LoadOptions
 from export.errors import ExportError
 from pretrain.data.images import load_rgb
-from pretrain.knn import l2_normalize
-from pretrain.modeldir import ModelDir, load_model_dir
-from pretrain.preprocess import Preprocessing
+from pretrain.ground.knn import l2_normalize
+from pretrain.ground.modeldir import ModelDir, load_model_dir
+from pretrain.ground.preprocess import Preprocessing
 
 ImageInput = Image.Image | np.ndarray | str | os.PathLike
 

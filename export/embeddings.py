@@ -1,6 +1,6 @@
 """The embeddings dir as `sslforge embed` keeps it: failed.txt, and the manifest checks that resuming and merging
 rely on. The format itself (names, schema version, the shard and manifest writer) is declared once, in
-pretrain/embeddings.py:
+pretrain/ground/embeddings.py:
 
     manifest.json       format, schema version, model fingerprint, backend, dim, dtype, count, shards, ...
     vectors-00000.npy   float32/float16 (rows, dim), rows L2-normalised
@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from export.errors import ExportError
-from pretrain.atomic import write_text
-from pretrain.embeddings import FAILED, FORMAT, MANIFEST, SCHEMA_VERSION
-from pretrain.schema import Fields, read_json
+from pretrain.ground.atomic import write_text
+from pretrain.ground.embeddings import FAILED, FORMAT, MANIFEST, SCHEMA_VERSION
+from pretrain.ground.schema import Fields, read_json
 
 
 def write_failed(out: Path, failed: list[tuple[str, str]]) -> None:

@@ -24,8 +24,8 @@ from export.onnxfile import EMBEDDING, INPUT, LOGITS, ONNX_FILE, OnnxInfo, to_fp
 from export.parity import ParityReport, check_parity, parity_batches
 from export.quantize import Int8Check, check_int8, gate, quantize, split_images
 from export.runtimes import OnnxRunner, TorchRunner
-from pretrain.atomic import atomic_path
-from pretrain.modeldir import ModelDir
+from pretrain.ground.atomic import atomic_path
+from pretrain.ground.modeldir import ModelDir
 
 
 class ExportModule(nn.Module):

@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from export.errors import ExportError
-from pretrain.modeldir import ModelDir
+from pretrain.ground.modeldir import ModelDir
 
 ONNX_FILE = "model.onnx"
 INPUT, EMBEDDING, LOGITS = "image", "embedding", "logits"

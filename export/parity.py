@@ -15,8 +15,8 @@ import torch
 
 from export.errors import ParityError
 from pretrain.data.images import load_rgb
-from pretrain.knn import l2_normalize
-from pretrain.preprocess import Preprocessing
+from pretrain.ground.knn import l2_normalize
+from pretrain.ground.preprocess import Preprocessing
 
 Runner = Callable[[np.ndarray], np.ndarray]  # (n, 3, H, W) float32 -> (n, D) float32 raw features
 

@@ -23,8 +23,8 @@ import torch
 from export.errors import ExportError, ParityError
 from export.parity import ParityReport, compare
 from pretrain.data.images import load_rgb
-from pretrain.knn import knn_vote, l2_normalize, label_codes, topk_accuracy
-from pretrain.preprocess import Preprocessing
+from pretrain.ground.knn import knn_vote, l2_normalize, label_codes, topk_accuracy
+from pretrain.ground.preprocess import Preprocessing
 
 MIN_COSINE = 0.99
 MAX_KNN_DROP = 0.01

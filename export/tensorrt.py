@@ -21,9 +21,9 @@ import numpy as np
 
 from export.errors import BackendUnavailable, ExportError
 from export.onnxfile import EMBEDDING, INPUT, ONNX_FILE, check_onnx_matches, to_fp16
-from pretrain.atomic import write_json, write_with
-from pretrain.modeldir import ModelDir
-from pretrain.schema import read_json
+from pretrain.ground.atomic import write_json, write_with
+from pretrain.ground.modeldir import ModelDir
+from pretrain.ground.schema import read_json
 
 PLAN_FILE = "model.plan"
 SIDECAR_SUFFIX = ".json"

@@ -9,19 +9,20 @@ import warnings
 from importlib.metadata import entry_points
 
 from pretrain import __version__
-from pretrain.config import RECIPES, ConfigError, parse_key_values
 from pretrain.data.images import DataError
-from pretrain.modeldir import ModelDirError
-from pretrain.options import Launched, add_pretrain_options, config_from_args, launch_devices
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.modeldir import ModelDirError
 from pretrain.study.cli import add_benchmark_command, add_data_commands, add_tsne_command
+from pretrain.train.config import RECIPES, parse_key_values
+from pretrain.train.options import Launched, add_pretrain_options, config_from_args, launch_devices
 
 ERRORS = (ConfigError, DataError, ModelDirError)
 COMMAND_PLUGINS = "sslforge.commands"  # entry-point group through which export/retrieval/serve add commands
 
 
 def cmd_pretrain(args: argparse.Namespace) -> None:
-    from pretrain import distributed
-    from pretrain.trainer import Trainer
+    from pretrain.ground import distributed
+    from pretrain.train.trainer import Trainer
 
     cfg, resume = config_from_args(args)  # bad options fail here, before any process starts
     if args.devices != 1:
@@ -41,10 +42,10 @@ def cmd_distill(args: argparse.Namespace) -> None:
 
 def _eval_inputs(args: argparse.Namespace):
     from pretrain.data.images import scan_images
-    from pretrain.device import select_device
-    from pretrain.evaluate import cached_features, class_count
-    from pretrain.labels import select_labels
-    from pretrain.modeldir import load_model_dir
+    from pretrain.finetune.labels import select_labels
+    from pretrain.ground.device import select_device
+    from pretrain.ground.modeldir import load_model_dir
+    from pretrain.train.evaluate import cached_features, class_count
 
     model = load_model_dir(args.model)
     train, test = scan_images(args.train), scan_images(args.test)
@@ -57,7 +58,7 @@ def _eval_inputs(args: argparse.Namespace):
 
 
 def cmd_eval_knn(args: argparse.Namespace) -> None:
-    from pretrain.evaluate import knn_evaluate
+    from pretrain.train.evaluate import knn_evaluate
 
     if args.k < 1 or args.temperature <= 0:
         raise ConfigError("--k must be >= 1 and --temperature > 0")
@@ -68,7 +69,7 @@ def cmd_eval_knn(args: argparse.Namespace) -> None:
 
 
 def cmd_eval_linear(args: argparse.Namespace) -> None:
-    from pretrain.evaluate import linear_probe
+    from pretrain.train.evaluate import linear_probe
 
     if args.epochs < 1 or args.lr <= 0 or args.weight_decay < 0:
         raise ConfigError("--epochs must be >= 1, --lr > 0 and --weight-decay >= 0")
@@ -94,7 +95,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 
 def cmd_doctor(args: argparse.Namespace) -> None:
-    from pretrain.doctor import as_json, render, sections
+    from pretrain.ground.doctor import as_json, render, sections
 
     parts = sections()
     print(as_json(parts) if args.json else render(parts))
@@ -172,7 +173,7 @@ def _add_eval_common(p: argparse.ArgumentParser) -> None:
 
 
 def add_label_options(p: argparse.ArgumentParser) -> None:
-    """Which labels of --train an evaluation may use: a class-balanced, seeded share (pretrain/labels.py)."""
+    """Which labels of --train an evaluation may use: a class-balanced, seeded share (pretrain/finetune/labels.py)."""
     group = p.add_mutually_exclusive_group()
     group.add_argument("--label-fraction", type=float, default=None, metavar="F",
                        help="use only this share of the --train labels (0.01 = 1%%), the same share of every class, "
@@ -183,7 +184,7 @@ def add_label_options(p: argparse.ArgumentParser) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from pretrain.finetunecli import add_eval_finetune_commands, add_finetune_command
+    from pretrain.finetune.cli import add_eval_finetune_commands, add_finetune_command
 
     parser = argparse.ArgumentParser(
         prog="sslforge", description="Self-supervised image backbones: pretrain, evaluate, and (later stages) "
@@ -293,8 +294,8 @@ def _one_line_warning(message, category, filename, lineno, line=None) -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain.distributed import RanksDisagree, is_main, launched
-    from pretrain.trainer import TrainingDiverged
+    from pretrain.ground.distributed import RanksDisagree, is_main, launched
+    from pretrain.train.trainer import TrainingDiverged
 
     warnings.formatwarning = _one_line_warning
     argv = sys.argv[1:] if argv is None else argv

@@ -13,11 +13,11 @@ from pathlib import Path
 
 import torch
 
-from pretrain.config import PretrainConfig
 from pretrain.data.images import sample_dir, scan_images
-from pretrain.evaluate import cached_features, class_count, extract_features, knn_evaluate
-from pretrain.modeldir import load_model_dir
-from pretrain.trainer import Trainer
+from pretrain.ground.modeldir import load_model_dir
+from pretrain.train.config import PretrainConfig
+from pretrain.train.evaluate import cached_features, class_count, extract_features, knn_evaluate
+from pretrain.train.trainer import Trainer
 
 
 def quickstart(out: str = "runs/quickstart", epochs: int = 3, images: int = 2000, backbone: str = "resnet18",

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.atomic import atomic_path, write_json
+from pretrain.ground.atomic import atomic_path, write_json
 from retrieval.embeddings import EmbeddingsError, read_embeddings
 from retrieval.exact import BackendError
 from retrieval.filters import Filter, FilterError

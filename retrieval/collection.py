@@ -31,7 +31,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.knn import l2_normalize
+from pretrain.ground.knn import l2_normalize
 from retrieval.filters import Filter, check_row_meta
 from retrieval.index import INDEX_JSON, Index, IndexDirError
 from retrieval.journal import (

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.atomic import write_text
+from pretrain.ground.atomic import write_text
 from retrieval.kinds import IndexDirError
 
 EXACT_MAX = 200_000

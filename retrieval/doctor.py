@@ -2,7 +2,7 @@
 whether PostgreSQL collections (the database extra) can be used."""
 from __future__ import annotations
 
-from pretrain.doctor import Line, not_installed, package_version
+from pretrain.ground.doctor import Line, not_installed, package_version
 from retrieval.exact import BackendError, exact_backend, faiss_gpus, faiss_or_none
 
 

@@ -1,4 +1,4 @@
-"""Reader of the embeddings dir that `sslforge embed` writes (its format is declared in pretrain/embeddings.py).
+"""Reader of the embeddings dir that `sslforge embed` writes (its format is declared in pretrain/ground/embeddings.py).
 
     emb/NAME/manifest.json        format, schema_version, model_fingerprint, dim, dtype, count, shards, ...
     emb/NAME/vectors-00000.npy    float32 or float16 rows, [n_rows, dim]
@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.embeddings import FORMAT, MANIFEST, SCHEMA_VERSION, write_embeddings
+from pretrain.ground.embeddings import FORMAT, MANIFEST, SCHEMA_VERSION, write_embeddings
 from retrieval.record import MAX_DIM, load_npy, need, read_record
 
 __all__ = ["Embeddings", "EmbeddingsError", "read_embeddings", "read_id_rows", "write_embeddings"]

@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.knn import l2_normalize
+from pretrain.ground.knn import l2_normalize
 from retrieval.index import Index
 from retrieval.knn import label_codes
 from retrieval.metrics import mean_average_precision, precision_at_k, recall_at_k

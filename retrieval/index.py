@@ -26,8 +26,8 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.atomic import atomic_path, replace_dir, save_npy, write_json, write_jsonl
-from pretrain.knn import l2_normalize
+from pretrain.ground.atomic import atomic_path, replace_dir, save_npy, write_json, write_jsonl
+from pretrain.ground.knn import l2_normalize
 from retrieval.embeddings import read_id_rows
 from retrieval.exact import BackendError, exact_search, faiss_gpus
 from retrieval.filters import Filter, check_row_meta, read_meta_rows, search_allowed

@@ -1,6 +1,6 @@
 """Weighted kNN classification against an index: the k nearest labelled rows vote with weight exp(similarity / T).
 
-The vote, the top-k accuracy and the label codes are pretrain's ground module `pretrain.knn`, which the kNN
+The vote, the top-k accuracy and the label codes are pretrain's ground module `pretrain.ground.knn`, which the kNN
 evaluation after pretraining uses too, so `sslforge eval knn` and `sslforge index classify` agree.
 """
 from __future__ import annotations
@@ -9,7 +9,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.knn import knn_vote, label_codes, topk_accuracy
+from pretrain.ground.knn import knn_vote, label_codes, topk_accuracy
 from retrieval.index import IndexDirError
 
 __all__ = ["classify", "knn_vote", "label_codes", "topk_accuracy"]

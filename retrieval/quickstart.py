@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.knn import knn_vote, label_codes, topk_accuracy
+from pretrain.ground.knn import knn_vote, label_codes, topk_accuracy
 from retrieval.embeddings import read_embeddings
 from retrieval.evaluate import drop_self, evaluate_index
 from retrieval.index import Index, IndexDirError

@@ -1,7 +1,7 @@
 """Reading the files of an embeddings or index dir, which may come from someone else: the JSON record at
 its head (checked field by field, with bounds) and its .npy arrays (header checked before any allocation).
 
-Every failure is one line naming the file. The JSON reading rule is pretrain/schema.py's `read_json` (the
+Every failure is one line naming the file. The JSON reading rule is pretrain/ground/schema.py's `read_json` (the
 model dir's too); this module adds the record's format and version check, field bounds and the .npy checks.
 """
 from __future__ import annotations
@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.schema import read_json
+from pretrain.ground.schema import read_json
 
 MAX_DIM = 65536
 MAX_ROWS = 1 << 40

@@ -5,7 +5,7 @@ from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageOps
 
-from pretrain.atomic import atomic_path
+from pretrain.ground.atomic import atomic_path
 
 TILE, CAPTION = 128, 28
 

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.knn import l2_normalize
+from pretrain.ground.knn import l2_normalize
 from retrieval.filters import Filter, check_row_meta
 from retrieval.keys import MAX_KEYS, add_digest, check_key, reused
 from retrieval.kinds import IndexDirError, check_fingerprint, check_query, check_search_knobs

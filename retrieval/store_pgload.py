@@ -8,7 +8,7 @@ from datetime import UTC, datetime
 
 import numpy as np
 
-from pretrain.knn import l2_normalize
+from pretrain.ground.knn import l2_normalize
 from retrieval.filters import check_row_meta
 from retrieval.kinds import IndexDirError
 from retrieval.store_pgsql import (

@@ -1,7 +1,7 @@
 """serve's lines of `sslforge doctor`: the service and demo packages."""
 from __future__ import annotations
 
-from pretrain.doctor import Line, not_installed, package_version
+from pretrain.ground.doctor import Line, not_installed, package_version
 
 
 def lines() -> list[Line]:

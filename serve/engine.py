@@ -26,8 +26,8 @@ from PIL import Image, UnidentifiedImageError
 from export.embedder import Embedder
 from export.errors import ExportError
 from pretrain.data.images import load_rgb
-from pretrain.knn import l2_normalize
-from pretrain.modeldir import ModelDirError, load_model_dir
+from pretrain.ground.knn import l2_normalize
+from pretrain.ground.modeldir import ModelDirError, load_model_dir
 from retrieval import IndexDirError
 from retrieval.filters import Filter, FilterError, UnknownField
 from retrieval.keys import MAX_KEY_TEXT, KeyReused

@@ -30,7 +30,7 @@ def tiny_config():
 @pytest.fixture
 def tiny_run(image_folder: Path, tmp_path: Path) -> Path:
     """A finished one-epoch run on `image_folder`."""
-    from pretrain.trainer import Trainer
+    from pretrain.train.trainer import Trainer
 
     return Trainer(make_tiny_config(image_folder, tmp_path / "run", epochs=1), progress=False).fit()
 

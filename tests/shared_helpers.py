@@ -25,7 +25,7 @@ def write_image_folder(root: Path, classes: int = 3, per_class: int = 8, size: i
 
 def make_tiny_config(data: Path, out: Path, **changes):
     """A seconds-long SimCLR run: timm's test_resnet at 32 px, batch 8, no loader workers."""
-    from pretrain.config import PretrainConfig
+    from pretrain.train.config import PretrainConfig
 
     return PretrainConfig(method="simclr", data=str(data), out=str(out), backbone="test_resnet", image_size=32,
                           epochs=2, batch_size=8, workers=0, optimizer="sgd", lr=0.5,
@@ -34,7 +34,7 @@ def make_tiny_config(data: Path, out: Path, **changes):
 
 def make_tiny_finetune_config(model: Path | None, train: Path, out: Path, **changes):
     """A seconds-long fine-tuning run of `model` (None: test_resnet from scratch) on `train`: batch 4, no workers."""
-    from pretrain.config import FinetuneConfig
+    from pretrain.train.config import FinetuneConfig
 
     scratch = {} if model else {"backbone": "test_resnet", "image_size": 32}
     return FinetuneConfig(model=str(model) if model else None, train=str(train), out=str(out), epochs=2, batch_size=4,

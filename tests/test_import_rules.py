@@ -1,12 +1,13 @@
 """The floor plan's import rule, read from the source (every import statement, lazy ones inside functions too).
 
-- Imports between stages point down into pretrain's ground modules only (GROUND below); pretrain imports no
-  other stage.
+- Imports between stages point down into pretrain's ground only (GROUND_FOLDERS below: ground/ and data/);
+  pretrain imports no other stage, and its ground imports nothing of pretrain beyond the ground.
+- pretrain's top level holds only its doors (DOORS); the rest lives in rooms.
 - export and retrieval never import each other; serve composes them (and may import both).
 - retrieval's ground is numpy-only (NUMPY_GROUND): `import retrieval` loads no torch.
 - No import cycle anywhere: no group of modules reaches itself through imports (not only pairs).
 
-A new arrow that breaks the rule fails here with the file, line and import named; widening GROUND is a
+A new arrow that breaks the rule fails here with the file, line and import named; widening GROUND_FOLDERS is a
 design change, to be made on purpose (docs: docs/development.md).
 """
 from __future__ import annotations
@@ -18,16 +19,14 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 STAGES = ("pretrain", "export", "retrieval", "serve")
-# pretrain's ground: what the later stages may import. Everything else in pretrain is training, views or study.
-GROUND = {
-    "pretrain",  # __version__
-    "pretrain.atomic", "pretrain.schema", "pretrain.modeldir", "pretrain.preprocess", "pretrain.device",
-    "pretrain.knn", "pretrain.embeddings", "pretrain.distributed",
-    "pretrain.doctor",  # the helpers of each stage's `sslforge doctor` lines (standard library only)
-    "pretrain.data.images", "pretrain.data.datasets", "pretrain.data.heap",
-}
-NUMPY_GROUND = {"pretrain", "pretrain.atomic", "pretrain.schema", "pretrain.knn", "pretrain.embeddings",
-                "pretrain.doctor"}
+# pretrain's ground: the folders the later stages may import. Everything else in pretrain is training (train/),
+# methods, views, fine-tuning or study. `pretrain` itself gives __version__.
+GROUND_FOLDERS = ("pretrain.ground", "pretrain.data")
+# retrieval runs without torch: of the ground, it imports only these numpy-only modules
+NUMPY_GROUND = {"pretrain", "pretrain.ground.atomic", "pretrain.ground.schema", "pretrain.ground.knn",
+                "pretrain.ground.embeddings", "pretrain.ground.doctor", "pretrain.ground.errors"}
+# pretrain's top level holds only its doors: the package, `python -m pretrain`, the CLI, the quickstart
+DOORS = {"__init__.py", "__main__.py", "cli.py", "quickstart.py"}
 MAY_IMPORT = {  # stage -> the other stages it may import
     "pretrain": set(),
     "export": {"pretrain"},
@@ -36,8 +35,16 @@ MAY_IMPORT = {  # stage -> the other stages it may import
 }
 
 
+def in_ground(target: str) -> bool:
+    return target == "pretrain" or any(target == f or target.startswith(f + ".") for f in GROUND_FOLDERS)
+
+
 def module_name(path: Path) -> str:
-    parts = path.relative_to(ROOT).with_suffix("").parts
+    return module_name_in(path, ROOT)
+
+
+def module_name_in(path: Path, root: Path) -> str:
+    parts = path.relative_to(root).with_suffix("").parts
     return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
 
 
@@ -66,13 +73,16 @@ def broken_rules(files: list[Path], root: Path = ROOT) -> list[str]:
         stage = path.relative_to(root).parts[0]
         for line, target in imports(path):
             other = target.split(".")[0]
+            where = f"{path.relative_to(root)}:{line}: imports {target}"
+            if module_name_in(path, root).startswith("pretrain.ground.") and other == "pretrain" and \
+                    not in_ground(target):
+                errors.append(f"{where}: pretrain's ground imports only the ground ({', '.join(GROUND_FOLDERS)})")
             if other not in STAGES or other == stage:
                 continue
-            where = f"{path.relative_to(root)}:{line}: imports {target}"
             if other not in MAY_IMPORT[stage]:
                 errors.append(f"{where}: {stage} may not import {other}")
-            elif other == "pretrain" and target not in GROUND:
-                errors.append(f"{where}: not one of pretrain's ground modules ({', '.join(sorted(GROUND))})")
+            elif other == "pretrain" and not in_ground(target):
+                errors.append(f"{where}: outside pretrain's ground ({', '.join(GROUND_FOLDERS)})")
             elif stage == "retrieval" and target not in NUMPY_GROUND:
                 errors.append(f"{where}: retrieval imports only numpy-only ground modules "
                               f"({', '.join(sorted(NUMPY_GROUND))})")
@@ -157,28 +167,33 @@ def test_import_retrieval_loads_no_torch() -> None:
 
 def test_the_rule_catches_a_forbidden_arrow(tmp_path: Path) -> None:
     """The scan itself: each kind of forbidden import, written into a stage, is reported."""
-    cases = {"export": "from retrieval.index import Index", "retrieval": "from pretrain.trainer import Trainer",
-             "pretrain": "import serve.engine"}
+    cases = {"export": "from retrieval.index import Index", "retrieval": "from pretrain.train.trainer import Trainer",
+             "pretrain": "import serve.engine", "pretrain/ground": "from pretrain.train.config import Config"}
     for stage, line in cases.items():
         probe = tmp_path / stage / "probe.py"
-        probe.parent.mkdir()
+        probe.parent.mkdir(parents=True, exist_ok=True)
         probe.write_text(f"def f():\n    {line}\n")
         expected = {"export": "imports retrieval.index: export may not import retrieval",
-                    "retrieval": "imports pretrain.trainer: not one of pretrain's ground modules "
-                                 f"({', '.join(sorted(GROUND))})",
-                    "pretrain": "imports serve.engine: pretrain may not import serve"}[stage]
+                    "retrieval": "imports pretrain.train.trainer: outside pretrain's ground "
+                                 f"({', '.join(GROUND_FOLDERS)})",
+                    "pretrain": "imports serve.engine: pretrain may not import serve",
+                    "pretrain/ground": "imports pretrain.train.config: pretrain's ground imports only the ground "
+                                       f"({', '.join(GROUND_FOLDERS)})"}[stage]
         assert broken_rules([probe], tmp_path) == [f"{stage}/probe.py:2: {expected}"]
 
 
 def test_the_import_paths_readme_showed_before_the_floor_plan_still_work() -> None:
-    from pretrain.benchreport import parse_markdown
     from pretrain.data import load_rgb
     from pretrain.data.images import load_rgb as moved_load_rgb
-    from pretrain.embeddings import write_embeddings as ground_writer
-    from pretrain.knn import knn_vote as ground_vote
-    from pretrain.study.report import parse_markdown as moved_parse_markdown
+    from pretrain.ground.embeddings import write_embeddings as ground_writer
+    from pretrain.ground.knn import knn_vote as ground_vote
     from retrieval import write_embeddings
     from retrieval.knn import knn_vote
 
-    assert (load_rgb, parse_markdown, write_embeddings, knn_vote) == (moved_load_rgb, moved_parse_markdown,
-                                                                        ground_writer, ground_vote)
+    assert (load_rgb, write_embeddings, knn_vote) == (moved_load_rgb, ground_writer, ground_vote)
+
+
+def test_pretrain_top_level_holds_only_its_doors() -> None:
+    """Everything else lives in a room: ground/, train/, finetune/, methods/, views/, data/, study/."""
+    top = {p.name for p in (ROOT / "pretrain").glob("*.py")}
+    assert top == DOORS, f"files at pretrain/'s top level beyond its doors: {sorted(top - DOORS)}"

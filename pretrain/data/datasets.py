@@ -13,7 +13,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 from pretrain.data.images import DECODE_ERRORS, ImageList, load_rgb
-from pretrain.preprocess import Preprocessing
+from pretrain.ground.preprocess import Preprocessing
 
 
 class ViewsDataset(Dataset):

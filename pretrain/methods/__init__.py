@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 
 from torch import nn
 
-from pretrain.config import RECIPES, ConfigError
+from pretrain.ground.errors import ConfigError
 from pretrain.methods.barlowtwins import BarlowTwins
 from pretrain.methods.base import Method
 from pretrain.methods.byol import BYOL
@@ -31,6 +31,7 @@ from pretrain.methods.simsiam import SimSiam
 from pretrain.methods.swav import SwAV
 from pretrain.methods.vicreg import VICReg
 from pretrain.methods.vicregl import VICRegL
+from pretrain.train.config import RECIPES
 
 
 @dataclass(frozen=True)

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.ground.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 
 @dataclass(frozen=True)
@@ -36,10 +36,10 @@ class Method(nn.Module):
 
     `start_epoch(epoch, data_pass)` runs before each epoch (also the one a resumed run continues in); a
     method whose targets come from the whole dataset (k-means, self-labelling) calls `data_pass(fn)` there
-    (pretrain/datapass.py) and keeps what it derives in buffers, so a checkpoint holds it.
+    (pretrain/train/datapass.py) and keeps what it derives in buffers, so a checkpoint holds it.
 
     Under torchrun `views` are this process's slice of the global batch; a method makes its loss that
-    of the global batch with the helpers of pretrain/distributed.py (identities in one process).
+    of the global batch with the helpers of pretrain/ground/distributed.py (identities in one process).
     `couples_batch` says the loss depends on the other images of the batch (in-batch negatives or
     batch statistics), which gradient accumulation cannot preserve; `skips_parameters` that some
     parameters get no gradient in some steps (frozen prototypes), which DDP must be told.

@@ -9,10 +9,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.ema import cosine_momentum, ema_update, frozen_copy
-from pretrain.heads import ProjectionHead
-from pretrain.losses import byol_loss
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
+from pretrain.methods.ema import cosine_momentum, ema_update, frozen_copy
+from pretrain.methods.losses import byol_loss
 
 
 class BYOL(Method):

@@ -22,9 +22,9 @@ import torch
 from torch import nn
 from torch.nn import functional as F
 
-from pretrain.distributed import gather
-from pretrain.losses import cpc_loss
+from pretrain.ground.distributed import gather
 from pretrain.methods.base import Method
+from pretrain.methods.losses import cpc_loss
 from pretrain.views.ops import patches_of
 
 

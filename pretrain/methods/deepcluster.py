@@ -3,7 +3,7 @@ labels a classifier head learns from, which trains the backbone.
 
 Before epochs 0, `recluster_every`, 2 x `recluster_every`, ... (`start_epoch`, through the trainer's data pass:
 centre crops, eval mode) the backbone's features of every training image are PCA-whitened to `pca_dim`,
-L2-normalised and clustered by k-means (pretrain/clustering.py, with the paper's empty-cluster fix); the
+L2-normalised and clustered by k-means (pretrain/methods/clustering.py, with the paper's empty-cluster fix); the
 classifier is re-initialised, since cluster ids mean nothing from one clustering to the next. The paper
 clusters every epoch of ImageNet (thousands of steps); on a small dataset `recluster_every` gives the
 classifier as many steps to learn each clustering. Training: one augmented view per image, a `hidden_dim` MLP
@@ -18,10 +18,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.clustering import balance_weights, kmeans, pca_whiten
-from pretrain.heads import ProjectionHead
-from pretrain.losses import pseudo_label_loss
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
+from pretrain.methods.clustering import balance_weights, kmeans, pca_whiten
+from pretrain.methods.losses import pseudo_label_loss
 
 
 class DeepCluster(Method):

@@ -11,10 +11,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.ema import cosine_momentum, ema_update, frozen_copy
-from pretrain.heads import DINOHead
-from pretrain.losses import DINOLoss
+from pretrain.ground.heads import DINOHead
 from pretrain.methods.base import Method, encode_views
+from pretrain.methods.ema import cosine_momentum, ema_update, frozen_copy
+from pretrain.methods.losses import DINOLoss
 
 GLOBAL_VIEWS = 2
 

@@ -11,10 +11,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.ema import frozen_copy
-from pretrain.losses import distillation_loss
+from pretrain.ground.modeldir import load_model_dir
 from pretrain.methods.base import Method
-from pretrain.modeldir import load_model_dir
+from pretrain.methods.ema import frozen_copy
+from pretrain.methods.losses import distillation_loss
 
 
 class Distill(Method):

@@ -1,13 +1,14 @@
 """Feature distillation: a student learns, with no labels, to reproduce a frozen teacher's features.
 
-The teacher is any pretrained model (a timm or torchvision name, a model dir, a weights file: pretrain/teacher.py),
-CNN or ViT, and sees the same view as the student (resized and renormalised to its own input). Two terms:
+The teacher is any pretrained model (a timm or torchvision name, a model dir, a weights file:
+pretrain/methods/teacher.py), CNN or ViT, and sees the same view as the student (resized and renormalised to its
+own input). Two terms:
 - the student's pooled features, through a small projector (2-layer MLP), against the teacher's embedding;
 - where both give spatial features (a CNN's last feature map, a ViT's patch tokens), the student's map through a
   1x1 projection against the teacher's map resampled to the student's grid (averaged over the teacher cells a
   student cell covers, or bilinear when the teacher's grid is coarser), location by location,
   weighted by `patch_weight`.
-Both use `loss`: cosine (1 - cosine similarity, the default) or smooth_l1 (pretrain/losses.py).
+Both use `loss`: cosine (1 - cosine similarity, the default) or smooth_l1 (pretrain/methods/losses.py).
 
 The teacher runs under no_grad, in bf16 autocast on a GPU that supports it (`teacher_precision`), and is kept out
 of the method's modules: no checkpoint, optimizer or model dir holds it; the model dir's backbone is the student.
@@ -22,13 +23,13 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.backbones import FeatureMapTap
-from pretrain.config import ConfigError
-from pretrain.distributed import all_reduce
-from pretrain.heads import ProjectionHead
-from pretrain.losses import FEATURE_LOSSES, feature_distillation_loss
+from pretrain.ground.backbones import FeatureMapTap
+from pretrain.ground.distributed import all_reduce
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
-from pretrain.teacher import load_teacher
+from pretrain.methods.losses import FEATURE_LOSSES, feature_distillation_loss
+from pretrain.methods.teacher import load_teacher
 
 CACHE_TOLERANCE = 1e-3  # relative difference between a cached and a fresh teacher output of a fixed view
 

@@ -7,10 +7,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.distributed import gather
-from pretrain.heads import ProjectionHead
-from pretrain.losses import drlim_loss
+from pretrain.ground.distributed import gather
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
+from pretrain.methods.losses import drlim_loss
 
 
 class DrLIM(Method):

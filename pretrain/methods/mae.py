@@ -5,7 +5,7 @@ own patch embedding, position embeddings, blocks and norm) sees only the visible
 tokens. A light decoder (a linear map to `decoder_dim`, a learned mask token at every dropped patch, fixed 2-D
 sine-cosine positions, `decoder_depth` transformer blocks) predicts the pixels of every patch, and the loss is the
 mean squared error on the masked patches, each target patch standardised by its own mean and variance
-(`norm_pix_loss`, pretrain/losses.py: mae_loss).
+(`norm_pix_loss`, pretrain/methods/losses.py: mae_loss).
 
 The model dir stores the backbone alone, which embeds with all patches as any timm ViT does, so export and
 serving treat it as every other backbone. At 32 px: `--backbone vit_tiny_patch16_224 --backbone-arg img_size=32
@@ -19,9 +19,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain import distributed
-from pretrain.losses import mae_loss
+from pretrain.ground import distributed
 from pretrain.methods.base import Method
+from pretrain.methods.losses import mae_loss
 
 
 def sincos_2d(h: int, w: int, dim: int, device: torch.device | None = None) -> torch.Tensor:

@@ -1,6 +1,6 @@
 """MoCo v2 (He et al. 2020; Chen et al. 2020): a momentum key encoder and a FIFO queue of negative keys.
 
-The queue (pretrain/queues.py) decouples the number of negatives from the batch size, which is what makes
+The queue (pretrain/methods/queues.py) decouples the number of negatives from the batch size, which is what makes
 MoCo work with the small batches of one device. Both views serve as query once (the symmetric loss).
 """
 from __future__ import annotations
@@ -9,12 +9,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.distributed import gather, shuffled
-from pretrain.ema import ema_update, frozen_copy
-from pretrain.heads import ProjectionHead
-from pretrain.losses import info_nce
+from pretrain.ground.distributed import gather, shuffled
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
-from pretrain.queues import FeatureQueue
+from pretrain.methods.ema import ema_update, frozen_copy
+from pretrain.methods.losses import info_nce
+from pretrain.methods.queues import FeatureQueue
 
 
 def _old_queue_keys(module, state_dict, prefix, *args) -> None:

@@ -4,18 +4,18 @@ Each view's projection z is replaced by its nearest neighbour in a FIFO support 
 batches; that neighbour must pick out the other view's prediction p among the batch's (NT-Xent over the batch,
 symmetric in the two views). The neighbour is drawn by cosine, carries no gradient, and the batch's projections
 of view one are enqueued after the step. A 3-layer projector with batch norm and a 2-layer predictor as in the
-paper; the support set is a buffer (pretrain/queues.py), so a checkpoint holds it and resumes exactly.
+paper; the support set is a buffer (pretrain/methods/queues.py), so a checkpoint holds it and resumes exactly.
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from pretrain.distributed import gather
-from pretrain.heads import ProjectionHead
-from pretrain.losses import nnclr_loss
+from pretrain.ground.distributed import gather
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
-from pretrain.queues import FeatureQueue
+from pretrain.methods.losses import nnclr_loss
+from pretrain.methods.queues import FeatureQueue
 
 
 class NNCLR(Method):

@@ -1,7 +1,7 @@
 """Instance discrimination with a memory bank (Wu et al. 2018, NPID): every image is its own class.
 
 One view per image is projected to `proj_dim` and L2-normalised; its positive is the image's own entry of
-the memory bank (pretrain/memorybank.py: a moving average of the embeddings the image got, momentum
+the memory bank (pretrain/methods/memorybank.py: a moving average of the embeddings the image got, momentum
 `bank_momentum`), its negatives `negatives` entries of other images drawn at random. The loss is the
 softmax over positive and negatives at temperature t (the paper's NCE approximates this softmax; with a few
 thousand negatives it is computed exactly). After the step the batch's embeddings move their bank entries.
@@ -12,11 +12,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.distributed import gather
-from pretrain.heads import ProjectionHead
-from pretrain.losses import info_nce
-from pretrain.memorybank import MemoryBank
+from pretrain.ground.distributed import gather
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
+from pretrain.methods.losses import info_nce
+from pretrain.methods.memorybank import MemoryBank
 
 
 class NPID(Method):

@@ -4,7 +4,7 @@ Views (transform `jigsaw`): an augmented image and a jigsaw of it (grid x grid s
 pretrain/views/ops.py). The image goes through backbone and head f; each cell goes through the backbone
 on its own, the cells' features are concatenated in their shuffled order and projected by g. Both are
 contrasted (softmax over positive and `negatives` bank entries at temperature t) against the image's
-memory-bank entry, a moving average of f (pretrain/memorybank.py), with weight `lam` on the jigsaw term
+memory-bank entry, a moving average of f (pretrain/methods/memorybank.py), with weight `lam` on the jigsaw term
 and 1 - lam on the image term (the paper's eq. 5 with lam = 0.5). The bank is replicated under torchrun.
 """
 from __future__ import annotations
@@ -12,10 +12,10 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.distributed import gather
-from pretrain.losses import pirl_loss
-from pretrain.memorybank import MemoryBank
+from pretrain.ground.distributed import gather
 from pretrain.methods.base import Method
+from pretrain.methods.losses import pirl_loss
+from pretrain.methods.memorybank import MemoryBank
 from pretrain.views.ops import patches_of
 
 

@@ -3,7 +3,7 @@ optimal transport on the network's own predictions, alternate with training a cl
 
 Before epochs 0, `label_every`, 2 x `label_every`, ... (`start_epoch`, the trainer's data pass: centre crops,
 eval mode), the classifier's logits on every training image become an assignment to `clusters` equal-size
-clusters by Sinkhorn-Knopp (pretrain/clustering.py: sela_assign, sharpness `lam`), then each image's label.
+clusters by Sinkhorn-Knopp (pretrain/methods/clustering.py: sela_assign, sharpness `lam`), then each image's label.
 Training: one augmented view, an MLP head and the classifier, cross-entropy with the labels. Labels are
 buffers (a resumed run keeps them); under torchrun every process labels the same gathered logits.
 """
@@ -13,10 +13,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.clustering import sela_assign
-from pretrain.heads import ProjectionHead
-from pretrain.losses import pseudo_label_loss
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
+from pretrain.methods.clustering import sela_assign
+from pretrain.methods.losses import pseudo_label_loss
 
 
 class SeLA(Method):

@@ -2,18 +2,18 @@
 
 `bank_negatives=N` switches on a memory bank (Wu et al. 2018; seed 003's second source of negatives, beside a
 large batch and a momentum encoder): N entries of other images join each anchor's negatives; the bank is
-replicated under torchrun (pretrain/memorybank.py).
+replicated under torchrun (pretrain/methods/memorybank.py).
 """
 from __future__ import annotations
 
 import torch
 from torch import nn
 
-from pretrain.distributed import gather
-from pretrain.heads import ProjectionHead
-from pretrain.losses import NTXentLoss
-from pretrain.memorybank import BankNegatives
+from pretrain.ground.distributed import gather
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
+from pretrain.methods.losses import NTXentLoss
+from pretrain.methods.memorybank import BankNegatives
 
 
 class SimCLR(Method):
@@ -23,7 +23,7 @@ class SimCLR(Method):
                  hidden_dim: int | None = None, out_dim: int = 128, bank_negatives: int = 0, bank_momentum: float = 0.5,
                  num_images: int | None = None):
         super().__init__(backbone, feature_dim)
-        # bank_negatives > 0: that many memory-bank entries join the batch's negatives (pretrain/memorybank.py)
+        # bank_negatives > 0: that many memory-bank entries join the batch's negatives (pretrain/methods/memorybank.py)
         self.bank = BankNegatives(num_images, out_dim, bank_negatives, bank_momentum) if bank_negatives else None
         self.needs = ("index",) if bank_negatives else ()
         self.projector = ProjectionHead(feature_dim, hidden_dim or feature_dim, out_dim, layers=2)

@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.distributed import gather
-from pretrain.heads import Neck, ProjectionHead, WithNeck
-from pretrain.losses import NTXentLoss
-from pretrain.memorybank import BankNegatives
+from pretrain.ground.distributed import gather
+from pretrain.ground.heads import Neck, ProjectionHead, WithNeck
 from pretrain.methods.base import Method
+from pretrain.methods.losses import NTXentLoss
+from pretrain.methods.memorybank import BankNegatives
 
 
 class SimCLRv2(Method):
@@ -23,7 +23,7 @@ class SimCLRv2(Method):
                  hidden_dim: int | None = None, out_dim: int = 128, head_layers: int = 3, keep_layers: int = 1,
                  bank_negatives: int = 0, bank_momentum: float = 0.5, num_images: int | None = None):
         super().__init__(backbone, feature_dim)
-        # bank_negatives > 0: that many memory-bank entries join the batch's negatives (pretrain/memorybank.py)
+        # bank_negatives > 0: that many memory-bank entries join the batch's negatives (pretrain/methods/memorybank.py)
         self.bank = BankNegatives(num_images, out_dim, bank_negatives, bank_momentum) if bank_negatives else None
         self.needs = ("index",) if bank_negatives else ()
         if not 0 <= keep_layers < head_layers:

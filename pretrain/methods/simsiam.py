@@ -8,9 +8,9 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.heads import ProjectionHead
-from pretrain.losses import negative_cosine
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
+from pretrain.methods.losses import negative_cosine
 
 
 class SimSiam(Method):

@@ -11,9 +11,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.heads import ProjectionHead
-from pretrain.losses import sinkhorn, swapped_prediction
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method, encode_views
+from pretrain.methods.losses import sinkhorn, swapped_prediction
 
 GLOBAL_VIEWS = 2
 

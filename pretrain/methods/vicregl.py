@@ -9,11 +9,11 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from pretrain.backbones import FeatureMapTap
-from pretrain.distributed import gather
-from pretrain.heads import ProjectionHead
-from pretrain.losses import vicregl_global_terms, vicregl_local_terms
+from pretrain.ground.backbones import FeatureMapTap
+from pretrain.ground.distributed import gather
+from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
+from pretrain.methods.losses import vicregl_global_terms, vicregl_local_terms
 
 GLOBAL_VIEWS = 2
 

@@ -14,13 +14,14 @@ import sys
 import time
 from pathlib import Path
 
-from pretrain.atomic import write_json
-from pretrain.config import ConfigError, PretrainConfig
+from pretrain.ground.atomic import write_json
+from pretrain.ground.errors import ConfigError
 from pretrain.study.report import RESULT_FILE
+from pretrain.train.config import PretrainConfig
 
 
 def run_cell(folder: Path, progress: bool = True) -> dict:
-    from pretrain.trainer import Trainer, TrainingDiverged
+    from pretrain.train.trainer import Trainer, TrainingDiverged
 
     spec = json.loads((folder / "cell.json").read_text())
     cfg = PretrainConfig.from_dict({**spec["pretrain"], "out": str(folder)}, source=str(folder / "cell.json"))
@@ -41,9 +42,9 @@ def evaluate_cell(folder: Path, cfg: PretrainConfig, spec: dict, progress: bool)
     the test folder, and fine-tuning on the train folder's labels when asked; plus the training record of
     model.json (time, throughput, peak memory)."""
     from pretrain.data.images import scan_images
-    from pretrain.device import select_device
-    from pretrain.evaluate import cached_features, class_count, knn_evaluate, linear_probe
-    from pretrain.modeldir import load_model_dir
+    from pretrain.ground.device import select_device
+    from pretrain.ground.modeldir import load_model_dir
+    from pretrain.train.evaluate import cached_features, class_count, knn_evaluate, linear_probe
 
     t0 = time.perf_counter()
     model = load_model_dir(folder)
@@ -79,9 +80,9 @@ def evaluate_cell(folder: Path, cfg: PretrainConfig, spec: dict, progress: bool)
 
 def finetune_cell(folder: Path, cfg: PretrainConfig, spec: dict, progress: bool) -> dict:
     """`sslforge eval finetune` of the cell's model dir into CELL/finetune (resumed if it was cut)."""
-    from pretrain.config import FinetuneConfig
-    from pretrain.finetune import finetune_once
-    from pretrain.modeldir import load_model_dir
+    from pretrain.finetune.run import finetune_once
+    from pretrain.ground.modeldir import load_model_dir
+    from pretrain.train.config import FinetuneConfig
 
     ft = FinetuneConfig.from_dict({**spec["finetune"], "model": str(folder), "train": cfg.data,
                                    "test": spec["dataset"]["test"], "out": str(folder / "finetune"),

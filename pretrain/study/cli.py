@@ -4,7 +4,8 @@ from __future__ import annotations
 import argparse
 import sys
 
-from pretrain.config import ConfigError, parse_key_values
+from pretrain.ground.errors import ConfigError
+from pretrain.train.config import parse_key_values
 
 
 def cmd_benchmark(args: argparse.Namespace) -> None:
@@ -84,11 +85,11 @@ def add_benchmark_command(sub: argparse._SubParsersAction) -> None:
 
 def cmd_plot_tsne(args: argparse.Namespace) -> None:
     from pretrain.data.images import scan_images
-    from pretrain.device import select_device
-    from pretrain.evaluate import cached_features
-    from pretrain.modeldir import load_model_dir
+    from pretrain.ground.device import select_device
+    from pretrain.ground.modeldir import load_model_dir
     from pretrain.study.plots import plot_embedding_2d
     from pretrain.study.tsne import tsne_2d
+    from pretrain.train.evaluate import cached_features
 
     if args.max_images < 2 or args.perplexity <= 0:
         raise ConfigError("--max-images must be >= 2 and --perplexity > 0")

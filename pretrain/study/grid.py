@@ -40,9 +40,10 @@ from typing import Any
 
 import yaml
 
-from pretrain.atomic import write_json
-from pretrain.config import ConfigError, PretrainConfig, load_yaml
+from pretrain.ground.atomic import write_json
+from pretrain.ground.errors import ConfigError
 from pretrain.study.report import RESULT_FILE, read_results, write_results
+from pretrain.train.config import PretrainConfig, load_yaml
 
 EVALS = ("linear", "knn", "finetune")
 DEFAULT_EVALS = ("linear", "knn")  # fine-tuning trains again: asked for by name
@@ -163,7 +164,7 @@ class Grid:
             unknown = sorted(set(given) - set(defaults))
             if unknown:
                 raise ConfigError(f"{source}: {name}: unknown option {unknown[0]!r}; options: {', '.join(defaults)}")
-        from pretrain.config import FinetuneConfig
+        from pretrain.train.config import FinetuneConfig
 
         tunable = sorted({f.name for f in FinetuneConfig.fields()} - FINETUNE_OWNED)
         unknown = sorted(set(self.finetune) - set(tunable))

@@ -1,5 +1,5 @@
 """PNG plots of benchmark grids and embeddings (matplotlib, no display needed); a run's own loss plot is in
-pretrain/runlog.py."""
+pretrain/train/runlog.py."""
 from __future__ import annotations
 
 import csv
@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
-from pretrain.runlog import save_png, smooth  # noqa: E402
+from pretrain.train.runlog import save_png, smooth  # noqa: E402
 
 
 def _read_curve(csv_path: Path, key: str) -> tuple[list[float], list[float]]:

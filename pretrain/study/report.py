@@ -14,7 +14,7 @@ import re
 from pathlib import Path
 from typing import Any, Protocol
 
-from pretrain.atomic import write_text
+from pretrain.ground.atomic import write_text
 
 RESULT_FILE = "result.json"  # what a finished cell leaves in its folder (pretrain/study/cell.py writes it)
 

@@ -5,7 +5,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pretrain.config import ConfigError
+from pretrain.ground.errors import ConfigError
 
 
 def tsne_2d(features: torch.Tensor, *, perplexity: float = 30.0, seed: int = 0) -> np.ndarray:

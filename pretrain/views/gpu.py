@@ -26,8 +26,8 @@ from PIL import Image
 from torchvision.ops import roi_align
 from torchvision.transforms.v2 import functional as F
 
-from pretrain.config import ConfigError
-from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, aspect_window
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, aspect_window
 from pretrain.views.ops import Colour, View, shift_hue, to_uint8
 from pretrain.views.recipes import build_transform
 

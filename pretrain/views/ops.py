@@ -20,7 +20,7 @@ from PIL import Image
 from torchvision.transforms import RandomResizedCrop, v2
 from torchvision.transforms.v2 import functional as F
 
-from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.ground.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
 SMALL = 64  # inputs up to this size get the small-image defaults (no blur, local crops scaled down)
 Box = tuple[float, float, float, float]

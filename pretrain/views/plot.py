@@ -14,8 +14,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import torch  # noqa: E402
 from PIL import Image  # noqa: E402
 
-from pretrain.atomic import write_with  # noqa: E402
-from pretrain.preprocess import bound_aspect  # noqa: E402
+from pretrain.ground.atomic import write_with  # noqa: E402
+from pretrain.ground.preprocess import bound_aspect  # noqa: E402
 from pretrain.views.ops import MultiView, denormalize  # noqa: E402
 
 BOX_COLOURS = plt.get_cmap("tab10").colors

@@ -8,7 +8,7 @@ from __future__ import annotations
 import inspect
 from collections.abc import Callable
 
-from pretrain.config import ConfigError
+from pretrain.ground.errors import ConfigError
 from pretrain.views.ops import (
     SMALL,
     Colour,

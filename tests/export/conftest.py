@@ -4,7 +4,7 @@ from __future__ import annotations
 import pytest
 from export_helpers import make_model_dir
 
-from pretrain.modeldir import ModelDir
+from pretrain.ground.modeldir import ModelDir
 
 
 @pytest.fixture(scope="session")

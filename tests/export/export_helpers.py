@@ -5,9 +5,9 @@ from pathlib import Path
 
 import torch
 
-from pretrain.backbones import build_backbone, resolve_spec
-from pretrain.modeldir import ModelDir, load_model_dir, write_model_dir
-from pretrain.preprocess import Preprocessing
+from pretrain.ground.backbones import build_backbone, resolve_spec
+from pretrain.ground.modeldir import ModelDir, load_model_dir, write_model_dir
+from pretrain.ground.preprocess import Preprocessing
 
 
 def make_model_dir(path: Path, backbone: str = "test_resnet", size: int = 32, seed: int = 0,

@@ -63,7 +63,7 @@ def test_feature_cache_accepts_names_that_are_not_utf8(image_folder: Path, tmp_p
     from export_helpers import make_model_dir
 
     from pretrain.data.images import scan_images
-    from pretrain.evaluate import cached_features
+    from pretrain.train.evaluate import cached_features
 
     os.rename(image_folder / "class_2" / "000.jpg", image_folder / "class_2" / os.fsdecode(b"\xe9t\xe9.jpg"))
     model = make_model_dir(tmp_path / "model")

@@ -12,9 +12,9 @@ from shared_helpers import make_tiny_config, make_tiny_finetune_config, write_im
 from export.embedder import Embedder
 from export.onnx_export import export_onnx
 from export.onnxfile import read_onnx_info
-from pretrain.finetune import finetune
-from pretrain.modeldir import load_model_dir
-from pretrain.trainer import Trainer
+from pretrain.finetune.run import finetune
+from pretrain.ground.modeldir import load_model_dir
+from pretrain.train.trainer import Trainer
 
 
 def test_a_finetuned_model_dir_exports_with_its_head_and_parity(tmp_path: Path) -> None:

@@ -12,8 +12,8 @@ from shared_helpers import make_tiny_config
 from export.embeddings import load_embeddings
 from export.onnx_export import export_onnx
 from pretrain.cli import main
-from pretrain.modeldir import load_model_dir
-from pretrain.trainer import Trainer
+from pretrain.ground.modeldir import load_model_dir
+from pretrain.train.trainer import Trainer
 
 
 def test_a_tiny_mae_vit_exports_to_onnx_and_embeds_the_same_through_both_backends(image_folder: Path,

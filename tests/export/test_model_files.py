@@ -9,7 +9,7 @@ import pytest
 import torch
 from safetensors.torch import save_file
 
-from pretrain.modeldir import ModelDirError, file_fingerprint, load_model_dir
+from pretrain.ground.modeldir import ModelDirError, file_fingerprint, load_model_dir
 
 
 @pytest.fixture

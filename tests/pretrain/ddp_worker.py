@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
-from pretrain import distributed
-from pretrain.backbones import build_backbone, resolve_spec
+from pretrain.ground import distributed
+from pretrain.ground.backbones import build_backbone, resolve_spec
 from pretrain.methods import build_method, method_hparams
 from pretrain.methods.base import Method, Progress
 
@@ -117,8 +117,8 @@ def whole_data_labels(images_root: Path) -> dict[str, torch.Tensor]:
     """The trainer's data pass over a folder (every world-th image per process, gathered) and what DeepCluster's
     k-means and SeLA's Sinkhorn make of it: under torchrun, the same on every process as in one process."""
     from pretrain.data.images import scan_images
-    from pretrain.datapass import DataPass
-    from pretrain.preprocess import Preprocessing
+    from pretrain.ground.preprocess import Preprocessing
+    from pretrain.train.datapass import DataPass
 
     images = scan_images(images_root, warn=False)
     data_pass = DataPass(images, Preprocessing.for_size(32), torch.device("cpu"), workers=0, batch_size=5,
@@ -143,8 +143,8 @@ class Interrupt(Exception):
 
 
 def interrupted_run(folder: Path) -> None:
-    from pretrain.config import PretrainConfig
-    from pretrain.trainer import Trainer
+    from pretrain.train.config import PretrainConfig
+    from pretrain.train.trainer import Trainer
 
     spec = json.loads((folder / "trainer.json").read_text())
 

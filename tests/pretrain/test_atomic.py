@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.atomic import write_text, write_with
+from pretrain.ground.atomic import write_text, write_with
 
 
 @pytest.mark.parametrize("write", [write_text, lambda path, text: write_with(path, lambda tmp: tmp.write_text(text))])

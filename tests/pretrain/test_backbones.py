@@ -2,8 +2,8 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.backbones import build_backbone, resolve_spec
-from pretrain.config import ConfigError
+from pretrain.ground.backbones import build_backbone, resolve_spec
+from pretrain.ground.errors import ConfigError
 
 
 def test_torchvision_resnet_with_small_stem() -> None:

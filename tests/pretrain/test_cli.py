@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from pretrain.cli import build_parser, main
-from pretrain.config import PretrainConfig
-from pretrain.modeldir import load_model_dir
-from pretrain.options import DICT_OPTIONS
+from pretrain.ground.modeldir import load_model_dir
+from pretrain.train.config import PretrainConfig
+from pretrain.train.options import DICT_OPTIONS
 
 TINY = ["--backbone", "test_resnet", "--image-size", "32", "--batch-size", "8", "--workers", "0",
         "--optimizer", "sgd", "--lr", "0.5", "--quiet"]

@@ -3,9 +3,10 @@ from pathlib import Path
 import pytest
 
 from pretrain.cli import build_parser, main
-from pretrain.config import ConfigError, PretrainConfig
+from pretrain.ground.errors import ConfigError
 from pretrain.methods import method_hparams
-from pretrain.options import config_from_args
+from pretrain.train.config import PretrainConfig
+from pretrain.train.options import config_from_args
 
 
 @pytest.mark.parametrize("values, message", [

@@ -10,12 +10,12 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from pretrain.backbones import build_backbone, resolve_spec
-from pretrain.config import ConfigError
-from pretrain.losses import feature_distillation_loss, mae_loss
+from pretrain.ground.backbones import build_backbone, resolve_spec
+from pretrain.ground.errors import ConfigError
 from pretrain.methods import build_method, method_hparams
+from pretrain.methods.losses import feature_distillation_loss, mae_loss
 from pretrain.methods.mae import patchify, random_masking, sincos_2d
-from pretrain.trainer import Trainer
+from pretrain.train.trainer import Trainer
 
 VIT = {"backbone": "test_vit", "backbone_args": {"img_size": 32, "patch_size": 8}}
 

@@ -21,15 +21,15 @@ from ddp_worker import HPARAMS, build, make_inputs, one_step, prepare, whole_dat
 from safetensors.torch import load_file
 from shared_helpers import make_tiny_config, write_image_folder
 
-from pretrain import distributed
-from pretrain.backbones import build_backbone, resolve_spec
-from pretrain.checkpoint import CHECKPOINT
 from pretrain.cli import main
-from pretrain.config import PretrainConfig
 from pretrain.data.datasets import EpochSampler
-from pretrain.modeldir import write_model_dir
-from pretrain.preprocess import Preprocessing
-from pretrain.trainer import Trainer
+from pretrain.ground import distributed
+from pretrain.ground.backbones import build_backbone, resolve_spec
+from pretrain.ground.modeldir import write_model_dir
+from pretrain.ground.preprocess import Preprocessing
+from pretrain.train.checkpoint import CHECKPOINT
+from pretrain.train.config import PretrainConfig
+from pretrain.train.trainer import Trainer
 
 WORKER = Path(__file__).with_name("ddp_worker.py")
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node=2"]

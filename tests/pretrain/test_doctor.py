@@ -6,7 +6,7 @@ import json
 import pytest
 
 from pretrain.cli import main
-from pretrain.doctor import render, sections
+from pretrain.ground.doctor import render, sections
 
 
 def test_doctor_reports_every_stage(capsys):
@@ -55,7 +55,7 @@ def test_missing_extras_are_lines_not_errors(monkeypatch):
 
 
 def test_a_broken_plugin_is_reported_and_the_rest_still_runs(monkeypatch):
-    import pretrain.doctor as doctor
+    import pretrain.ground.doctor as doctor
 
     class Broken:
         name = "broken"

@@ -1,7 +1,7 @@
 import torch
 from torch import nn
 
-from pretrain.ema import ema_update, frozen_copy
+from pretrain.methods.ema import ema_update, frozen_copy
 
 
 def test_foreach_ema_equals_the_plain_loop_over_steps_and_copies_buffers() -> None:

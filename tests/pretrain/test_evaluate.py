@@ -5,7 +5,9 @@ import pytest
 import torch
 
 from pretrain.data.images import scan_images
-from pretrain.evaluate import (
+from pretrain.ground.modeldir import load_model_dir
+from pretrain.ground.preprocess import Preprocessing
+from pretrain.train.evaluate import (
     Features,
     cached_features,
     extract_features,
@@ -14,8 +16,6 @@ from pretrain.evaluate import (
     knn_scores,
     linear_probe,
 )
-from pretrain.modeldir import load_model_dir
-from pretrain.preprocess import Preprocessing
 
 
 def knn_reference(bank: np.ndarray, labels: np.ndarray, queries: np.ndarray, k: int, t: float, c: int) -> np.ndarray:

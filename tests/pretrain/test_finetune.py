@@ -12,13 +12,14 @@ import yaml
 from safetensors.torch import load_file
 from shared_helpers import make_tiny_config, make_tiny_finetune_config, write_image_folder
 
-from pretrain.checkpoint import CHECKPOINT
-from pretrain.config import ConfigError, FinetuneConfig
 from pretrain.data.images import scan_images
-from pretrain.finetune import RECORD, FinetuneTrainer, finetune
-from pretrain.labels import select_labels
-from pretrain.modeldir import load_model_dir
-from pretrain.trainer import Trainer, TrainingDiverged
+from pretrain.finetune.labels import select_labels
+from pretrain.finetune.run import RECORD, FinetuneTrainer, finetune
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.modeldir import load_model_dir
+from pretrain.train.checkpoint import CHECKPOINT
+from pretrain.train.config import FinetuneConfig
+from pretrain.train.trainer import Trainer, TrainingDiverged
 
 NORM_STATS = ("running_mean", "running_var", "num_batches_tracked")  # batch norms update them in training
 

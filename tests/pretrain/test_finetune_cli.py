@@ -10,10 +10,10 @@ import pytest
 from shared_helpers import make_tiny_config, write_image_folder
 
 from pretrain.cli import main
-from pretrain.config import FinetuneConfig
-from pretrain.modeldir import load_model_dir
-from pretrain.options import DICT_OPTIONS
-from pretrain.trainer import Trainer
+from pretrain.ground.modeldir import load_model_dir
+from pretrain.train.config import FinetuneConfig
+from pretrain.train.options import DICT_OPTIONS
+from pretrain.train.trainer import Trainer
 
 QUICK = ["--epochs", "1", "--batch-size", "4", "--workers", "0", "--lr", "0.5", "--quiet"]
 

@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from pretrain.knn import knn_vote, topk_accuracy
+from pretrain.ground.knn import knn_vote, topk_accuracy
 
 
 def test_knn_vote_matches_a_plain_loop() -> None:

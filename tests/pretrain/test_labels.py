@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pretrain.config import ConfigError
 from pretrain.data.images import DataError, scan_images
-from pretrain.labels import class_counts, read_subset, select_labels, subset_record
+from pretrain.finetune.labels import class_counts, read_subset, select_labels, subset_record
+from pretrain.ground.errors import ConfigError
 
 
 def uneven_folder(root: Path, sizes: dict[str, int]) -> Path:

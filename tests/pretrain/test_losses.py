@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from pretrain.losses import NTXentLoss
+from pretrain.methods.losses import NTXentLoss
 
 
 def nt_xent_reference(z1: torch.Tensor, z2: torch.Tensor, t: float) -> float:

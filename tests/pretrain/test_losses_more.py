@@ -8,8 +8,8 @@ import torch
 import torch.nn.functional as F
 import torchvision
 
-from pretrain.backbones import FeatureMapTap
-from pretrain.losses import (
+from pretrain.ground.backbones import FeatureMapTap
+from pretrain.methods.losses import (
     DINOLoss,
     drlim_loss,
     info_nce,
@@ -154,7 +154,7 @@ def test_vicregl_global_terms_average_over_views() -> None:
 
 
 def test_vicregl_objective_weights_global_and_local_by_alpha() -> None:
-    from pretrain.backbones import build_backbone, resolve_spec
+    from pretrain.ground.backbones import build_backbone, resolve_spec
     from pretrain.methods.vicregl import VICRegL
 
     torch.manual_seed(0)

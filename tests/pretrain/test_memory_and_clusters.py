@@ -10,9 +10,9 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from pretrain.clustering import balance_weights, balanced_argmax, fix_empty, kmeans, sela_assign
-from pretrain.losses import cpc_loss, info_nce, pirl_loss, pseudo_label_loss
-from pretrain.memorybank import MemoryBank
+from pretrain.methods.clustering import balance_weights, balanced_argmax, fix_empty, kmeans, sela_assign
+from pretrain.methods.losses import cpc_loss, info_nce, pirl_loss, pseudo_label_loss
+from pretrain.methods.memorybank import MemoryBank
 
 
 def test_memory_bank_update_is_a_normalised_moving_average() -> None:
@@ -41,7 +41,7 @@ def test_memory_bank_samples_only_other_images() -> None:
 
 
 def test_nt_xent_with_bank_negatives_matches_a_loop() -> None:
-    from pretrain.losses import NTXentLoss
+    from pretrain.methods.losses import NTXentLoss
 
     torch.manual_seed(0)
     z1, z2, bank = torch.randn(3, 4, dtype=torch.float64), torch.randn(3, 4, dtype=torch.float64), torch.randn(5, 4)
@@ -56,7 +56,7 @@ def test_nt_xent_with_bank_negatives_matches_a_loop() -> None:
 
 
 def test_bank_negatives_exclude_the_batch_then_move_to_the_views_mean() -> None:
-    from pretrain.memorybank import BankNegatives
+    from pretrain.methods.memorybank import BankNegatives
 
     torch.manual_seed(0)
     switch = BankNegatives(6, 2, count=300, momentum=0.25)
@@ -79,9 +79,9 @@ def test_simclr_with_bank_negatives_trains_and_resumes_exactly(image_folder: Pat
                                                                        tiny_config) -> None:
     from safetensors.torch import load_file
 
-    from pretrain.config import ConfigError
+    from pretrain.ground.errors import ConfigError
     from pretrain.methods import build_method
-    from pretrain.trainer import Trainer
+    from pretrain.train.trainer import Trainer
 
     args = {"out_dim": 16, "bank_negatives": 8}
 
@@ -221,8 +221,8 @@ def test_sela_labels_are_equal_sized_and_follow_a_plain_sinkhorn() -> None:
 
 def test_data_pass_rows_follow_image_order(image_folder: Path) -> None:
     from pretrain.data.images import scan_images
-    from pretrain.datapass import DataPass
-    from pretrain.preprocess import Preprocessing
+    from pretrain.ground.preprocess import Preprocessing
+    from pretrain.train.datapass import DataPass
 
     images = scan_images(image_folder)
     pre = Preprocessing.for_size(16)

@@ -6,10 +6,10 @@ import torch
 from safetensors.torch import load_file
 from torch import nn
 
-from pretrain.ema import cosine_momentum, ema_update, frozen_copy
-from pretrain.losses import BarlowTwinsLoss, VICRegLoss, byol_loss, negative_cosine
 from pretrain.methods import METHODS
-from pretrain.trainer import Trainer
+from pretrain.methods.ema import cosine_momentum, ema_update, frozen_copy
+from pretrain.methods.losses import BarlowTwinsLoss, VICRegLoss, byol_loss, negative_cosine
+from pretrain.train.trainer import Trainer
 
 
 def random_pair(n: int = 16, d: int = 6, seed: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
@@ -90,7 +90,7 @@ BACKBONES = {"mae": {"backbone": "test_vit", "backbone_args": {"img_size": 32, "
 
 def teacher_with_head(folder: Path, tiny_config, image_folder: Path) -> Path:
     """A one-epoch run with a (random) linear head over the image folder's classes."""
-    from pretrain.modeldir import load_model_dir
+    from pretrain.ground.modeldir import load_model_dir
 
     run = Trainer(tiny_config(image_folder, folder, epochs=1), progress=False).fit()
     model = load_model_dir(run)
@@ -164,7 +164,7 @@ def test_dino_teacher_temperature_warms_up_linearly() -> None:
 
 
 def test_dino_head_depth_is_an_option() -> None:
-    from pretrain.heads import DINOHead
+    from pretrain.ground.heads import DINOHead
     from pretrain.methods.dino import DINO
 
     def linears(head: nn.Module) -> list[tuple[int, int]]:
@@ -182,7 +182,7 @@ def test_dino_head_depth_is_an_option() -> None:
 
 def test_a_method_that_needs_crop_boxes_rejects_views_without_them(image_folder: Path, tmp_path: Path,
                                                                    tiny_config) -> None:
-    from pretrain.config import ConfigError
+    from pretrain.ground.errors import ConfigError
 
     cfg = tiny_config(image_folder, tmp_path / "run", method="vicregl", transform="simclr",
                       method_args=SMALL["vicregl"])
@@ -191,7 +191,7 @@ def test_a_method_that_needs_crop_boxes_rejects_views_without_them(image_folder:
 
 
 def test_distillation_loss_matches_a_loop() -> None:
-    from pretrain.losses import distillation_loss
+    from pretrain.methods.losses import distillation_loss
 
     s, t = torch.randn(3, 4), torch.randn(3, 4)
     expected = sum(-(torch.softmax(t[n] / 2, 0) * torch.log_softmax(s[n] / 2, 0)).sum() for n in range(3)) / 3
@@ -199,7 +199,7 @@ def test_distillation_loss_matches_a_loop() -> None:
 
 
 def test_simclr2_model_dir_embeds_from_the_middle_head_layer(image_folder: Path, tmp_path: Path, tiny_config) -> None:
-    from pretrain.modeldir import load_model_dir
+    from pretrain.ground.modeldir import load_model_dir
 
     run = Trainer(tiny_config(image_folder, tmp_path / "run", method="simclr2", method_args=SMALL["simclr2"]),
                   progress=False).fit()
@@ -218,7 +218,7 @@ def test_simclr2_model_dir_embeds_from_the_middle_head_layer(image_folder: Path,
 
 def test_distill_cli_gives_the_student_the_teachers_classes(image_folder: Path, tmp_path: Path, tiny_config) -> None:
     from pretrain.cli import main
-    from pretrain.modeldir import load_model_dir
+    from pretrain.ground.modeldir import load_model_dir
 
     teacher = teacher_with_head(tmp_path / "teacher", tiny_config, image_folder)
     out = tmp_path / "student"
@@ -244,7 +244,7 @@ def test_simsiam_projector_ends_in_batch_norm_without_scale_and_shift() -> None:
 
 
 def test_pirl_refuses_a_grid_its_views_do_not_have(image_folder: Path, tmp_path: Path, tiny_config) -> None:
-    from pretrain.config import ConfigError
+    from pretrain.ground.errors import ConfigError
 
     cfg = tiny_config(image_folder, tmp_path / "run", method="pirl", method_args={**SMALL["pirl"], "grid": 3})
     with pytest.raises(ConfigError, match="grid=3, its views .jigsaw. grid=2"):

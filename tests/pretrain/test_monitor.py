@@ -8,8 +8,8 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.monitor import CollapseMonitor, effective_rank, embedding_std
-from pretrain.trainer import Trainer
+from pretrain.train.monitor import CollapseMonitor, effective_rank, embedding_std
+from pretrain.train.trainer import Trainer
 
 
 def test_embedding_std_against_numpy() -> None:
@@ -58,7 +58,7 @@ def test_monitor_warns_once_when_embeddings_collapse() -> None:
 
 def test_every_run_logs_the_collapse_statistics(image_folder: Path, tmp_path: Path, tiny_config,
                                                 monkeypatch) -> None:
-    import pretrain.trainer
+    import pretrain.train.trainer
 
     seen: list[torch.Tensor] = []
 
@@ -68,7 +68,7 @@ def test_every_run_logs_the_collapse_statistics(image_folder: Path, tmp_path: Pa
                 seen.append(output.detach().clone())
             super()._capture(module, inputs, output)
 
-    monkeypatch.setattr(pretrain.trainer, "CollapseMonitor", Recording)
+    monkeypatch.setattr(pretrain.train.trainer, "CollapseMonitor", Recording)
     out = Trainer(tiny_config(image_folder, tmp_path / "run", epochs=1), progress=False).fit()
     with open(out / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))

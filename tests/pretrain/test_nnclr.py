@@ -8,10 +8,10 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.losses import nnclr_loss
+from pretrain.methods.losses import nnclr_loss
 from pretrain.methods.moco import MoCo
 from pretrain.methods.nnclr import NNCLR
-from pretrain.queues import FeatureQueue
+from pretrain.methods.queues import FeatureQueue
 
 
 def nnclr_reference(nn_z: torch.Tensor, p: torch.Tensor, t: float) -> float:

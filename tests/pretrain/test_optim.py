@@ -4,7 +4,7 @@ import pytest
 import torch
 from torch import nn
 
-from pretrain.optim import LARS, build_optimizer, param_groups, scaled_lr, warmup_cosine
+from pretrain.train.optim import LARS, build_optimizer, param_groups, scaled_lr, warmup_cosine
 
 
 def test_warmup_then_cosine() -> None:
@@ -68,7 +68,7 @@ def test_lr_scales_give_a_part_its_own_groups() -> None:
 def test_the_schedule_multiplies_a_groups_lr_scale(image_folder, tmp_path) -> None:
     from shared_helpers import make_tiny_config
 
-    from pretrain.trainer import Trainer
+    from pretrain.train.trainer import Trainer
 
     cfg = make_tiny_config(image_folder, tmp_path / "run", method="byol", epochs=1,
                            method_args={"predictor_lr": 10.0, "proj_hidden_dim": 16, "proj_dim": 8})

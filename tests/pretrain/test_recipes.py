@@ -6,9 +6,10 @@ from pathlib import Path
 
 import pytest
 
-from pretrain.config import ConfigError, PretrainConfig
+from pretrain.ground.errors import ConfigError
 from pretrain.methods import METHODS, method_hparams, method_spec
-from pretrain.trainer import Trainer, resolve_config
+from pretrain.train.config import PretrainConfig
+from pretrain.train.trainer import Trainer, resolve_config
 
 
 def _rows(text: str) -> dict[str, list[str]]:

@@ -1,5 +1,5 @@
-"""The speed defaults (pretrain/speed.py): the compile decision and its fallback, the core split, the batched-views
-decision, reading the loss every N steps; and their options in the config, YAML and CLI."""
+"""The speed defaults (pretrain/train/speed.py): the compile decision and its fallback, the core split, the
+batched-views decision, reading the loss every N steps; and their options in the config, YAML and CLI."""
 import argparse
 import csv
 from pathlib import Path
@@ -8,11 +8,12 @@ import pytest
 import torch
 import yaml
 
-from pretrain import speed
-from pretrain.config import ConfigError, PretrainConfig
-from pretrain.modeldir import load_model_dir
-from pretrain.options import add_pretrain_options, config_from_args
-from pretrain.trainer import Trainer
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.modeldir import load_model_dir
+from pretrain.train import speed
+from pretrain.train.config import PretrainConfig
+from pretrain.train.options import add_pretrain_options, config_from_args
+from pretrain.train.trainer import Trainer
 
 CPU = torch.device("cpu")
 

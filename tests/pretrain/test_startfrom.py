@@ -15,10 +15,11 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from pretrain.cli import main
-from pretrain.config import ConfigError, FinetuneConfig
-from pretrain.finetune import FinetuneTrainer
-from pretrain.startfrom import weights_sha256
-from pretrain.trainer import Trainer
+from pretrain.finetune.run import FinetuneTrainer
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.startfrom import weights_sha256
+from pretrain.train.config import FinetuneConfig
+from pretrain.train.trainer import Trainer
 
 
 def backbone_state(trainer) -> dict[str, torch.Tensor]:
@@ -33,7 +34,7 @@ def assert_same(got: dict, want: dict) -> None:
 
 def random_backbone(seed: int) -> dict[str, torch.Tensor]:
     """test_resnet with the small stem, as the tiny config builds it, with seeded random weights."""
-    from pretrain.backbones import build_backbone, resolve_spec
+    from pretrain.ground.backbones import build_backbone, resolve_spec
 
     torch.manual_seed(seed)
     model, _ = build_backbone(resolve_spec("test_resnet", None, 32), 32)
@@ -159,7 +160,7 @@ def test_timm_name_without_network_or_cache_is_one_line_naming_the_cache(image_f
 
 def test_the_image_size_defaults_to_the_sources_own(image_folder: Path, tmp_path: Path, tiny_config) -> None:
     from pretrain.data.images import scan_images
-    from pretrain.runconfig import resolve_config
+    from pretrain.train.runconfig import resolve_config
 
     cfg = tiny_config(image_folder, tmp_path / "r", backbone=None, image_size=None, init="timm:test_vit.r160_in1k")
     resolved = resolve_config(cfg, scan_images(image_folder))
@@ -202,7 +203,7 @@ def test_a_resumed_run_keeps_its_start_record_without_reading_the_source(image_f
 
 
 def test_views_are_renormalised_to_the_runs_mean_and_std() -> None:
-    from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, view_renormaliser
+    from pretrain.ground.preprocess import IMAGENET_MEAN, IMAGENET_STD, Preprocessing, view_renormaliser
 
     pixels = torch.rand(2, 3, 4, 4)
     mean0, std0 = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)

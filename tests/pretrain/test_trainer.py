@@ -9,10 +9,11 @@ import torch
 import yaml
 from safetensors.torch import load_file
 
-from pretrain.checkpoint import CHECKPOINT
-from pretrain.config import ConfigError, PretrainConfig
-from pretrain.modeldir import ModelDirError, load_model_dir
-from pretrain.trainer import Trainer, TrainingDiverged
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.modeldir import ModelDirError, load_model_dir
+from pretrain.train.checkpoint import CHECKPOINT
+from pretrain.train.config import PretrainConfig
+from pretrain.train.trainer import Trainer, TrainingDiverged
 
 
 def read_csv(path: Path) -> list[dict]:
@@ -131,7 +132,7 @@ def test_online_knn_is_logged(image_folder: Path, tmp_path: Path, tiny_config) -
     assert load_model_dir(out).info["training"]["knn"]["top1"] == pytest.approx(float(rows[0]["top1"]))
     # the logged top-1 is a plain weighted vote (k=5, exp(cosine / 0.1)) over the saved backbone's embeddings
     from pretrain.data.images import scan_images
-    from pretrain.evaluate import extract_features
+    from pretrain.train.evaluate import extract_features
 
     model = load_model_dir(out)
     feats = extract_features(model.load_backbone("cpu"), scan_images(image_folder), model.preprocessing, workers=0,

@@ -6,9 +6,9 @@ import torch
 
 from export.embed import embed_images
 from export.embedder import Embedder
-from pretrain.backbones import build_backbone, resolve_spec
-from pretrain.modeldir import load_model_dir, write_model_dir
-from pretrain.preprocess import Preprocessing
+from pretrain.ground.backbones import build_backbone, resolve_spec
+from pretrain.ground.modeldir import load_model_dir, write_model_dir
+from pretrain.ground.preprocess import Preprocessing
 from retrieval.embeddings import read_embeddings
 from retrieval.index import Index
 

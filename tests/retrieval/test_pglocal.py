@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 
 from pretrain.cli import main
-from retrieval.pglocal import LocalServerError, LocalPostgres
+from retrieval.pglocal import LocalPostgres, LocalServerError
 from retrieval.store import build_store, open_store
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -11,7 +11,7 @@ from shared_helpers import make_tiny_config, write_image_folder
 
 from export.embedder import Embedder
 from pretrain.cli import main
-from pretrain.evaluate import knn_scores
+from pretrain.train.evaluate import knn_scores
 from retrieval import Index, write_embeddings
 from retrieval.knn import classify
 
@@ -24,7 +24,7 @@ def image_folder(tmp_path_factory):
 @pytest.fixture(scope="module")
 def tiny_run(image_folder, tmp_path_factory):
     """One tiny trained model dir shared by this module's tests (training is the slow part)."""
-    from pretrain.trainer import Trainer
+    from pretrain.train.trainer import Trainer
 
     return Trainer(make_tiny_config(image_folder, tmp_path_factory.mktemp("run") / "run", epochs=1),
                    progress=False).fit()

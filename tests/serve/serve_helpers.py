@@ -14,8 +14,8 @@ import psutil
 from shared_helpers import make_tiny_finetune_config, write_image_folder
 
 from export.embedder import Embedder
-from pretrain.finetune import finetune
-from pretrain.modeldir import load_model_dir
+from pretrain.finetune.run import finetune
+from pretrain.ground.modeldir import load_model_dir
 from retrieval import Index
 from serve.settings import Limits
 

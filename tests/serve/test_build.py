@@ -26,7 +26,7 @@ def test_bentoml_build_packs_the_service(tmp_path):
     assert yaml.safe_load((bento / "bento.yaml").read_text())["service"] == "serve.service:SSLForge"
     src = bento / "src"
     for module in ("serve/service.py", "serve/engine.py", "export/embedder.py", "retrieval/index.py",
-                   "pretrain/modeldir.py", "pretrain/data/images.py"):
+                   "pretrain/ground/modeldir.py", "pretrain/data/images.py"):
         assert (src / module).is_file(), module
     assert not (src / "tests").exists() and not list(src.rglob("__pycache__"))
     packed = pins(bento / "env" / "python" / "requirements.txt")

@@ -6,7 +6,7 @@ import httpx
 import numpy as np
 
 from export.embedder import Embedder
-from pretrain.modeldir import load_model_dir
+from pretrain.ground.modeldir import load_model_dir
 
 
 def test_classify_over_http_uses_the_finetuned_head(live_server, served) -> None:

@@ -8,7 +8,7 @@ from torch.utils.data import DataLoader
 
 from pretrain.data.datasets import EpochSampler, EvalDataset, ViewsDataset
 from pretrain.data.images import DataError, load_rgb, sample_dir, scan_images
-from pretrain.preprocess import Preprocessing
+from pretrain.ground.preprocess import Preprocessing
 from pretrain.views.recipes import build_transform
 
 

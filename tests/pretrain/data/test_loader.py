@@ -9,7 +9,7 @@ from PIL import Image
 
 from pretrain.data.datasets import EvalDataset
 from pretrain.data.images import DECODE_ERRORS, ImageList, load_rgb
-from pretrain.preprocess import Preprocessing
+from pretrain.ground.preprocess import Preprocessing
 
 
 def oriented_jpeg(path: Path, orientation: int) -> Image.Image:

@@ -9,14 +9,14 @@ import pytest
 from PIL import Image
 from shared_helpers import write_image_folder
 
-from pretrain.config import ConfigError
 from pretrain.data.images import scan_images
-from pretrain.evaluate import cached_features, knn_evaluate
-from pretrain.modeldir import load_model_dir
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.modeldir import load_model_dir
 from pretrain.study.cell import run_cell
 from pretrain.study.grid import Grid, Variant, grid_eta, prepare_cell, run_grid
 from pretrain.study.report import FIELDS, parse_markdown, read_results, render_markdown
-from pretrain.trainer import Trainer
+from pretrain.train.evaluate import cached_features, knn_evaluate
+from pretrain.train.trainer import Trainer
 
 
 def tiny_grid(tmp_path: Path, **changes) -> Grid:

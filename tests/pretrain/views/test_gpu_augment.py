@@ -12,8 +12,8 @@ from safetensors.torch import load_file
 from torchvision.transforms.v2 import functional as F
 
 from pretrain.cli import main
-from pretrain.config import ConfigError
-from pretrain.trainer import Trainer
+from pretrain.ground.errors import ConfigError
+from pretrain.train.trainer import Trainer
 from pretrain.views import gpu as ga
 
 
@@ -120,7 +120,7 @@ def test_gaussian_blur_equals_torchvision_per_sigma() -> None:
 
 def test_normalize_equals_the_cpu_pipelines() -> None:
     x = torch.rand(2, 3, 4, 4, generator=gen(6))
-    from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD
+    from pretrain.ground.preprocess import IMAGENET_MEAN, IMAGENET_STD
     torch.testing.assert_close(ga.normalize(x), F.normalize(x, IMAGENET_MEAN, IMAGENET_STD))
 
 

@@ -8,9 +8,9 @@ from PIL import Image
 from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import functional as F
 
-from pretrain.config import ConfigError
 from pretrain.data.datasets import EpochSampler, ViewsDataset
 from pretrain.data.images import scan_images
+from pretrain.ground.errors import ConfigError
 from pretrain.views.ops import colour_jitter, denormalize, gaussian_blur, local_size, shift_hue
 from pretrain.views.recipes import TRANSFORMS, build_transform
 
@@ -61,7 +61,7 @@ def test_local_size_scales_with_the_input() -> None:
 
 def test_views_are_normalised_like_inference() -> None:
     """A view of a flat grey image is that grey through the inference normalisation, whatever the pipeline."""
-    from pretrain.preprocess import Preprocessing
+    from pretrain.ground.preprocess import Preprocessing
 
     grey = Image.new("RGB", (48, 48), (128, 128, 128))
     expected = Preprocessing.for_size(32)(grey)

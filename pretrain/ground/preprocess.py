@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 from torchvision.transforms import v2
 
-from pretrain.config import ConfigError
-from pretrain.schema import Fields
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.schema import Fields
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)

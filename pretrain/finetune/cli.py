@@ -7,8 +7,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pretrain.config import ConfigError, FinetuneConfig
-from pretrain.options import add_pretrain_options, config_from_args, launch_devices
+from pretrain.ground.errors import ConfigError
+from pretrain.train.config import FinetuneConfig
+from pretrain.train.options import add_pretrain_options, config_from_args, launch_devices
 
 FINETUNE_DESCRIPTION = (
     "Train a model dir's backbone (and the head layers it keeps, with --from-head-layer) together with a new "
@@ -22,9 +23,9 @@ FINETUNE_DESCRIPTION = (
 
 
 def cmd_finetune(args: argparse.Namespace) -> None:
-    from pretrain import distributed
-    from pretrain.finetune import FinetuneTrainer, result_line
-    from pretrain.modeldir import load_model_dir
+    from pretrain.finetune.run import FinetuneTrainer, result_line
+    from pretrain.ground import distributed
+    from pretrain.ground.modeldir import load_model_dir
 
     cfg, resume = config_from_args(args, FinetuneConfig)
     if args.devices != 1:
@@ -47,9 +48,9 @@ def default_eval_out(cfg: FinetuneConfig) -> str:
 
 
 def cmd_eval_finetune(args: argparse.Namespace) -> None:
-    from pretrain import distributed
-    from pretrain.finetune import finetune_once, result_line
-    from pretrain.modeldir import load_model_dir
+    from pretrain.finetune.run import finetune_once, result_line
+    from pretrain.ground import distributed
+    from pretrain.ground.modeldir import load_model_dir
 
     cfg, _ = config_from_args(args, FinetuneConfig)
     if not cfg.model or not cfg.test:
@@ -65,9 +66,9 @@ def cmd_eval_finetune(args: argparse.Namespace) -> None:
 
 def cmd_eval_head(args: argparse.Namespace) -> None:
     from pretrain.data.images import DataError, scan_images
-    from pretrain.device import select_device
-    from pretrain.evaluate import classifier_accuracy
-    from pretrain.modeldir import load_model_dir
+    from pretrain.ground.device import select_device
+    from pretrain.ground.modeldir import load_model_dir
+    from pretrain.train.evaluate import classifier_accuracy
 
     model = load_model_dir(args.model)
     head = model.load_head()

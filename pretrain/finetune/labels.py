@@ -16,8 +16,8 @@ from pathlib import Path
 
 import torch
 
-from pretrain.config import ConfigError
 from pretrain.data.images import DataError, ImageList
+from pretrain.ground.errors import ConfigError
 
 SUBSET_FORMAT = "sslforge-label-subset"
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from pretrain.config import ConfigError
+from pretrain.ground.errors import ConfigError
 
 # Planned optimizer steps from which torch.compile's one-off start-up (tracing + code generation, 30-60 s for a
 # ResNet-18 on a CPU, less with a warm cache) is repaid by its faster steps. Provisional until measured on a

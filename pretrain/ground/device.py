@@ -1,4 +1,4 @@
-"""The device a run uses and its autocast precision (torch.compile of a method's networks: pretrain/speed.py).
+"""The device a run uses and its autocast precision (torch.compile of a method's networks: pretrain/train/speed.py).
 
 Shared by the trainers, evaluation, the study wing and export's Embedder (which imports this small module,
 not the training stack).
@@ -7,8 +7,8 @@ from __future__ import annotations
 
 import torch
 
-from pretrain import distributed
-from pretrain.config import ConfigError
+from pretrain.ground import distributed
+from pretrain.ground.errors import ConfigError
 
 
 def select_device(name: str) -> torch.device:

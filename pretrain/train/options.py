@@ -1,14 +1,15 @@
 """The options of the training commands (`pretrain`, `distill`, `finetune`): one per field of the config
 dataclass, and how they merge with a --config file or a resumed run's saved settings; `--devices N`.
 
-pretrain/cli.py and pretrain/finetunecli.py build their commands from these.
+pretrain/cli.py and pretrain/finetune/cli.py build their commands from these.
 """
 from __future__ import annotations
 
 import argparse
 import dataclasses
 
-from pretrain.config import Config, ConfigError, PretrainConfig, load_yaml, parse_key_values
+from pretrain.ground.errors import ConfigError
+from pretrain.train.config import Config, PretrainConfig, load_yaml, parse_key_values
 
 DICT_OPTIONS = {"backbone_args": "--backbone-arg", "transform_args": "--transform-arg", "method_args": "--method-arg"}
 
@@ -98,7 +99,7 @@ def field_help(f: dataclasses.Field) -> str:
 
 def config_from_args(args: argparse.Namespace, config: type[Config] = PretrainConfig) -> tuple[Config, bool]:
     """Merge defaults < --config file (or the run's saved config on --resume) < explicit options."""
-    from pretrain.runconfig import load_run_config
+    from pretrain.train.runconfig import load_run_config
 
     explicit = {f.name: getattr(args, f.name) for f in config.fields() if hasattr(args, f.name)}
     for name, option in DICT_OPTIONS.items():
@@ -123,7 +124,7 @@ def launch_devices(args: argparse.Namespace, cfg: PretrainConfig) -> None:
     """Re-run this command line without --devices in `args.devices` processes started by torchrun."""
     import torch
 
-    from pretrain import distributed
+    from pretrain.ground import distributed
 
     if args.devices < 1:
         raise ConfigError(f"--devices must be >= 1 (got {args.devices})")

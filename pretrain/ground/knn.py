@@ -1,7 +1,7 @@
 """kNN on the ground, numpy only: the weighted vote, top-k accuracy, label codes and the L2 normaliser.
 
 The k nearest labelled rows vote with weight exp(similarity / T). Pretraining's kNN evaluation
-(pretrain/evaluate.py) and retrieval's classification (`sslforge index classify`) both call these, so
+(pretrain/train/evaluate.py) and retrieval's classification (`sslforge index classify`) both call these, so
 the accuracy printed after pretraining and the one an index gives agree; nothing here imports torch.
 """
 from __future__ import annotations

@@ -21,12 +21,12 @@ from safetensors.torch import load_file, save_file
 from torch import nn
 
 from pretrain import __version__
-from pretrain.atomic import write_json, write_with
-from pretrain.backbones import BackboneSpec, _instantiate, apply_small_stem, build_backbone
-from pretrain.config import ConfigError
-from pretrain.heads import Neck, WithNeck
-from pretrain.preprocess import Preprocessing
-from pretrain.schema import Fields, read_json
+from pretrain.ground.atomic import write_json, write_with
+from pretrain.ground.backbones import BackboneSpec, _instantiate, apply_small_stem, build_backbone
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.heads import Neck, WithNeck
+from pretrain.ground.preprocess import Preprocessing
+from pretrain.ground.schema import Fields, read_json
 
 SCHEMA_VERSION = 1
 MODEL_JSON = "model.json"
@@ -60,7 +60,7 @@ def write_model_dir(path: str | Path, backbone: nn.Module, *, spec: BackboneSpec
 
     With a `neck` (widths of head layers kept after the backbone, SimCLRv2), `backbone` is the
     `WithNeck` module and the file holds both parts. `start`: where the weights started from (--init: the
-    source and the sha256 of its weights; pretrain/startfrom.py), None for random weights.
+    source and the sha256 of its weights; pretrain/ground/startfrom.py), None for random weights.
     """
     path = Path(path)
     write_with(path / BACKBONE_FILE, lambda tmp: save_file(_cpu_state(backbone), str(tmp), metadata={"format": "pt"}))

@@ -13,9 +13,10 @@ import numpy as np
 import torch
 import yaml
 
-from pretrain.atomic import write_with
-from pretrain.config import Config, ConfigError
-from pretrain.runconfig import same_setting
+from pretrain.ground.atomic import write_with
+from pretrain.ground.errors import ConfigError
+from pretrain.train.config import Config
+from pretrain.train.runconfig import same_setting
 
 CHECKPOINT = "checkpoint.pt"
 CHECKPOINT_FORMAT = 1

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pretrain.atomic import save_npy, write_json, write_text
+from pretrain.ground.atomic import save_npy, write_json, write_text
 
 FORMAT = "sslforge-embeddings"
 SCHEMA_VERSION = 1

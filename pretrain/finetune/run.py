@@ -18,23 +18,24 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from pretrain.atomic import write_json
-from pretrain.backbones import build_backbone, resolve_spec
-from pretrain.checkpoint import CHECKPOINT
-from pretrain.config import ConfigError, FinetuneConfig
 from pretrain.data.datasets import ViewsDataset
 from pretrain.data.images import DataError, ImageList, sample_dir, scan_images
-from pretrain.evaluate import class_count, classifier_accuracy
-from pretrain.heads import WithNeck
-from pretrain.labels import class_counts, read_subset, select_labels, subset_record
+from pretrain.finetune.labels import class_counts, read_subset, select_labels, subset_record
+from pretrain.ground.atomic import write_json
+from pretrain.ground.backbones import build_backbone, resolve_spec
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.heads import WithNeck
+from pretrain.ground.modeldir import MODEL_JSON, ModelDir, load_model_dir
+from pretrain.ground.schema import read_json
+from pretrain.ground.startfrom import preprocessing_for
 from pretrain.methods.base import Method
-from pretrain.modeldir import MODEL_JSON, ModelDir, load_model_dir
-from pretrain.runconfig import start_defaults, with_saved_settings
-from pretrain.runlog import MetricsLog, append_eval_row
-from pretrain.schema import read_json
-from pretrain.speed import resolve_cores
-from pretrain.startfrom import preprocessing_for
-from pretrain.trainer import RunState, Trainer
+from pretrain.train.checkpoint import CHECKPOINT
+from pretrain.train.config import FinetuneConfig
+from pretrain.train.evaluate import class_count, classifier_accuracy
+from pretrain.train.runconfig import start_defaults, with_saved_settings
+from pretrain.train.runlog import MetricsLog, append_eval_row
+from pretrain.train.speed import resolve_cores
+from pretrain.train.trainer import RunState, Trainer
 from pretrain.views.ops import Colour, MultiView, View
 
 RECORD = "finetune.json"

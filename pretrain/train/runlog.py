@@ -1,7 +1,7 @@
 """The run's own log: per-step rows in metrics.csv and TensorBoard, online evaluation rows in eval.csv, and
 the loss plot (plots/loss.png) drawn from metrics.csv when training ends.
 
-Shared by the pretraining and fine-tuning trainers (pretrain/trainer.py, pretrain/finetune.py).
+Shared by the pretraining and fine-tuning trainers (pretrain/train/trainer.py, pretrain/finetune/run.py).
 """
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from pretrain.atomic import write_with
+from pretrain.ground.atomic import write_with
 
 NOT_PLOTTED = {"step", "epoch", "elapsed_s"}
 

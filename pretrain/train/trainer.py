@@ -1,6 +1,7 @@
 """One training loop for every method: optimizer and schedule, the steps, online evaluation, checkpoints
-with exact resume, and the model dir at the end. Around it: the device and precision (pretrain/device.py), the
-checkpoint format and resume checks (pretrain/checkpoint.py), the metrics log and loss plot (pretrain/runlog.py).
+with exact resume, and the model dir at the end. Around it: the device and precision (pretrain/ground/device.py),
+the checkpoint format and resume checks (pretrain/train/checkpoint.py), the metrics log and loss plot
+(pretrain/train/runlog.py).
 
 A run folder holds `config.yaml` (resolved settings), `checkpoint.pt` (full state, rewritten
 atomically), `metrics.csv` + `tb/` (per-step logs), `eval.csv` (online kNN), and, once training
@@ -8,7 +9,7 @@ ends, the model dir files (`model.json`, `backbone.safetensors`, `plots/loss.png
 
 Under torchrun the same loop runs in every process with DistributedDataParallel: each process takes
 its slice of every global batch (`--batch-size` is global), methods gather what their loss needs
-(pretrain/distributed.py), and only rank 0 logs and writes files. A checkpoint holds no trace of the
+(pretrain/ground/distributed.py), and only rank 0 logs and writes files. A checkpoint holds no trace of the
 number of processes, so a run resumes on any number of them.
 """
 from __future__ import annotations
@@ -29,10 +30,21 @@ import torch
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pretrain import distributed
-from pretrain.atomic import write_json
-from pretrain.backbones import build_backbone, resolve_spec
-from pretrain.checkpoint import (
+from pretrain.data.datasets import EpochSampler, ViewsDataset
+from pretrain.data.heap import keep_heap
+from pretrain.data.images import sample_dir, scan_images
+from pretrain.ground import distributed
+from pretrain.ground.atomic import write_json
+from pretrain.ground.backbones import build_backbone, resolve_spec
+from pretrain.ground.device import autocast_dtype, describe_device, select_device
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.modeldir import ModelDir, write_model_dir
+from pretrain.ground.preprocess import view_renormaliser
+from pretrain.ground.schema import read_json
+from pretrain.ground.startfrom import INIT_RECORD, parse_source, preprocessing_for, start_weights
+from pretrain.methods import build_method, method_spec
+from pretrain.methods.base import Progress
+from pretrain.train.checkpoint import (
     CHECKPOINT,
     PATH_SETTINGS,
     RESUMABLE_CHANGES,
@@ -43,24 +55,14 @@ from pretrain.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from pretrain.config import ConfigError, PretrainConfig, save_yaml
-from pretrain.data.datasets import EpochSampler, ViewsDataset
-from pretrain.data.heap import keep_heap
-from pretrain.data.images import sample_dir, scan_images
-from pretrain.datapass import DataPass
-from pretrain.device import autocast_dtype, describe_device, select_device
-from pretrain.evaluate import class_count, extract_features, knn_evaluate
-from pretrain.methods import build_method, method_spec
-from pretrain.methods.base import Progress
-from pretrain.modeldir import ModelDir, write_model_dir
-from pretrain.monitor import CollapseMonitor
-from pretrain.optim import build_optimizer, scaled_lr, warmup_cosine
-from pretrain.preprocess import view_renormaliser
-from pretrain.runconfig import resolve_config, with_saved_settings
-from pretrain.runlog import MetricsLog, PendingRows, append_eval_row, plot_metrics
-from pretrain.schema import read_json
-from pretrain.speed import compile_decision, compile_networks, sync_every
-from pretrain.startfrom import INIT_RECORD, parse_source, preprocessing_for, start_weights
+from pretrain.train.config import PretrainConfig, save_yaml
+from pretrain.train.datapass import DataPass
+from pretrain.train.evaluate import class_count, extract_features, knn_evaluate
+from pretrain.train.monitor import CollapseMonitor
+from pretrain.train.optim import build_optimizer, scaled_lr, warmup_cosine
+from pretrain.train.runconfig import resolve_config, with_saved_settings
+from pretrain.train.runlog import MetricsLog, PendingRows, append_eval_row, plot_metrics
+from pretrain.train.speed import compile_decision, compile_networks, sync_every
 from pretrain.views.gpu import build_device_views, step_generator
 from pretrain.views.recipes import build_transform, options_of
 
@@ -270,7 +272,7 @@ class Trainer:
 
     def _fit(self) -> RunState:
         threads = torch.get_num_threads()
-        torch.set_num_threads(self.cfg.threads or threads)  # the run's share of the cores (pretrain/speed.py)
+        torch.set_num_threads(self.cfg.threads or threads)  # the run's share of the cores (pretrain/train/speed.py)
         try:
             return self._fit_threads()
         finally:
@@ -407,7 +409,7 @@ class Trainer:
         return views, {k: extras[k].to(self.device, non_blocking=True) for k in self.model.needs}
 
     def data_pass(self, fn, **kwargs):
-        """The pass over the training set that a method's `start_epoch` may ask for (pretrain/datapass.py)."""
+        """The pass over the training set that a method's `start_epoch` may ask for (pretrain/train/datapass.py)."""
         return DataPass(self.images, self.preprocessing, self.device, self.cfg.workers, progress=self.progress)(
             fn, **kwargs)
 

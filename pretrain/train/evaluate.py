@@ -23,13 +23,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 from tqdm.auto import tqdm
 
-from pretrain.atomic import write_with
 from pretrain.data.datasets import EvalDataset
 from pretrain.data.heap import keep_heap
 from pretrain.data.images import DataError, ImageList
-from pretrain.knn import knn_vote, topk_accuracy
-from pretrain.modeldir import ModelDir
-from pretrain.preprocess import Preprocessing
+from pretrain.ground.atomic import write_with
+from pretrain.ground.knn import knn_vote, topk_accuracy
+from pretrain.ground.modeldir import ModelDir
+from pretrain.ground.preprocess import Preprocessing
 
 
 @dataclass
@@ -123,7 +123,7 @@ def knn_scores(train_feats: torch.Tensor, train_labels: torch.Tensor, query_feat
                num_classes: int, k: int = 200, temperature: float = 0.1, chunk: int = 1024) -> torch.Tensor:
     """Class scores (Q, C) of a weighted kNN vote: sum over the k nearest of exp(cosine / T).
 
-    The vote itself is `pretrain.knn.knn_vote`, the one implementation for this evaluation and for
+    The vote itself is `pretrain.ground.knn.knn_vote`, the one implementation for this evaluation and for
     `sslforge index classify`.
     """
     bank = F.normalize(train_feats.float(), dim=1)

@@ -26,9 +26,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from pretrain.backbones import BackboneSpec
-from pretrain.config import ConfigError
-from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
+from pretrain.ground.backbones import BackboneSpec
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.preprocess import IMAGENET_MEAN, IMAGENET_STD, INTERPOLATIONS
 
 STATE_SUFFIXES = (".safetensors", ".pt", ".pth", ".bin", ".ckpt")
 # where the backbone may sit in a saved file: as is, in a DDP wrapper, in an sslforge checkpoint, ...
@@ -90,7 +90,7 @@ def source_backbone(src: Source) -> tuple[str, dict, bool | None] | None:
     """The architecture a source was made with, as (backbone name, constructor arguments, small stem); None for a
     bare weights file, which does not say."""
     if src.kind == "model_dir":
-        from pretrain.modeldir import load_model_dir
+        from pretrain.ground.modeldir import load_model_dir
 
         spec = load_model_dir(src.ref, verify=False).spec
         return f"{spec.source}/{spec.name}", dict(spec.kwargs), spec.small_stem
@@ -105,7 +105,7 @@ def source_preprocessing(src: Source) -> dict | None:
     """The input a source's model expects, {size, mean, std, interpolation} (timm's data config for timm weights);
     None when the source does not say (a weights file)."""
     if src.kind == "model_dir":
-        from pretrain.modeldir import load_model_dir
+        from pretrain.ground.modeldir import load_model_dir
 
         pre = load_model_dir(src.ref, verify=False).preprocessing
         return {"size": pre.crop, "mean": list(pre.mean), "std": list(pre.std), "interpolation": pre.interpolation}
@@ -190,7 +190,7 @@ def read_state_file(path: str | Path) -> dict[str, torch.Tensor]:
 def source_state(src: Source, spec: BackboneSpec | None = None) -> tuple[dict[str, torch.Tensor], str | None]:
     """The source's weights and the file they came from (None for pretrained models built by timm/torchvision)."""
     if src.kind == "model_dir":
-        from pretrain.modeldir import BACKBONE_FILE, load_model_dir
+        from pretrain.ground.modeldir import BACKBONE_FILE, load_model_dir
 
         model = load_model_dir(src.ref)
         return read_state_file(model.path / BACKBONE_FILE), str(model.path / BACKBONE_FILE)
@@ -282,7 +282,7 @@ def start_weights(backbone: nn.Module, spec: BackboneSpec, init: str, strict: bo
 def preprocessing_for(start: dict | None, image_size: int):
     """The run's preprocessing at `image_size`: the resize and crop of `Preprocessing.for_size`, with the mean, std
     and interpolation of the start's source (its record's `preprocessing`) where it has them, else ImageNet's."""
-    from pretrain.preprocess import Preprocessing
+    from pretrain.ground.preprocess import Preprocessing
 
     base = Preprocessing.for_size(image_size)
     own = (start or {}).get("preprocessing")

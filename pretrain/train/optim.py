@@ -10,7 +10,7 @@ import math
 import torch
 from torch import nn
 
-from pretrain.config import ConfigError
+from pretrain.ground.errors import ConfigError
 
 
 def param_groups(model: nn.Module, weight_decay: float, lr_scales: dict[str, float] | None = None) -> list[dict]:

@@ -9,12 +9,13 @@ from pathlib import Path
 
 import yaml
 
-from pretrain.backbones import resolve_spec
-from pretrain.config import Config, ConfigError, PretrainConfig
 from pretrain.data.images import ImageList, sample_dir, typical_size
+from pretrain.ground.backbones import resolve_spec
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.preprocess import MAX_CROP
 from pretrain.methods import method_hparams, method_spec
-from pretrain.preprocess import MAX_CROP
-from pretrain.speed import resolve_cores
+from pretrain.train.config import Config, PretrainConfig
+from pretrain.train.speed import resolve_cores
 from pretrain.views.gpu import default_load_size
 
 
@@ -53,7 +54,7 @@ def start_defaults(cfg: Config, images: ImageList) -> tuple[str, dict, bool | No
     """The backbone (name, arguments, small stem) and image size a run uses when they are left unset: those of the
     --init source where it says (a model dir's architecture and crop; timm's input size), else resnet18 at the
     images' median short side (at most 224)."""
-    from pretrain.startfrom import architecture_for, init_image_size
+    from pretrain.ground.startfrom import architecture_for, init_image_size
 
     own = architecture_for(cfg.init) if cfg.backbone is None else None
     name, kwargs, small_stem = own or (cfg.backbone or "resnet18", {}, None)

@@ -5,7 +5,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pretrain.distributed import all_reduce
+from pretrain.ground.distributed import all_reduce
 
 
 class NTXentLoss(nn.Module):
@@ -15,7 +15,7 @@ class NTXentLoss(nn.Module):
     view of its image and the 2N-2 embeddings of other images are its negatives:
     l(i, j) = -log exp(s_ij / t) / sum_{k != i} exp(s_ik / t), with s the cosine similarity,
     averaged over all 2N anchors. Symmetric in the two views. `negatives` (M, D), e.g. memory-bank entries
-    (pretrain/memorybank.py: BankNegatives), join every anchor's denominator as M more terms.
+    (pretrain/methods/memorybank.py: BankNegatives), join every anchor's denominator as M more terms.
     """
 
     def __init__(self, temperature: float = 0.5):

@@ -13,8 +13,8 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from pretrain.config import ConfigError
-from pretrain.schema import Fields, kind
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.schema import Fields, kind
 
 TORCHVISION_RESNETS = ("resnet18", "resnet34", "resnet50", "resnet101", "resnet152", "resnext50_32x4d",
                        "resnext101_32x8d", "resnext101_64x4d", "wide_resnet50_2", "wide_resnet101_2")

@@ -16,11 +16,11 @@ import torch
 from torch.utils.data import DataLoader, Subset
 from tqdm.auto import tqdm
 
-from pretrain import distributed
 from pretrain.data.datasets import EvalDataset
 from pretrain.data.heap import keep_heap
 from pretrain.data.images import ImageList
-from pretrain.preprocess import Preprocessing
+from pretrain.ground import distributed
+from pretrain.ground.preprocess import Preprocessing
 
 
 class DataPass:

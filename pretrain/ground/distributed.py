@@ -18,7 +18,7 @@ import torch.distributed as dist
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
-from pretrain.config import ConfigError
+from pretrain.ground.errors import ConfigError
 
 # How long a process waits for the others at a collective: long enough for rank 0's online kNN.
 TIMEOUT = timedelta(minutes=60)

@@ -14,17 +14,13 @@ from typing import Any
 
 import yaml
 
-from pretrain.atomic import write_text
-
-
-class ConfigError(ValueError):
-    """A configuration value is wrong; the message names the field and says what is allowed."""
-
+from pretrain.ground.atomic import write_text
+from pretrain.ground.errors import ConfigError
 
 RECIPES = ("default", "paper")  # the optimisation recipes every method has (pretrain/methods/__init__.py)
 SWITCH = ("auto", "true", "false")  # a setting with an automatic default: `--x [auto|true|false]`, `--no-x`
 COMPILE_HELP = ("compile the networks with torch.compile: auto = when the planned steps repay its one-off start-up "
-                "(the break-even in pretrain/speed.py, docs/benchmarks/profile.md), true (--compile) = always, "
+                "(the break-even in pretrain/train/speed.py, docs/benchmarks/profile.md), true (--compile) = always, "
                 "false (--no-compile) = never; compiled code is cached across runs; if compiling fails the run "
                 "says so in one line and goes on without it; on a CPU it needs a C++ compiler (g++)")
 

@@ -1,5 +1,5 @@
 """The frozen teacher of feature distillation: any timm or torchvision model with its pretrained weights, a model
-dir, or a weights file of a named architecture (the sources of pretrain/startfrom.py), with the input it expects.
+dir, or a weights file of a named architecture (the sources of pretrain/ground/startfrom.py), with the input it expects.
 """
 from __future__ import annotations
 
@@ -7,9 +7,9 @@ from pathlib import Path
 
 from torch import nn
 
-from pretrain.backbones import build_backbone, resolve_spec
-from pretrain.config import ConfigError
-from pretrain.startfrom import (
+from pretrain.ground.backbones import build_backbone, resolve_spec
+from pretrain.ground.errors import ConfigError
+from pretrain.ground.startfrom import (
     Source,
     build_pretrained,
     fit_weights,
@@ -52,7 +52,7 @@ def load_teacher(text: str, backbone: str = "", image_size: int = 0) -> tuple[nn
         raise ConfigError(f"teacher {text} is a weights file: name its architecture with "
                           f"--method-arg teacher_backbone=NAME")
     if src.kind == "model_dir":
-        from pretrain.modeldir import load_model_dir
+        from pretrain.ground.modeldir import load_model_dir
 
         net = load_model_dir(src.ref).load_backbone()
         own = source_preprocessing(src)
@@ -66,7 +66,7 @@ def load_teacher(text: str, backbone: str = "", image_size: int = 0) -> tuple[nn
         fixed = bool(cfg is not None and cfg.fixed_input_size)
         net = build_pretrained(src, {"img_size": image_size} if fixed and image_size else {})
         own = source_preprocessing(src)
-    from pretrain.preprocess import IMAGENET_MEAN, IMAGENET_STD
+    from pretrain.ground.preprocess import IMAGENET_MEAN, IMAGENET_STD
 
     own = {**own, "size": image_size or own["size"], "mean": tuple(own["mean"] or IMAGENET_MEAN),
            "std": tuple(own["std"] or IMAGENET_STD)}
