@@ -1,5 +1,5 @@
 #!/bin/bash
-# A class-balanced CIFAR-10 subset for the benchmark grid (docs/benchmarks.md, "Learning per method"): the
+# A class-balanced CIFAR-10 subset for the benchmark grid (docs/benchmarks/learning.md): the
 # first N train and N test JPEGs of each
 # class of ../shared/data/cifar10-jpg.tar.gz, hard-linked (no copy) into OUT/train and OUT/test.
 #   bash bench/cifar_subset.sh /work/shared/data/cifar10-jpg.tar.gz data 200   -> data/cifar10-2k (2,000 + 2,000)

@@ -151,13 +151,13 @@ def main(argv: list[str] | None = None) -> int:
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         print("gpu_check: no CUDA device here: run it on the GPU machine, or use --device cpu --tiny", file=sys.stderr)
         return 2
-    from pretrain.methods import METHODS
+    from pretrain.methods import method_names
 
     out, s, dev = Path(args.out), sizes(args.tiny), args.device
     work = out / "work"
     shutil.rmtree(work, ignore_errors=True)
     work.mkdir(parents=True)
-    methods = args.methods or s["methods"] or [m for m in METHODS if m != "distill"]
+    methods = args.methods or s["methods"] or [m for m in method_names() if m != "distill"]
     check = Check(out, args.budget_s)
     env = check.run("environment", "doctor", environment)
     train, images = sample_folders(out, s["embed_images"])

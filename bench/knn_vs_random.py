@@ -6,7 +6,7 @@
 
 Pretrains with the library's defaults unless options say otherwise, then evaluates the weighted kNN
 (k=200, T=0.1) with the pretraining images as the bank, on a fixed random subset of the test images
-and on all of them. Prints a Markdown table for docs/benchmarks.md and writes result.json to the run.
+and on all of them. Prints a Markdown table for docs/benchmarks/learning.md and writes result.json to the run.
 """
 from __future__ import annotations
 

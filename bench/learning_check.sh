@@ -1,5 +1,5 @@
 #!/bin/bash
-# The per-method learning check (docs/benchmarks.md, appendix: learning per method at 78 steps): every
+# The per-method learning check (docs/benchmarks/history.md: learning per method at 78 steps): every
 # method on the same 5,000 CIFAR-10 images, 1 epoch, batch 64,
 # ResNet-18 with the standard stem at 32 px (16x cheaper than the small stem, so a CPU budget holds
 # 78 steps per method), each method's library defaults; kNN top-1 vs the same network at random init.

@@ -1,4 +1,4 @@
-"""The single-lever probes behind docs/benchmarks.md, "Training speed ... the levers": one process, one figure.
+"""The single-lever probes behind docs/benchmarks/training-speed.md, "the levers": one process, one figure.
 
     python bench/lever_probes.py step --method vicreg --mode trainer      # sslforge's whole Trainer step
     python bench/lever_probes.py step --method vicreg --mode loader       # its loader + model step, no Trainer

@@ -19,14 +19,14 @@ import torch
 from PIL import Image
 
 from pretrain.ground.backbones import build_backbone, resolve_spec
-from pretrain.methods import build_method, method_hparams, method_spec
+from pretrain.methods import build_method, method_class, method_hparams
 from pretrain.train.optim import build_optimizer, scaled_lr
 from pretrain.views.recipes import build_transform
 
 
 def default_views(method: str, size: int, batch: int, fmt: torch.memory_format):
     """Random views shaped like the method's default transform output, and the per-view extras."""
-    sample = build_transform(method_spec(method).transform, size)(Image.fromarray(
+    sample = build_transform(method_class(method).default_views, size)(Image.fromarray(
         np.random.default_rng(0).integers(0, 255, (size, size, 3), dtype=np.uint8)))
     views, extras = (sample["views"], sample) if isinstance(sample, dict) else (sample, {})
     views = [torch.randn(batch, *v.shape).contiguous(memory_format=fmt) for v in views]
@@ -37,7 +37,7 @@ def make_step(method: str, backbone: str, size: int, batch: int, channels_last: 
     torch.manual_seed(0)
     net, dim = build_backbone(resolve_spec(backbone, None, size), size)
     model = build_method(method, net, dim, method_hparams(method))
-    spec = method_spec(method)
+    spec = method_class(method).recipe("default")
     opt = build_optimizer(model, spec.optimizer, scaled_lr(spec.lr, batch), spec.weight_decay, 0.9)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
     model = model.to(memory_format=fmt).train()

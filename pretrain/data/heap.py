@@ -4,7 +4,7 @@ A view pipeline allocates and frees tensors of a few hundred KB per operation (o
 600 KB). glibc serves blocks above its mmap threshold (128 KB until a large block has been freed)
 with a fresh mmap and returns them with munmap on free, so every operation pays page faults on
 memory the kernel zeroes again: a hue shift at 224 px took 2.7 ms that way and 0.5 ms from the heap
-(docs/benchmarks.md). Loader workers therefore keep blocks up to 32 MB (glibc's ceiling) in the heap
+(docs/benchmarks/training-speed.md). Loader workers therefore keep blocks up to 32 MB (glibc's ceiling) in the heap
 and do not give freed memory back until 256 MB sit unused at its top.
 
 Only worker processes are tuned: in the training process the large activations (over 32 MB at

@@ -18,7 +18,7 @@ FINETUNE_DESCRIPTION = (
     "with --from-scratch --backbone NAME) the same training starts from random weights: the supervised baseline. "
     "The result is a model dir whose head is the classifier: `sslforge export`, `sslforge serve` (/classify) and "
     "`sslforge distill --teacher` use it as it is. Defaults for small label sets (light augmentation, the "
-    "backbone at 0.1x the classifier's learning rate, weight decay, cosine schedule): docs/benchmarks.md, "
+    "backbone at 0.1x the classifier's learning rate, weight decay, cosine schedule): docs/benchmarks/fine-tuning.md, "
     "\"Fine-tuning and semi-supervised learning\".")
 
 

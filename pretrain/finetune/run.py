@@ -41,7 +41,7 @@ from pretrain.views.ops import Colour, MultiView, View
 RECORD = "finetune.json"
 DEFAULT_BATCH = 64
 # The pretrained network learns at this multiple of the classifier's rate by default: best of 0.1 / 0.3 / 1 on
-# average over 1% and 10% of CIFAR-10's labels (docs/benchmarks.md, "Fine-tuning and semi-supervised learning").
+# average over 1% and 10% of CIFAR-10's labels (docs/benchmarks/fine-tuning.md).
 PRETRAINED_LR_SCALE = 0.3
 # Settings that may change when a fine-tuning run is resumed (`model` is checked by its weights' fingerprint).
 RESUMABLE_CHANGES = {"epochs", "workers", "device", "checkpoint_every", "checkpoint_every_steps", "eval_every", "test",

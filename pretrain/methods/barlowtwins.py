@@ -8,9 +8,13 @@ from pretrain.ground.distributed import gather
 from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
 from pretrain.methods.losses import BarlowTwinsLoss
+from pretrain.methods.recipe import SMALL_PROJECTOR, paper
 
 
 class BarlowTwins(Method):
+    name = "barlowtwins"
+    default_recipe = SMALL_PROJECTOR
+    paper_recipe = paper("lars", 0.2, 1.5e-6, "Zbontar et al. 2021, sec. 4")
     couples_batch = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, proj_dim: int = 8192, proj_layers: int = 3,

@@ -6,7 +6,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from pretrain.ground.errors import ConfigError
 from pretrain.ground.preprocess import IMAGENET_MEAN, IMAGENET_STD
+from pretrain.methods.recipe import NO_PAPER, Recipe
+from pretrain.train.config import RECIPES
 
 
 @dataclass(frozen=True)
@@ -43,11 +46,26 @@ class Method(nn.Module):
     `couples_batch` says the loss depends on the other images of the batch (in-batch negatives or
     batch statistics), which gradient accumulation cannot preserve; `skips_parameters` that some
     parameters get no gradient in some steps (frozen prototypes), which DDP must be told.
+
+    A method describes itself: `name` (what `--method` takes), `default_views` (the pipeline `--transform`
+    defaults to) and its recipes, `default_recipe` (one device, batches of 64-512) and `paper_recipe`
+    (the paper's own), each only where it differs from these defaults.
     """
 
+    name: str = ""
+    default_views: str = "simclr"
+    default_recipe: Recipe = Recipe()
+    paper_recipe: Recipe = NO_PAPER
     needs: tuple[str, ...] = ()
     couples_batch: bool = False
     skips_parameters: bool = False
+
+    @classmethod
+    def recipe(cls, name: str) -> Recipe:
+        """`--recipe NAME`'s settings for this method."""
+        if name not in RECIPES:
+            raise ConfigError(f"recipe must be one of {', '.join(RECIPES)} (got {name!r})")
+        return cls.paper_recipe if name == "paper" else cls.default_recipe
 
     def __init__(self, backbone: nn.Module, feature_dim: int):
         super().__init__()

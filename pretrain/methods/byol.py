@@ -13,9 +13,14 @@ from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
 from pretrain.methods.ema import cosine_momentum, ema_update, frozen_copy
 from pretrain.methods.losses import byol_loss
+from pretrain.methods.recipe import FAST_PREDICTOR, paper
 
 
 class BYOL(Method):
+    name = "byol"
+    default_recipe = FAST_PREDICTOR
+    paper_recipe = paper("lars", 0.2, 1.5e-6, "Grill et al. 2020, sec. 3.2", momentum_base=0.996)
+
     def __init__(self, backbone: nn.Module, feature_dim: int, proj_hidden_dim: int = 4096, proj_dim: int = 256,
                  momentum_base: float = 0.99, predictor_lr: float = 1.0):
         super().__init__(backbone, feature_dim)

@@ -25,6 +25,7 @@ from torch.nn import functional as F
 from pretrain.ground.distributed import gather
 from pretrain.methods.base import Method
 from pretrain.methods.losses import cpc_loss
+from pretrain.methods.recipe import Recipe
 from pretrain.views.ops import patches_of
 
 
@@ -41,6 +42,14 @@ class RowCausalConv(nn.Module):
 
 
 class CPC(Method):
+    name = "cpc"
+    default_views = "patchgrid"
+    default_recipe = Recipe(method_args={"grid": 2, "steps": 1},
+                            transform_args={"grid": 2, "patch_size": -1, "patch_colour": True},
+                            source="SimCLR's optimiser, 2 x 2 patches at the image size, a colour per patch "
+                                   "(docs/benchmarks/learning.md)")
+    paper_recipe = Recipe("adamw", 2e-4, 0.0, source="van den Oord et al. 2018, sec. 3.2 (Adam; its 7 x 7 grid of "
+                                                      "64 px patches: transform_args grid=7 at 256 px)")
     view_options = ("grid",)  # must equal the patch-grid views' own (the trainer checks)
     couples_batch = True
 

@@ -22,9 +22,16 @@ from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
 from pretrain.methods.clustering import balance_weights, kmeans, pca_whiten
 from pretrain.methods.losses import pseudo_label_loss
+from pretrain.methods.recipe import Recipe
 
 
 class DeepCluster(Method):
+    name = "deepcluster"
+    default_recipe = Recipe(method_args={"clusters": 100, "recluster_every": 5}, transform_args={"views": 1},
+                            source="SimCLR's optimiser, 100 clusters, k-means every 5 epochs, one view "
+                                   "(docs/benchmarks/learning.md)")
+    paper_recipe = Recipe("sgd", 0.05, 1e-5, transform_args={"views": 1},
+                          source="Caron et al. 2018, sec. 4 (k = 10000)")
     needs = ("index",)
 
     def __init__(self, backbone: nn.Module, feature_dim: int, *, num_images: int, clusters: int = 10000,

@@ -15,9 +15,14 @@ from pretrain.ground.modeldir import load_model_dir
 from pretrain.methods.base import Method
 from pretrain.methods.ema import frozen_copy
 from pretrain.methods.losses import distillation_loss
+from pretrain.methods.recipe import Recipe
 
 
 class Distill(Method):
+    name = "distill"
+    default_recipe = Recipe(source="SimCLR's optimiser: +0.145 over random init in 10 min "
+                                   "(docs/benchmarks/learning.md)")
+
     def __init__(self, backbone: nn.Module, feature_dim: int, teacher: str = "", temperature: float = 1.0):
         super().__init__(backbone, feature_dim)
         if not teacher:

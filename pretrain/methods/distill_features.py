@@ -29,6 +29,7 @@ from pretrain.ground.errors import ConfigError
 from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
 from pretrain.methods.losses import FEATURE_LOSSES, feature_distillation_loss
+from pretrain.methods.recipe import Recipe
 from pretrain.methods.teacher import load_teacher
 
 CACHE_TOLERANCE = 1e-3  # relative difference between a cached and a fresh teacher output of a fixed view
@@ -52,6 +53,9 @@ def resample(fmap: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
 
 
 class DistillFeatures(Method):
+    name = "distill_features"
+    default_recipe = Recipe(source="SimCLR's optimiser and views; not tuned for distillation yet (docs/pretrained.md)")
+
     def __init__(self, backbone: nn.Module, feature_dim: int, teacher: str = "", teacher_backbone: str = "",
                  teacher_image_size: int = 0, loss: str = "cosine", patch_weight: float = 1.0,
                  proj_hidden_dim: int = 1024, teacher_precision: str = "auto", cache_teacher: bool = False,

@@ -14,6 +14,7 @@ from pretrain.methods.losses import drlim_loss
 
 
 class DrLIM(Method):
+    name = "drlim"
     couples_batch = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, margin: float = 1.0, hidden_dim: int | None = None,

@@ -22,6 +22,7 @@ from torch import nn
 from pretrain.ground import distributed
 from pretrain.methods.base import Method
 from pretrain.methods.losses import mae_loss
+from pretrain.methods.recipe import MAE_VIEWS, Recipe
 
 
 def sincos_2d(h: int, w: int, dim: int, device: torch.device | None = None) -> torch.Tensor:
@@ -58,6 +59,13 @@ def random_masking(batch: int, patches: int, mask_ratio: float, device: torch.de
 
 
 class MAE(Method):
+    name = "mae"
+    default_recipe = Recipe("adamw", 1.5e-3, 0.05, transform_args=MAE_VIEWS,
+                            source="AdamW with MAE's weight decay 0.05 and 10x its base lr for short runs; one crop "
+                                   "(scale >= 0.2) and a flip (docs/pretrained.md)")
+    paper_recipe = Recipe("adamw", 1.5e-4, 0.05, transform_args=MAE_VIEWS,
+                          source="He et al. 2022, sec. A.1 (batch 4096, 800-1600 epochs, 40 warm-up)")
+
     def __init__(self, backbone: nn.Module, feature_dim: int, mask_ratio: float = 0.75, decoder_dim: int = 128,
                  decoder_depth: int = 2, decoder_heads: int = 4, norm_pix_loss: bool = True):
         super().__init__(backbone, feature_dim)

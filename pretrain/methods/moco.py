@@ -15,6 +15,7 @@ from pretrain.methods.base import Method
 from pretrain.methods.ema import ema_update, frozen_copy
 from pretrain.methods.losses import info_nce
 from pretrain.methods.queues import FeatureQueue
+from pretrain.methods.recipe import paper
 
 
 def _old_queue_keys(module, state_dict, prefix, *args) -> None:
@@ -25,6 +26,9 @@ def _old_queue_keys(module, state_dict, prefix, *args) -> None:
 
 
 class MoCo(Method):
+    name = "moco"
+    paper_recipe = paper("sgd", 0.03, 1e-4, "Chen et al. 2020 (MoCo v2)", momentum=0.999, queue_size=65536)
+
     def __init__(self, backbone: nn.Module, feature_dim: int, temperature: float = 0.2, momentum: float = 0.99,
                  queue_size: int = 4096, proj_hidden_dim: int = 2048, proj_dim: int = 128):
         super().__init__(backbone, feature_dim)

@@ -16,9 +16,15 @@ from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
 from pretrain.methods.losses import nnclr_loss
 from pretrain.methods.queues import FeatureQueue
+from pretrain.methods.recipe import Recipe, paper
 
 
 class NNCLR(Method):
+    name = "nnclr"
+    default_recipe = Recipe(method_args={"queue_size": 4096, "temperature": 0.2},
+                            source="SimCLR's optimiser and temperature, a 4096-row support set "
+                                   "(docs/benchmarks/learning.md)")
+    paper_recipe = paper("lars", 0.3, 1e-6, "Dwibedi et al. 2021, sec. 4 (batch 4096)")
     couples_batch = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, temperature: float = 0.1, queue_size: int = 98304,

@@ -16,10 +16,16 @@ from pretrain.ground.distributed import gather
 from pretrain.methods.base import Method
 from pretrain.methods.losses import pirl_loss
 from pretrain.methods.memorybank import MemoryBank
+from pretrain.methods.recipe import Recipe, paper
 from pretrain.views.ops import patches_of
 
 
 class PIRL(Method):
+    name = "pirl"
+    default_views = "jigsaw"
+    default_recipe = Recipe(method_args={"grid": 2}, transform_args={"grid": 2},
+                            source="SimCLR's optimiser, a 2 x 2 jigsaw (docs/benchmarks/learning.md)")
+    paper_recipe = paper("sgd", 0.12, 1e-4, "Misra & van der Maaten 2020, sec. 4.1", negatives=32000)
     needs = ("index",)
     view_options = ("grid",)  # must equal the jigsaw views' own (the trainer checks)
 

@@ -17,9 +17,16 @@ from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
 from pretrain.methods.clustering import sela_assign
 from pretrain.methods.losses import pseudo_label_loss
+from pretrain.methods.recipe import Recipe
 
 
 class SeLA(Method):
+    name = "sela"
+    default_recipe = Recipe(method_args={"clusters": 128, "label_every": 5}, transform_args={"views": 1},
+                            source="SimCLR's optimiser, 128 clusters, labels every 5 epochs, one view "
+                                   "(docs/benchmarks/learning.md)")
+    paper_recipe = Recipe("sgd", 0.05, 1e-5, transform_args={"views": 1},
+                          source="Asano et al. 2020, sec. 4 (K = 3000, one head)")
     needs = ("index",)
 
     def __init__(self, backbone: nn.Module, feature_dim: int, *, num_images: int, clusters: int = 3000,

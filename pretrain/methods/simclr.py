@@ -14,9 +14,12 @@ from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
 from pretrain.methods.losses import NTXentLoss
 from pretrain.methods.memorybank import BankNegatives
+from pretrain.methods.recipe import LARS_SIMCLR
 
 
 class SimCLR(Method):
+    name = "simclr"
+    paper_recipe = LARS_SIMCLR
     couples_batch = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, temperature: float = 0.2,

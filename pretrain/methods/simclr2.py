@@ -14,9 +14,12 @@ from pretrain.ground.heads import Neck, ProjectionHead, WithNeck
 from pretrain.methods.base import Method
 from pretrain.methods.losses import NTXentLoss
 from pretrain.methods.memorybank import BankNegatives
+from pretrain.methods.recipe import LARS_SIMCLR
 
 
 class SimCLRv2(Method):
+    name = "simclr2"
+    paper_recipe = LARS_SIMCLR
     couples_batch = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, temperature: float = 0.2,

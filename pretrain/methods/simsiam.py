@@ -11,9 +11,14 @@ from torch import nn
 from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
 from pretrain.methods.losses import negative_cosine
+from pretrain.methods.recipe import FAST_PREDICTOR, paper
 
 
 class SimSiam(Method):
+    name = "simsiam"
+    default_recipe = FAST_PREDICTOR
+    paper_recipe = paper("sgd", 0.05, 1e-4, "Chen & He 2021, sec. 4")
+
     def __init__(self, backbone: nn.Module, feature_dim: int, proj_dim: int = 2048, pred_hidden_dim: int = 512,
                  predictor_lr: float = 1.0):
         super().__init__(backbone, feature_dim)

@@ -8,9 +8,13 @@ from pretrain.ground.distributed import gather
 from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
 from pretrain.methods.losses import VICRegLoss
+from pretrain.methods.recipe import SMALL_PROJECTOR, paper
 
 
 class VICReg(Method):
+    name = "vicreg"
+    default_recipe = SMALL_PROJECTOR
+    paper_recipe = paper("lars", 0.2, 1e-6, "Bardes et al. 2022, sec. 4.1")
     couples_batch = True
 
     def __init__(self, backbone: nn.Module, feature_dim: int, proj_dim: int = 8192, proj_layers: int = 3,

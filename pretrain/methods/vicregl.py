@@ -14,6 +14,7 @@ from pretrain.ground.distributed import gather
 from pretrain.ground.heads import ProjectionHead
 from pretrain.methods.base import Method
 from pretrain.methods.losses import vicregl_global_terms, vicregl_local_terms
+from pretrain.methods.recipe import SMALL_PROJECTOR, Recipe, paper
 
 GLOBAL_VIEWS = 2
 
@@ -39,6 +40,10 @@ class VICRegL(Method):
     counts, divided by the number of pairs; here every pair counts, which is what the division intends.)
     `matches_ab` / `matches_ba`: location matches kept from the first view of a pair to the second and back.
     """
+    name = "vicregl"
+    default_views = "vicregl"
+    default_recipe = Recipe(method_args=SMALL_PROJECTOR.method_args, transform_args={"local_views": 0})
+    paper_recipe = paper("lars", 0.3, 1e-6, "Bardes et al. 2022 (VICRegL), sec. 4")
 
     needs = ("boxes",)
     couples_batch = True

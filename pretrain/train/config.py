@@ -189,7 +189,7 @@ FINETUNE_OPTIMIZERS = ("sgd", "adamw", "lars")
 @dataclass
 class FinetuneConfig(Config):
     """`sslforge finetune`: a model dir's backbone (or a fresh one) and a new linear classifier trained end to end
-    on a class-balanced, seeded share of the labels. Defaults and how they were chosen: docs/benchmarks.md,
+    on a class-balanced, seeded share of the labels. Defaults and how they were chosen: docs/benchmarks/fine-tuning.md,
     "Fine-tuning and semi-supervised learning"."""
 
     model: str | None = _opt(None, "model dir to fine-tune (written by `sslforge pretrain`); omit it, or give "

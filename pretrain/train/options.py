@@ -84,8 +84,8 @@ def _registry_names() -> dict[str, str]:
     from pretrain.views.recipes import TRANSFORMS
 
     return {"{pipelines}": ", ".join(sorted(TRANSFORMS)), "{gpu_pipelines}": ", ".join(SUPPORTED),
-            "{per_image_methods}": ", ".join(n for n, s in sorted(METHODS.items()) if not s.cls.couples_batch),
-            "{batch_methods}": ", ".join(n for n, s in sorted(METHODS.items()) if s.cls.couples_batch)}
+            "{per_image_methods}": ", ".join(sorted(c.name for c in METHODS if not c.couples_batch)),
+            "{batch_methods}": ", ".join(sorted(c.name for c in METHODS if c.couples_batch))}
 
 
 def field_help(f: dataclasses.Field) -> str:

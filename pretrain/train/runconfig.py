@@ -5,30 +5,49 @@ are compared with it. Shared by the pretraining and fine-tuning trainers.
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
 
 from pretrain.data.images import ImageList, sample_dir, typical_size
-from pretrain.ground.backbones import resolve_spec
+from pretrain.ground.backbones import BackboneSpec, resolve_spec
 from pretrain.ground.errors import ConfigError
 from pretrain.ground.preprocess import MAX_CROP
-from pretrain.methods import method_hparams, method_spec
+from pretrain.methods import method_class, method_hparams
+from pretrain.methods.base import Method
 from pretrain.train.config import Config, PretrainConfig
 from pretrain.train.speed import resolve_cores
 from pretrain.views.gpu import default_load_size
 
 
+@dataclass(frozen=True)
+class ResolvedRun:
+    """A pretraining run, resolved once: its settings with every default filled in (what config.yaml records),
+    the method's class and the backbone's record (what model.json stores); the trainer reads all three here."""
+
+    cfg: PretrainConfig
+    method: type[Method]
+    backbone: BackboneSpec
+
+
 def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
     """Fill every default that depends on other settings or on the training `images`, so config.yaml
     records what actually ran."""
-    recipe = method_spec(cfg.method).recipe(cfg.recipe)
+    return resolve_run(cfg, images).cfg
+
+
+def resolve_run(cfg: PretrainConfig, images: ImageList, method: type[Method] | None = None) -> ResolvedRun:
+    """The run `cfg` describes on `images`: one lookup of the method (`method`, when the caller has it) and one
+    resolution of the backbone."""
+    method = method or method_class(cfg.method)
+    recipe = method.recipe(cfg.recipe)
     data = os.path.abspath(images.root)  # a resumed run finds its images from any working folder
     is_sample = cfg.data is None
     name, kwargs, small_stem, image_size = start_defaults(cfg, images)
     backbone = resolve_spec(name, small_stem, image_size, kwargs)
     workers, threads = resolve_cores(cfg.workers, cfg.threads, cfg.device)
-    return cfg.replace(
+    resolved = cfg.replace(
         data=data,
         backbone=name,
         backbone_args=kwargs,
@@ -39,15 +58,16 @@ def resolve_config(cfg: PretrainConfig, images: ImageList) -> PretrainConfig:
         lr=cfg.lr if cfg.lr is not None else recipe.lr,
         weight_decay=cfg.weight_decay if cfg.weight_decay is not None else recipe.weight_decay,
         warmup_epochs=cfg.warmup_epochs if cfg.warmup_epochs is not None else min(10.0, cfg.epochs / 10),
-        transform=cfg.transform or method_spec(cfg.method).transform,
+        transform=cfg.transform or method.default_views,
         # the recipe's view options suit the method's own views only
         transform_args=cfg.transform_args if cfg.transform else {**recipe.transform_args, **cfg.transform_args},
-        method_args=method_hparams(cfg.method, cfg.method_args, cfg.recipe),
+        method_args=method_hparams(method, cfg.method_args, cfg.recipe),
         workers=workers,
         threads=threads,
         knn_test=cfg.knn_test or (str(sample_dir() / "test") if is_sample and cfg.knn_every else None),
         gpu_load_size=(cfg.gpu_load_size or default_load_size(image_size)) if cfg.gpu_augment else None,
     )
+    return ResolvedRun(resolved, method, backbone)
 
 
 def start_defaults(cfg: Config, images: ImageList) -> tuple[str, dict, bool | None, int]:

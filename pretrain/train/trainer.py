@@ -35,14 +35,14 @@ from pretrain.data.heap import keep_heap
 from pretrain.data.images import sample_dir, scan_images
 from pretrain.ground import distributed
 from pretrain.ground.atomic import write_json
-from pretrain.ground.backbones import build_backbone, resolve_spec
+from pretrain.ground.backbones import build_backbone
 from pretrain.ground.device import autocast_dtype, describe_device, select_device
 from pretrain.ground.errors import ConfigError
 from pretrain.ground.modeldir import ModelDir, write_model_dir
 from pretrain.ground.preprocess import view_renormaliser
 from pretrain.ground.schema import read_json
 from pretrain.ground.startfrom import INIT_RECORD, parse_source, preprocessing_for, start_weights
-from pretrain.methods import build_method, method_spec
+from pretrain.methods import build_method, method_class
 from pretrain.methods.base import Progress
 from pretrain.train.checkpoint import (
     CHECKPOINT,
@@ -60,7 +60,7 @@ from pretrain.train.datapass import DataPass
 from pretrain.train.evaluate import class_count, extract_features, knn_evaluate
 from pretrain.train.monitor import CollapseMonitor
 from pretrain.train.optim import build_optimizer, scaled_lr, warmup_cosine
-from pretrain.train.runconfig import resolve_config, with_saved_settings
+from pretrain.train.runconfig import resolve_run, with_saved_settings
 from pretrain.train.runlog import MetricsLog, PendingRows, append_eval_row, plot_metrics
 from pretrain.train.speed import compile_decision, compile_networks, sync_every
 from pretrain.views.gpu import build_device_views, step_generator
@@ -93,15 +93,16 @@ class Trainer:
                  progress: bool = True):
         if resume:
             cfg = with_saved_settings(cfg)
-        method_spec(cfg.method)
+        method = method_class(cfg.method)  # a wrong name fails before the images are scanned
         self.images = scan_images(cfg.data or sample_dir() / "train").random_subset(cfg.max_images, cfg.seed)
-        self.cfg = cfg = resolve_config(cfg, self.images)
+        self.run_plan = resolve_run(cfg, self.images, method)
+        self.cfg = cfg = self.run_plan.cfg
         self._setup(resume, on_step, progress)
         if cfg.knn_every and not (self.images.labelled and cfg.knn_test):
             raise ConfigError("online kNN (--knn-every) needs labelled training images (class sub-folders) and "
                               "--knn-test TEST_DIR")
         self._start_processes()
-        if cfg.accumulate > 1 and method_spec(cfg.method).cls.couples_batch and self.main:
+        if cfg.accumulate > 1 and method.couples_batch and self.main:
             warnings.warn(f"--accumulate {cfg.accumulate}: the loss of {cfg.method} couples the images of a batch "
                           f"(in-batch negatives or batch statistics), so each micro-batch of "
                           f"{cfg.batch_size // (self.world * cfg.accumulate)} images sees only itself; the gradient "
@@ -135,11 +136,12 @@ class Trainer:
         """The network the loop trains (a Method: `loss, logs = model(views, **extras)`); sets `self.spec` (the
         backbone's record), `self.feature_dim` and `self.preprocessing` (what the model dir stores)."""
         cfg = self.cfg
-        self.spec = resolve_spec(cfg.backbone, cfg.small_stem, cfg.image_size, cfg.backbone_args)
+        self.spec = self.run_plan.backbone
         backbone, self.feature_dim = build_backbone(self.spec, cfg.image_size)
         self.start_backbone(backbone)
         self.preprocessing = preprocessing_for(self.start, cfg.image_size)
-        return build_method(cfg.method, backbone, self.feature_dim, cfg.method_args, num_images=len(self.images))
+        return build_method(self.run_plan.method, backbone, self.feature_dim, cfg.method_args,
+                            num_images=len(self.images))
 
     def start_backbone(self, backbone: torch.nn.Module) -> None:
         """--init: load the starting weights into the new backbone and keep their record (`self.start`, model.json's

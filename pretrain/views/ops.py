@@ -59,7 +59,7 @@ def uniform(low: float, high: float) -> float:
 
 def shift_hue(view: torch.Tensor, shift: float | torch.Tensor) -> torch.Tensor:
     """torchvision's `adjust_hue` (HSV hue + shift turns) on a float (..., 3, H, W) view, equal to 1e-5 and
-    about 5x faster on CPU (docs/benchmarks.md): the hue sector from masks made float once (bool
+    about 5x faster on CPU (docs/benchmarks/views.md): the hue sector from masks made float once (bool
     `where` and comparisons are the slow kernels here), then the closed-form HSV -> RGB.
     A batch may take one shift per image, as a tensor of shape (N, 1, 1, 1)."""
     r, g, b = view.unbind(-3)
@@ -118,7 +118,7 @@ def _banded_matmul(matrix: torch.Tensor, x: torch.Tensor, half: int, block: int 
 
 def gaussian_blur(view: torch.Tensor, kernel_size: int, sigma: float) -> torch.Tensor:
     """torchvision's `gaussian_blur` (reflect padding) as band-matrix products along each axis: equal to
-    1e-5 and about 10x faster than its depthwise convolution on CPU at 224 px (docs/benchmarks.md)."""
+    1e-5 and about 10x faster than its depthwise convolution on CPU at 224 px (docs/benchmarks/views.md)."""
     x = torch.arange(kernel_size, dtype=torch.float32) - kernel_size // 2
     kernel = torch.exp(-0.5 * (x / sigma) ** 2)
     kernel /= kernel.sum()

@@ -43,7 +43,7 @@ def baseline(size: int, *, min_scale: float = 0.15, hflip_p: float = 0.5, rotati
     """The common default of SSL libraries (lightly's ImageCollateFunction): crop (scale >= 0.15), flip,
     rotation by up to +-15 degrees, colour jitter (0.7, 0.7, 0.7, 0.2) x strength with p=0.8, grayscale, blur.
     On inputs <= 64 px, as SimCLR's views: no blur and half the colour strength (the full strength keeps
-    Barlow Twins' kNN below random init's at 32 px: docs/benchmarks.md, the seed's benchmark grid)."""
+    Barlow Twins' kNN below random init's at 32 px: docs/benchmarks/grid.md)."""
     colour = _baseline_colour(size, strength, jitter_p, gray_p, blur_p)
     return MultiView([View(size, colour, scale=(min_scale, 1.0), hflip_p=hflip_p, rotation_p=rotation_p,
                            rotation_degrees=rotation_degrees) for _ in range(2)])

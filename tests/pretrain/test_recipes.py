@@ -7,9 +7,10 @@ from pathlib import Path
 import pytest
 
 from pretrain.ground.errors import ConfigError
-from pretrain.methods import METHODS, method_hparams, method_spec
+from pretrain.methods import method_class, method_hparams, method_names
 from pretrain.train.config import PretrainConfig
-from pretrain.train.trainer import Trainer, resolve_config
+from pretrain.train.runconfig import resolve_config
+from pretrain.train.trainer import Trainer
 
 
 def _rows(text: str) -> dict[str, list[str]]:
@@ -21,7 +22,7 @@ def _rows(text: str) -> dict[str, list[str]]:
 
 
 # What the docs and the papers say each recipe is: optimizer, lr per 256 images, weight decay, and the
-# hyper-parameters they name. default: docs/benchmarks.md ("Each default recipe against lightly's same method":
+# hyper-parameters they name. default: docs/benchmarks/learning.md ("Each default recipe against lightly's same method":
 # AdamW 2e-3 x batch/256, weight decay 1e-4; MoCo momentum 0.99, a 4096-key queue, temperature 0.2; 2048-d 2-layer
 # projectors for Barlow Twins, VICReg and VICRegL; BYOL and SimSiam LARS lr 1.0, weight decay 1e-5, a 10x predictor;
 # DINO and SwaV SGD 0.12, weight decay 5e-4, 2 global crops, a 2048-prototype 2-layer DINO head, 512 SwaV
@@ -54,7 +55,7 @@ def test_printed_recipe_table_matches_the_registry(recipe: str) -> None:
     out = subprocess.run([sys.executable, "-m", "pretrain", "methods", "--recipe", recipe], capture_output=True,
                          text=True, check=True).stdout
     rows = _rows(out)
-    assert sorted(rows) == sorted(METHODS)  # every registered method, once
+    assert sorted(rows) == method_names()  # every registered method, once
     for name, (optimizer, lr, wd, named) in DOCUMENTED[recipe].items():
         _, views, printed_opt, printed_lr, printed_wd, params, source = rows[name]
         assert (printed_opt, float(printed_lr), float(printed_wd)) == (optimizer, lr, wd), name
@@ -72,7 +73,7 @@ def test_recipe_fills_only_what_is_unset(tmp_path: Path) -> None:
     cfg = PretrainConfig(method="byol", data=str(images.root), out=str(tmp_path / "r"), recipe="paper",
                          weight_decay=0.5, method_args={"proj_dim": 32})
     resolved = resolve_config(cfg, images)
-    paper = method_spec("byol").paper
+    paper = method_class("byol").paper_recipe
     assert (resolved.optimizer, resolved.lr, resolved.weight_decay) == (paper.optimizer, paper.lr, 0.5)
     assert resolved.method_args["proj_dim"] == 32
     for key, value in paper.method_args.items():
@@ -83,14 +84,14 @@ def test_recipe_fills_only_what_is_unset(tmp_path: Path) -> None:
         PretrainConfig(recipe="huge")
 
 
-@pytest.mark.parametrize("method", [m for m in sorted(METHODS) if m not in ("distill", "distill_features")])
+@pytest.mark.parametrize("method", [m for m in method_names() if m not in ("distill", "distill_features")])
 def test_default_recipe_loss_falls_on_a_tiny_fixed_set(method: str, tmp_path: Path) -> None:
     """A smoke check, not an accuracy test: 32 images seen 24 times (DINO: 30) with the method's default recipe."""
     from shared_helpers import write_image_folder
 
     data = write_image_folder(tmp_path / "data", classes=4, per_class=8, size=32)
-    spec = METHODS[method]
-    local = spec.transform in ("multicrop", "vicregl") and "local_views" not in spec.default.transform_args
+    cls = method_class(method)
+    local = cls.default_views in ("multicrop", "vicregl") and "local_views" not in cls.default_recipe.transform_args
     views = {"transform_args": {"local_views": 2}} if local else {}  # 2 of the 6 local crops: a quicker check
     # MoCo's queue starts as random vectors (easy negatives) and fills with real keys as it trains, which raises
     # its loss at first: a queue this set fills within two steps keeps the check about learning
