@@ -6,7 +6,7 @@
 
 --cifar holds train/<class>/ and test/<class>/ (`tar -xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar10`).
 
-Every run trains for a wall-clock budget: a 10-step timing sizes its epochs (the schedule then runs to its end, as
+Every run trains for a wall-clock budget: a 12-step timing (its first 3 steps untimed) sizes its epochs (the schedule then runs to its end, as
 a user sizes --epochs), every --curve-every minutes the clock stops for a kNN on --curve-test test images, and at
 the end each backbone is scored by the weighted kNN (k=200, T=0.1; the bank: --bank-images training images, the
 same for every model of a study) on the whole test set, with its own model dir's preprocessing. `mae` also trains a
@@ -41,7 +41,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 SIZE = 32
-CALIBRATION_STEPS = 10
+CALIBRATION_STEPS = 12
+WARM_UP_STEPS = 3  # the first steps (compilation, allocator and loader start-up) are not timed
 VIT_TINY = {"backbone": "vit_tiny_patch16_224", "backbone_args": {"img_size": SIZE, "patch_size": 4}}
 
 
@@ -126,8 +127,10 @@ def timed_run(args, scorer: Scorer, out: Path, minutes: float, **settings) -> di
     record = out / "start-from-run.json"
     if record.is_file() and (out / "model.json").is_file():
         return json.loads(record.read_text())
+    # compile is the same for the timing and the run (auto would decide differently for the 12 steps than for
+    # the run they size, and the run would then miss its budget), and the same for every run of a study
     base = dict(image_size=SIZE, batch_size=args.batch, workers=args.workers, device=args.device, seed=args.seed,
-                checkpoint_every=1000)
+                checkpoint_every=1000, compile=args.compile)
 
     def config(path: Path, epochs: int, max_images: int | None = None) -> PretrainConfig:
         return PretrainConfig.from_dict({**base, **settings, "out": str(path), "epochs": epochs,
@@ -145,7 +148,7 @@ def timed_run(args, scorer: Scorer, out: Path, minutes: float, **settings) -> di
     with contextlib.suppress(_Stop):
         Trainer(config(calibration, 1000, args.batch * (CALIBRATION_STEPS + 1)), progress=False, on_step=tick).fit()
     shutil.rmtree(calibration, ignore_errors=True)
-    seconds_per_step = (ticks[-1] - ticks[1]) / max(1, len(ticks) - 2)
+    seconds_per_step = (ticks[-1] - ticks[WARM_UP_STEPS - 1]) / max(1, len(ticks) - WARM_UP_STEPS)
     steps_per_epoch = max(1, len(scan_images(settings["data"])) // args.batch)
     epochs = max(1, round(minutes * 60 / seconds_per_step / steps_per_epoch))
     curve, clock = [], {"start": time.perf_counter(), "paused": 0.0, "next": args.curve_every * 60}
@@ -273,6 +276,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int, default=min(8, os.cpu_count() or 1))
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--compile", choices=("true", "false"), default="false",
+                   help="torch.compile for every run of the study and its timing alike (default: false)")
     p.add_argument("--quiet", action="store_true")
     args = p.parse_args(argv)
     args.vit_args = {k: yaml.safe_load(v) for k, v in (a.split("=", 1) for a in args.vit_arg)}
