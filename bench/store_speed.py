@@ -35,6 +35,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docblocks import splice  # noqa: E402
 from index_speed import clustered  # noqa: E402
 from runinfo import commit, cpu_model  # noqa: E402
 
@@ -47,6 +48,8 @@ from retrieval.store_pg import PgStore  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "bench" / "results" / "stores"
 REPORT = ROOT / "docs" / "benchmarks" / "stores.md"
+SUMMARY_PAGES = (ROOT / "docs" / "stores.md", ROOT / "README.md")  # their generated blocks quote the results
+HEADLINE_EF = 40  # the operating point the summaries quote (both stores' HNSW at the same ef_search)
 FILTER = Filter({"shard": "0"})  # 1 row in 20
 
 
@@ -181,7 +184,46 @@ def bench(args) -> dict:
     return result
 
 
-def report(results: Path, out: Path) -> str:
+def _cell(r: dict, store: str, filt: str, clients: int) -> dict:
+    """One search row of a run at the summaries' operating point (HEADLINE_EF, else the run's smallest ef_search)."""
+    efs = sorted({s["ef_search"] for s in r["search"] if s.get("ef_search")})
+    ef = HEADLINE_EF if HEADLINE_EF in efs else efs[0]
+    return next(s for s in r["search"] if s["store"] == store and s["filter"] == filt and s["clients"] == clients
+                and s.get("ef_search") == ef)
+
+
+def summary(runs: list[dict]) -> tuple[str, str]:
+    """(the table docs/stores.md quotes, the sentence README.md quotes), both from the result files."""
+    lines = ["| vectors x dim | recall@10 pgvector / Faiss HNSW, no filter | with a 1-in-20 filter | q/s 1 client: "
+             "pgvector / Faiss | filtered | q/s, most clients | filtered | index build (s): pgvector / Faiss |",
+             "|---|---|---|---|---|---|---|---|"]
+    ratios, filtered, recalls = [], [], []
+    for r in runs:
+        row = [f"{r['rows']:,} x {r['dim']}"]
+        for filt in ("none", "1 in 20"):
+            pg, fa = _cell(r, "pgvector hnsw", filt, 1), _cell(r, "faiss hnsw", filt, 1)
+            row.append(f"{pg['recall@10']:.3f} / {fa['recall@10']:.3f}")
+            recalls += [pg["recall@10"], fa["recall@10"]]
+        most = max(s["clients"] for s in r["search"])
+        for clients in (1, most):
+            for filt in ("none", "1 in 20"):
+                pg, fa = _cell(r, "pgvector hnsw", filt, clients), _cell(r, "faiss hnsw", filt, clients)
+                ratio = pg["qps"] / fa["qps"]
+                row.append(f"{pg['qps']:,.0f} / {fa['qps']:,.0f} = {ratio:.2f}x" + (f" ({clients})" if clients > 1
+                                                                                    else ""))
+                (ratios if filt == "none" else filtered).append(ratio)
+        build = {b["store"]: b["build_s"] for b in r["build"]}
+        row.append(f"{build['pgvector hnsw']:,.0f} / {build['faiss hnsw']:,.0f}")
+        lines.append("| " + " | ".join(row) + " |")
+    sizes = ", ".join(f"{r['rows']:,} x {r['dim']}" for r in runs)
+    sentence = (f"Measured at {sizes} (vectors x dim; HNSW ef_search {HEADLINE_EF} on both sides): recall@10 "
+                f"{min(recalls):.2f}-{max(recalls):.2f} with and without a 1-in-20 filter; unfiltered, a PostgreSQL "
+                f"query runs at {min(ratios):.2f}-{max(ratios):.2f}x the queries/s of in-process Faiss, filtered at "
+                f"{min(filtered):.2f}-{max(filtered):.2f}x ([docs/stores.md](docs/stores.md)).")
+    return "\n".join(lines), sentence
+
+
+def report(results: Path, out: Path, pages: tuple[Path, ...] = SUMMARY_PAGES) -> str:
     """docs/benchmarks/stores.md from every result file."""
     files = sorted(results.glob("*.json"), key=lambda f: (json.loads(f.read_text())["dim"],
                                                           json.loads(f.read_text())["rows"]))
@@ -214,6 +256,11 @@ def report(results: Path, out: Path) -> str:
         lines.append("")
     text = "\n".join(lines)
     write_text(out, text)
+    runs = [json.loads(f.read_text()) for f in files]
+    if runs and pages:
+        table, sentence = summary(runs)
+        splice(pages[0], "stores-summary", table)
+        splice(pages[1], "stores-line", sentence)
     return text
 
 
@@ -250,7 +297,7 @@ def main(argv: list[str] | None = None) -> None:
     ap.add_argument("--report-out", type=Path, default=REPORT, help="report file (default: docs/benchmarks/stores.md)")
     args = ap.parse_args(argv)
     if args.report:
-        report(args.results, args.report_out)
+        report(args.results, args.report_out, SUMMARY_PAGES if args.results == RESULTS else ())
         print(f"written: {args.report_out}")
         return
     result = bench(args)

@@ -27,6 +27,16 @@ def test_store_speed_tiny(pg_url, tmp_path):
     store_speed.main(["--report", "--results", str(out.parent), "--report-out", str(md)])
     text = md.read_text()
     assert "## 3,000 vectors, dimension 16" in text and "| pgvector hnsw | 64 | 1 in 20 |" in text
+    # the summaries hand-written pages quote are spliced in from the same files, and only between their markers
+    page, readme = tmp_path / "page.md", tmp_path / "README.md"
+    page.write_text("intro\n<!-- generated:stores-summary -->\nold\n<!-- /generated:stores-summary -->\nend\n")
+    readme.write_text("no block here\n")
+    store_speed.report(out.parent, md, (page, readme))
+    spliced = page.read_text()
+    assert spliced.startswith("intro\n") and spliced.endswith("end\n") and "old" not in spliced
+    pg1 = rows[("pgvector hnsw", "none", 1)]
+    assert f"| 3,000 x 16 | {pg1['recall@10']:.3f} / " in spliced
+    assert readme.read_text() == "no block here\n"
 
 
 def test_store_speed_starts_its_own_server(tmp_path):
