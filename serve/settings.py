@@ -54,6 +54,16 @@ class Settings:
     limits: Limits = Limits()
     write_token: str | None = field(default=None, repr=False)  # never printed
 
+    def __repr__(self) -> str:  # a database URL's password is masked, the write token left out
+        from retrieval.location import display
+
+        parts = []
+        for f in fields(self):
+            if f.repr:
+                value = getattr(self, f.name)
+                parts.append(f"{f.name}={display(value) if f.name == 'index' and value else value!r}")
+        return f"Settings({', '.join(parts)})"
+
     @property
     def writable(self) -> bool:
         return bool(self.write_token) and bool(self.index)

@@ -121,3 +121,11 @@ def test_settings_from_env_round_trip():
     with pytest.raises(SettingsError, match="SSLFORGE_MAX_BATCH_SIZE=1 must be >= 2"):
         from_env({"SSLFORGE_MODEL": "m", "SSLFORGE_MAX_BATCH_SIZE": "1"})
     assert from_env({"SSLFORGE_MODEL": "m"}).batching
+
+
+def test_settings_never_show_a_database_password_or_the_write_token():
+    settings = Settings(model="m", index="postgresql://ann:s3cret@db:5432/x?table=t&password=other",
+                        write_token="tok3n")
+    shown = repr(settings)
+    assert "s3cret" not in shown and "other" not in shown and "tok3n" not in shown
+    assert "postgresql://ann:***@db:5432/x?table=t&password=***" in shown and "model='m'" in shown
