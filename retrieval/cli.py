@@ -17,8 +17,10 @@ from pretrain.ground.atomic import atomic_path, write_json
 from retrieval.embeddings import EmbeddingsError, read_embeddings
 from retrieval.exact import BackendError
 from retrieval.filters import Filter, FilterError
-from retrieval.index import KINDS, IndexDirError, choose_kind
+from retrieval.index import IndexDirError, choose_kind
+from retrieval.kinds import REGISTRY
 from retrieval.store import ENV, build_store, display, is_database, location_or_env, open_store
+from retrieval.store_pgsql import PG_KINDS
 
 ERRORS = (EmbeddingsError, IndexDirError, BackendError, FilterError)
 INDEX_ACTIONS = "index_actions"  # attribute of the `index` parser: its sub-commands, which later stages may add to
@@ -78,8 +80,8 @@ def cmd_build(args: argparse.Namespace) -> None:
     kind = args.kind
     if kind == "auto":
         kind, reason = choose_kind(len(emb), emb.dim)
-        if kind == "ivfpq" and is_database(args.out):
-            kind, reason = "hnsw", "a database collection has no ivfpq: hnsw (use --dtype float16 to halve the size)"
+        if is_database(args.out) and kind not in PG_KINDS:
+            kind, reason = "hnsw", f"a database collection has no {kind}: hnsw (use --dtype float16 to halve the size)"
         print(f"--kind auto picked {kind}: {reason}")
     params = {n: getattr(args, n) for n in (*BUILD_OPTIONS, *SEARCH_OPTIONS) if getattr(args, n) is not None}
     dtype = args.dtype or (emb.manifest.get("dtype", "float32") if is_database(args.out) else None)
@@ -252,11 +254,10 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
     p.add_argument("--dtype", choices=("float32", "float16"), default=None,
                    help="database collections: vector (float32) or halfvec (float16, half the space) "
                         "(default: the embeddings' dtype)")
-    p.add_argument("--kind", choices=("auto", *KINDS), default="auto",
-                   help="flat: exact; hnsw: graph; ivf: inverted lists; ivfpq: inverted lists with compressed "
-                        "codes; auto: flat below 100,000 rows, hnsw while the float32 data is at most 8 GiB, "
-                        "ivfpq above (default: auto). A database collection is flat, hnsw (pgvector HNSW) or ivf "
-                        "(pgvector IVFFlat)")
+    p.add_argument("--kind", choices=("auto", *REGISTRY), default="auto",
+                   help="".join(f"{name}: {kind.summary}; " for name, kind in REGISTRY.items()) +
+                   "auto: flat below 100,000 rows, hnsw while the float32 data is at most 8 GiB, ivfpq above "
+                   "(default: auto). A database collection is flat, hnsw (pgvector HNSW) or ivf (pgvector IVFFlat)")
     add_options(p, BUILD_OPTIONS, "")
     add_options(p, SEARCH_OPTIONS, "; stored as the index's search default")
     p.add_argument("--seed", type=int, default=0, help="seed of the training sample (default: 0)")

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.kinds import BUILD_PARAMS, KINDS, SEARCH_KNOBS
+from retrieval.kinds import REGISTRY, kind_of
 from retrieval.store import build_store, is_database, live_mask, open_store
 from retrieval.store_pgsql import PG_KINDS
 
@@ -20,9 +20,9 @@ def cmd_copy(args: argparse.Namespace) -> None:
         live = np.flatnonzero(live_mask(src))
         x = src.vectors()[live]
         paths, labels, meta = src.paths, src.labels, src.meta
-        kinds = PG_KINDS if is_database(args.dst) else KINDS
+        kinds = PG_KINDS if is_database(args.dst) else tuple(REGISTRY)
         kind = args.kind or (src.kind if src.kind in kinds else "hnsw")
-        keep = set(BUILD_PARAMS[kind]) | set(SEARCH_KNOBS[kind])
+        keep = set(kind_of(kind).build_params) | set(kind_of(kind).search_knobs)
         params = {n: v for n, v in src.params.items()
                   if n in keep and not (n == "train_size" and is_database(args.dst))}
         dtype = args.dtype or getattr(src, "dtype", None) if is_database(args.dst) else args.dtype
@@ -85,7 +85,7 @@ def add_store_commands(sub: argparse._SubParsersAction, index_actions: argparse.
                     "IVF-PQ dirs hold compressed vectors, which are what is copied.")
     p.add_argument("src", metavar="SRC", help="index dir or postgresql://USER@HOST:PORT/DB?table=NAME to read")
     p.add_argument("dst", metavar="DST", help="index dir or postgresql:// URL to write")
-    p.add_argument("--kind", choices=KINDS, default=None,
+    p.add_argument("--kind", choices=tuple(REGISTRY), default=None,
                    help="index kind of DST (default: SRC's, or hnsw where DST cannot have it; a database has "
                         "flat, hnsw and ivf)")
     p.add_argument("--dtype", choices=("float32", "float16"), default=None,

@@ -2,7 +2,7 @@
 
 A filter is `field=value` conditions (all must hold; `label`, or a field given when the rows were added)
 and an optional path prefix. It becomes a boolean mask over the index's rows (removed rows are never
-allowed), which each index kind applies in its own way (retrieval/index.py):
+allowed), which each index kind applies in its own way (`search_among`, retrieval/kinds/):
 - flat: exact search over the allowed rows only, so the result is the true top-k among them;
 - hnsw, ivf, ivfpq (with or without refine): Faiss's ID selector (a bitmap of the allowed rows) in the search
   parameters: the graph or the lists are walked as usual and only allowed ids are kept (HNSW's candidate list
@@ -19,8 +19,6 @@ from pathlib import Path
 
 import numpy as np
 
-from retrieval.exact import exact_search
-from retrieval.kinds import require_faiss
 from retrieval.text import shown
 
 MAX_FIELDS, MAX_KEY, MAX_VALUE = 32, 64, 1024  # per row: user fields, characters of a name, of a value
@@ -125,18 +123,7 @@ def search_allowed(index, q: np.ndarray, k: int, allowed: np.ndarray, knobs: dic
     if len(rows) == 0:
         return scores, ids
     kk = min(k, len(rows))
-    if index.kind == "flat":
-        s, local = exact_search(index.vectors[rows], q, kk, device=index.device)
-        found = np.where(local >= 0, rows[np.maximum(local, 0)], -1)
-    else:
-        faiss = require_faiss(index.kind)
-        if index.kind == "hnsw":  # the walk keeps only allowed nodes: widen it by the share the filter leaves out
-            ef = knobs.get("ef_search") or index.params["ef_search"]
-            knobs = {**knobs, "ef_search": int(min(len(allowed), max(ef, kk, ef * len(allowed) / len(rows))))}
-        bits = np.packbits(allowed, bitorder="little")
-        selector = faiss.IDSelectorBitmap(len(allowed), faiss.swig_ptr(bits))
-        s, found = index._faiss_search(q, kk, knobs, sel=selector)
-        del selector, bits  # the selector points into bits: both live until the search returned
+    s, found = index.kind_obj.search_among(index, q, kk, allowed, rows, knobs)
     found = np.where((found >= 0) & allowed[np.maximum(found, 0)], found, -1)
     s = np.where(found >= 0, s, -np.inf)
     order = np.argsort(found < 0, axis=1, kind="stable")  # misses (none expected) to the end

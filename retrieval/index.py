@@ -26,32 +26,20 @@ from typing import Any
 
 import numpy as np
 
-from pretrain.ground.atomic import atomic_path, replace_dir, save_npy, write_json, write_jsonl
+from pretrain.ground.atomic import replace_dir, save_npy, write_json, write_jsonl
 from pretrain.ground.knn import l2_normalize
 from retrieval.embeddings import read_id_rows
-from retrieval.exact import BackendError, exact_search, faiss_gpus
 from retrieval.filters import Filter, check_row_meta, read_meta_rows, search_allowed
-from retrieval.indexfiles import check_meta, read_faiss, read_removed, read_vectors
+from retrieval.indexfiles import check_meta, read_removed
 from retrieval.journal import LOG_FILE, apply, read_changes
-from retrieval.kinds import (
-    ADD_BATCH,
-    KINDS,
-    IndexDirError,
-    build_faiss,
-    check_fingerprint,
-    check_query,
-    check_search_knobs,
-    choose_kind,
-    gpu_cloner_options,
-    require_faiss,
-    resolve_params,
-)
+from retrieval.kinds import REGISTRY, IndexDirError, Kind, check_fingerprint, check_query, choose_kind, kind_of
 from retrieval.record import read_record
 
 FORMAT = "sslforge-index"
 SCHEMA_VERSION = 1
 INDEX_JSON, IDS_FILE, REMOVED_FILE, META_FILE = "index.json", "ids.jsonl", "removed.npy", "meta.jsonl"
-FAISS_FILE, FLAT_FILE = "index.faiss", "vectors.npy"
+
+
 class Index:
     """Cosine-similarity search over L2-normalised vectors, with row ids mapped to (path, label).
 
@@ -91,21 +79,23 @@ class Index:
         info: dict[str, Any] = {}
         if kind == "auto":
             kind, info["auto_reason"] = choose_kind(len(x), x.shape[1])
-        params = resolve_params(kind, len(x), x.shape[1], params)
+        kind_obj = kind_of(kind)
+        params = kind_obj.resolve(len(x), x.shape[1], params)
         start = time.perf_counter()
-        if kind == "flat":
-            index, built_on = cls(kind=kind, dim=x.shape[1], params=params, paths=list(paths), labels=labels,
-                                  vectors=x), "cpu"
-        else:
-            faiss_index, built_on = build_faiss(kind, x, params, device, progress, seed)
-            index = cls(kind=kind, dim=x.shape[1], params=params, paths=list(paths), labels=labels,
-                        faiss_index=faiss_index)
+        vectors, faiss_index, built_on = kind_obj.build(x, params, device, progress, seed)
+        index = cls(kind=kind, dim=x.shape[1], params=params, paths=list(paths), labels=labels, vectors=vectors,
+                    faiss_index=faiss_index)
         index.model_fingerprint, index.device, index.meta = model_fingerprint, device, meta
         index.info = {**info, "build_seconds": round(time.perf_counter() - start, 3), "built_on": built_on,
                       "built_at": datetime.now(UTC).isoformat(timespec="seconds")}
         return index
 
     # ---- properties ---------------------------------------------------------------------------------
+    @property
+    def kind_obj(self) -> Kind:
+        """The kind (retrieval/kinds/) that builds, searches, grows, saves and loads this index."""
+        return kind_of(self.kind)
+
     @property
     def ntotal(self) -> int:
         """Rows ever added (ids 0 .. ntotal-1), removed ones included."""
@@ -149,10 +139,7 @@ class Index:
             allowed = where.mask(self.paths, self.labels, self.meta, self.removed)
             return search_allowed(self, q, k, allowed, knobs)
         fetch = min(k + len(self.removed), self.ntotal)
-        if self.kind == "flat":
-            scores, ids = exact_search(self.vectors, q, fetch, device=self.device)
-        else:
-            scores, ids = self._faiss_search(q, fetch, knobs)
+        scores, ids = self.kind_obj.search(self, q, fetch, knobs)
         if len(self.removed):
             dead = (ids < 0) | np.isin(ids, self.removed)
             order = np.argsort(dead, axis=1, kind="stable")
@@ -165,48 +152,10 @@ class Index:
             ids = np.pad(ids, ((0, 0), (0, k - ids.shape[1])), constant_values=-1)
         return scores.astype(np.float32, copy=False), ids.astype(np.int64, copy=False)
 
-    def _faiss_search(self, q: np.ndarray, k: int, knobs: dict, sel=None) -> tuple[np.ndarray, np.ndarray]:
-        """Faiss search with the stored parameters and `knobs`; `sel` (a Faiss ID selector) keeps only the ids it
-        selects, on the CPU index (Faiss's GPU indexes take no selector)."""
-        faiss = require_faiss(self.kind)
-        p = {**self.params, **check_search_knobs(knobs, self.kind)}
-        if knobs.get("refine") and not self.params.get("refine"):
-            raise IndexDirError(f"{self.path or 'the index'} was built without --refine: rebuild it with one")
-        gpu = self._on_gpu(faiss) if sel is None else None
-        if gpu is not None:
-            faiss.GpuParameterSpace().set_index_parameter(gpu, "nprobe", p["nprobe"])
-            return gpu.search(q, k)
-        extra = {"sel": sel} if sel is not None else {}
-        if self.kind == "hnsw":
-            return self.faiss_index.search(q, k, params=faiss.SearchParametersHNSW(efSearch=p["ef_search"], **extra))
-        ivf = faiss.SearchParametersIVF(nprobe=p["nprobe"], **extra)
-        if self.kind == "ivfpq" and self.params["refine"]:
-            return self.faiss_index.search(q, k, params=faiss.IndexRefineSearchParameters(
-                k_factor=float(p["refine"]), base_index_params=ivf))
-        return self.faiss_index.search(q, k, params=ivf)
-
-    def _on_gpu(self, faiss):
-        """A GPU copy of an IVF index for searching, made once, when Faiss sees a GPU and device allows."""
-        if self.device == "cpu" or self.kind not in ("ivf", "ivfpq") or self.params.get("refine"):
-            return None
-        if faiss_gpus() == 0:
-            if self.device == "gpu":
-                raise BackendError("Faiss sees no GPU (faiss-cpu installed, or no CUDA device): use device auto/cpu")
-            return None
-        if self._gpu_index is None:
-            self._gpu_index = faiss.index_cpu_to_all_gpus(self.faiss_index, co=gpu_cloner_options(faiss, self.kind))
-        return self._gpu_index
-
     def all_vectors(self) -> np.ndarray:
         """The (normalised) vectors of every row: the matrix of a flat index, else read back from Faiss (IVF-PQ's
         are its compressed approximations)."""
-        if self.kind == "flat":
-            return np.asarray(self.vectors, dtype=np.float32)
-        faiss = require_faiss(self.kind)
-        ivf = faiss.try_extract_index_ivf(self.faiss_index) if self.kind != "hnsw" else None
-        if ivf is not None and self.kind == "ivf":
-            ivf.make_direct_map()
-        return self.faiss_index.reconstruct_n(0, self.ntotal)
+        return self.kind_obj.all_vectors(self)
 
     # ---- changes ------------------------------------------------------------------------------------
     def _check_writable(self) -> None:
@@ -230,28 +179,11 @@ class Index:
             raise IndexDirError(f"add: got {len(x)} vectors of dimension {x.shape[1]}, {len(paths)} paths and "
                                 f"{len(labels)} labels; the index needs dimension {self.dim} and one of each per row")
         ids = np.arange(self.ntotal, self.ntotal + len(x), dtype=np.int64)
-        if self.kind == "flat":
-            self._grow_flat(x)
-        else:
-            for start in range(0, len(x), ADD_BATCH):
-                self.faiss_index.add(x[start:start + ADD_BATCH])
-            self._gpu_index = None
+        self.kind_obj.add(self, x)
         self.paths += list(paths)
         self.labels += labels
         self.meta += meta
         return ids
-
-    def _grow_flat(self, x: np.ndarray) -> None:
-        """Append to a flat index's matrix in amortised constant time (a buffer that doubles), so that many small
-        adds cost as much as one big one."""
-        n = len(self.vectors)
-        store = getattr(self, "_store", None)
-        if store is None or store.shape[0] < n + len(x) or not np.shares_memory(store, self.vectors):
-            store = np.empty((max(2 * n, n + len(x), 1024), self.dim), np.float32)
-            store[:n] = self.vectors
-            self._store = store
-        store[n:n + len(x)] = x
-        self.vectors = store[:n + len(x)]
 
     def remove(self, ids: np.ndarray | list[int], *, force: bool = False) -> int:
         """Stop returning these ids; returns how many were live. Their space is reclaimed by a rebuild.
@@ -275,7 +207,7 @@ class Index:
     def replay(self, read: tuple[list, int]) -> None:
         """Apply changes read from this dir's change log (`journal.read_changes`) and advance `log_end`."""
         changes, end = read
-        if self.read_only and self.kind != "flat" and any(c.vectors is not None for c in changes):
+        if self.read_only and not self.kind_obj.mmap_adds and any(c.vectors is not None for c in changes):
             raise IndexDirError(f"{self.path / LOG_FILE} holds added rows, which a memory-mapped {self.kind} index "
                                 f"cannot take: run `sslforge index compact --index {self.path}` or load without --mmap")
         for change in changes:
@@ -289,12 +221,7 @@ class Index:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
         try:
-            if self.kind == "flat":
-                save_npy(tmp / FLAT_FILE, self.vectors)
-            else:
-                faiss = require_faiss(self.kind)
-                with atomic_path(tmp / FAISS_FILE) as f:
-                    faiss.write_index(self.faiss_index, str(f))
+            self.kind_obj.save(self, tmp)
             write_jsonl(tmp / IDS_FILE, [{"path": p, "label": lab} for p, lab in zip(self.paths, self.labels)])
             save_npy(tmp / REMOVED_FILE, self.removed)
             if any(self.meta):
@@ -305,7 +232,7 @@ class Index:
             write_json(tmp / INDEX_JSON, {
                 "format": FORMAT, "schema_version": SCHEMA_VERSION, "kind": self.kind, "metric": "ip",
                 "dim": self.dim, "count": self.ntotal, "live": len(self), "params": self.params,
-                "model_fingerprint": self.model_fingerprint, "file": FLAT_FILE if self.kind == "flat" else FAISS_FILE,
+                "model_fingerprint": self.model_fingerprint, "file": self.kind_obj.file,
                 **self.info})
             replace_dir(tmp, path)
         finally:
@@ -325,23 +252,18 @@ class Index:
                            fields=("kind", "dim", "count", "params", "file"), error=IndexDirError,
                            missing_hint=f"build one with `sslforge index build --embeddings DIR --out {path}`",
                            redo="rebuild the index")
-        check_meta(meta, path / INDEX_JSON, KINDS, (FLAT_FILE, FAISS_FILE), IndexDirError)
+        check_meta(meta, path / INDEX_JSON, REGISTRY, IndexDirError)
         kind, dim, count = meta["kind"], meta["dim"], meta["count"]
+        kind_obj = kind_of(kind)
         try:
-            params = resolve_params(kind, count, dim, meta["params"])
+            params = kind_obj.resolve(count, dim, meta["params"])
         except IndexDirError as e:
             raise IndexDirError(f"{path / INDEX_JSON}: params: {e}; rebuild the index") from None
         for name in (meta["file"], IDS_FILE, REMOVED_FILE):
             if not (path / name).is_file():
                 raise IndexDirError(f"{path / name} is missing: rebuild the index")
         paths, labels = read_id_rows(path / IDS_FILE, IndexDirError, "; rebuild the index")
-        vectors = faiss_index = None
-        if kind == "flat":
-            vectors = read_vectors(path / FLAT_FILE, dim, mmap, IndexDirError)
-            stored = len(vectors)
-        else:
-            faiss_index = read_faiss(require_faiss(kind), path / FAISS_FILE, kind, dim, mmap, IndexDirError)
-            stored = faiss_index.ntotal
+        vectors, faiss_index, stored = kind_obj.load(path / kind_obj.file, dim, mmap)
         if not (stored == len(paths) == count):
             raise IndexDirError(f"{path}: {meta['file']} holds {stored} rows, {IDS_FILE} {len(paths)}, {INDEX_JSON} "
                                 f"says {count}: the dir is inconsistent, rebuild it")

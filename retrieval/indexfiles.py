@@ -4,6 +4,7 @@ dimension index.json says, the .npy arrays are checked before they are loaded, i
 Every failure is one IndexDirError line naming the file and saying to rebuild."""
 from __future__ import annotations
 
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -14,19 +15,19 @@ from retrieval.record import MAX_DIM, MAX_ROWS, load_npy, need
 REDO = "rebuild the index"
 INT_MAX = 2**31 - 1  # Faiss stores its parameters as C ints
 FINGERPRINT = r"[A-Za-z0-9:_.\-]{1,128}"
-FAISS_TYPES = {"hnsw": ("IndexHNSWFlat",), "ivf": ("IndexIVFFlat",), "ivfpq": ("IndexIVFPQ", "IndexRefineFlat")}
 OPTIONAL_INFO = {"root": "str", "source": "str", "auto_reason": "str", "built_at": "str", "build_seconds": "number",
                  "built_on": "str", "snapshot": "str"}
 
 
-def check_meta(meta: dict, file: Path, kinds: tuple[str, ...], files: tuple[str, str], error: type[Exception]) -> None:
-    """index.json's fields (the format, version and required keys were checked by read_record)."""
-    kind = need(meta, "kind", str(file), error, "str", choices=kinds)
+def check_meta(meta: dict, file: Path, kinds: Mapping[str, Any], error: type[Exception]) -> None:
+    """index.json's fields (the format, version and required keys were checked by read_record); `kinds`: the
+    index kinds by name, each with the `file` that holds its data."""
+    kind = need(meta, "kind", str(file), error, "str", choices=tuple(kinds))
     need(meta, "metric", str(file), error, "str", choices=("ip",), default="ip")
     need(meta, "dim", str(file), error, "int", low=1, high=MAX_DIM)
     count = need(meta, "count", str(file), error, "int", high=MAX_ROWS)
     need(meta, "live", str(file), error, "int", default=count)
-    need(meta, "file", str(file), error, "str", choices=(files[0] if kind == "flat" else files[1],))
+    need(meta, "file", str(file), error, "str", choices=(kinds[kind].file,))
     need(meta, "model_fingerprint", str(file), error, "str", pattern=FINGERPRINT, high=128, default=None)
     params = need(meta, "params", str(file), error, "object")
     for name, value in params.items():
@@ -36,12 +37,12 @@ def check_meta(meta: dict, file: Path, kinds: tuple[str, ...], files: tuple[str,
         need(meta, key, str(file), error, kind_of, high=4096 if kind_of == "str" else 1e12, default=None)
 
 
-def read_faiss(faiss, file: Path, kind: str, dim: int, mmap: bool, error: type[Exception]) -> Any:
-    """The Faiss index in `file`. While it is read, no single allocation may exceed twice the file's size or
-    1 GiB, whichever is larger (Faiss's own cap is 1 TiB): a header that lies about a size is refused."""
-    # IO_FLAG_MMAP maps IVF inverted lists; IO_FLAG_MMAP_IFC maps HNSW's vector storage (the two do not
-    # combine: the second fails on IVF files)
-    flags = (faiss.IO_FLAG_MMAP_IFC if kind == "hnsw" else faiss.IO_FLAG_MMAP) if mmap else 0
+def read_faiss(faiss, file: Path, kind: Any, dim: int, mmap: bool, error: type[Exception]) -> Any:
+    """The Faiss index in `file`, of the Faiss kind `kind` (retrieval/kinds/base.py: its name, the Faiss classes
+    it may hold, its read flag for mapping it from disk). While it is read, no single allocation may exceed twice
+    the file's size or 1 GiB, whichever is larger (Faiss's own cap is 1 TiB): a header that lies about a size is
+    refused."""
+    flags = kind.mmap_flag(faiss) if mmap else 0
     limit = faiss.get_deserialization_vector_byte_limit()
     faiss.set_deserialization_vector_byte_limit(max(2 * file.stat().st_size, 1 << 30))
     try:
@@ -52,8 +53,8 @@ def read_faiss(faiss, file: Path, kind: str, dim: int, mmap: bool, error: type[E
     finally:
         faiss.set_deserialization_vector_byte_limit(limit)
     name = type(index).__name__
-    if name not in FAISS_TYPES[kind] or index.d != dim or index.metric_type != faiss.METRIC_INNER_PRODUCT:
-        raise error(f"{file} holds a {name} index of dimension {index.d}, index.json says {kind} of dimension "
+    if name not in kind.faiss_types or index.d != dim or index.metric_type != faiss.METRIC_INNER_PRODUCT:
+        raise error(f"{file} holds a {name} index of dimension {index.d}, index.json says {kind.name} of dimension "
                     f"{dim} (inner product): {REDO}")
     return index
 
