@@ -5,10 +5,13 @@ a new runtime is one entry here (and its runner), nothing else. Nothing heavy is
 """
 from __future__ import annotations
 
+import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pretrain.ground.cliargs import add_device
 
 
 @dataclass(frozen=True)
@@ -72,3 +75,10 @@ def backend_help() -> str:
     """The --backend help every command shows, from the table."""
     return "embedding runtime: " + "; ".join(f"{b.name} ({b.description})" for b in BACKENDS.values()) + \
         " (default: torch)"
+
+
+def add_backend(parser: argparse.ArgumentParser) -> None:
+    """--backend of every command that embeds (`embed`, `serve`, `demo`, `index add`), and --device for its torch
+    backend."""
+    parser.add_argument("--backend", choices=tuple(BACKENDS), default="torch", help=backend_help())
+    add_device(parser, note="; --backend torch only")

@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 
 from export.errors import ExportError
+from pretrain.ground.cliargs import add_batch_size, add_model, add_quiet, add_workers
 
 
 def _parity_images(folder: str | None, count: int) -> list[Path]:
@@ -155,7 +156,7 @@ def cmd_embed_merge(args: argparse.Namespace) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]:
     """Add `export onnx`, `export tensorrt`, `embed` and `embed merge`; return the error types of bad input."""
-    from export.backends import BACKENDS, backend_help
+    from export.backends import add_backend
     from export.embed import DEFAULT_SHARD_SIZE, DTYPES
 
     ex = sub.add_parser("export", help="export a model dir to ONNX or TensorRT (with a parity check)",
@@ -216,21 +217,19 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
                                      "paths) into --out: manifest.json + numbered vectors-*.npy / ids-*.jsonl "
                                      "shards. Re-running the same command resumes after the last complete shard; "
                                      "unreadable images are skipped and listed in failed.txt.")
-    emb.add_argument("--model", metavar="RUN_DIR", help="model dir written by `sslforge pretrain` (required)")
+    add_model(emb, required=False, help="model dir written by `sslforge pretrain` (required)")
     emb.add_argument("--images", metavar="DIR|LIST.txt", help="image folder, or a file with one path a line "
                                                               "(required)")
     emb.add_argument("--out", metavar="EMB_DIR", help="embeddings dir to write or resume (required)")
-    emb.add_argument("--backend", choices=tuple(BACKENDS), default="torch", help=backend_help())
-    emb.add_argument("--device", default="auto", help="torch backend: auto, cpu, cuda, cuda:N (default: auto)")
-    emb.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    emb.add_argument("--workers", type=int, default=2, help="decoding processes; 0 decodes in the main process "
-                                                            "(default: 2)")
+    add_backend(emb)
+    add_batch_size(emb)
+    add_workers(emb, default=2)
     emb.add_argument("--shard-size", type=int, default=DEFAULT_SHARD_SIZE,
                      help=f"images per shard, the unit of resumption (default: {DEFAULT_SHARD_SIZE})")
     emb.add_argument("--dtype", choices=DTYPES, default="float32", help="stored vector type (default: float32)")
     emb.add_argument("--shard", metavar="i/n", help="embed only the i-th of n contiguous slices (for several GPUs "
                                                     "or machines; join them with `sslforge embed merge`)")
-    emb.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(emb)
     emb.set_defaults(func=cmd_embed)
     emb_sub = emb.add_subparsers(dest="embed_command", required=False, metavar="merge",
                                  help="`sslforge embed merge --help`: join the parts of a --shard job")

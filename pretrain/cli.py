@@ -10,6 +10,7 @@ from importlib.metadata import entry_points
 
 from pretrain import __version__
 from pretrain.data.images import DataError
+from pretrain.ground.cliargs import add_batch_size, add_device, add_knn_vote, add_model, add_quiet, add_workers
 from pretrain.ground.errors import ConfigError
 from pretrain.ground.modeldir import ModelDirError
 from pretrain.study.cli import add_benchmark_command, add_data_commands, add_tsne_command
@@ -162,13 +163,13 @@ def _add_views_options(p: argparse.ArgumentParser) -> None:
 
 
 def _add_eval_common(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", required=True, metavar="RUN_DIR", help="model dir written by `sslforge pretrain`")
+    add_model(p)
     p.add_argument("--train", required=True, metavar="DIR", help="labelled reference images (class sub-folders)")
     p.add_argument("--test", required=True, metavar="DIR", help="labelled test images with the same class folders")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: CPU cores, max 8)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_batch_size(p)
+    add_workers(p)
+    add_device(p)
+    add_quiet(p)
     add_label_options(p)
 
 
@@ -221,8 +222,7 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Weighted kNN: the k most cosine-similar training images vote for their "
                                       "class with weight exp(similarity / T). Prints top-1 and top-5.")
     _add_eval_common(p)
-    p.add_argument("--k", type=int, default=200, help="neighbours that vote (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.1, help="vote weight temperature T (default: 0.1)")
+    add_knn_vote(p)
     p.set_defaults(func=cmd_eval_knn)
     p = ev_sub.add_parser("linear", help="linear probe on frozen features; saves the head",
                           description="Train a linear classifier on frozen, cached, standardised features with a "
@@ -268,7 +268,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--images", type=int, default=2000, help="training images taken from the sample (default: 2000)")
     p.add_argument("--backbone", default="resnet18", help="backbone (default: resnet18, small-image stem)")
     p.add_argument("--batch-size", type=int, default=64, help="images per step (default: 64)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
     p.set_defaults(func=cmd_quickstart)
     add_plot_commands(sub)
     add_benchmark_command(sub)

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.ground.atomic import atomic_path, write_json
+from pretrain.ground.cliargs import add_knn_vote, add_quiet
 from retrieval.embeddings import EmbeddingsError, read_embeddings
 from retrieval.exact import BackendError
 from retrieval.filters import Filter, FilterError
@@ -262,7 +263,7 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
     add_options(p, SEARCH_OPTIONS, "; stored as the index's search default")
     p.add_argument("--seed", type=int, default=0, help="seed of the training sample (default: 0)")
     add_device(p)
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_quiet(p, help="no progress output")
     p.set_defaults(func=cmd_build)
 
     p = isub.add_parser("classify", help="weighted kNN classification of embeddings against a labelled index",
@@ -271,8 +272,7 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
                                     "when the queries have labels.")
     add_index_option(p, "the collection with labelled rows")
     p.add_argument("--queries", required=True, metavar="EMB_DIR", help="embeddings dir of the images to classify")
-    p.add_argument("-k", "--k", type=int, default=200, help="neighbours that vote (default: 200)")
-    p.add_argument("--temperature", type=float, default=0.1, help="vote weight temperature T (default: 0.1)")
+    add_knn_vote(p, short_k=True)
     p.add_argument("--predictions", metavar="FILE.csv", help="also write path, label, predicted class, score")
     p.add_argument("--mmap", action="store_true", help="memory-map the index instead of reading it into RAM")
     add_options(p, SEARCH_OPTIONS, "; overrides the index's")
@@ -307,7 +307,7 @@ def add_commands(sub: argparse._SubParsersAction) -> tuple[type[Exception], ...]
                    help="embeddings dir to index (default: emb/quickstart, what `make run` embeds)")
     p.add_argument("--out", default="runs/quickstart-retrieval",
                    help="folder for the embeddings and the index (default: runs/quickstart-retrieval)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(p)
     p.set_defaults(func=cmd_quickstart)
 
     p = isub.add_parser("remove", help="stop returning rows of a live index (by id or by filter), durably",

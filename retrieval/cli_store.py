@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from pretrain.ground.cliargs import add_quiet
 from retrieval.kinds import REGISTRY, kind_of
 from retrieval.store import build_store, is_database, live_mask, open_store
 from retrieval.store_pgsql import PG_KINDS
@@ -90,7 +91,7 @@ def add_store_commands(sub: argparse._SubParsersAction, index_actions: argparse.
                         "flat, hnsw and ivf)")
     p.add_argument("--dtype", choices=("float32", "float16"), default=None,
                    help="a database DST: vector (float32) or halfvec (float16) (default: SRC's, else float32)")
-    p.add_argument("--quiet", action="store_true", help="no progress output")
+    add_quiet(p, help="no progress output")
     p.set_defaults(func=cmd_copy)
 
     st = sub.add_parser("store", help="a local PostgreSQL server with pgvector for the database collection",

@@ -16,7 +16,8 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
-from export.backends import BACKENDS, backend_help
+from export.backends import add_backend
+from pretrain.ground.cliargs import add_model
 from retrieval.store import display, is_database
 from serve.engine import BadInput
 from serve.ingest import add_index_add
@@ -71,13 +72,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def _add_common(p: argparse.ArgumentParser, index_required: bool) -> None:
-    p.add_argument("--model", required=True, help="model dir (runs/NAME)")
+    add_model(p)
     p.add_argument("--index", required=index_required, default=None,
                    help="the collection: an index dir from `sslforge index`, or a postgresql://...?table=NAME URL "
                         "(needed for search)" + ("" if index_required else
                                                                                  "; without it /search answers 404"))
-    p.add_argument("--backend", choices=tuple(BACKENDS), default="torch", help=backend_help())
-    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")
+    add_backend(p)
     p.add_argument("--host", default="127.0.0.1", help="address to listen on (default: 127.0.0.1)")
     p.add_argument("--max-k", type=int, default=None, help=f"largest k a request may ask for (default: "
                                                            f"SSLFORGE_MAX_K, else {Limits.max_k})")

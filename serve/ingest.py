@@ -10,7 +10,8 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from export.backends import BACKENDS, backend_help
+from export.backends import add_backend
+from pretrain.ground.cliargs import add_batch_size, add_model, add_quiet, add_workers
 from retrieval.cli import INDEX_ACTIONS, add_index_option
 from retrieval.embeddings import read_embeddings
 from retrieval.filters import name_values
@@ -87,14 +88,13 @@ def add_index_add(sub: argparse._SubParsersAction) -> None:
                                        "are the class folders (or --label); --field adds a user field to filter on.")
     add_index_option(p, "the collection to add to")
     p.add_argument("--images", metavar="DIR", help="image folder (searched recursively) or a text file of paths")
-    p.add_argument("--model", metavar="RUN_DIR", help="with --images: the model dir the index was built with")
+    add_model(p, required=False, help="with --images: the model dir the index was built with")
     p.add_argument("--embeddings", metavar="EMB_DIR", help="instead of --images: rows of `sslforge embed`")
     p.add_argument("--label", help="the label of every added row (default: its class folder)")
     p.add_argument("--field", action="append", metavar="NAME=VALUE",
                    help="a user field of every added row, for filtered search (repeatable)")
-    p.add_argument("--backend", choices=tuple(BACKENDS), default="torch", help=backend_help())
-    p.add_argument("--device", default="auto", help="torch device: auto, cpu, cuda (default: auto)")
-    p.add_argument("--batch-size", type=int, default=64, help="images per model call (default: 64)")
-    p.add_argument("--workers", type=int, default=2, help="decoding processes (default: 2)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_backend(p)
+    add_batch_size(p, default=64)
+    add_workers(p, default=2)
+    add_quiet(p)
     p.set_defaults(func=cmd_add)

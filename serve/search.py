@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from pretrain.data.images import DECODE_ERRORS, load_rgb
+from pretrain.ground.cliargs import add_model
 from retrieval.cli import (
     SEARCH_OPTIONS,
     add_device,
@@ -95,7 +96,7 @@ def add_search_command(sub: argparse._SubParsersAction) -> tuple[type[Exception]
                                    "contact sheet.")
     p.add_argument("images", nargs="*", metavar="IMAGE", help="query image files (need --model)")
     add_index_option(p, "the collection to search")
-    p.add_argument("--model", metavar="RUN_DIR", help="model dir that embeds the query images (the index's model)")
+    add_model(p, required=False, help="model dir that embeds the query images (the index's model)")
     p.add_argument("--query-embeddings", metavar="EMB_DIR", help="search with these vectors instead of images")
     p.add_argument("--limit", type=int, default=None, help="with --query-embeddings: only the first N rows")
     p.add_argument("-k", "--k", type=int, default=10, help="neighbours per query (default: 10)")

@@ -24,7 +24,8 @@ STAGES = ("pretrain", "export", "retrieval", "serve")
 GROUND_FOLDERS = ("pretrain.ground", "pretrain.data")
 # retrieval runs without torch: of the ground, it imports only these numpy-only modules
 NUMPY_GROUND = {"pretrain", "pretrain.ground.atomic", "pretrain.ground.schema", "pretrain.ground.knn",
-                "pretrain.ground.embeddings", "pretrain.ground.doctor", "pretrain.ground.errors"}
+                "pretrain.ground.embeddings", "pretrain.ground.doctor", "pretrain.ground.errors",
+                "pretrain.ground.cliargs"}
 # pretrain's top level holds only its doors: the package, `python -m pretrain`, the CLI, the quickstart
 DOORS = {"__init__.py", "__main__.py", "cli.py", "quickstart.py"}
 MAY_IMPORT = {  # stage -> the other stages it may import

@@ -7,6 +7,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from pretrain.ground.cliargs import add_batch_size, add_device, add_model, add_quiet, add_workers
 from pretrain.ground.errors import ConfigError
 from pretrain.train.config import FinetuneConfig
 from pretrain.train.options import add_pretrain_options, config_from_args, launch_devices
@@ -104,10 +105,10 @@ def add_eval_finetune_commands(ev_sub: argparse._SubParsersAction) -> None:
     p = ev_sub.add_parser("head", help="top-1/top-5 of the model dir's classifier head on labelled images",
                           description="Classify --test with the model dir's head (a linear probe, a fine-tuned "
                                       "classifier or a distilled student's) and print top-1 and top-5.")
-    p.add_argument("--model", required=True, metavar="RUN_DIR", help="model dir with a head")
+    add_model(p, help="model dir with a head")
     p.add_argument("--test", required=True, metavar="DIR", help="labelled test images, the head's class folders")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: CPU cores, max 8)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_batch_size(p)
+    add_workers(p)
+    add_device(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_eval_head)

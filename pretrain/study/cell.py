@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from pretrain.ground.atomic import write_json
+from pretrain.ground.cliargs import add_quiet
 from pretrain.ground.errors import ConfigError
 from pretrain.study.report import RESULT_FILE
 from pretrain.train.config import PretrainConfig
@@ -95,7 +96,7 @@ def finetune_cell(folder: Path, cfg: PretrainConfig, spec: dict, progress: bool)
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("cell_dir", help="the cell's folder, holding cell.json")
-    parser.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_quiet(parser)
     args = parser.parse_args(argv)
     folder = Path(args.cell_dir)
     write_json(folder / RESULT_FILE, run_cell(folder, progress=not args.quiet))

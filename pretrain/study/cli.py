@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import sys
 
+from pretrain.ground.cliargs import add_batch_size, add_device, add_model, add_quiet, add_workers
 from pretrain.ground.errors import ConfigError
 from pretrain.train.config import parse_key_values
 
@@ -79,7 +80,7 @@ def add_benchmark_command(sub: argparse._SubParsersAction) -> None:
                    help="fine-tuning option (any `sslforge finetune` option but the model, data, seed and device: "
                         "label_fraction, labels_per_class, from_head_layer, epochs, lr, ...; default: "
                         "label_fraction=0.1, epochs=30)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars in the cells")
+    add_quiet(p, help="no progress bars in the cells")
     p.set_defaults(func=cmd_benchmark)
 
 
@@ -109,17 +110,17 @@ def add_tsne_command(plot_sub: argparse._SubParsersAction) -> None:
                             description="Embed images with a model dir's backbone (features cached in the model "
                                         "dir), project them to 2-d with t-SNE (scikit-learn) and draw them coloured "
                                         "by class folder, with a legend.")
-    p.add_argument("--model", required=True, metavar="RUN_DIR", help="model dir written by `sslforge pretrain`")
+    add_model(p)
     p.add_argument("--data", required=True, metavar="DIR", help="images, ideally with class sub-folders (colours)")
     p.add_argument("--out", metavar="FILE.png", help="PNG to write (default: RUN_DIR/plots/tsne.png)")
     p.add_argument("--max-images", type=int, default=2000,
                    help="a fixed random subset of this many images (default: 2000)")
     p.add_argument("--perplexity", type=float, default=30.0, help="t-SNE perplexity (default: 30)")
     p.add_argument("--seed", type=int, default=0, help="picks the subset and seeds t-SNE (default: 0)")
-    p.add_argument("--batch-size", type=int, default=256, help="images per forward pass (default: 256)")
-    p.add_argument("--workers", type=int, default=None, help="data-loading processes (default: CPU cores, max 8)")
-    p.add_argument("--device", default="auto", help="auto, cpu, cuda, cuda:N or mps (default: auto)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_batch_size(p)
+    add_workers(p)
+    add_device(p)
+    add_quiet(p)
     p.set_defaults(func=cmd_plot_tsne)
 
 
@@ -154,7 +155,7 @@ def add_data_commands(sub: argparse._SubParsersAction) -> None:
     p.add_argument("dataset", choices=sorted(DATASETS), help="which dataset")
     p.add_argument("--root", default="data", metavar="DIR", help="where to put it (default: data)")
     p.add_argument("--keep-archive", action="store_true", help="keep the downloaded archive after extraction")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(p)
     p.set_defaults(func=cmd_data_download)
     p = data_sub.add_parser("nabirds", help="turn a local NABirds copy into train/test class folders",
                             description="NABirds cannot be downloaded without accepting its terms: from a local "

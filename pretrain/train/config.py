@@ -15,6 +15,7 @@ from typing import Any
 import yaml
 
 from pretrain.ground.atomic import write_text
+from pretrain.ground.cliargs import DEVICES
 from pretrain.ground.errors import ConfigError
 
 RECIPES = ("default", "paper")  # the optimisation recipes every method has (pretrain/methods/__init__.py)
@@ -150,7 +151,7 @@ class PretrainConfig(Config):
     sync_every: int | None = _opt(None, "read the loss back from the device every N steps (a read waits for the "
                                         "device; metrics.csv still gets every step, and a NaN loss stops the run "
                                         "within N steps, before any checkpoint); default: 1 on a CPU, 10 on a GPU")
-    device: str = _opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    device: str = _opt("auto", DEVICES)
     workers: int | None = _opt(None, "data-loading worker processes; default: the number of CPU cores (max 8)")
     seed: int = _opt(0, "random seed: the same seed and settings give the same run")
     accumulate: int = _opt(1, "gradient accumulation: each process runs its share of a batch in this many "
@@ -250,7 +251,7 @@ class FinetuneConfig(Config):
                                      "with --workers")
     sync_every: int | None = _opt(None, "read the loss back from the device every N steps; default: 1 on a CPU, "
                                         "10 on a GPU")
-    device: str = _opt("auto", "auto (CUDA when present, else CPU), cpu, cuda, cuda:N or mps")
+    device: str = _opt("auto", DEVICES)
     workers: int | None = _opt(None, "data-loading worker processes; default: the number of CPU cores (max 8)")
     seed: int = _opt(0, "random seed: picks the labelled images, the initial classifier and the augmentation")
     accumulate: int = _opt(1, "gradient accumulation: each process runs its share of a batch in this many "

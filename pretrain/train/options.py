@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+from pretrain.ground.cliargs import add_quiet
 from pretrain.ground.errors import ConfigError
 from pretrain.train.config import Config, PretrainConfig, load_yaml, parse_key_values
 
@@ -51,7 +52,7 @@ def add_pretrain_options(parser: argparse.ArgumentParser, config: type[Config] =
                             help="continue the run in --out from its last checkpoint, with its saved settings")
     else:
         parser.set_defaults(resume=False)
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_quiet(parser)
     parser.add_argument("--devices", type=int, default=1, metavar="N",
                         help="train with N processes on this machine, one per GPU (N CPU processes without GPUs), "
                              "launched by torchrun; --batch-size stays the global batch. For several machines run "

@@ -1,7 +1,8 @@
-"""One training loop for every method: optimizer and schedule, the steps, online evaluation, checkpoints
-with exact resume, and the model dir at the end. Around it: the device and precision (pretrain/ground/device.py),
-the checkpoint format and resume checks (pretrain/train/checkpoint.py), the metrics log and loss plot
-(pretrain/train/runlog.py).
+"""One training loop for every method: optimizer and schedule, the epochs, online evaluation, checkpoints
+with exact resume, and the model dir at the end. Around it: the optimizer steps of an epoch (pretrain/train/steps.py)
+and the model dir's records (pretrain/train/finish.py), Trainer's two base classes; the device and precision
+(pretrain/ground/device.py), the checkpoint format and resume checks (pretrain/train/checkpoint.py), the metrics log
+and loss plot (pretrain/train/runlog.py).
 
 A run folder holds `config.yaml` (resolved settings), `checkpoint.pt` (full state, rewritten
 atomically), `metrics.csv` + `tb/` (per-step logs), `eval.csv` (online kNN), and, once training
@@ -14,15 +15,10 @@ number of processes, so a run resumes on any number of them.
 """
 from __future__ import annotations
 
-import math
-import os
 import random
-import resource
-import time
 import warnings
 from collections.abc import Callable
-from contextlib import ExitStack, nullcontext
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from pathlib import Path
 
 import numpy as np
@@ -38,12 +34,10 @@ from pretrain.ground.atomic import write_json
 from pretrain.ground.backbones import build_backbone
 from pretrain.ground.device import autocast_dtype, describe_device, select_device
 from pretrain.ground.errors import ConfigError
-from pretrain.ground.modeldir import ModelDir, write_model_dir
 from pretrain.ground.preprocess import view_renormaliser
 from pretrain.ground.schema import read_json
 from pretrain.ground.startfrom import INIT_RECORD, parse_source, preprocessing_for, start_weights
 from pretrain.methods import build_method, method_class
-from pretrain.methods.base import Progress
 from pretrain.train.checkpoint import (
     CHECKPOINT,
     PATH_SETTINGS,
@@ -58,28 +52,20 @@ from pretrain.train.checkpoint import (
 from pretrain.train.config import PretrainConfig, save_yaml
 from pretrain.train.datapass import DataPass
 from pretrain.train.evaluate import class_count, extract_features, knn_evaluate
+from pretrain.train.finish import Finish
 from pretrain.train.monitor import CollapseMonitor
-from pretrain.train.optim import build_optimizer, scaled_lr, warmup_cosine
+from pretrain.train.optim import build_optimizer, scaled_lr
 from pretrain.train.runconfig import resolve_run, with_saved_settings
-from pretrain.train.runlog import MetricsLog, PendingRows, append_eval_row, plot_metrics
+from pretrain.train.runlog import MetricsLog, PendingRows, append_eval_row
 from pretrain.train.speed import compile_decision, compile_networks, sync_every
-from pretrain.views.gpu import build_device_views, step_generator
+from pretrain.train.steps import RunState, Steps, TrainingDiverged
+from pretrain.views.gpu import build_device_views
 from pretrain.views.recipes import build_transform, options_of
 
-
-class TrainingDiverged(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
+__all__ = ["RunState", "Trainer", "TrainingDiverged", "pretrain"]  # RunState, TrainingDiverged: from steps.py
 
 
-@dataclass
-class RunState:
-    step: int = 0
-    elapsed_s: float = 0.0
-    last_loss: float = math.nan
-    knn: dict = field(default_factory=dict)
-
-
-class Trainer:
+class Trainer(Steps, Finish):
     """Trains `cfg.method` on `cfg.data` and writes the run folder `cfg.out`.
 
     `on_step(step)` is called after every optimizer step (tests use it to interrupt a run).
@@ -323,93 +309,6 @@ class Trainer:
                 log.close()
         return state
 
-    def _train_epoch(self, epoch: int, state: RunState, log: MetricsLog | None, bar: tqdm, autocast) -> None:
-        cfg = self.cfg
-        failures, first_failure = 0, ""
-        tick = time.perf_counter()
-        batches = iter(self.loader)
-        for micro_batches in zip(*[batches] * cfg.accumulate):  # the accumulate micro-batches of one step
-            lr = warmup_cosine(state.step, self.total_steps, self.warmup_steps, self.peak_lr)
-            for group in self.optimizer.param_groups:
-                group["lr"] = lr * group.get("lr_scale", 1.0)
-            self.model.progress = Progress(state.step, self.steps_per_epoch, self.total_steps)
-            self.optimizer.zero_grad(set_to_none=True)
-            total = torch.zeros((), device=self.device)
-            logs: dict[str, float] = {}
-            for i, (views, failed, failed_paths) in enumerate(micro_batches):
-                views, extras = self._to_device(views, epoch, state.step, i)
-                with ExitStack() as stack:
-                    if i < cfg.accumulate - 1 and self.ddp is not self.model:  # gradients averaged once per step
-                        stack.enter_context(self.ddp.no_sync())
-                    with autocast:
-                        loss, micro_logs = self.ddp(views, **extras)
-                    self.scaler.scale(loss / cfg.accumulate).backward()
-                total += loss.detach().float()
-                for key, value in micro_logs.items():
-                    logs[key] = logs.get(key, 0.0) + value / cfg.accumulate
-                failures += int(failed.sum())
-                first_failure = first_failure or next((p for p in failed_paths if p), "")
-            loss = distributed.mean_over_ranks(total / cfg.accumulate)
-            if cfg.grad_clip:
-                self.scaler.unscale_(self.optimizer)
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
-            self.model.after_step(state.step, self.total_steps)
-            state.step += 1
-            now = time.perf_counter()
-            dt, tick = now - tick, now
-            state.elapsed_s += dt
-            self.pending.add({"step": state.step, "epoch": state.step / self.steps_per_epoch, "lr": lr,
-                              "loss": loss, **logs, **self.monitor.capture(state.step),
-                              "images_per_s": cfg.batch_size / dt, "elapsed_s": state.elapsed_s})
-            checkpoint = bool(cfg.checkpoint_every_steps and state.step % cfg.checkpoint_every_steps == 0)
-            if checkpoint or len(self.pending) >= self.sync_every or state.step % self.steps_per_epoch == 0:
-                self._read_pending(state, log, bar)  # before any checkpoint: none holds a diverged step
-            if checkpoint:
-                self.save_checkpoint(state)
-            if self.on_step:
-                self.on_step(state.step)
-        failures = int(distributed.all_reduce(torch.tensor(failures, device=self.device)))
-        if failures:
-            warnings.warn(f"epoch {epoch + 1}: {failures} images failed to decode and were replaced by their "
-                          f"neighbours (first: {first_failure})", stacklevel=2)
-
-    def _read_pending(self, state: RunState, log: MetricsLog | None, bar: tqdm, check: bool = True) -> None:
-        """Read the pending steps' values from the device (one host sync for them all), log them, move the
-        progress bar; a NaN or infinite loss among them stops the run (unless `check` is off)."""
-        rows = self.pending.read()
-        for row in rows:
-            if check and not math.isfinite(row["loss"]):
-                raise TrainingDiverged(
-                    f"loss became {row['loss']} at step {row['step']} (epoch {math.ceil(row['epoch'])}); stopped. "
-                    f"The last good checkpoint is kept in {self.out / CHECKPOINT}: lower --lr, set --grad-clip or "
-                    f"--precision fp32, then continue with `sslforge {self.command} --resume --out {self.out}`")
-            if "emb_std" in row:
-                self.monitor.observe(row["step"], row["emb_std"])
-            if log:
-                log.log(row)
-            state.last_loss = row["loss"]
-        if rows:
-            bar.update(len(rows) * self.cfg.batch_size)
-            bar.set_postfix(epoch=f"{rows[-1]['epoch']:.2f}", loss=f"{state.last_loss:.4f}",
-                            lr=f"{rows[-1]['lr']:.3g}", refresh=False)
-
-    def _to_device(self, batch: list | dict | torch.Tensor, epoch: int, step: int, micro: int = 0
-                   ) -> tuple[list[torch.Tensor], dict[str, torch.Tensor]]:
-        """Views to the device (channels-last if asked), and the per-view extras the method declares it needs.
-        With --gpu-augment the batch is uint8 images, whose views are made there from (seed, epoch, step)
-        (and the process and micro-batch, when a step has several)."""
-        if self.device_views is not None:
-            part = (self.rank, micro) if (self.rank, micro) != (0, 0) else ()
-            batch = self.device_views(batch.to(self.device, non_blocking=True),
-                                      step_generator(self.cfg.seed, epoch, step, self.device, part))
-        views, extras = (batch["views"], batch) if isinstance(batch, dict) else (batch, {})
-        layout = torch.channels_last if self.cfg.channels_last else torch.contiguous_format
-        views = [self.renormalise(v.to(self.device, non_blocking=True)).contiguous(memory_format=layout)
-                 for v in views]
-        return views, {k: extras[k].to(self.device, non_blocking=True) for k in self.model.needs}
-
     def data_pass(self, fn, **kwargs):
         """The pass over the training set that a method's `start_epoch` may ask for (pretrain/train/datapass.py)."""
         return DataPass(self.images, self.preprocessing, self.device, self.cfg.workers, progress=self.progress)(
@@ -436,46 +335,6 @@ class Trainer:
         tqdm.write(f"epoch {epoch}: kNN top-1 {result['top1']:.4f}  top-5 {result['top5']:.4f}")
         return result
 
-    def training_summary(self, state: RunState) -> dict:
-        """model.json's `training` record: what ran, on what, how fast and in how much memory."""
-        cfg = self.cfg
-        peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-        return {
-            "epochs": cfg.epochs, "steps": state.step, "batch_size": cfg.batch_size,
-            "data": os.path.abspath(self.images.root),
-            "data_layout": self.images.layout, "num_images": len(self.images), "last_loss": state.last_loss,
-            "knn": state.knn or None, "wall_time_s": round(state.elapsed_s, 2),
-            "images_per_s": round(state.step * cfg.batch_size / state.elapsed_s, 2) if state.elapsed_s else None,
-            "processes": self.world, "accumulate": cfg.accumulate, "sync_bn": cfg.sync_bn,
-            "compiled": self.compiled, "workers": cfg.workers, "threads": cfg.threads,
-            "device": str(self.device), "precision": str(self.amp_dtype or "fp32").replace("torch.", ""),
-            "peak_rss_mb": round(peak_rss_mb, 1),
-            "peak_gpu_memory_mb": (round(torch.cuda.max_memory_allocated() / 2**20, 1)
-                                   if self.device.type == "cuda" else None),
-        }
-
-    def method_record(self) -> dict:
-        """model.json's `method` record."""
-        cfg = self.cfg
-        return {"name": cfg.method, "hparams": cfg.method_args, "transform": cfg.transform,
-                "optimizer": cfg.optimizer, "lr": cfg.lr, "weight_decay": cfg.weight_decay}
-
-    def head_record(self) -> dict:
-        """The `metrics` of the head record, when the model trained a classifier (`Method.trained_head`)."""
-        return {"trained_by": self.cfg.method}
-
-    def _write_model_dir(self, state: RunState) -> Path:
-        network, neck = self.model.deployable()
-        network = network.to(memory_format=torch.contiguous_format)
-        info = write_model_dir(self.out, network, spec=self.spec, embedding_dim=neck[-1] if neck else self.feature_dim,
-                               preprocessing=self.preprocessing, method=self.method_record(),
-                               training=self.training_summary(state), neck=neck, start=self.start)
-        head = self.model.trained_head()
-        if head:
-            ModelDir(self.out, info).save_head(head[0], head[1], self.head_record())
-        if (self.out / "metrics.csv").exists():
-            plot_metrics(self.out / "metrics.csv", self.out / "plots" / "loss.png")
-        return self.out
 
 
 def pretrain(cfg: PretrainConfig, *, resume: bool = False, progress: bool = True) -> Path:
