@@ -6,7 +6,8 @@
 
 --cifar holds train/<class>/ and test/<class>/ (`tar -xzf ../shared/data/cifar10-jpg.tar.gz -C /tmp/cifar10`).
 
-Every run trains for a wall-clock budget: a 12-step timing (its first 3 steps untimed) sizes its epochs (the schedule then runs to its end, as
+Every run trains for a wall-clock budget: a 12-step timing (its first 3 steps untimed) sizes its epochs (the
+schedule then runs to its end, as
 a user sizes --epochs), every --curve-every minutes the clock stops for a kNN on --curve-test test images, and at
 the end each backbone is scored by the weighted kNN (k=200, T=0.1; the bank: --bank-images training images, the
 same for every model of a study) on the whole test set, with its own model dir's preprocessing. `mae` also trains a

@@ -1,7 +1,8 @@
 """sslforge retrieval: collections behind one Store interface (`open_store`: a Faiss index dir, or a PostgreSQL
 table with pgvector through psycopg, imported only then), Faiss indexes (CPU, GPU when Faiss sees one; torch
-fallback for exact search), kNN classification and retrieval metrics. Numpy in, numpy out; of the other stages it imports only pretrain's
-numpy-only ground (atomic writes, the kNN vote, the embeddings-dir format, the JSON reading rule): no torch.
+fallback for exact search), kNN classification and retrieval metrics. Numpy in, numpy out; of the other stages it
+imports only pretrain's numpy-only ground (atomic writes, the kNN vote, the embeddings-dir format, the JSON reading
+rule): no torch.
 """
 from retrieval.embeddings import Embeddings, EmbeddingsError, read_embeddings, write_embeddings
 from retrieval.exact import BackendError, exact_search

@@ -150,7 +150,8 @@ class Grid:
                 raise ConfigError(f"{source}: method_epochs: {key!r} is not one of the grid's methods "
                                   f"({', '.join(m.label for m in self.methods)})")
             if not isinstance(epochs, int) or isinstance(epochs, bool) or epochs < 1:
-                raise ConfigError(f"{source}: method_epochs: {key}: epochs must be a whole number >= 1 (got {epochs!r})")
+                raise ConfigError(f"{source}: method_epochs: {key}: epochs must be a whole number >= 1 "
+                                  f"(got {epochs!r})")
         for t in self.transforms:
             if t.name not in TRANSFORMS:
                 raise ConfigError(f"{source}: transform must be one of {', '.join(TRANSFORMS)} (got {t.name!r})")

@@ -45,7 +45,8 @@ def test_a_batch_larger_than_the_images_is_a_one_line_error(tmp_path) -> None:
 
     def script(data: Path, *extra: str) -> subprocess.CompletedProcess:
         return subprocess.run([sys.executable, str(SCRIPT), "--data", str(data), "--test", str(tmp_path / "d"),
-                               "--out", str(tmp_path / "o"), "--eval", "test", *extra], capture_output=True, text=True, timeout=600,
+                               "--out", str(tmp_path / "o"), "--eval", "test", *extra], capture_output=True, text=True,
+                              timeout=600,
                               cwd=ROOT)
 
     proc = script(tmp_path / "d", "--batch", "8")

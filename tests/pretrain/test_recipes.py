@@ -106,7 +106,8 @@ def test_default_recipe_loss_falls_on_a_tiny_fixed_set(method: str, tmp_path: Pa
     if method == "mae":  # a ViT: 16 patches of 8 px
         args["backbone_args"] = {"img_size": 32, "patch_size": 8}
     cfg = PretrainConfig(method=method, data=str(data), out=str(tmp_path / "run"),
-                         backbone="test_vit" if method == "mae" else "test_resnet", image_size=32, epochs=epochs, batch_size=16, workers=0, seed=0, checkpoint_every=epochs,
+                         backbone="test_vit" if method == "mae" else "test_resnet", image_size=32, epochs=epochs,
+                         batch_size=16, workers=0, seed=0, checkpoint_every=epochs,
                          **views, **args)
     run = Trainer(cfg, progress=False).fit()
     with open(run / "metrics.csv") as f:

@@ -114,7 +114,8 @@ def test_the_service_role_needs_only_row_privileges(pg_server, pg_url, emb):
     role = f"svc_{table}"
     with psycopg.connect(pg_server.url(), autocommit=True) as conn:
         conn.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(role), sql.Literal("pw-123")))
-        conn.execute(sql.SQL("GRANT SELECT, INSERT, UPDATE, DELETE ON {}, sslforge_collections, sslforge_add_keys TO {}").format(
+        grant = "GRANT SELECT, INSERT, UPDATE, DELETE ON {}, sslforge_collections, sslforge_add_keys TO {}"
+        conn.execute(sql.SQL(grant).format(
             sql.Identifier(table), sql.Identifier(role)))
         conn.execute(sql.SQL("GRANT USAGE, SELECT ON SEQUENCE {} TO {}").format(
             sql.Identifier(f"{table}_id_seq"), sql.Identifier(role)))
@@ -125,5 +126,6 @@ def test_the_service_role_needs_only_row_privileges(pg_server, pg_url, emb):
     assert store.remove(new) == 1 and len(store) == DIM
     store.close()
     with pytest.raises(DatabaseError, match="permission denied"):
-        build_store(service.replace(f"table={table}", f"table={table}_b"), np.eye(DIM, dtype=np.float32), ["a"] * DIM, [None] * DIM,
+        build_store(service.replace(f"table={table}", f"table={table}_b"), np.eye(DIM, dtype=np.float32),
+                    ["a"] * DIM, [None] * DIM,
                     kind="flat", model_fingerprint="m", progress=False)
