@@ -198,7 +198,7 @@ class Collection:
         """Stop returning every live row that matches `where` (durably); returns how many."""
         with self._writing():
             i = self.index
-            ids = np.flatnonzero(where.mask(i.paths, i.labels, i.meta, i.removed))
+            ids = np.flatnonzero(where.mask(i.paths, i.labels, i.meta, i.removed, i.columns))
             if len(ids):
                 self._append(remove_line(ids))
                 self._refresh()
@@ -211,6 +211,7 @@ class Collection:
             i.read_only = False
             for row in i.removed.tolist():  # removed rows keep their ids, not their strings
                 i.paths[row], i.labels[row], i.meta[row] = "", None, {}
+            i.columns.reset()  # rows rewritten in place
             path = i.save(self.path)
             self._stamp = self._index_stamp()
             if self.keys:

@@ -29,7 +29,7 @@ import numpy as np
 from pretrain.ground.atomic import replace_dir, save_npy, write_json, write_jsonl
 from pretrain.ground.knn import l2_normalize
 from retrieval.embeddings import read_id_rows
-from retrieval.filters import Filter, check_row_meta, read_meta_rows, search_allowed
+from retrieval.filters import Columns, Filter, check_row_meta, read_meta_rows, search_allowed
 from retrieval.indexfiles import check_meta, read_removed
 from retrieval.journal import LOG_FILE, apply, read_changes
 from retrieval.kinds import REGISTRY, IndexDirError, Kind, check_fingerprint, check_query, choose_kind, kind_of
@@ -58,6 +58,7 @@ class Index:
         self.removed = np.unique(np.asarray(removed if removed is not None else [], dtype=np.int64))
         self.model_fingerprint, self.info = model_fingerprint, dict(info or {})
         self.path, self.device, self.read_only = path, device, read_only
+        self.columns = Columns()  # the rows' fields as arrays for filtered searches (retrieval/filters.py)
         self._gpu_index = None
         self.saved_count = 0  # rows of the snapshot on disk, which the change log extends
         self.log_end = 0  # bytes of the change log replayed (see retrieval/collection.py)
@@ -136,7 +137,7 @@ class Index:
         """`search` without the metadata (what benchmarks time)."""
         q = l2_normalize(check_query(queries, k, self.dim, str(self.path or "the index")))
         if where:
-            allowed = where.mask(self.paths, self.labels, self.meta, self.removed)
+            allowed = where.mask(self.paths, self.labels, self.meta, self.removed, self.columns)
             return search_allowed(self, q, k, allowed, knobs)
         fetch = min(k + len(self.removed), self.ntotal)
         scores, ids = self.kind_obj.search(self, q, fetch, knobs)

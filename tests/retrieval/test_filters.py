@@ -109,3 +109,38 @@ def test_parse_where_options():
     assert not Filter.parse([], None)
     with pytest.raises(FilterError, match="FIELD=VALUE"):
         Filter.parse(["novalue"])
+
+
+def _plain_mask(where, paths, labels, meta, removed):
+    """The filter's meaning, row by row (the reference the column cache must agree with)."""
+    out = []
+    for i, (p, lab, m) in enumerate(zip(paths, labels, meta)):
+        row = {**m, "label": lab}
+        ok = i not in set(removed) and all(row.get(k) is not None and str(row.get(k)) == v
+                                           for k, v in where.equals.items())
+        out.append(ok and (not where.path_prefix or p.startswith(where.path_prefix)))
+    return np.array(out)
+
+
+def test_column_cache_agrees_with_a_row_by_row_reference_as_rows_grow():
+    from retrieval.filters import Columns, Filter
+
+    rng = np.random.default_rng(0)
+    paths, labels, meta = [], [], []
+    columns = Columns()
+    prefixes = ["a/", "a/b", "b/", "ab", "a", "z/", "\U0010ffff", "b/\U0010ffff"]
+    for _round in range(4):  # rows are appended between searches, as adds do
+        for _ in range(50):
+            paths.append(rng.choice(["a/", "a/b/", "b/", "ab/", "b/\U0010ffff"]) + f"{rng.integers(1000)}.jpg")
+            labels.append(rng.choice(["cat", "dog", None]))
+            meta.append({k: str(rng.integers(3)) for k in ("shard", "camera") if rng.random() < 0.7})
+        removed = np.unique(rng.integers(0, len(paths), 10))
+        for where in [Filter({"shard": "1"}), Filter({"label": "cat", "camera": "0"}), Filter({"shard": "9"}),
+                      *[Filter({}, p) for p in prefixes], Filter({"label": "dog"}, "a/")]:
+            got = where.mask(paths, labels, meta, removed, columns)
+            assert (got == _plain_mask(where, paths, labels, meta, removed)).all(), where
+    with pytest.raises(FilterError, match="no field 'lens'"):
+        Filter({"lens": "x"}).mask(paths, labels, meta, removed, columns)
+    labels[0] = "bird"  # a row rewritten in place: reset, then it is seen
+    columns.reset()
+    assert Filter({"label": "bird"}).mask(paths, labels, meta, np.array([], np.int64), columns)[0]
