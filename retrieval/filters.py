@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import bisect
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -80,6 +81,7 @@ class Columns:
     codes (int32, -1 where a row has no value), a path prefix is a range of the sorted paths."""
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()  # searches of one index may run in several threads
         self.reset()
 
     def reset(self) -> None:
@@ -91,6 +93,10 @@ class Columns:
         self._sorted: tuple[list[str], np.ndarray] | None = None
 
     def sync(self, paths: list[str], labels: list[str | None], meta: list[dict]) -> None:
+        with self._lock:
+            self._sync(paths, labels, meta)
+
+    def _sync(self, paths: list[str], labels: list[str | None], meta: list[dict]) -> None:
         source = (id(paths), id(labels), id(meta))
         if source != self._source or len(paths) < self._rows:
             self.reset()
@@ -119,6 +125,10 @@ class Columns:
         return np.zeros(self._rows, bool) if code is None else self._codes[name] == code
 
     def prefixed(self, prefix: str) -> np.ndarray:
+        with self._lock:
+            return self._prefixed(prefix)
+
+    def _prefixed(self, prefix: str) -> np.ndarray:
         if self._sorted is None:
             order = sorted(range(self._rows), key=self._paths.__getitem__)
             self._sorted = ([self._paths[i] for i in order], np.asarray(order, dtype=np.int64))
