@@ -206,34 +206,40 @@ def _cell(r: dict, store: str, filt: str, clients: int) -> dict:
 
 
 def summary(runs: list[dict]) -> tuple[str, str]:
-    """(the table docs/stores.md quotes, the sentence README.md quotes), both from the result files."""
-    lines = ["| vectors x dim | recall@10 pgvector / Faiss HNSW, no filter | with a 1-in-20 filter | q/s 1 client: "
-             "pgvector / Faiss | filtered | q/s, most clients | filtered | index build (s): pgvector / Faiss |",
-             "|---|---|---|---|---|---|---|---|"]
-    ratios, filtered, recalls = [], [], []
+    """(the tables docs/stores.md quotes, the sentence README.md quotes), both from the result files."""
+    quality = ["| vectors x dim | recall@10 pgvector: no filter / 1 in 20 | Faiss HNSW: no filter / 1 in 20 | "
+               "index build (s): pgvector / Faiss |", "|---|---|---|---|"]
+    speed = ["| vectors x dim | q/s pgvector / Faiss, 1 client | with the filter | 8 clients | with the filter |",
+             "|---|---|---|---|---|"]
+    ratios, filtered, recalls, notes = [], [], [], []
     for r in runs:
-        row = [f"{r['rows']:,} x {r['dim']}"]
-        for filt in ("none", "1 in 20"):
-            pg, fa = _cell(r, "pgvector hnsw", filt, 1), _cell(r, "faiss hnsw", filt, 1)
-            row.append(f"{pg['recall@10']:.3f} / {fa['recall@10']:.3f}")
-            recalls += [pg["recall@10"], fa["recall@10"]]
-        most = max(s["clients"] for s in r["search"])
-        for clients in (1, most):
+        size = f"{r['rows']:,} x {r['dim']}"
+        if r.get("superseded"):
+            notes.append(f"{size}: {r['superseded']}")
+            size += f" [{len(notes)}]"
+        rec = {store: [_cell(r, store, f, 1)["recall@10"] for f in ("none", "1 in 20")]
+               for store in ("pgvector hnsw", "faiss hnsw")}
+        recalls += rec["pgvector hnsw"] + rec["faiss hnsw"]
+        build = {b["store"]: b["build_s"] for b in r["build"]}
+        quality.append(f"| {size} | " + " | ".join(" / ".join(f"{v:.3f}" for v in rec[s]) for s in rec)
+                       + f" | {build['pgvector hnsw']:,.0f} / {build['faiss hnsw']:,.0f} |")
+        cells = []
+        for clients in (1, max(s["clients"] for s in r["search"])):
             for filt in ("none", "1 in 20"):
                 pg, fa = _cell(r, "pgvector hnsw", filt, clients), _cell(r, "faiss hnsw", filt, clients)
                 ratio = pg["qps"] / fa["qps"]
-                row.append(f"{pg['qps']:,.0f} / {fa['qps']:,.0f} = {ratio:.2f}x" + (f" ({clients})" if clients > 1
-                                                                                    else ""))
+                cells.append(f"{pg['qps']:,.0f} / {fa['qps']:,.0f} = **{ratio:.2f}x**")
                 (ratios if filt == "none" else filtered).append(ratio)
-        build = {b["store"]: b["build_s"] for b in r["build"]}
-        row.append(f"{build['pgvector hnsw']:,.0f} / {build['faiss hnsw']:,.0f}")
-        lines.append("| " + " | ".join(row) + " |")
+        speed.append(f"| {size} | " + " | ".join(cells) + " |")
+    tables = "\n".join(quality) + "\n\n" + "\n".join(speed)
+    if notes:
+        tables += "\n\n" + "\n".join(f"[{i}] {n}" for i, n in enumerate(notes, 1))
     sizes = ", ".join(f"{r['rows']:,} x {r['dim']}" for r in runs)
     sentence = (f"Measured at {sizes} (vectors x dim; HNSW ef_search {HEADLINE_EF} on both sides): recall@10 "
                 f"{min(recalls):.2f}-{max(recalls):.2f} with and without a 1-in-20 filter; unfiltered, a PostgreSQL "
                 f"query runs at {min(ratios):.2f}-{max(ratios):.2f}x the queries/s of in-process Faiss, filtered at "
                 f"{min(filtered):.2f}-{max(filtered):.2f}x ([docs/stores.md](docs/stores.md)).")
-    return "\n".join(lines), sentence
+    return tables, sentence
 
 
 def report(results: Path, out: Path, pages: tuple[Path, ...] = SUMMARY_PAGES) -> str:
