@@ -6,7 +6,7 @@
     python bench/profile_step.py --break-even --methods simclr --sizes 32 --stems small --threads 2
     python bench/profile_step.py --device cuda --lightly-pair       # GPU: bf16, channels-last, --gpu-augment, and
                                                                     # lightly 1.6.0 on the same GPU (< 5 minutes)
-    python bench/profile_report.py bench/results/profile/*.json > docs/benchmarks/profile.md
+    python bench/speed_docs.py profile bench/results/profile/*.json > docs/benchmarks/profile.md
 
 Each setting runs in its own process with sslforge's real Trainer setup (model, optimizer, loader, views,
 collapse monitor; ResNet-18 with lightly's example head sizes, batch 128) and times `--steps` steps after
