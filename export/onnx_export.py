@@ -20,7 +20,7 @@ import torch
 from torch import nn
 
 from export.errors import ExportError
-from export.onnxfile import EMBEDDING, INPUT, LOGITS, ONNX_FILE, OnnxInfo, to_fp16
+from export.onnxfile import EMBEDDING, INPUT, LOGITS, ONNX_FILE, OnnxInfo, strip_source_paths, to_fp16
 from export.parity import ParityReport, check_parity, parity_batches
 from export.quantize import Int8Check, check_int8, gate, quantize, split_images
 from export.runtimes import OnnxRunner, TorchRunner
@@ -47,7 +47,7 @@ def _torch_export(module: ExportModule, size: int, *, opset: int | None, dynamic
     with contextlib.redirect_stdout(io.StringIO()):  # the exporter narrates its steps on stdout
         program = torch.onnx.export(module, (example,), None, input_names=[INPUT], output_names=outputs,
                                     opset_version=opset, dynamo=True, dynamic_shapes=dynamic, verbose=False)
-    return program.model_proto, outputs
+    return strip_source_paths(program.model_proto), outputs
 
 
 @dataclass

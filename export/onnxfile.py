@@ -76,6 +76,24 @@ def check_onnx_matches(path: str | Path, model: ModelDir) -> OnnxInfo:
     return info
 
 
+STACK_TRACE = "pkg.torch.onnx.stack_trace"  # the exporter's per-node Python traceback
+
+
+def strip_source_paths(proto):
+    """Drop the exporter's per-node stack traces: they name files of the machine that exported (its checkout and
+    venv paths), so the same model gave other bytes from another checkout, and told whoever got the file where
+    it was built. Everything the graph computes, and the node names and scopes Netron shows, stay."""
+    nodes = [*proto.graph.node, *(n for f in proto.functions for n in f.node)]
+    while nodes:
+        node = nodes.pop()
+        keep = [p for p in node.metadata_props if p.key != STACK_TRACE]
+        del node.metadata_props[:]
+        node.metadata_props.extend(keep)
+        for a in node.attribute:  # control flow (If, Loop, Scan) carries subgraphs
+            nodes.extend(n for g in ([a.g] if a.HasField("g") else []) + list(a.graphs) for n in g.node)
+    return proto
+
+
 def to_fp16(proto):
     """FP16 weights and compute with float32 inputs/outputs (what TensorRT 11's strongly typed networks need).
 

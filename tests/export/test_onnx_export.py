@@ -121,3 +121,21 @@ def test_torch_runner_matches_the_module_in_eval_mode(resnet_dir) -> None:
     with torch.no_grad():
         expected = backbone(x).numpy()
     np.testing.assert_allclose(TorchRunner(resnet_dir.load_backbone())(x), expected, atol=1e-5)
+
+
+def test_the_file_names_no_path_of_the_machine_that_exported(resnet_dir, tmp_path: Path) -> None:
+    """The exporter records a Python traceback per node; it is dropped, so the same model gives the same bytes from
+    any checkout and the file does not tell where it was built."""
+    import export
+
+    checkout = str(Path(export.__file__).resolve().parents[1])
+    first, second = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    export_onnx(resnet_dir, first)
+    export_onnx(resnet_dir, second)
+    data = first.read_bytes()
+    assert checkout.encode() not in data and b"site-packages" not in data
+    assert data == second.read_bytes()
+    proto = onnx.load(str(first))
+    assert proto.graph.node and all(p.key != "pkg.torch.onnx.stack_trace" for n in proto.graph.node
+                                    for p in n.metadata_props)
+    assert any(p.key == "namespace" for n in proto.graph.node for p in n.metadata_props)  # the scopes stay
