@@ -117,7 +117,7 @@ class Columns:
             codes = np.full(n - start, -1, np.int32) if values is None else np.fromiter(
                 (-1 if v is None else vocab.setdefault(str(v), len(vocab)) for v in values), np.int32, n - start)
             self._codes[name] = np.concatenate([self._codes.get(name, np.full(start, -1, np.int32)), codes])
-        self._rows, self._sorted = n, None
+        self._rows = n
         self._paths = paths
 
     def equal(self, name: str, value: str) -> np.ndarray:
@@ -129,7 +129,8 @@ class Columns:
             return self._prefixed(prefix)
 
     def _prefixed(self, prefix: str) -> np.ndarray:
-        if self._sorted is None:
+        # rows added since the sort are checked one by one until they are an eighth of the sorted ones
+        if self._sorted is None or self._rows - len(self._sorted[0]) > max(4096, len(self._sorted[0]) // 8):
             order = sorted(range(self._rows), key=self._paths.__getitem__)
             self._sorted = ([self._paths[i] for i in order], np.asarray(order, dtype=np.int64))
         ordered, order = self._sorted
@@ -139,6 +140,8 @@ class Columns:
         hi = bisect.bisect_left(ordered, stem[:-1] + chr(ord(stem[-1]) + 1), lo=lo) if stem else len(ordered)
         out = np.zeros(self._rows, bool)
         out[order[lo:hi]] = True
+        for i in range(len(ordered), self._rows):
+            out[i] = self._paths[i].startswith(prefix)
         return out
 
 
