@@ -2,6 +2,7 @@
 
     python bench/speed_docs.py profile bench/results/profile/*.json > docs/benchmarks/profile.md
     python bench/speed_docs.py pair bench/results/speed/*.json > docs/benchmarks/speed-pair.md
+    python bench/speed_docs.py pair --write bench/results/speed/*.json  # the page and README's speed line
 
 `profile`: for each setting of bench/profile_step.py the share of the step spent in data (the wait on the
 loader plus the copy to the device), forward, backward, optimizer and extras (the method's after-step work and
@@ -15,6 +16,14 @@ import argparse
 import json
 import sys
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from docblocks import splice  # noqa: E402
+
+from pretrain.ground.atomic import write_text  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+PAIR_PAGE, README = ROOT / "docs" / "benchmarks" / "speed-pair.md", ROOT / "README.md"
 
 SHARES = {"data": ("data_wait", "to_device"), "forward": ("forward",), "backward": ("backward",),
           "optimizer": ("optimizer",), "extras": ("extras", "monitor")}
@@ -141,8 +150,10 @@ def pair_page(results: list[tuple[str, dict]]) -> str:
         st = result["settings"]
         what = (f"steady images/s, {st['steps']} steps after {st['warmup']}" if result["mode"] == "step" else
                 f"whole process, {st['images']} images x {st['epochs']} epochs")
-        lines += [f"## {what}", "", _source(result, path) + f"; {st['rounds']} runs each, {st['threads']} threads, "
-                  f"{st['workers']} workers, batch {st['batch_size']}, {st['image_size']} px", "",
+        cut = "" if result.get("complete", True) else " (cut short: the cells it finished)"
+        lines += [f"## {what}{cut}", "", _source(result, path) + f"; {st['rounds']} runs each, "
+                  f"{st['threads']} threads, {st['workers']} workers, batch {st['batch_size']}, "
+                  f"{st['image_size']} px", "",
                   "| method | stem | sslforge images/s | lightly images/s | images/s ratio | sslforge s | lightly s | "
                   "time ratio (lightly / sslforge) | sslforge RSS MB | lightly RSS MB |",
                   "|---|---|---|---|---|---|---|---|---|---|"]
@@ -157,13 +168,54 @@ def pair_page(results: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def _span(values: list[float]) -> str:
+    lo, hi = min(values), max(values)
+    return f"{lo:.2f}x" if round(lo, 2) == round(hi, 2) else f"{lo:.2f}-{hi:.2f}x"
+
+
+def pair_sentence(results: list[tuple[str, dict]]) -> str:
+    """README's speed line: the newest finished `step` pair and each newest finished `run` preset, as ratios."""
+    newest: dict[str, dict] = {}
+    for _, r in sorted(results, key=lambda pr: pr[1].get("started", "")):
+        if r.get("complete", True) and r.get("cells"):
+            newest[r["mode"] + ("-" + r["settings"].get("preset", "") if r["mode"] == "run" else "")] = r
+    parts = []
+    if "step" in newest:
+        r = newest["step"]
+        ratios = [c["sslforge"]["images_per_s"] / c["lightly"]["images_per_s"] for c in r["cells"]]
+        names = sorted({c["method"] for c in r["cells"]})
+        parts.append(f"steady-state images/s {_span(ratios)} lightly 1.6.0's ({', '.join(names)}; "
+                     f"{' and '.join(sorted({c['stem'] for c in r['cells']}))} stem)")
+    for key, r in sorted(newest.items()):
+        if key.startswith("run-"):
+            st = r["settings"]
+            ratios = [c["lightly"]["process_s"] / c["sslforge"]["process_s"] for c in r["cells"]]
+            epochs = f"{st['epochs']} epoch" + ("s" if st["epochs"] != 1 else "")
+            parts.append(f"a whole run of {st['images']:,} images x {epochs} {_span(ratios)} as fast")
+    if not parts:
+        return ("Side by side with lightly 1.6.0 (`bench/speed_pair.py`): no pair from a quiet machine is committed "
+                "yet ([docs/benchmarks/speed-pair.md](docs/benchmarks/speed-pair.md)).")
+    r = newest.get("step") or next(iter(newest.values()))
+    return (f"Side by side with lightly 1.6.0 on {r['machine'].get('cores', '?')} CPU cores, "
+            f"{r['settings']['image_size']} px, batch {r['settings']['batch_size']} (`bench/speed_pair.py`): "
+            + "; ".join(parts) + " ([docs/benchmarks/speed-pair.md](docs/benchmarks/speed-pair.md)).")
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("page", choices=("profile", "pair"))
     p.add_argument("files", nargs="*", help="result JSON files")
+    p.add_argument("--write", action="store_true",
+                   help="pair: write docs/benchmarks/speed-pair.md and README.md's speed line instead of printing")
     args = p.parse_args(argv)
     results = [(f, json.loads(Path(f).read_text())) for f in args.files]
-    sys.stdout.write((profile_page if args.page == "profile" else pair_page)(results) + "\n")
+    page = (profile_page if args.page == "profile" else pair_page)(results) + "\n"
+    if args.write and args.page == "pair":
+        write_text(PAIR_PAGE, page)
+        splice(README, "speed-line", pair_sentence(results))
+        print(f"written: {PAIR_PAGE}, {README}'s speed line")
+    else:
+        sys.stdout.write(page)
 
 
 if __name__ == "__main__":

@@ -188,20 +188,19 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                                   else args.batch_size * (args.warmup + args.steps + 2))
     args.epochs = args.epochs or (preset["epochs"] if args.mode == "run" else 100)
     if args.data is None and not args.child:
-        from pretrain.data.images import sample_dir
-
-        args.data = str(sample_dir() / "train")
+        args.data = runinfo.sample_train()
     return args
 
 
 def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+    if runinfo.answer_child(args, child):
         return None
     script = str(Path(__file__).resolve())
     result = runinfo.header({k: v for k, v in vars(args).items() if k != "child"})
-    result["mode"], result["cells"] = args.mode, []
+    result["mode"], result["cells"], result["complete"] = args.mode, [], False
+    out = args.out or Path(__file__).resolve().parent / "results" / "speed" / \
+        f"{args.mode}{'-' + args.preset if args.mode == 'run' else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
     with tempfile.TemporaryDirectory() as tmp:
         data = str(linked_subset(args.data, args.images, Path(tmp) / "images"))
         for method in args.methods:
@@ -222,8 +221,8 @@ def main(argv: list[str] | None = None) -> Path | None:
                     cell[toolkit] = {k: statistics.median(x[k] for x in rs)
                                      for k in ("images_per_s", "process_s", "peak_rss_mb", "worker_peak_rss_mb")}
                 result["cells"].append(cell)
-    out = args.out or Path(__file__).resolve().parent / "results" / "speed" / \
-        f"{args.mode}{'-' + args.preset if args.mode == 'run' else ''}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+                runinfo.write_result(result, out)  # each finished cell is kept if the run is cut short
+    result["complete"] = True
     path = runinfo.write_result(result, out)
     print(path)
     return path

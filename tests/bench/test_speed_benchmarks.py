@@ -47,7 +47,7 @@ def test_speed_pair_writes_both_toolkits_runs(image_folder: Path, tmp_path: Path
     out = speed_pair.main(["run", "--data", str(image_folder), "--images", "8", "--epochs", "1", "--rounds", "1",
                            "--threads", "1", *TINY, "--out", str(tmp_path / "s.json")])
     result = json.loads(out.read_text())
-    assert result["mode"] == "run" and result["settings"]["images"] == 8
+    assert result["mode"] == "run" and result["settings"]["images"] == 8 and result["complete"] is True
     (cell,) = result["cells"]
     for toolkit in ("sslforge", "lightly"):
         assert len(cell["runs"][toolkit]) == 1
@@ -103,3 +103,26 @@ def test_pair_page_ratios_by_hand() -> None:
     page = load("speed_docs").pair_page([("s.json", result)])
     assert "| vicreg | small | 150.0 | 100.0 | 1.50x | 40.0 | 60.0 | 1.50x | 1100 (300) | 1000 (280) |" in page
     assert "steady images/s, 10 steps after 3" in page
+
+
+def _pair(mode: str, started: str, cells: list[tuple[str, str, float, float]], complete: bool = True, **st) -> dict:
+    """A speed_pair result: cells of (method, stem, sslforge value, lightly value) as images/s (step) or s (run)."""
+    key = "images_per_s" if mode == "step" else "process_s"
+    return {"mode": mode, "started": started, "complete": complete, "machine": MACHINE,
+            "settings": {"batch_size": 128, "image_size": 32, **st},
+            "cells": [{"method": m, "stem": stem, "sslforge": {key: a}, "lightly": {key: b}}
+                      for m, stem, a, b in cells]}
+
+
+def test_readme_speed_line_quotes_the_newest_finished_pairs() -> None:
+    speed_docs = load("speed_docs")
+    old = _pair("step", "2026-01-01", [("simclr", "small", 10, 10)])
+    step = _pair("step", "2026-02-01", [("simclr", "small", 30, 20), ("byol", "standard", 12, 10)])
+    cut = _pair("step", "2026-03-01", [("simclr", "small", 99, 1)], complete=False)
+    run = _pair("run", "2026-02-02", [("simclr", "small", 50, 65)], images=1280, epochs=1, preset="1280")
+    line = speed_docs.pair_sentence([("a", old), ("b", step), ("c", cut), ("d", run)])
+    # 30 / 20 = 1.50, 12 / 10 = 1.20; the run: lightly 65 s / sslforge 50 s = 1.30
+    assert "steady-state images/s 1.20-1.50x lightly 1.6.0's (byol, simclr; small and standard stem)" in line
+    assert "a whole run of 1,280 images x 1 epoch 1.30x as fast" in line and "2 CPU cores, 32 px, batch 128" in line
+    assert "no pair from a quiet machine" in speed_docs.pair_sentence([("c", cut)])
+
