@@ -11,7 +11,8 @@ catches up with what others appended (`refresh`), so ids never collide, then app
 search: it stats the log and index.json, reads only the new lines, and reloads after another process compacted.
 A kill -9 at any moment loses no change that was returned and leaves a dir that loads: the log's torn last line
 (a write never acknowledged) is ignored by readers and cut off by the next writer; a compaction swaps the whole
-dir in one step. Thread-safe within a process (one lock around every call).
+dir in one step. Thread-safe within a process: searches run side by side (Faiss releases the GIL), a change or a
+catch-up with another process's changes holds the index alone (retrieval/rwlock.py).
 
 An add may carry an idempotency key: it is written in the add's own (last) log line, so the add and its key are
 durable together; a later add with the same key, from any process and after a restart, writes nothing and answers
@@ -22,7 +23,6 @@ from __future__ import annotations
 
 import fcntl
 import os
-import threading
 from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -46,6 +46,7 @@ from retrieval.journal import (
     remove_line,
 )
 from retrieval.keys import MAX_KEYS, KeyReused, add_digest, check_key, reused  # noqa: F401 (KeyReused: its API)
+from retrieval.rwlock import ReadWriteLock
 from retrieval.text import check_new_rows
 
 MAX_ADD_ROWS = 4096  # rows per change line (an add of more is split into several lines)
@@ -62,7 +63,7 @@ class Collection:
 
     def __init__(self, index: Index, path: Path, device: str = "auto"):
         self.index, self.path, self.device = index, path, device
-        self._mutex = threading.RLock()
+        self._lock = ReadWriteLock()
         self._stamp = self._index_stamp()
         self.keys: OrderedDict[str, list] = OrderedDict()  # idempotency key -> [key, digest, first id, count]
         self._read_keys()
@@ -101,7 +102,7 @@ class Collection:
     def _writing(self) -> Iterator[None]:
         """The exclusive lock across processes (and threads), with the index caught up and the log's torn tail
         (a crashed writer's) cut off."""
-        with self._mutex:
+        with self._lock.write():
             fd = os.open(lock_file(self.path), os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 fcntl.flock(fd, fcntl.LOCK_EX)
@@ -113,9 +114,27 @@ class Collection:
 
     def refresh(self) -> int:
         """Apply what other processes changed since the last call; returns the number of live rows."""
-        with self._mutex:
+        with self._lock.write():
             self._refresh()
             return len(self.index)
+
+    def _stale(self) -> bool:
+        """Whether another process changed the dir since the last catch-up (two stats, nothing read)."""
+        if self._index_stamp() != self._stamp:
+            return True
+        try:
+            return (self.path / LOG_FILE).stat().st_size > self.index.log_end
+        except FileNotFoundError:
+            return False
+
+    @contextmanager
+    def reading(self) -> Iterator[Index]:
+        """The current index, caught up with other processes' changes, shared with other reading threads."""
+        if self._stale():
+            with self._lock.write():
+                self._refresh()
+        with self._lock.read():
+            yield self.index
 
     def _refresh(self) -> None:
         stamp = self._index_stamp()
@@ -222,9 +241,8 @@ class Collection:
     # ---- reading ----------------------------------------------------------------------------------------
     def search(self, queries: np.ndarray, k: int = 10, where: Filter | None = None, **knobs: Any):
         """`Index.search` on the current rows (after catching up with other processes' changes)."""
-        with self._mutex:
-            self._refresh()
-            return self.index.search(queries, k, where=where, **knobs)
+        with self.reading() as index:
+            return index.search(queries, k, where=where, **knobs)
 
     def pending(self) -> int:
         """Bytes of change log not yet folded into the snapshot (0 after `compact`)."""

@@ -59,7 +59,6 @@ class Index:
         self.model_fingerprint, self.info = model_fingerprint, dict(info or {})
         self.path, self.device, self.read_only = path, device, read_only
         self.columns = Columns()  # the rows' fields as arrays for filtered searches (retrieval/filters.py)
-        self._gpu_index = None
         self.saved_count = 0  # rows of the snapshot on disk, which the change log extends
         self.log_end = 0  # bytes of the change log replayed (see retrieval/collection.py)
 

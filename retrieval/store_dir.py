@@ -81,9 +81,8 @@ class DirStore:
         return self.collection.search(queries, k, where, **knobs)
 
     def search_ids(self, queries: np.ndarray, k: int = 10, where: Filter | None = None, **knobs: Any):
-        with self.collection._mutex:
-            self.collection.refresh()
-            return self.index.search_ids(queries, k, where, **knobs)
+        with self.collection.reading() as index:
+            return index.search_ids(queries, k, where, **knobs)
 
     def vectors(self) -> np.ndarray:
         return self.index.all_vectors()
