@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import statistics
 import sys
 import tempfile
@@ -297,16 +296,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args.workers = args.workers if args.workers is not None else (8 if cuda else 2)
     args.views = args.views or (["batched"] if cuda else ["loader"])
     if args.data is None and not args.child:
-        from pretrain.data.images import sample_dir
-
-        args.data = str(sample_dir() / "train")
+        args.data = runinfo.sample_train()
     return args
 
 
 def main(argv: list[str] | None = None) -> Path | None:
     args = parse_args(argv)
-    if args.child:
-        print(json.dumps(child(json.loads(args.child))))
+    if runinfo.answer_child(args, child):
         return None
     script = str(Path(__file__).resolve())
     result = runinfo.header({k: v for k, v in vars(args).items() if k != "child"})

@@ -86,3 +86,18 @@ def run_child(script: str, payload: dict, timeout: float | None = None, env: dic
     if done.returncode != 0:
         raise RuntimeError(f"{Path(script).name} {payload} failed:\n{done.stderr[-3000:]}")
     return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def sample_train() -> str:
+    """The bundled CIFAR-10 sample's training folder: the default images of the speed benchmarks."""
+    from pretrain.data.images import sample_dir
+
+    return str(sample_dir() / "train")
+
+
+def answer_child(args, child) -> bool:
+    """In a `--child JSON` process: print the JSON of child(payload) (run_child reads it) and return True."""
+    if not args.child:
+        return False
+    print(json.dumps(child(json.loads(args.child))))
+    return True

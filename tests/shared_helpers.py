@@ -32,6 +32,29 @@ def make_tiny_config(data: Path, out: Path, **changes):
                           method_args={"out_dim": 16}, seed=1).replace(**changes)
 
 
+def interrupt_run(cfg, at_step: int = 3) -> None:
+    """Run `cfg` and stop it with Ctrl-C (KeyboardInterrupt) as step `at_step` ends, leaving its checkpoint."""
+    import pytest
+
+    from pretrain.train.trainer import Trainer
+
+    def stop(step: int) -> None:
+        if step == at_step:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(cfg, on_step=stop, progress=False).fit()
+
+
+def full_and_resumed(config) -> tuple[Path, Path]:
+    """The run dirs of config("full") trained straight through and of config("cut") interrupted, then resumed."""
+    from pretrain.train.trainer import Trainer
+
+    full = Trainer(config("full"), progress=False).fit()
+    interrupt_run(config("cut"))
+    return full, Trainer(config("cut"), resume=True, progress=False).fit()
+
+
 def make_tiny_finetune_config(model: Path | None, train: Path, out: Path, **changes):
     """A seconds-long fine-tuning run of `model` (None: test_resnet from scratch) on `train`: batch 4, no workers."""
     from pretrain.train.config import FinetuneConfig

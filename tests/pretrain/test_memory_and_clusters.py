@@ -9,6 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 from PIL import Image
+from shared_helpers import full_and_resumed
 
 from pretrain.methods.clustering import balance_weights, balanced_argmax, fix_empty, kmeans, sela_assign
 from pretrain.methods.losses import cpc_loss, info_nce, pirl_loss, pseudo_label_loss
@@ -81,22 +82,12 @@ def test_simclr_with_bank_negatives_trains_and_resumes_exactly(image_folder: Pat
 
     from pretrain.ground.errors import ConfigError
     from pretrain.methods import build_method
-    from pretrain.train.trainer import Trainer
-
     args = {"out_dim": 16, "bank_negatives": 8}
 
     def config(name: str):
         return tiny_config(image_folder, tmp_path / name, method_args=args, checkpoint_every_steps=2, lr=0.05)
 
-    full = Trainer(config("full"), progress=False).fit()
-
-    def interrupt(step: int) -> None:
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(config("cut"), on_step=interrupt, progress=False).fit()
-    resumed = Trainer(config("cut"), resume=True, progress=False).fit()
+    full, resumed = full_and_resumed(config)
     a, b = torch.load(full / "checkpoint.pt", weights_only=True)["model"], \
         torch.load(resumed / "checkpoint.pt", weights_only=True)["model"]
     for key in a:

@@ -4,6 +4,7 @@ from pathlib import Path
 import pytest
 import torch
 from safetensors.torch import load_file
+from shared_helpers import full_and_resumed
 from torch import nn
 
 from pretrain.methods import method_class, method_names
@@ -119,15 +120,7 @@ def test_method_trains_and_resumes_exactly(method: str, image_folder: Path, tmp_
                            optimizer="adamw", lr=1e-3, checkpoint_every_steps=2, **views,
                            **BACKBONES.get(method, {}), **changes)
 
-    full = Trainer(config("full"), progress=False).fit()
-
-    def interrupt(step: int) -> None:
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(config("cut"), on_step=interrupt, progress=False).fit()
-    resumed = Trainer(config("cut"), resume=True, progress=False).fit()
+    full, resumed = full_and_resumed(config)
     a, b = load_file(full / "backbone.safetensors"), load_file(resumed / "backbone.safetensors")
     for key in a:
         torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=key)

@@ -13,6 +13,7 @@ import pytest
 import timm
 import torch
 from safetensors.torch import load_file, save_file
+from shared_helpers import interrupt_run
 
 from pretrain.cli import main
 from pretrain.finetune.run import FinetuneTrainer
@@ -189,13 +190,7 @@ def test_a_resumed_run_keeps_its_start_record_without_reading_the_source(image_f
     weights = random_backbone(seed=9)
     save_file(weights, str(tmp_path / "w.safetensors"))
     cfg = tiny_config(image_folder, tmp_path / "run", init=str(tmp_path / "w.safetensors"), checkpoint_every_steps=2)
-
-    def stop(step: int) -> None:
-        if step == 3:
-            raise KeyboardInterrupt
-
-    with pytest.raises(KeyboardInterrupt):
-        Trainer(cfg, on_step=stop, progress=False).fit()
+    interrupt_run(cfg)
     (tmp_path / "w.safetensors").unlink()  # the checkpoint holds the weights and the record
     out = Trainer(cfg, resume=True, progress=False).fit()
     record = json.loads((out / "model.json").read_text())["init"]
