@@ -84,7 +84,8 @@ def compile_networks(method: torch.nn.Module, say: Callable[[str], None] | None 
     keeps its queues, gathers and logged floats in Python); returns them. Compiling in place keeps the state_dict
     keys, so checkpoints and model dirs do not depend on the option.
 
-    If code generation fails, `say` gets one line, the graph runs as traced (the same operations, uncompiled) and
+    If code generation fails (the forward's or the backward's: both are compiled on the first call), `say` gets one
+    line, the graph runs as traced (the same operations, uncompiled) and
     every network goes back to plain eager calls from the next one on."""
     say = say or (lambda line: print(line, file=sys.stderr))
     use_compile_cache()
@@ -95,7 +96,9 @@ def compile_networks(method: torch.nn.Module, say: Callable[[str], None] | None 
         if failed:
             return graph.forward
         try:
-            return inductor(graph, example_inputs)
+            # the backward is compiled now too (torch defers it to the first backward pass, outside this guard)
+            with torch._functorch.config.patch(force_non_lazy_backward_lowering=True):
+                return inductor(graph, example_inputs)
         except Exception as e:  # noqa: BLE001 - any failure of the compiler: train without it
             reason = (str(e).strip().splitlines() or [""])[0][:200]
             failed.append(reason)

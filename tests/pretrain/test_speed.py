@@ -87,6 +87,30 @@ def test_a_failing_compiler_is_one_line_and_the_run_equals_an_uncompiled_one(
     assert load_model_dir(failed).info["training"]["steps"] == 3
 
 
+def test_a_backward_that_fails_to_compile_is_caught_like_a_forward(
+        image_folder: Path, tmp_path: Path, tiny_config, monkeypatch: pytest.MonkeyPatch, capsys) -> None:
+    """torch compiles a backward lazily, at the first backward pass; the run asks for it with the forward, so its
+    failure takes the same one-line fallback instead of stopping the run mid-step."""
+    from functorch.compile import make_boxed_func
+    from torch._functorch.aot_autograd import aot_module_simplified
+
+    def backward_fails(graph, example_inputs):
+        raise RuntimeError("backward code generation failed")
+
+    def forward_only(graph, example_inputs):  # AOTAutograd as inductor runs it, with a backward that cannot compile
+        return aot_module_simplified(graph, example_inputs, fw_compiler=lambda g, _: make_boxed_func(g.forward),
+                                     bw_compiler=backward_fails)
+
+    monkeypatch.setattr(speed, "inductor", forward_only)
+    monkeypatch.setattr(speed, "has_cpp_compiler", lambda: True)
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "cache"))
+    run = _run(image_folder, tmp_path / "run", tiny_config, compile="true")
+    lines = [line for line in capsys.readouterr().out.splitlines() if "compile" in line]
+    assert lines == ["compile: torch.compile failed (RuntimeError: backward code generation failed); "
+                     "training without it"]
+    assert load_model_dir(run).info["training"]["steps"] == 3
+
+
 def test_reading_the_loss_every_n_steps_logs_the_same_rows(image_folder: Path, tmp_path: Path, tiny_config) -> None:
     every = read_csv(_run(image_folder, tmp_path / "every", tiny_config, epochs=2, sync_every=1) / "metrics.csv")
     batched = read_csv(_run(image_folder, tmp_path / "n", tiny_config, epochs=2, sync_every=4) / "metrics.csv")
