@@ -7,7 +7,8 @@ shard=0); queries are fresh draws from the mixture. Ground truth is exact search
 rows, or over the filter's rows. A client sends one query at a time (a service request); 8 clients are 8 threads,
 each with its own database connection (Faiss releases the GIL while it searches). Faiss is timed on its Index
 directly (an index dir's Collection adds two stats per search to catch up with other processes; its searches
-share a readers-writer lock). The database is a local server started here (`--url` for your own; the same settings apply per session).
+share a readers-writer lock). The database is a local server started here (`--url` for your own; the same
+settings apply per session).
 
     python bench/store_speed.py --rows 100000 --dim 512            # writes bench/results/stores/rows100000-dim512.json
     python bench/store_speed.py --rows 1000000 --dim 512
