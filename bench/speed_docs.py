@@ -149,7 +149,7 @@ def pair_page(results: list[tuple[str, dict]]) -> str:
     for path, result in results:
         st = result["settings"]
         what = (f"steady images/s, {st['steps']} steps after {st['warmup']}" if result["mode"] == "step" else
-                f"whole process, {st['images']} images x {st['epochs']} epochs")
+                f"whole process, {st['images']:,} images x {st['epochs']} epoch{'s' if st['epochs'] != 1 else ''}")
         cut = "" if result.get("complete", True) else " (cut short: the cells it finished)"
         lines += [f"## {what}{cut}", "", _source(result, path) + f"; {st['rounds']} runs each, "
                   f"{st['threads']} threads, {st['workers']} workers, batch {st['batch_size']}, "
@@ -207,7 +207,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("files", nargs="*", help="result JSON files")
     p.add_argument("--write", action="store_true",
                    help="pair: write docs/benchmarks/speed-pair.md and README.md's speed line instead of printing")
-    args = p.parse_args(argv)
+    args = p.parse_intermixed_args(argv)  # `pair --write FILES...` as the docstring writes it
     results = [(f, json.loads(Path(f).read_text())) for f in args.files]
     page = (profile_page if args.page == "profile" else pair_page)(results) + "\n"
     if args.write and args.page == "pair":
