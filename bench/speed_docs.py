@@ -132,6 +132,10 @@ def profile_page(results: list[tuple[str, dict]]) -> str:
     return "\n".join(lines)
 
 
+def _epochs(n: int) -> str:
+    return f"{n} epoch" + ("s" if n != 1 else "")
+
+
 def pair_page(results: list[tuple[str, dict]]) -> str:
     lines = ["# sslforge against lightly, step and whole process", "", "```bash",
              "python bench/speed_pair.py step                 # simclr, byol, vicreg x 2 stems, 3 runs each: ~1 hour",
@@ -149,7 +153,7 @@ def pair_page(results: list[tuple[str, dict]]) -> str:
     for path, result in results:
         st = result["settings"]
         what = (f"steady images/s, {st['steps']} steps after {st['warmup']}" if result["mode"] == "step" else
-                f"whole process, {st['images']:,} images x {st['epochs']} epoch{'s' if st['epochs'] != 1 else ''}")
+                f"whole process, {st['images']:,} images x {_epochs(st['epochs'])}")
         cut = "" if result.get("complete", True) else " (cut short: the cells it finished)"
         lines += [f"## {what}{cut}", "", _source(result, path) + f"; {st['rounds']} runs each, "
                   f"{st['threads']} threads, {st['workers']} workers, batch {st['batch_size']}, "
@@ -190,8 +194,7 @@ def pair_sentence(results: list[tuple[str, dict]]) -> str:
         if key.startswith("run-"):
             st = r["settings"]
             ratios = [c["lightly"]["process_s"] / c["sslforge"]["process_s"] for c in r["cells"]]
-            epochs = f"{st['epochs']} epoch" + ("s" if st["epochs"] != 1 else "")
-            parts.append(f"a whole run of {st['images']:,} images x {epochs} {_span(ratios)} as fast")
+            parts.append(f"a whole run of {st['images']:,} images x {_epochs(st['epochs'])} {_span(ratios)} as fast")
     if not parts:
         return ("Side by side with lightly 1.6.0 (`bench/speed_pair.py`): no pair from a quiet machine is committed "
                 "yet ([docs/benchmarks/speed-pair.md](docs/benchmarks/speed-pair.md)).")

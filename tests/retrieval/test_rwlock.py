@@ -47,11 +47,25 @@ def test_readers_overlap_and_a_writer_is_alone():
 
 def test_the_write_side_is_reentrant_and_may_read():
     lock = ReadWriteLock()
-    with lock.write(), lock.write(), lock.read():
-        pass
-    with lock.read():  # released completely: others can take it
-        pass
-    assert _spans(lock, ["w", "w"], 0.05)[0][2] <= _spans(lock, ["w"], 0.01)[0][1]
+
+    def nested() -> None:
+        with lock.write(), lock.write(), lock.read():
+            pass
+
+    thread = threading.Thread(target=nested, daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert not thread.is_alive()  # a lock that is not re-entrant would hang here
+    def read_after() -> None:
+        with lock.read():
+            pass
+
+    other = threading.Thread(target=read_after, daemon=True)  # the nested holds were all released
+    other.start()
+    other.join(timeout=5)
+    assert not other.is_alive()
+    first, second = _spans(ReadWriteLock(), ["w", "w"], 0.05)
+    assert not _overlap(first, second)  # two writers never hold it together
 
 
 def test_collection_searches_run_side_by_side_and_see_adds(tmp_path, monkeypatch):
