@@ -51,3 +51,26 @@ def test_the_three_studies_at_tiny_settings(tmp_path: Path) -> None:
     assert student["method"]["hparams"]["teacher"] == c["start"]["model_dir"]
     from_vit = json.loads((Path(d["distilled_from_vit"]["model_dir"]) / "model.json").read_text())
     assert from_vit["method"]["hparams"]["teacher"] == m["mae"]["model_dir"]
+
+
+def test_vit_pooling_scores_the_class_token_as_the_backbone_embeds(tmp_path: Path) -> None:
+    """bench/vit_pooling.py: its class-token pooling is the ViT's own embedding (the kNN of the mae study, for the
+    trained ViT and its random init alike); the patch mean is scored beside it, and the JSON is written."""
+    spec = importlib.util.spec_from_file_location("vit_pooling", ROOT / "bench" / "vit_pooling.py")
+    pooling = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pooling)
+    cifar = tmp_path / "cifar"
+    write_image_folder(cifar / "train", per_class=16)
+    write_image_folder(cifar / "test", per_class=4, seed=1)
+    assert bench.main(["mae", "--cifar", str(cifar), "--out", str(tmp_path / "results"), "--runs",
+                       str(tmp_path / "runs"), "--mae-minutes", "0.01", "--vit", "test_vit", "--vit-arg",
+                       "patch_size=8", "--batch", "8", "--bank-images", "24", "--curve-every", "0",
+                       "--probe-epochs", "3", "--workers", "0", "--device", "cpu", "--quiet"]) == 0
+    study = json.loads((tmp_path / "results" / "mae.json").read_text())
+    out = tmp_path / "pooling.json"
+    assert pooling.main([study["mae"]["model_dir"], "--data", str(cifar), "--out", str(out), "--bank-images", "24",
+                         "--probe-epochs", "3", "--workers", "0"]) == 0
+    result = json.loads(out.read_text())
+    assert result["trained_cls"]["knn_top1"] == study["mae"]["knn_top1"]
+    assert result["random_init_cls"]["knn_top1"] == study["random_init"]["knn_top1"]
+    assert all(0 <= result[k]["knn_top1"] <= 1 for k in ("trained_avg", "random_init_avg"))
