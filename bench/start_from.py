@@ -40,6 +40,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+import runinfo  # noqa: E402
 
 SIZE = 32
 CALIBRATION_STEPS = 12
@@ -176,15 +178,14 @@ def timed_run(args, scorer: Scorer, out: Path, minutes: float, **settings) -> di
     return result
 
 
-def write_result(args, study: str, result: dict) -> Path:
-    from pretrain.ground.atomic import write_json
-
+def write_result(args, study: str, result: dict, header: dict) -> Path:
+    """OUT/<study>.json: `header` (runinfo's commit, machine and starting load average), the command, the study's
+    settings and its result, with the closing load average."""
     path = Path(args.out) / f"{study}.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
     keep = ("cifar", "minutes", "start_minutes", "mae_minutes", "batch", "bank_images", "curve_test", "curve_every",
             "seed", "backbone", "student", "device")
-    write_json(path, {"study": study, "command": " ".join(sys.argv), "settings": {k: getattr(args, k) for k in keep},
-                      **result})
+    runinfo.write_result({"study": study, "command": " ".join(sys.argv), **header,
+                          "settings": {k: getattr(args, k) for k in keep}, **result}, path)
     print(json.dumps(result, indent=2))
     print(f"wrote {path}")
     return path
@@ -285,10 +286,11 @@ def main(argv: list[str] | None = None) -> int:
     for part in ("train", "test"):
         if not (Path(args.cifar) / part).is_dir():
             p.error(f"--cifar {args.cifar} has no {part}/ folder")
-    began = time.perf_counter()
+    began, header = time.perf_counter(), runinfo.header({})
+    del header["settings"]
     result = STUDIES[args.study](args, Scorer(args))
     result["wall_minutes"] = round((time.perf_counter() - began) / 60, 2)
-    write_result(args, args.study, result)
+    write_result(args, args.study, result, header)
     return 0
 
 
