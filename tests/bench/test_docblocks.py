@@ -10,6 +10,7 @@ ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT / "bench"))
 import docblocks  # noqa: E402
 import speed_docs  # noqa: E402
+import start_from_report  # noqa: E402
 import store_speed  # noqa: E402
 
 
@@ -38,3 +39,25 @@ def test_the_committed_pages_quote_the_committed_results() -> None:
     assert docblocks.block(ROOT / "README.md", "stores-line") == sentence, "run: python bench/store_speed.py --report"
     assert docblocks.block(ROOT / "README.md", "speed-line") == speed_docs.pair_sentence(
         _results("bench/results/speed")), "run: python bench/speed_docs.py pair --write bench/results/speed/*.json"
+
+
+def test_the_start_from_tables_are_the_committed_results() -> None:
+    """docs/pretrained.md's study tables are what bench/start_from_report.py makes of bench/results/start-from."""
+    results = start_from_report.load()
+    assert results["mae"], "the MAE study has committed results"
+    for name, text in start_from_report.blocks(results).items():
+        assert docblocks.block(ROOT / "docs" / "pretrained.md", name) == text, "run: python bench/start_from_report.py"
+
+
+def test_a_study_table_quotes_each_file(tmp_path: Path) -> None:
+    """Figures, gains and the split come from the file itself: a made-up result reads back as written."""
+    run = {"steps": 300, "train_minutes": 9.84, "knn_top1": 0.3456, "linear_top1": 0.4567,
+           "curve": [{"step": 100, "knn_top1": 0.3}], "model_dir": "runs/x"}
+    (tmp_path / "m.json").write_text(json.dumps({
+        "study": "mae", "command": "bench/start_from.py mae", "split": "validation: held out", "mae": run,
+        "random_init": {"knn_top1": 0.3, "linear_top1": 0.4}, "knn_gain": 0.0456, "linear_gain": 0.0567}))
+    text = start_from_report.blocks(start_from_report.load(tmp_path))["start-from-mae"]
+    row = text.splitlines()[2]
+    assert row == ("| `m.json` | validation (5,000) | 300 steps, 9.8 min | 0.346 (+0.046) | 0.300 | 0.457 (+0.057) | "
+                   "0.400 | 0.300@100 |")
+    assert "machine not recorded; `bench/start_from.py mae`" in text
