@@ -11,15 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import torch
 from torch import nn
 
-ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import runinfo  # noqa: E402
+from start_from import Scorer  # noqa: E402
 
 
 class Pooled(nn.Module):
@@ -35,10 +35,8 @@ class Pooled(nn.Module):
 
 
 def main(argv: list[str] | None = None) -> int:
-    from pretrain.data.images import scan_images
     from pretrain.ground.atomic import write_json
     from pretrain.ground.modeldir import load_model_dir
-    from pretrain.train.evaluate import class_count, extract_features, knn_evaluate, linear_probe
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("model_dir", help="a model dir whose backbone is a timm ViT")
@@ -48,25 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--probe-epochs", type=int, default=100, help="epochs of the linear probe")
     p.add_argument("--workers", type=int, default=2)
     args = p.parse_args(argv)
-    bank = scan_images(Path(args.data) / "train").random_subset(args.bank_images, 0)
-    test = scan_images(Path(args.data) / "test")
-    classes = class_count(bank, test)
+    scorer = Scorer(argparse.Namespace(cifar=args.data, bank_images=args.bank_images, curve_test=1, device="cpu",
+                                       workers=args.workers, probe_epochs=args.probe_epochs))
     model = load_model_dir(args.model_dir)
     scores = {}
     for name in ("trained", "random_init"):
         torch.manual_seed(0)  # the random init of bench/start_from.py's floor
         vit = model.load_backbone("cpu") if name == "trained" else model.random_backbone()
         for how in ("cls", "avg"):
-            net = Pooled(vit.eval(), how)
-            feats = [extract_features(net, images, model.preprocessing, workers=args.workers, device="cpu",
-                                      progress=False) for images in (bank, test)]
-            scores[f"{name}_{how}"] = {
-                "knn_top1": knn_evaluate(*feats, classes, 200, 0.1)["top1"],
-                "linear_top1": linear_probe(*feats, classes, epochs=args.probe_epochs, progress=False).metrics["top1"]}
+            scores[f"{name}_{how}"] = scorer.knn(Pooled(vit.eval(), how), model.preprocessing, linear=True)
             print(name, how, scores[f"{name}_{how}"], flush=True)
-    commit = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True, text=True).stdout
-    result = {"command": " ".join(["bench/vit_pooling.py", *sys.argv[1:]]), "commit": commit.strip(),
-              "model_dir": args.model_dir, "bank_images": args.bank_images, "test_images": len(test), **scores}
+    result = {"command": " ".join(["bench/vit_pooling.py", *sys.argv[1:]]), "commit": runinfo.commit(),
+              "model_dir": args.model_dir, "bank_images": args.bank_images, "test_images": len(scorer.test), **scores}
     if args.out:
         write_json(Path(args.out), result)
     print(json.dumps(result, indent=2))

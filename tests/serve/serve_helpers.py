@@ -22,6 +22,7 @@ from serve.settings import Limits
 sys.path.append(str(Path(__file__).resolve().parents[1] / "export"))  # export's test helpers, when run alone
 from export_helpers import make_model_dir  # noqa: E402
 
+ROOT = Path(__file__).resolve().parents[2]
 CLASSES = ["class_0", "class_1", "class_2"]
 TOKEN = "test-token-0123456789"  # the writable test server's write token
 # docs/security.md: an API worker's peak RSS grows by at most 16 bytes per pixel of SSLFORGE_DECODE_PIXELS + 96 MB
@@ -61,6 +62,25 @@ def make_served(root: Path, head: bool = True, seed: int = 0) -> tuple[Path, Pat
     index.info["root"] = str(images)
     index.save(root / "index")
     return model.path, root / "index", images
+
+
+def serve(tmp_path_factory, env: dict[str, str]):
+    """`bentoml serve` from the project root (this checkout's code) on a free loopback port, with SERVER_ENV and
+    `env`: a generator for a fixture, yielding the LiveServer and stopping it after."""
+    from tools.process import start_bentoml, wait_ready
+
+    port, log = free_port(), tmp_path_factory.mktemp("server") / "bentoml.log"
+    proc = start_bentoml({**SERVER_ENV, **env}, port, ROOT, log)
+    server = LiveServer(f"http://127.0.0.1:{port}", port, proc, log)
+    try:
+        wait_ready(server.url, proc, log)
+        yield server
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
 
 
 def free_port() -> int:
