@@ -42,7 +42,8 @@ def source(name: str, result: dict) -> str:
     commit = f"commit {result['commit'][:12]}, " if result.get("commit") else ""
     load = result.get("load_average_before"), result.get("load_average_after")
     loads = f", load average {load[0][0]:g} before and {load[1][0]:g} after" if all(load) else ""
-    return f"`{name}`: {commit}{where or 'machine not recorded'}{loads}; `{result['command']}`"
+    note = f" ({result['note']})" if result.get("note") else ""
+    return f"`{name}`: {commit}{where or 'machine not recorded'}{loads}; `{result['command']}`{note}"
 
 
 def _run(r: dict) -> str:
@@ -54,41 +55,49 @@ def _curve(r: dict) -> str:
     return ", ".join(f"{p['knn_top1']:.3f}@{p['step']}" for p in points) or "none"
 
 
+def table(header: list[str], rows: list[str], files: list[tuple[str, dict]]) -> str:
+    """A markdown table of `rows` under `header`, then where each file's figures came from."""
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header), *rows, ""]
+    return "\n".join(lines + [f"- {source(n, r)}" for n, r in files])
+
+
 def mae_table(files: list[tuple[str, dict]]) -> str:
-    lines = ["| result file | scored on | MAE run | kNN top-1 | random init kNN | linear probe | random init linear "
-             "| kNN curve (top-1@step) |", "|---|---|---|---|---|---|---|---|"]
+    rows = []
     for name, r in files:
         m, f = r["mae"], r["random_init"]
-        lines.append(f"| `{name}` | {scored_on(r)} | {_run(m)} | {m['knn_top1']:.3f} ({r['knn_gain']:+.3f}) | "
-                     f"{f['knn_top1']:.3f} | {m['linear_top1']:.3f} ({r['linear_gain']:+.3f}) | "
-                     f"{f['linear_top1']:.3f} | {_curve(m)} |")
-    return "\n".join(lines + [""] + [f"- {source(n, r)}" for n, r in files])
+        rows.append(f"| `{name}` | {scored_on(r)} | {_run(m)} | {m['knn_top1']:.3f} ({r['knn_gain']:+.3f}) | "
+                    f"{f['knn_top1']:.3f} | {m['linear_top1']:.3f} ({r['linear_gain']:+.3f}) | "
+                    f"{f['linear_top1']:.3f} | {_curve(m)} |")
+    return table(["result file", "scored on", "MAE run", "kNN top-1", "random init kNN", "linear probe",
+                  "random init linear", "kNN curve (top-1@step)"], rows, files)
 
 
 def continued_table(files: list[tuple[str, dict]]) -> str:
-    lines = ["| result file | scored on | start model (part A) | continued with --init (part B) "
-             "| from random init (part B) | continued - start | continued - random init |",
-             "|---|---|---|---|---|---|---|"]
+    rows = []
     for name, r in files:
         s, c, z = r["start"], r["continued"], r["from_random_init"]
-        lines.append(f"| `{name}` | {scored_on(r)} | {s['knn_top1']:.3f} ({_run(s)}) | {c['knn_top1']:.3f} ({_run(c)}) "
-                     f"| {z['knn_top1']:.3f} ({_run(z)}) | {r['continued_minus_start']:+.3f} "
-                     f"| {r['continued_minus_scratch']:+.3f} |")
-    return "\n".join(lines + [""] + [f"- {source(n, r)}" for n, r in files])
+        rows.append(f"| `{name}` | {scored_on(r)} | {s['knn_top1']:.3f} ({_run(s)}) | {c['knn_top1']:.3f} ({_run(c)}) "
+                    f"| {z['knn_top1']:.3f} ({_run(z)}) | {r['continued_minus_start']:+.3f} "
+                    f"| {r['continued_minus_scratch']:+.3f} |")
+    return table(["result file", "scored on", "start model (part A)", "continued with --init (part B)",
+                  "from random init (part B)", "continued - start", "continued - random init"], rows, files)
 
 
 def distill_table(files: list[tuple[str, dict]]) -> str:
-    lines = ["| result file | scored on | teacher | its kNN top-1 | distilled student | student by simclr from scratch "
-             "| student / teacher |", "|---|---|---|---|---|---|---|"]
+    """A row per teacher the file has (a study cut short may lack the ViT teacher's)."""
+    rows = []
     for name, r in files:
         z = r["simclr_from_scratch"]
         for teacher, student, fraction in (("teacher", "distilled", "fraction_of_teacher"),
                                            ("vit_teacher", "distilled_from_vit", "fraction_of_vit_teacher")):
+            if student not in r:
+                continue
             t, d = r[teacher], r[student]
             backbone = t.get("settings", {}).get("backbone", t["model_dir"])
-            lines.append(f"| `{name}` | {scored_on(r)} | {backbone} | {t['knn_top1']:.3f} | {d['knn_top1']:.3f} "
-                         f"({_run(d)}) | {z['knn_top1']:.3f} ({_run(z)}) | {100 * r[fraction]:.0f}% |")
-    return "\n".join(lines + [""] + [f"- {source(n, r)}" for n, r in files])
+            rows.append(f"| `{name}` | {scored_on(r)} | {backbone} | {t['knn_top1']:.3f} | {d['knn_top1']:.3f} "
+                        f"({_run(d)}) | {z['knn_top1']:.3f} ({_run(z)}) | {100 * r[fraction]:.1f}% |")
+    return table(["result file", "scored on", "teacher", "its kNN top-1", "distilled student",
+                  "student by simclr from scratch", "student / teacher"], rows, files)
 
 
 TABLES = {"mae": mae_table, "continued": continued_table, "distill": distill_table}
